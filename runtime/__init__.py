@@ -1,0 +1,6 @@
+"""aaclip.runtime: the lean camera loop that runs an exported artifact described by its manifest.
+
+Owns: manifest reading/checking, backends (TensorRT, ONNX Runtime), sources, sinks, scoring, the loop.
+May import: numpy, opencv, click, and optionally tensorrt/pycuda/onnxruntime. Never torch or open_clip,
+and nothing else from aaclip: this package must run on a bare Jetson.
+"""

@@ -1,0 +1,18 @@
+"""Logging set-up shared by every command: one format, level from -v/-q, messages to stderr."""
+from __future__ import annotations
+
+import logging
+import sys
+
+
+def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 0 else logging.INFO)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname).1s %(name)s: %(message)s", "%H:%M:%S"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+class UserError(Exception):
+    """Bad input from the user. Commands print its message as one line and exit with status 2."""
