@@ -1,0 +1,61 @@
+"""`aaclip-eval`: SPEC section 7 metrics of a checkpoint on a JSON-lines test set."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import click
+
+from aaclip.runtime.fileio import atomic_write_json, atomic_write_text
+
+from .cli_common import run_cli, verbosity
+
+log = logging.getLogger(__name__)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--ckpt", required=True, type=click.Path(path_type=Path), help="Checkpoint directory (aaclip-train --out).")
+@click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Test JSON-lines.")
+@click.option("--root", type=click.Path(file_okay=False, path_type=Path), help="Data root (default: the file's folder).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Output folder (default: CKPT/eval).")
+@click.option("--clip-weights", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="CLIP weights file, if it moved since training.")
+@click.option("--overlays", is_flag=True, help="Also save heat-map overlays of every test image.")
+@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@verbosity
+def main(ckpt, data, root, out, clip_weights, overlays, batch_size, device):
+    """Per-class pixel AUROC/AP/F1-max, AUPRO, image AUROC/AP/F1-max and their mean -> metrics.json/.md.
+
+    Image scores use the paper's test-set min-max normalization (see docs/evaluation.md).
+    """
+    from .checkpoint import load_checkpoint
+    from .evaluate import evaluate, save_overlays
+    from .metrics import markdown_table
+    from .records import read_records
+    from .trainer import pick_device
+
+    records = read_records(data, root=root)
+    root = root or data.parent
+    out = out or Path(ckpt) / "eval"
+    model = load_checkpoint(ckpt, clip_weights=clip_weights)
+    report, preds = evaluate(model, records, root, batch_size, pick_device(device))
+    atomic_write_json(out / "metrics.json", report)
+    table = markdown_table(report)
+    atomic_write_text(out / "metrics.md", table + "\n")
+    if overlays:
+        n = save_overlays(preds, root, out / "overlays", model.config.image_size)
+        log.info("wrote %d overlays to %s", n, out / "overlays")
+    click.echo(table)
+    click.echo(f"metrics: {out / 'metrics.json'}")
+    mean = report.get("mean", {})
+    log.debug(json.dumps(mean))
+
+
+def cli(args=None) -> None:
+    run_cli(main, args)
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,72 @@
+"""Evaluation of SPEC section 7: per-class pixel/image metrics and their mean.
+
+Score normalization follows the paper (SPEC section 5): for each class, anomaly maps and
+classification scores are min-max normalized over that class's whole test set, and the image score
+is 0.5 * max(normalized map) + 0.5 * normalized cls score (industrial) or max(normalized map)
+(medical). Normalizing the whole maps and then taking each image's maximum equals normalizing the
+per-image maxima by the maps' global (min, max), which is what is computed here. Deployed engines
+cannot see a test set: they use the fixed constants of calibration instead (docs/calibration.md).
+"""
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from . import metrics
+from .dataset import AnomalyDataset
+from .model import AAClip
+from .object_names import object_name
+from .records import Record
+
+log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def predict_records(model: AAClip, records: Sequence[Record], root: Path, batch_size: int = 8,
+                    device: str | torch.device = "cpu") -> dict[str, dict[str, np.ndarray]]:
+    """Raw maps, cls scores, masks and labels per class: {class: {"maps","cls","masks","labels","paths"}}."""
+    model.eval().to(device)
+    classes = sorted({r.class_name for r in records})
+    names = [model.config.classes.get(c) or object_name(c) for c in classes]
+    anchors = model.text_anchors(names).to(device)
+    ds = AnomalyDataset(records, root, model.config.image_size, classes)
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0)
+    out: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    for batch in tqdm(loader, desc="evaluate", leave=False, disable=None):
+        idx = batch["class_index"].to(device)
+        amap, cls = model.predict(batch["image"].to(device), anchors[idx])
+        for i, c in enumerate(idx.tolist()):
+            entry = out[classes[c]]
+            entry["maps"].append(amap[i].float().cpu().numpy())
+            entry["cls"].append(float(cls[i]))
+            entry["masks"].append(batch["mask"][i].numpy().astype(bool))
+            entry["labels"].append(int(batch["label"][i]))
+            entry["paths"].append(batch["path"][i])
+    return {c: {k: (np.asarray(v) if k != "paths" else list(v)) for k, v in e.items()} for c, e in out.items()}
+
+
+def class_metrics(pred: dict[str, np.ndarray], domain: str) -> dict[str, Optional[float]]:
+    maps = pred["maps"]
+    result: dict[str, Optional[float]] = dict(metrics.pixel_metrics(pred["masks"], maps))
+    scores = metrics.image_scores(
+        maps.reshape(len(maps), -1).max(axis=1), pred["cls"], domain,
+        map_range=(float(maps.min()), float(maps.max())),
+    )
+    result.update(metrics.image_metrics(pred["labels"], scores))
+    result["n_images"] = int(len(maps))
+    result["n_anomalous"] = int(np.sum(pred["labels"]))
+    return result
+
+
+def evaluate(model: AAClip, records: Sequence[Record], root: Path, batch_size: int = 8,
+             device: str | torch.device = "cpu") -> tuple[dict, dict]:
+    """(report with per-class metrics and their mean, raw predictions per class)."""
+    preds = predict_records(model, records, root, batch_size, device)
+    per_class = {c: class_metrics(p, model.config.domain) for c, p in sorted(preds.items())}
+    return metrics.class_report(per_class), preds
