@@ -6,6 +6,7 @@ in docs/checkpoint-format.md.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import re
@@ -17,7 +18,7 @@ import torch
 from aaclip.runtime.fileio import atomic_path
 from aaclip.runtime.log import UserError
 
-from .backbone import build_clip
+from .backbone import build_clip, resolve_weights
 from .config import ADAPTERS_FILE, CONFIG_FILE, AAClipConfig
 from .model import AAClip
 
@@ -26,6 +27,9 @@ log = logging.getLogger(__name__)
 
 def build_model(config: AAClipConfig, base_dir: Optional[Path] = None, check_hash: bool = True) -> AAClip:
     clip, tokenizer = build_clip(config, base_dir=base_dir, check_hash=check_hash)
+    weights = resolve_weights(config.backbone, base_dir)
+    if weights is not None:  # absolute from here on, so the config can be saved anywhere
+        config.backbone.weights = str(weights.resolve())
     return AAClip(clip, tokenizer, config)
 
 
@@ -38,7 +42,12 @@ def save_checkpoint(model: AAClip, out_dir: Path) -> Path:
     state = {k: v.contiguous().cpu() for k, v in model.adapter_state_dict().items()}
     with atomic_path(out_dir / ADAPTERS_FILE, suffix=".safetensors") as tmp:
         save_file(state, str(tmp), metadata={"format": "aaclip-adapters", "version": "1"})
-    model.config.save(out_dir / CONFIG_FILE)
+    config = copy.deepcopy(model.config)
+    if config.backbone.weights is not None:  # relative when the weights live inside the checkpoint
+        weights = Path(config.backbone.weights).resolve()
+        if weights.is_relative_to(out_dir.resolve()):
+            config.backbone.weights = str(weights.relative_to(out_dir.resolve()))
+    config.save(out_dir / CONFIG_FILE)
     return out_dir
 
 

@@ -70,3 +70,29 @@ def evaluate(model: AAClip, records: Sequence[Record], root: Path, batch_size: i
     preds = predict_records(model, records, root, batch_size, device)
     per_class = {c: class_metrics(p, model.config.domain) for c, p in sorted(preds.items())}
     return metrics.class_report(per_class), preds
+
+
+def save_overlays(preds: dict[str, dict], root: Path, out_dir: Path, image_size: int) -> int:
+    """Heat-map overlays (frame | overlay) per test image, maps min-max normalized per class."""
+    import cv2
+
+    from aaclip.runtime.fileio import atomic_path
+    from aaclip.runtime.manifest import ScoreParams
+    from aaclip.runtime.overlay import evidence_image, heat_overlay
+
+    from .preprocess import load_rgb
+    from .records import resolve
+
+    n = 0
+    for cls, pred in preds.items():
+        lo, hi = float(pred["maps"].min()), float(pred["maps"].max())
+        params = ScoreParams(lo, hi if hi > lo else lo + 1.0, 0.0, 1.0, 1.0, 0.5, 0.5)
+        for amap, rel in zip(pred["maps"], pred["paths"]):
+            bgr = cv2.cvtColor(load_rgb(resolve(root, rel), image_size), cv2.COLOR_RGB2BGR)
+            image = evidence_image(bgr, heat_overlay(bgr, amap, params))
+            target = Path(out_dir) / cls / (Path(rel).stem + ".png")
+            with atomic_path(target, suffix=".png") as tmp:
+                if not cv2.imwrite(str(tmp), image):
+                    raise OSError(f"could not write {target}")
+            n += 1
+    return n
