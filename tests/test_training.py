@@ -98,14 +98,15 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path, synth):
 
 
 def test_trained_tiny_model_beats_untrained_on_synthetic_defects(tmp_path, synth):
-    """Measured (seeds 0-4 of CLIP init, this data): untrained pixel AUROC 0.52-0.58, trained 0.71-0.74;
-    the smallest margin seen was 0.14, so 0.08 leaves room for platform noise."""
+    """Margin measured with these settings (mean pixel AUROC, trained minus untrained):
+    CLIP-init seeds 0-4 on this data (seed 100): 0.13 to 0.22; data seeds 100-104 paired with init
+    seeds 0-4: 0.076 to 0.25. The asserted 0.05 stays below every measured case."""
     data, root = synth
     model = _fresh_model(tmp_path)
     before, _ = evaluate(model, data["test"], root)
     Trainer(model, data["train"], root, tmp_path / "run", _options()).run()
     after, _ = evaluate(model, data["test"], root)
-    assert after["mean"]["pixel_auroc"] - before["mean"]["pixel_auroc"] >= 0.08, (before["mean"], after["mean"])
+    assert after["mean"]["pixel_auroc"] - before["mean"]["pixel_auroc"] >= 0.05, (before["mean"], after["mean"])
     assert after["mean"]["aupro"] > before["mean"]["aupro"]
 
 

@@ -5,6 +5,8 @@ Names follow the AA-CLIP reference where it uses descriptive names; users overri
 """
 from __future__ import annotations
 
+from .synth import OBJECT_NAMES as SYNTHETIC  # the project's own synthetic products (aaclip-data synth)
+
 MVTEC = {
     "bottle": "dark bottle",
     "cable": "cable",
@@ -55,7 +57,7 @@ MEDICAL = {
     "skin": "scan",
     "endoscopy": "scan",
 }
-TABLES = {"mvtec": MVTEC, "visa": VISA, "mpdd": MPDD, "btad": BTAD, "medical": MEDICAL}
+TABLES = {"mvtec": MVTEC, "visa": VISA, "mpdd": MPDD, "btad": BTAD, "medical": MEDICAL, "synthetic": SYNTHETIC}
 
 
 def object_name(class_name: str, overrides: dict[str, str] | None = None) -> str:

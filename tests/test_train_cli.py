@@ -1,0 +1,86 @@
+"""aaclip-train / aaclip-eval end to end on tiny random CLIP weights and synthetic data."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from aaclip.train.backbone import write_random_weights
+from aaclip.train.eval_cli import main as eval_main
+from aaclip.train.synth import generate_dataset
+from aaclip.train.train_cli import main as train_main
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    paths = generate_dataset(root / "data", classes=["disk", "wood"], image_size=64, n_train_normal=4,
+                             n_train_anomalous=4, n_test_normal=4, n_test_anomalous=4, seed=3)
+    write_random_weights("aaclip-tiny", root / "clip.safetensors", seed=0)
+    return root, paths
+
+
+def _run_module(module, *args):
+    env = dict(os.environ)
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, env=env, timeout=300)
+
+
+def test_train_then_eval(workspace):
+    root, paths = workspace
+    out = root / "run"
+    args = ["--data", str(paths["train"]), "--backbone", "aaclip-tiny", "--clip-weights", str(root / "clip.safetensors"),
+            "--image-size", "64", "--out", str(out), "--epochs1", "1", "--epochs2", "1", "--batch1", "8", "--batch2", "4",
+            "--object-name", "wood=oak plank", "-q"]
+    res = CliRunner().invoke(train_main, args)
+    assert res.exit_code == 0, res.output
+    config = json.loads((out / "config.json").read_text())
+    assert config["classes"] == {"disk": "metal disk", "wood": "oak plank"}
+    assert config["backbone"]["weights_sha256"]
+    hist = [json.loads(l) for l in (out / "history.jsonl").read_text().splitlines()]
+    assert [(h["stage"], h["epoch"]) for h in hist] == [(1, 1), (2, 1)]
+    # re-running the finished run resumes and adds nothing
+    res = CliRunner().invoke(train_main, args)
+    assert res.exit_code == 0 and len((out / "history.jsonl").read_text().splitlines()) == 2
+
+    res = CliRunner().invoke(eval_main, ["--ckpt", str(out), "--data", str(paths["test"]), "--overlays", "-q"])
+    assert res.exit_code == 0, res.output
+    report = json.loads((out / "eval" / "metrics.json").read_text())
+    assert set(report) == {"disk", "wood", "mean"}
+    for key in ("pixel_auroc", "pixel_ap", "pixel_f1_max", "aupro", "image_auroc", "image_ap", "image_f1_max"):
+        assert 0.0 <= report["disk"][key] <= 1.0
+    assert report["mean"]["pixel_auroc"] == pytest.approx((report["disk"]["pixel_auroc"] + report["wood"]["pixel_auroc"]) / 2)
+    md = (out / "eval" / "metrics.md").read_text()
+    assert md.splitlines()[0].startswith("| class") and "| mean |" in md
+    overlays = sorted((out / "eval" / "overlays" / "disk").glob("*.png"))
+    assert len(overlays) == 8
+    import cv2
+
+    assert cv2.imread(str(overlays[0])).shape == (64, 128, 3)  # frame | overlay
+
+
+def test_eval_single_label_class_reports_missing_image_metrics(workspace, tmp_path):
+    root, paths = workspace
+    lines = [l for l in paths["test"].read_text().splitlines() if json.loads(l)["label"] == 0]
+    only_normal = paths["test"].parent / "normal_only.jsonl"
+    only_normal.write_text("\n".join(lines) + "\n")
+    res = CliRunner().invoke(eval_main, ["--ckpt", str(root / "run"), "--data", str(only_normal), "--out", str(tmp_path), "-q"])
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "metrics.json").read_text())
+    assert report["disk"]["image_auroc"] is None and report["mean"]["image_auroc"] is None
+
+
+def test_cli_errors_are_one_line_with_status_2(workspace, tmp_path):
+    root, paths = workspace
+    res = _run_module("aaclip.train.train_cli", "--data", str(paths["train"]), "--out", str(tmp_path / "x"),
+                      "--backbone", "aaclip-tiny")
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines()[-1] == "error: give exactly one of --clip-weights FILE, --pretrained TAG, --random-init SEED"
+    res = _run_module("aaclip.train.train_cli", "--data", str(paths["train"]), "--out", str(tmp_path / "x"),
+                      "--backbone", "no-such-net", "--random-init", "0")
+    assert res.returncode == 2 and "unknown OpenCLIP model 'no-such-net'" in res.stderr
+    res = _run_module("aaclip.train.eval_cli", "--ckpt", str(tmp_path / "missing"), "--data", str(paths["test"]))
+    assert res.returncode == 2 and "checkpoint directory not found" in res.stderr
+    res = _run_module("aaclip.train.train_cli", "--help")
+    assert res.returncode == 0 and "import-official" in res.stdout
