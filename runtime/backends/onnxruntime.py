@@ -1,0 +1,60 @@
+"""ONNX Runtime backend: CUDA execution provider when present, else CPU."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+
+from ..log import UserError
+from .base import Runner
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+def import_onnxruntime() -> Any:
+    try:
+        import onnxruntime
+    except ImportError:
+        raise UserError(
+            "the onnxruntime backend needs the onnxruntime package: pip install onnxruntime "
+            "(onnxruntime-gpu on an x86 GPU machine; on Jetson the onnxruntime-gpu wheel for your JetPack)"
+        ) from None
+    return onnxruntime
+
+
+class OnnxRuntimeRunner(Runner):
+    """Runs an ``.onnx`` artifact; ``providers`` overrides the preference order (CUDA, then CPU)."""
+
+    name = "onnxruntime"
+
+    def __init__(self, path: str | Path, providers: Optional[Sequence[str]] = None,
+                 intra_op_threads: Optional[int] = None):
+        super().__init__()
+        self.path = Path(path)
+        self.providers = tuple(providers or DEFAULT_PROVIDERS)
+        self.intra_op_threads = intra_op_threads
+        self._session: Any = None
+
+    def activate_impl(self) -> None:
+        ort = import_onnxruntime()
+        available = set(ort.get_available_providers())
+        providers = [p for p in self.providers if p in available] or ["CPUExecutionProvider"]
+        options = ort.SessionOptions()
+        if self.intra_op_threads:
+            options.intra_op_num_threads = self.intra_op_threads
+        self._session = ort.InferenceSession(str(self.path), options, providers=providers)
+        self.input_names = tuple(i.name for i in self._session.get_inputs())
+        self.output_names = tuple(o.name for o in self._session.get_outputs())
+        log.info("onnxruntime %s on %s", ort.__version__, ", ".join(self._session.get_providers()))
+
+    def infer_impl(self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
+        names = list(outputs)
+        values = self._session.run(names, {n: feeds[n] for n in self.input_names})
+        return dict(zip(names, values))
+
+    def deactivate_impl(self) -> None:
+        self._session = None

@@ -1,0 +1,226 @@
+"""Getting frames out of sources: skip unreadable frames, reconnect live sources, keep only the newest.
+
+``FrameReader`` wraps one source (counting, skipping, reconnecting with backoff). ``CaptureHub`` feeds
+the loop from several readers, in one of two modes:
+
+- live (``drop=True``): one capture thread per source keeps only its newest frame; a frame replaced
+  before the loop took it is dropped and counted, so latency stays bounded whatever the model speed;
+- offline (``drop=False``): frames are read in the loop's thread, one after the other, none dropped.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+
+from .sources import Source
+
+log = logging.getLogger(__name__)
+
+MAX_UNREADABLE_IN_A_ROW = 100  # a live source delivering only broken frames is treated as failed
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Reconnect delays: ``initial``, then times ``factor`` each failed try, at most ``maximum`` seconds."""
+
+    initial: float = 0.5
+    maximum: float = 10.0
+    factor: float = 2.0
+
+    def delays(self) -> Iterator[float]:
+        delay = self.initial
+        while True:
+            yield delay
+            delay = min(delay * self.factor, self.maximum)
+
+
+@dataclass
+class Frame:
+    source_index: int
+    index: int          # frames delivered by this source so far (dropped ones included)
+    image: np.ndarray
+    t_capture: float    # time.perf_counter() when read
+    wall_time: float    # time.time() when read
+
+
+class FrameReader:
+    """Reads one source: counts frames, skips unreadable ones, reconnects a live source that fails."""
+
+    def __init__(self, source: Source, source_index: int, backoff: Backoff, stop: threading.Event):
+        self.source = source
+        self.source_index = source_index
+        self.backoff = backoff
+        self.stop = stop
+        self.captured = 0
+        self.unreadable = 0
+        self.reconnects = 0
+        self.ended = False
+
+    def next(self) -> Optional[Frame]:
+        """The next frame, or None when the source ended (file) or a stop was requested."""
+        broken_in_a_row = 0
+        while not self.stop.is_set() and not self.ended:
+            ok, image = self.source.read()
+            if ok and image is not None:
+                frame = Frame(self.source_index, self.captured, image, time.perf_counter(), time.time())
+                self.captured += 1
+                return frame
+            if ok:
+                self.unreadable += 1
+                broken_in_a_row += 1
+                log.debug("%s: unreadable frame skipped (%d so far)", self.source.name, self.unreadable)
+                if broken_in_a_row < MAX_UNREADABLE_IN_A_ROW or not self.source.is_live:
+                    continue
+            if self.stop.is_set():
+                return None
+            if not self.source.is_live:
+                self.ended = True
+                log.info("%s: end of stream after %d frames", self.source.name, self.captured)
+                return None
+            broken_in_a_row = 0
+            self._reconnect()
+        return None
+
+    def _reconnect(self) -> None:
+        name = self.source.name
+        log.warning("%s: no frame (unplugged or stalled); reconnecting", name)
+        self.source.release()
+        for attempt, delay in enumerate(self.backoff.delays(), start=1):
+            if self.stop.wait(delay):
+                return
+            if self.source.open():
+                self.reconnects += 1
+                log.warning("%s: reconnected (try %d)", name, attempt)
+                return
+            log.warning("%s: reconnect try %d failed; next in %.2g s", name, attempt,
+                        min(delay * self.backoff.factor, self.backoff.maximum))
+
+
+class _LatestFrameWorker(threading.Thread):
+    """Capture thread: always holds only the newest frame of its reader."""
+
+    def __init__(self, reader: FrameReader, cond: threading.Condition):
+        super().__init__(name=f"capture-{reader.source.name}", daemon=True)
+        self.reader = reader
+        self.cond = cond
+        self.latest: Optional[Frame] = None
+        self.dropped = 0
+        self.done = False
+
+    def run(self) -> None:
+        try:
+            while True:
+                frame = self.reader.next()
+                if frame is None:
+                    break
+                with self.cond:
+                    if self.latest is not None:
+                        self.dropped += 1
+                    self.latest = frame
+                    self.cond.notify_all()
+        except Exception:  # a broken source must not hang the loop
+            log.exception("%s: capture thread failed", self.reader.source.name)
+        finally:
+            with self.cond:
+                self.done = True
+                self.cond.notify_all()
+
+    def take(self) -> Optional[Frame]:
+        frame, self.latest = self.latest, None
+        return frame
+
+
+class CaptureHub:
+    """Frames from several sources for the loop; ``gather(n)`` returns up to ``n`` frames."""
+
+    def __init__(self, sources: Sequence[Source], drop: bool, backoff: Optional[Backoff] = None,
+                 stop: Optional[threading.Event] = None, join_timeout: float = 2.0):
+        self.stop = stop or threading.Event()
+        self.readers = [FrameReader(s, i, backoff or Backoff(), self.stop) for i, s in enumerate(sources)]
+        self.drop = drop
+        self.join_timeout = join_timeout
+        self._cond = threading.Condition()
+        self._workers = [_LatestFrameWorker(r, self._cond) for r in self.readers] if drop else []
+        self._next = 0  # round-robin start
+
+    def start(self) -> None:
+        for w in self._workers:
+            w.start()
+
+    @property
+    def all_ended(self) -> bool:
+        if self.drop:
+            return all(w.done and w.latest is None for w in self._workers)
+        return all(r.ended for r in self.readers)
+
+    def gather(self, n: int, timeout: float = 0.1) -> list[Frame]:
+        """Up to ``n`` frames, round robin over sources; may be empty (timeout, stop, or all ended)."""
+        return self._gather_latest(n, timeout) if self.drop else self._gather_in_order(n)
+
+    def _gather_latest(self, n: int, timeout: float) -> list[Frame]:
+        with self._cond:
+            if not any(w.latest is not None for w in self._workers):
+                if self.stop.is_set() or all(w.done for w in self._workers):
+                    return []
+                self._cond.wait(timeout)
+            frames = []
+            k = len(self._workers)
+            for _ in range(k):
+                if len(frames) >= n:
+                    break
+                frame = self._workers[self._next].take()
+                self._next = (self._next + 1) % k
+                if frame is not None:
+                    frames.append(frame)
+            return frames
+
+    def _gather_in_order(self, n: int) -> list[Frame]:
+        frames: list[Frame] = []
+        k = len(self.readers)
+        while len(frames) < n and not self.stop.is_set() and not all(r.ended for r in self.readers):
+            reader = self.readers[self._next]
+            self._next = (self._next + 1) % k
+            if not reader.ended:
+                frame = reader.next()
+                if frame is not None:
+                    frames.append(frame)
+        return frames
+
+    # --- counters ---------------------------------------------------------------------------------
+    @property
+    def captured(self) -> int:
+        return sum(r.captured for r in self.readers)
+
+    @property
+    def dropped(self) -> int:
+        return sum(w.dropped for w in self._workers)
+
+    @property
+    def unreadable(self) -> int:
+        return sum(r.unreadable for r in self.readers)
+
+    @property
+    def reconnects(self) -> int:
+        return sum(r.reconnects for r in self.readers)
+
+    def close(self) -> None:
+        """Stop capture threads (each finishes its current read) and release every source."""
+        self.stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        deadline = time.monotonic() + self.join_timeout
+        for w in self._workers:
+            w.join(max(0.0, deadline - time.monotonic()))
+            if w.is_alive():
+                log.warning("%s: capture thread still blocked in read(); leaving it", w.reader.source.name)
+        for w in self._workers or []:
+            if not w.is_alive():
+                w.reader.source.release()
+        if not self._workers:
+            for r in self.readers:
+                r.source.release()

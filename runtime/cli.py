@@ -1,0 +1,140 @@
+"""``aaclip-runtime``: run an exported artifact (ONNX or TensorRT engine + manifest) on cameras."""
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Optional
+
+import click
+
+from .backends import BACKENDS, make_runner
+from .capture import Backoff
+from .log import UserError, setup_logging
+from .loop import CameraLoop, LoopConfig, Outputs, Summary, resolve_classes
+from .manifest import check_artifact, load_manifest
+from .sinks import EVIDENCE_FORMATS, DisplaySink, EventLog, EvidenceWriter, VideoSink, video_paths
+from .sources import open_source
+
+log = logging.getLogger(__name__)
+
+
+def _install_signal_handlers(loop: CameraLoop) -> dict:
+    """SIGINT/SIGTERM: finish the current frame, flush, summarize, exit 0. A second signal aborts.
+    Returns the previous handlers (to restore)."""
+
+    def handler(signum: int, _frame) -> None:
+        name = signal.Signals(signum).name
+        if loop.stop_event.is_set():
+            raise KeyboardInterrupt
+        log.info("%s received: finishing the current frame", name)
+        loop.stop(name)
+
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:
+        signal.signal(sig, handler)
+    return previous
+
+
+def run(artifact: Path, cameras: tuple[str, ...], backend: str, batch: int, classes: tuple[str, ...],
+        threshold: Optional[float], debounce: int, events: Optional[Path], evidence: Optional[Path],
+        evidence_format: str, video: Optional[Path], video_fps: Optional[float], show: bool, no_drop: bool,
+        loop_files: bool, max_frames: Optional[int], stats_every: float, reconnect_delay: float,
+        reconnect_max: float) -> Summary:
+    manifest = load_manifest(artifact)
+    check_artifact(manifest)
+    if not cameras:
+        raise UserError("no camera given; pass --camera (device index, path, URL, csi://0 or a pipeline)")
+    if debounce < 1:
+        raise UserError(f"--debounce must be >= 1, got {debounce}")
+    class_ids = resolve_classes(manifest, classes, len(cameras))
+    sources = [open_source(c, loop=loop_files) for c in cameras]
+    config = LoopConfig(batch=batch, drop=not no_drop, threshold=threshold, debounce=debounce,
+                        max_frames=max_frames, stats_every=stats_every,
+                        backoff=Backoff(initial=reconnect_delay, maximum=max(reconnect_max, reconnect_delay)))
+    outputs = Outputs()
+    try:
+        outputs.display = DisplaySink() if show else None
+        outputs.events = EventLog(events) if events else None
+        outputs.evidence = EvidenceWriter(evidence, evidence_format) if evidence else None
+        if video:
+            outputs.videos = [VideoSink(p, video_fps or s.fps) for p, s in zip(video_paths(video, len(sources)), sources)]
+        runner = make_runner(manifest, backend)
+        with runner:
+            loop = CameraLoop(runner, manifest, sources, class_ids, config, outputs)
+            previous = _install_signal_handlers(loop)
+            log.info("running %s (%s) on %s; threshold %.4g, debounce %d, %s mode", artifact.name, runner.name,
+                     ", ".join(s.name for s in sources), loop.params.threshold, debounce,
+                     "offline (no drop)" if no_drop else "live (newest frame)")
+            try:
+                return loop.run()
+            finally:
+                for sig, h in previous.items():
+                    signal.signal(sig, h)
+    finally:
+        outputs.close()
+        for s in sources:
+            s.release()
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("artifact", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--camera", "cameras", multiple=True, metavar="SPEC",
+              help="Source, repeatable: device index (0), /dev/video0, v4l2:///dev/video0, csi://0, rtsp://..., "
+                   "http(s)://..., video file (file://x.mp4 or x.mp4), image folder, or a GStreamer pipeline "
+                   "(a string with '!').")
+@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
+              help="auto: TensorRT for .engine, ONNX Runtime (CUDA, else CPU) for .onnx.")
+@click.option("--batch", type=int, default=1, show_default=True,
+              help="Frames per inference call (groups frames of several cameras).")
+@click.option("--class", "classes", multiple=True, metavar="NAME",
+              help="Class to inspect (multi-class artifacts): once for all cameras or once per camera.")
+@click.option("--threshold", type=float, default=None, help="Override the manifest's score threshold.")
+@click.option("--debounce", type=int, default=1, show_default=True,
+              help="Alarm only after N consecutive anomalous frames.")
+@click.option("--events", type=click.Path(path_type=Path, dir_okay=False), help="Append events as JSON lines here.")
+@click.option("--evidence", type=click.Path(path_type=Path, file_okay=False),
+              help="Save alarm frames with their heat-map overlay into this folder.")
+@click.option("--evidence-format", type=click.Choice(EVIDENCE_FORMATS), default="jpg", show_default=True)
+@click.option("--video", type=click.Path(path_type=Path, dir_okay=False),
+              help="Write an annotated video (.avi MJPG; one file per camera when several).")
+@click.option("--video-fps", type=float, default=None, help="Frame rate of --video (default: the source's, else 15).")
+@click.option("--show", is_flag=True, help="Show annotated frames in a window (needs a display; q quits).")
+@click.option("--no-drop", is_flag=True, help="Process every frame (offline files) instead of only the newest.")
+@click.option("--loop", "loop_files", is_flag=True, help="Restart video files and image folders at their end.")
+@click.option("--max-frames", type=int, default=None, help="Stop after N processed frames.")
+@click.option("--stats-every", type=float, default=10.0, show_default=True,
+              help="Seconds between stats lines (0: none).")
+@click.option("--reconnect-delay", type=float, default=0.5, show_default=True,
+              help="First reconnect delay in seconds (doubles on each failure).")
+@click.option("--reconnect-max", type=float, default=10.0, show_default=True, help="Longest reconnect delay (s).")
+@click.option("-v", "--verbose", count=True, help="More log output.")
+@click.option("-q", "--quiet", is_flag=True, help="Warnings and errors only.")
+def main(artifact: Path, cameras: tuple[str, ...], backend: str, batch: int, classes: tuple[str, ...],
+         threshold: Optional[float], debounce: int, events: Optional[Path], evidence: Optional[Path],
+         evidence_format: str, video: Optional[Path], video_fps: Optional[float], show: bool, no_drop: bool,
+         loop_files: bool, max_frames: Optional[int], stats_every: float, reconnect_delay: float,
+         reconnect_max: float, verbose: int, quiet: bool) -> None:
+    """Run ARTIFACT (model.onnx or model.engine, with its .manifest.json) on one or more cameras.
+
+    Each frame gets a score (graph contract); an alarm fires after --debounce consecutive frames at or
+    above the threshold. Ctrl-C or SIGTERM finishes the current frame, flushes outputs, prints a summary
+    and exits 0.
+    """
+    setup_logging(verbose, quiet)
+    try:
+        summary = run(artifact, cameras, backend, batch, classes, threshold, debounce, events, evidence,
+                      evidence_format, video, video_fps, show, no_drop, loop_files, max_frames, stats_every,
+                      reconnect_delay, reconnect_max)
+    except UserError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        click.echo("error: interrupted; outputs may be incomplete", err=True)
+        sys.exit(130)
+    click.echo(summary.text())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,211 @@
+"""Outputs of the loop, one small class each: EventLog, EvidenceWriter, VideoSink, DisplaySink, StatsReporter."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import cv2
+import numpy as np
+
+from .fileio import PathLike, atomic_path
+from .log import UserError
+
+log = logging.getLogger(__name__)
+
+EVIDENCE_FORMATS = ("jpg", "png")
+VIDEO_FOURCC = {".avi": "MJPG", ".mp4": "mp4v", ".mkv": "XVID"}
+DEFAULT_VIDEO_FPS = 15.0
+
+
+def slug(name: str, limit: int = 60) -> str:
+    """A file-name-safe version of a source name."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")[:limit] or "source"
+
+
+class EventLog:
+    """Events as JSON lines, appended and flushed one whole line at a time."""
+
+    def __init__(self, path: PathLike):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._f = open(self.path, "a", encoding="utf-8")
+        self.count = 0
+
+    def write(self, event: dict[str, Any]) -> None:
+        self._f.write(json.dumps(event, separators=(",", ":")) + "\n")
+        self._f.flush()
+        self.count += 1
+
+    def close(self) -> None:
+        if not self._f.closed:
+            self._f.flush()
+            os.fsync(self._f.fileno())
+            self._f.close()
+
+
+class EvidenceWriter:
+    """Saves evidence images atomically (temp file + rename: never a half file) as PNG or JPG."""
+
+    def __init__(self, directory: PathLike, fmt: str = "jpg", jpeg_quality: int = 92):
+        if fmt not in EVIDENCE_FORMATS:
+            raise UserError(f"unknown evidence format {fmt!r}; choose {' or '.join(EVIDENCE_FORMATS)}")
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.fmt = fmt
+        self.params = [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality] if fmt == "jpg" else []
+        self.count = 0
+        self.failures = 0
+
+    def save(self, image: np.ndarray, source_name: str, frame_index: int, score: float) -> Optional[Path]:
+        """Write one evidence image; returns its path, or None (logged) when the disk refuses it."""
+        path = self.directory / f"{slug(source_name)}_{frame_index:08d}_{score:.3f}.{self.fmt}"
+        try:
+            with atomic_path(path, suffix=f".{self.fmt}") as tmp:
+                if not cv2.imwrite(str(tmp), image, self.params):
+                    raise OSError(f"cv2.imwrite could not write {tmp}")
+        except (OSError, cv2.error) as e:
+            self.failures += 1
+            log.error("evidence %s not written: %s", path.name, e)
+            return None
+        self.count += 1
+        return path
+
+    def close(self) -> None:
+        pass
+
+
+class VideoSink:
+    """An annotated video file, opened on the first frame; written under a temporary name and renamed
+    into place on ``close`` (an interrupted run leaves no half file at ``path``)."""
+
+    def __init__(self, path: PathLike, fps: Optional[float] = None):
+        self.path = Path(path)
+        self.fps = fps or DEFAULT_VIDEO_FPS
+        self.fourcc = VIDEO_FOURCC.get(self.path.suffix.lower(), "MJPG")
+        self._writer: Optional[cv2.VideoWriter] = None
+        self._atomic = None
+        self.size: Optional[tuple[int, int]] = None
+        self.count = 0
+
+    def write(self, image: np.ndarray) -> None:
+        h, w = image.shape[:2]
+        if self._writer is None:
+            self._atomic = atomic_path(self.path, suffix=self.path.suffix or ".avi")
+            tmp = self._atomic.__enter__()
+            self._writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*self.fourcc), self.fps, (w, h))
+            if not self._writer.isOpened():
+                self._abort()
+                raise UserError(f"cannot write video {self.path} with codec {self.fourcc}; use a .avi file (MJPG)")
+            self.size = (w, h)
+        if (w, h) != self.size:
+            image = cv2.resize(image, self.size, interpolation=cv2.INTER_AREA)
+        self._writer.write(image)
+        self.count += 1
+
+    def _abort(self) -> None:
+        if self._writer is not None:
+            self._writer.release()
+        self._writer = None
+        if self._atomic is not None:
+            try:
+                self._atomic.__exit__(RuntimeError, RuntimeError("aborted"), None)
+            except RuntimeError:
+                pass
+            self._atomic = None
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
+            self._atomic.__exit__(None, None, None)
+            self._atomic = None
+
+
+def video_paths(path: PathLike, n_sources: int) -> list[Path]:
+    """One video per source: ``out.avi`` for one camera, ``out_0.avi``, ``out_1.avi``... for several."""
+    p = Path(path)
+    if n_sources == 1:
+        return [p]
+    return [p.with_name(f"{p.stem}_{i}{p.suffix}") for i in range(n_sources)]
+
+
+def display_available() -> bool:
+    if sys.platform.startswith("linux"):
+        return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+    return True
+
+
+class DisplaySink:
+    """On-screen windows, one per source; ``show`` returns True when the user pressed q or Esc."""
+
+    def __init__(self) -> None:
+        if not display_available():
+            raise UserError("--show needs a display (DISPLAY/WAYLAND_DISPLAY is not set); drop --show or "
+                            "write a --video instead")
+        self._windows: set[str] = set()
+
+    def show(self, window: str, image: np.ndarray) -> bool:
+        try:
+            cv2.imshow(window, image)
+            self._windows.add(window)
+            key = cv2.waitKey(1) & 0xFF
+        except cv2.error as e:
+            raise UserError(f"this OpenCV cannot open windows ({str(e).strip().splitlines()[-1]}); it is a "
+                            "headless build: drop --show or install an OpenCV with GUI support") from None
+        return key in (ord("q"), 27)
+
+    def close(self) -> None:
+        if self._windows:
+            try:
+                cv2.destroyAllWindows()
+            except cv2.error:
+                pass
+
+
+class StatsReporter:
+    """Periodic stats line (capture FPS, inference FPS, dropped, p50/p95 latency) and run totals.
+
+    Latencies (capture to decision) go into a preallocated ring of ``window`` values.
+    """
+
+    def __init__(self, every_s: float = 10.0, window: int = 4096, start: float = 0.0):
+        self.every_s = every_s
+        self._lat = np.zeros(window, dtype=np.float64)
+        self.frames = 0
+        self._last_t = start
+        self._last_frames = 0
+        self._last_captured = 0
+        self.start = start
+
+    def record(self, latency_s: float) -> None:
+        self._lat[self.frames % self._lat.size] = latency_s
+        self.frames += 1
+
+    def percentiles_ms(self, last: Optional[int] = None) -> tuple[float, float]:
+        """p50 and p95 latency in ms over the ``last`` recorded frames (default: the whole window)."""
+        n = min(self.frames, self._lat.size, self.frames if last is None else last)
+        if n <= 0:
+            return float("nan"), float("nan")
+        end = self.frames % self._lat.size
+        idx = (np.arange(end - n, end)) % self._lat.size
+        p50, p95 = np.percentile(self._lat[idx], [50, 95])
+        return float(p50) * 1e3, float(p95) * 1e3
+
+    def maybe_report(self, now: float, captured: int, dropped: int, unreadable: int,
+                     reconnects: int) -> Optional[str]:
+        """Log and return a stats line when ``every_s`` has passed since the last one."""
+        if self.every_s <= 0 or now - self._last_t < self.every_s:
+            return None
+        dt = max(now - self._last_t, 1e-9)
+        p50, p95 = self.percentiles_ms(self.frames - self._last_frames)
+        line = (f"capture {(captured - self._last_captured) / dt:.1f} fps | infer "
+                f"{(self.frames - self._last_frames) / dt:.1f} fps | dropped {dropped} | unreadable {unreadable} "
+                f"| reconnects {reconnects} | latency p50 {p50:.1f} ms p95 {p95:.1f} ms")
+        log.info("%s", line)
+        self._last_t, self._last_frames, self._last_captured = now, self.frames, captured
+        return line

@@ -1,0 +1,226 @@
+"""Video sources as URIs, one small class each (the jetson-inference convention).
+
+``open_source(spec)`` understands what production lines have::
+
+    0, 1, ...                 device index (V4L2 on Linux)
+    /dev/video0               V4L2 device path (also v4l2:///dev/video0)
+    csi://0                   Jetson CSI camera (builds an nvarguscamerasrc pipeline; ?width=&height=&fps=&flip=)
+    rtsp://..., rtmp://...    network streams (FFmpeg)
+    http://..., https://...   MJPEG/HLS streams (FFmpeg)
+    file://x.mp4, x.mp4       video file
+    a directory, an image     image folder (sorted by name) or a single image
+    '... ! ... ! appsink'     any string containing '!' is a GStreamer pipeline
+
+Every source has ``name``, ``is_live``, ``open() -> bool``, ``read() -> (ok, frame)`` and ``release()``.
+``read`` returns ``(True, frame)`` for a frame, ``(True, None)`` for an unreadable frame (skip it), and
+``(False, None)`` when no frame came: end of a file (when not looping) or a failed/stalled live source
+(reconnect it).
+"""
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Optional, Sequence
+from urllib.parse import parse_qs, urlsplit
+
+import cv2
+import numpy as np
+
+from .log import UserError
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+NETWORK_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp")
+DEFAULT_OPEN_TIMEOUT_MS = 10_000
+DEFAULT_READ_TIMEOUT_MS = 5_000
+
+Frame = Optional[np.ndarray]
+
+
+class Source:
+    """One video source. Subclasses implement ``open``, ``read`` and ``release``."""
+
+    name: str = "source"
+    is_live: bool = False
+    fps: Optional[float] = None  # nominal frame rate when the source knows it
+
+    def open(self) -> bool:
+        """(Re)open the source; True when it delivers frames."""
+        raise NotImplementedError
+
+    def read(self) -> tuple[bool, Frame]:
+        raise NotImplementedError
+
+    def release(self) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r}, live={self.is_live})"
+
+
+class CaptureSource(Source):
+    """Anything ``cv2.VideoCapture`` opens: devices, files, network streams, GStreamer pipelines."""
+
+    def __init__(self, target: int | str, name: str, is_live: bool, api: int = cv2.CAP_ANY,
+                 params: Sequence[int] = (), loop: bool = False):
+        self.target = target
+        self.name = name
+        self.is_live = is_live
+        self.api = api
+        self.params = list(params)
+        self.loop = loop and not is_live
+        self._cap: Optional[cv2.VideoCapture] = None
+
+    def open(self) -> bool:
+        self.release()
+        cap = cv2.VideoCapture(self.target, self.api, self.params) if self.params else \
+            cv2.VideoCapture(self.target, self.api)
+        if not cap.isOpened():
+            cap.release()
+            return False
+        self._cap = cap
+        fps = cap.get(cv2.CAP_PROP_FPS)
+        self.fps = fps if fps and 0 < fps < 1000 else None
+        return True
+
+    def read(self) -> tuple[bool, Frame]:
+        if self._cap is None:
+            return False, None
+        ok, frame = self._cap.read()
+        if not ok and self.loop:  # end of file: rewind, or reopen when the container cannot seek
+            self._cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+            ok, frame = self._cap.read()
+            if not ok and self.open():
+                ok, frame = self._cap.read()
+        if not ok:
+            return False, None
+        if frame is None or frame.size == 0:
+            return True, None
+        return True, frame
+
+    def release(self) -> None:
+        if self._cap is not None:
+            self._cap.release()
+            self._cap = None
+
+
+class ImageFolderSource(Source):
+    """Image files read in name order; an unreadable file is reported as an unreadable frame."""
+
+    def __init__(self, files: Sequence[Path], name: str, loop: bool = False):
+        self.files = list(files)
+        self.name = name
+        self.loop = loop
+        self._next = 0
+
+    def open(self) -> bool:
+        self._next = 0
+        return bool(self.files)
+
+    def read(self) -> tuple[bool, Frame]:
+        if self._next >= len(self.files):
+            if not self.loop or not self.files:
+                return False, None
+            self._next = 0
+        path = self.files[self._next]
+        self._next += 1
+        frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if frame is None:
+            log.warning("%s: cannot read image %s, skipped", self.name, path.name)
+            return True, None
+        return True, frame
+
+
+def gstreamer_available(build_info: Optional[str] = None) -> bool:
+    """True when this cv2 was built with GStreamer (parsed from ``cv2.getBuildInformation()``)."""
+    info = cv2.getBuildInformation() if build_info is None else build_info
+    m = re.search(r"^\s*GStreamer:\s*(\S+)", info, re.MULTILINE)
+    return bool(m and m.group(1).upper().startswith("YES"))
+
+
+def require_gstreamer(spec: str, build_info: Optional[str] = None) -> None:
+    if not gstreamer_available(build_info):
+        raise UserError(
+            f"camera {spec!r} needs GStreamer, but this OpenCV ({cv2.__version__}, {Path(cv2.__file__).parent}) "
+            "was built without it (cv2.getBuildInformation() says 'GStreamer: NO'). On Jetson a pip "
+            "opencv-python wheel is shadowing JetPack's OpenCV: pip uninstall opencv-python "
+            "opencv-python-headless and keep the system one (see runtime/README.md)")
+
+
+def csi_pipeline(sensor_id: int = 0, width: int = 1920, height: int = 1080, fps: int = 30, flip: int = 0) -> str:
+    """GStreamer pipeline for a Jetson CSI camera (nvarguscamerasrc) delivering BGR frames to OpenCV."""
+    return (f"nvarguscamerasrc sensor-id={sensor_id} ! "
+            f"video/x-raw(memory:NVMM), width=(int){width}, height=(int){height}, framerate=(fraction){fps}/1 ! "
+            f"nvvidconv flip-method={flip} ! video/x-raw, format=(string)BGRx ! "
+            "videoconvert ! video/x-raw, format=(string)BGR ! appsink drop=true max-buffers=1 sync=false")
+
+
+def _public_name(spec: str) -> str:
+    """The spec without credentials (rtsp://user:pass@host -> rtsp://host) for logs and events."""
+    return re.sub(r"(//)[^/@]*@", r"\1", spec)
+
+
+def _network_params(open_timeout_ms: int, read_timeout_ms: int) -> list[int]:
+    return [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(open_timeout_ms), cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(read_timeout_ms)]
+
+
+def parse_source(spec: str | int, loop: bool = False, open_timeout_ms: int = DEFAULT_OPEN_TIMEOUT_MS,
+                 read_timeout_ms: int = DEFAULT_READ_TIMEOUT_MS) -> Source:
+    """Build (without opening) the source for ``spec``; raises UserError for what cannot exist."""
+    spec = str(spec).strip()
+    if not spec:
+        raise UserError("empty --camera; give a device index, a path, a URL or a GStreamer pipeline")
+    if "!" in spec:
+        require_gstreamer(spec)
+        return CaptureSource(spec, name="gstreamer", is_live=True, api=cv2.CAP_GSTREAMER)
+    if spec.isdigit():
+        return CaptureSource(int(spec), name=f"camera{spec}", is_live=True)
+    lower = spec.lower()
+    scheme = lower.split("://", 1)[0] if "://" in lower else ""
+    if scheme == "csi":
+        parts = urlsplit(spec)
+        q = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        sensor = (parts.netloc or parts.path.strip("/") or "0")
+        if not sensor.isdigit():
+            raise UserError(f"bad CSI camera {spec!r}; write csi://0 (sensor id), optionally ?width=&height=&fps=&flip=")
+        try:
+            pipeline = csi_pipeline(int(sensor), int(q.get("width", 1920)), int(q.get("height", 1080)),
+                                    int(q.get("fps", 30)), int(q.get("flip", 0)))
+        except ValueError:
+            raise UserError(f"bad CSI camera options in {spec!r}; width/height/fps/flip are integers") from None
+        require_gstreamer(spec)
+        return CaptureSource(pipeline, name=f"csi{sensor}", is_live=True, api=cv2.CAP_GSTREAMER)
+    if scheme == "v4l2" or lower.startswith("/dev/video"):
+        path = spec[len("v4l2://"):] if scheme == "v4l2" else spec
+        return CaptureSource(path, name=Path(path).name, is_live=True, api=cv2.CAP_V4L2)
+    if scheme in NETWORK_SCHEMES:
+        return CaptureSource(spec, name=_public_name(spec), is_live=True, api=cv2.CAP_FFMPEG,
+                             params=_network_params(open_timeout_ms, read_timeout_ms))
+    if scheme and scheme != "file":
+        raise UserError(f"unknown camera scheme {scheme!r} in {spec!r}; use csi://, v4l2://, rtsp://, http(s)://, "
+                        "file://, a device index, a path or a GStreamer pipeline")
+    path = Path(spec[len("file://"):] if scheme == "file" else spec).expanduser()
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise UserError(f"image folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        return ImageFolderSource(files, name=path.name or str(path), loop=loop)
+    if not path.exists():
+        raise UserError(f"camera source {spec!r} not found: not a device index, URL, pipeline or existing path")
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return ImageFolderSource([path], name=path.name, loop=loop)
+    return CaptureSource(str(path), name=path.name, is_live=False, loop=loop)
+
+
+def open_source(spec: str | int, loop: bool = False, **kwargs) -> Source:
+    """Parse and open ``spec``. A file that cannot be opened is an error; a live source that is not up
+    yet is returned unopened (the loop keeps retrying it with backoff)."""
+    source = parse_source(spec, loop=loop, **kwargs)
+    if not source.open():
+        if not source.is_live:
+            raise UserError(f"cannot open {spec!r}: not a video this OpenCV can decode "
+                            f"(FFmpeg/codec support missing or file damaged)")
+        log.warning("%s: not available yet; will keep retrying", source.name)
+    return source

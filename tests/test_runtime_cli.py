@@ -1,0 +1,106 @@
+"""``aaclip-runtime`` command: results, one-line errors with exit 2, clean shutdown on SIGINT/SIGTERM."""
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import aaclip.runtime
+from aaclip.runtime import sources as src
+from aaclip.runtime.cli import main
+from runtime_fixtures import make_onnx_artifact, read_events, write_video
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_run_on_file_prints_summary(tmp_path):
+    art = make_onnx_artifact(tmp_path)
+    video = write_video(tmp_path / "v.avi", 6, defect_frames=[2, 3])
+    events = tmp_path / "ev.jsonl"
+    r = invoke(art, "--camera", video, "--no-drop", "--debounce", "2", "--events", events, "-q")
+    assert r.exit_code == 0, r.output
+    assert "summary: 6 frames" in r.stdout and "2 anomalous, 1 alarms (1 alarm frames)" in r.stdout
+    assert [e["decision"] for e in read_events(events)] == ["normal", "normal", "anomalous", "alarm", "normal",
+                                                            "normal"]
+    r = invoke(art, "--camera", video, "--no-drop", "--threshold", "0.1", "--max-frames", "3", "-q")
+    assert r.exit_code == 0 and "summary: 3 frames" in r.stdout and "3 anomalous" in r.stdout
+
+
+def test_tampered_artifact_exits_2_with_rebuild_command(tmp_path):
+    art = make_onnx_artifact(tmp_path)
+    art.write_bytes(art.read_bytes() + b"x")
+    r = invoke(art, "--camera", write_video(tmp_path / "v.avi", 1))
+    assert r.exit_code == 2
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("error: artifact ")
+    assert r.stderr.strip().endswith("rebuild it with: aaclip-export runs/test/ckpt --format onnx --out model.onnx")
+
+
+def test_multi_class_artifact_needs_class(tmp_path):
+    art = make_onnx_artifact(tmp_path, classes=("bottle", "cable"), class_offsets=(0.0, 1.0))
+    video = write_video(tmp_path / "v.avi", 1)
+    r = invoke(art, "--camera", video)
+    assert r.exit_code == 2 and "choose with --class NAME" in r.stderr and "available: bottle, cable" in r.stderr
+    r = invoke(art, "--camera", video, "--class", "screw")
+    assert r.exit_code == 2 and "unknown class 'screw'" in r.stderr
+
+
+def test_pipeline_without_gstreamer_exits_2(tmp_path, monkeypatch):
+    monkeypatch.setattr(src.cv2, "getBuildInformation", lambda: "    GStreamer:    NO\n")
+    art = make_onnx_artifact(tmp_path)
+    r = invoke(art, "--camera", "nvarguscamerasrc ! nvvidconv ! appsink")
+    assert r.exit_code == 2 and "was built without it" in r.stderr and "JetPack's OpenCV" in r.stderr
+
+
+def test_show_without_display_exits_2(tmp_path, monkeypatch):
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    art = make_onnx_artifact(tmp_path)
+    r = invoke(art, "--camera", write_video(tmp_path / "v.avi", 1), "--show")
+    assert r.exit_code == 2 and "--show needs a display" in r.stderr
+
+
+def _env() -> dict:
+    # Where ``aaclip`` is importable from (the dev symlink tree or an install).
+    root = Path(aaclip.runtime.__file__).parents[2]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_finishes_frame_flushes_and_exits_0(tmp_path, sig):
+    art = make_onnx_artifact(tmp_path)
+    video = write_video(tmp_path / "v.avi", 10, defect_frames=[4, 5])
+    events, evidence, annotated = tmp_path / "ev.jsonl", tmp_path / "evidence", tmp_path / "out.avi"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aaclip.runtime.cli", str(art), "--camera", str(video), "--loop", "--events",
+         str(events), "--evidence", str(evidence), "--video", str(annotated), "--stats-every", "0.5"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            if events.exists() and events.read_text().count("\n") >= 25:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    m = re.search(r"summary: (\d+) frames .* stopped by (\w+)", out)
+    assert m and m.group(2) == sig.name, out
+    text = events.read_text()
+    assert text.endswith("\n")
+    ev = read_events(events)  # every line is complete JSON
+    assert len(ev) == int(m.group(1)) >= 25
+    assert any(e["alarm"] for e in ev)
+    assert all(p.suffix == ".jpg" and not p.name.startswith(".") for p in evidence.iterdir())
+    assert annotated.stat().st_size > 0 and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    assert f"{sig.name} received: finishing the current frame" in err
