@@ -38,14 +38,14 @@ def gaussian_blur(m: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
     x = F.pad(m.unsqueeze(1), (pad, pad, pad, pad), mode="reflect")
     x = F.conv2d(x, k.view(1, 1, 1, size))
     x = F.conv2d(x, k.view(1, 1, size, 1))
-    return x.squeeze(1)
+    return x[:, 0]  # indexing, not squeeze: squeeze exports as a data-dependent If node
 
 
 def upsample(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Bilinear up-sampling with align_corners=True of (B, C, h, w) or (B, h, w) tensors."""
-    squeeze = x.dim() == 3
-    y = F.interpolate(x.unsqueeze(1) if squeeze else x, size=size, mode="bilinear", align_corners=True)
-    return y.squeeze(1) if squeeze else y
+    single = x.dim() == 3
+    y = F.interpolate(x.unsqueeze(1) if single else x, size=size, mode="bilinear", align_corners=True)
+    return y[:, 0] if single else y
 
 
 def level_map(V: torch.Tensor, T: torch.Tensor, grid: int) -> torch.Tensor:
@@ -66,13 +66,13 @@ def anomaly_map(levels: list[torch.Tensor], T: torch.Tensor, grid: int, size: tu
 
 def cls_score(d: torch.Tensor, T: torch.Tensor) -> torch.Tensor:
     """Classification score c = (s[:,1] + 1) / 2 with s = d T, (B,)."""
-    s = torch.matmul(d.unsqueeze(1), T).squeeze(1)
+    s = cls_logits(d, T)
     return (s[:, 1] + 1.0) / 2.0
 
 
 def cls_logits(d: torch.Tensor, T: torch.Tensor) -> torch.Tensor:
     """s = d T, (B, 2): the logits of the stage-2 cross-entropy."""
-    return torch.matmul(d.unsqueeze(1), T).squeeze(1)
+    return torch.matmul(d.unsqueeze(1), T)[:, 0]
 
 
 def train_probabilities(V: torch.Tensor, T: torch.Tensor, grid: int, size: tuple[int, int]) -> torch.Tensor:

@@ -1,0 +1,234 @@
+"""``aaclip-calibrate``: alarm thresholds from normal frames, and INT8 graphs behind an accuracy gate.
+
+    aaclip-calibrate threshold model.onnx --images good_parts/            # writes the manifest's score block
+    aaclip-calibrate threshold model.engine --camera csi://0 --frames 10000 --far 0.001
+    aaclip-calibrate threshold model.onnx --data test.jsonl --dry-run       # label 1 records: report only
+    aaclip-calibrate int8 model.onnx --images good_parts/ --engine model.int8.engine --trt-flavour tensorrt
+
+Exit status: 0 done, 1 the INT8 gate refused the graph, 2 bad input (one 'error: ...' line).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shlex
+import sys
+from pathlib import Path
+from typing import Optional
+
+import click
+
+from aaclip.runtime.backends import BACKENDS
+from aaclip.runtime.log import UserError, setup_logging
+from aaclip.runtime.manifest import Manifest, load_manifest
+
+from . import thresholds
+from .gate import MAX_AUROC_CHANGE, MIN_MAP_CORR, MIN_RANK_CORR, GateLimits
+from .inputs import FrameInput, camera_input, class_id_for, data_inputs, folder_input, image_files, file_input
+
+log = logging.getLogger(__name__)
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
+
+
+def resolve_inputs(manifest: Manifest, images: Optional[Path], data: Optional[Path], camera: Optional[str],
+                   frames: Optional[int], anomalies: Optional[Path], class_name: Optional[str]
+                   ) -> tuple[FrameInput, Optional[FrameInput]]:
+    """(normal frames, labelled anomalies or None) from exactly one of --images / --data / --camera."""
+    given = [n for n, v in (("--images", images), ("--data", data), ("--camera", camera)) if v is not None]
+    if len(given) != 1:
+        raise UserError("give exactly one source of normal frames: --images DIR, --data FILE.jsonl or "
+                        f"--camera SPEC --frames N (got {', '.join(given) or 'none'})")
+    bad: Optional[FrameInput] = None
+    if data is not None:
+        normals, bad = data_inputs(data, manifest, class_name)
+    elif images is not None:
+        normals = folder_input(images, class_id_for(manifest, class_name))
+    else:
+        if frames is None:
+            raise UserError("--camera needs --frames N: how many frames of good parts to record "
+                            "(10000 for the default 0.001 false-alarm rate)")
+        normals = camera_input(camera, frames, class_id_for(manifest, class_name))
+    if anomalies is not None:
+        if bad is not None:
+            raise UserError("anomalies come from the label-1 records of --data; drop --anomalies or --data")
+        files = image_files(anomalies)
+        cid = class_id_for(manifest, class_name)
+        bad = file_input(files, [cid] * len(files), f"images {anomalies}")
+    return normals, bad
+
+
+def _limit(frames_input: FrameInput, limit: Optional[int]) -> FrameInput:
+    """At most ``limit`` frames of a file input (cameras already stop at --frames)."""
+    if limit is None or frames_input.count is None:
+        return frames_input
+    import itertools
+
+    return FrameInput(frames_input.description, lambda: itertools.islice(frames_input.items(), limit),
+                      min(limit, frames_input.count))
+
+
+def _source_options(f):
+    for option in reversed([
+        click.option("--images", type=click.Path(path_type=Path, file_okay=False),
+                     help="Folder of images of good (normal) parts."),
+        click.option("--data", type=click.Path(path_type=Path, dir_okay=False),
+                     help="JSON-lines records (SPEC section 6): label 0 = normal frames, label 1 = anomalies for "
+                          "the report."),
+        click.option("--camera", metavar="SPEC",
+                     help="Record live frames (same specs as aaclip-runtime: 0, /dev/video0, csi://0, rtsp://..., "
+                          "a video file, a GStreamer pipeline)."),
+        click.option("--anomalies", type=click.Path(path_type=Path, file_okay=False),
+                     help="Folder of images with defects (labelled anomalies; information/gate only)."),
+        click.option("--class", "class_name", metavar="NAME",
+                     help="Class the frames show (required for multi-class artifacts unless --data names it)."),
+        click.option("-v", "--verbose", count=True, help="More log output."),
+        click.option("-q", "--quiet", is_flag=True, help="Warnings and errors only."),
+    ]):
+        f = option(f)
+    return f
+
+
+@click.group(context_settings=CONTEXT)
+def cli() -> None:
+    """Calibrate an exported artifact on normal frames: score thresholds (threshold) or INT8 (int8).
+
+    See docs/calibration.md.
+    """
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("artifact", type=click.Path(path_type=Path, dir_okay=False))
+@_source_options
+@click.option("--frames", type=click.IntRange(min=2),
+              help="Frames to record from --camera (required there); at most this many with --images/--data.")
+@click.option("--far", type=float, default=thresholds.DEFAULT_FAR, show_default=True,
+              help="False-alarm rate per normal frame the threshold aims at (0.001: one per 1000 good frames).")
+@click.option("--pixel-far", type=float, default=thresholds.DEFAULT_PIXEL_FAR, show_default=True,
+              help="False-alarm rate per normal pixel for the pixel (overlay) threshold.")
+@click.option("--pixel-samples", type=click.IntRange(min=0), default=4096, show_default=True,
+              help="Anomaly-map pixels sampled per frame for the pixel threshold (0: derive it from map_max).")
+@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
+              help="Backend that runs the frames; use the one the runtime will use.")
+@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Frames per inference call (as aaclip-runtime --batch).")
+@click.option("--plot", type=click.Path(path_type=Path, dir_okay=False),
+              help="Histogram PNG [default: ARTIFACT.calibration.png; not written by --dry-run].")
+@click.option("--no-plot", is_flag=True, help="Do not write the histogram.")
+@click.option("--dry-run", is_flag=True, help="Print the score block; write nothing.")
+def threshold(artifact: Path, images, data, camera, anomalies, class_name, verbose, quiet, frames, far, pixel_far,
+              pixel_samples, backend, batch, plot, no_plot, dry_run) -> None:
+    """Fit normalization constants and thresholds of ARTIFACT on normal frames; write them into its manifest.
+
+    Only the manifest changes (atomically); the artifact and its sha256 stay as they are, and
+    aaclip-runtime uses the new constants without any flag. Labelled anomalies (--data label 1,
+    --anomalies) are only reported (AUROC, detection rate, F1-optimal threshold), never used to fit.
+    """
+    from .plot import save_score_histogram
+    from .score_calibration import calibrate_artifact, summary_lines
+
+    setup_logging(verbose, quiet)
+    thresholds._check_far(far)
+    thresholds._check_far(pixel_far, "pixel-far")
+    manifest = load_manifest(artifact)
+    normals, bad = resolve_inputs(manifest, images, data, camera, frames, anomalies, class_name)
+    if camera is None:
+        normals = _limit(normals, frames)
+    result = calibrate_artifact(artifact, normals, bad, far=far, pixel_far=pixel_far, backend=backend, batch=batch,
+                                pixel_samples=pixel_samples, dry_run=dry_run)
+    for line in summary_lines(result):
+        click.echo(line)
+    if dry_run:
+        click.echo(json.dumps({"score": result.score}, indent=2))
+        click.echo("dry run: manifest not written")
+    else:
+        click.echo(f"wrote {result.manifest_path}")
+    if not no_plot and (plot is not None or not dry_run):
+        path = plot or artifact.with_name(artifact.name + ".calibration.png")
+        c = result.score["calibration"]
+        if save_score_histogram(path, result.normal_scores, result.score["threshold"], result.anomaly_scores,
+                                f"{artifact.name}: {c['frames']} normal frames, {c['method']} at far {c['far']:g}"):
+            click.echo(f"plot {path}")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("fp32_onnx", type=click.Path(path_type=Path, dir_okay=False))
+@_source_options
+@click.option("--frames", type=click.IntRange(min=2), default=128, show_default=True,
+              help="Normal frames to read (every 4th is held out for the gate when there are >= 8).")
+@click.option("--out", "-o", type=click.Path(path_type=Path, dir_okay=False),
+              help="INT8 graph [default: FP32_ONNX with .int8.onnx].")
+@click.option("--holdout", type=click.IntRange(min=0), default=32, show_default=True,
+              help="Synthetic products (and as many with synthetic defects) added to the gate's held-out set.")
+@click.option("--method", type=click.Choice(["minmax", "percentile"]), default="minmax", show_default=True,
+              help="Activation range estimator (percentile: 99.999th, clips rare outliers).")
+@click.option("--min-map-corr", type=float, default=MIN_MAP_CORR, show_default=True,
+              help="Gate: mean per-frame Pearson correlation of INT8 vs FP32 anomaly maps.")
+@click.option("--min-rank-corr", type=float, default=MIN_RANK_CORR, show_default=True,
+              help="Gate: Spearman correlation of INT8 vs FP32 image scores.")
+@click.option("--max-auroc-change", type=float, default=MAX_AUROC_CHANGE, show_default=True,
+              help="Gate: largest |AUROC(INT8) - AUROC(FP32)| on the held-out labels.")
+@click.option("--force", is_flag=True, help="Write the INT8 graph even when the gate fails (recorded in the manifest).")
+@click.option("--batch", type=click.IntRange(min=1), default=8, show_default=True, help="Frames per inference call.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the synthetic held-out set.")
+@click.option("--engine", type=click.Path(path_type=Path, dir_okay=False),
+              help="Also build a TensorRT engine from the INT8 graph (same build as aaclip-export --format engine).")
+@click.option("--trt-flavour", "flavour", type=click.Choice(["tensorrt", "tensorrt-rtx"]), default="tensorrt",
+              show_default=True, help="(--engine) tensorrt: build on the target GPU. tensorrt-rtx: ahead of time.")
+@click.option("--engine-batch", default="1:4:8", show_default=True, help="(--engine) batch profile MIN:OPT:MAX.")
+def int8(fp32_onnx: Path, images, data, camera, anomalies, class_name, verbose, quiet, frames, out, holdout, method,
+         min_map_corr, min_rank_corr, max_auroc_change, force, batch, seed, engine, flavour, engine_batch) -> None:
+    """Quantize FP32_ONNX to an INT8 Q/DQ graph calibrated on normal frames, gated against FP32.
+
+    The gate compares INT8 with FP32 on held-out frames (held-out normal frames plus synthetic products,
+    with labelled anomalies or synthetic defects) and refuses to write the INT8 graph (exit 1) when a
+    metric misses its limit, unless --force.
+    """
+    from .int8 import build_int8_engine, quantize_artifact
+
+    setup_logging(verbose, quiet)
+    profile = None
+    if engine is not None:
+        from aaclip.export.engine import load_flavour, parse_batch
+
+        profile = parse_batch(engine_batch)
+        load_flavour(flavour)  # fail before the slow part when TensorRT is missing
+    manifest = load_manifest(fp32_onnx)
+    normals, bad = resolve_inputs(manifest, images, data, camera, frames, anomalies, class_name)
+    source = (["--images", str(images)] if images else ["--data", str(data)] if data else
+              ["--camera", str(camera)])
+    target = out or fp32_onnx.with_name(fp32_onnx.stem + ".int8.onnx")
+    command = shlex.join(["aaclip-calibrate", "int8", str(fp32_onnx), *source, "--frames", str(frames),
+                          "--method", method, "--out", str(target)]
+                         + (["--class", class_name] if class_name else [])
+                         + (["--engine", str(engine), "--trt-flavour", flavour, "--engine-batch", engine_batch]
+                            if engine else []))
+    limits = GateLimits(min_map_corr, min_rank_corr, max_auroc_change)
+    result = quantize_artifact(fp32_onnx, normals, bad, out=out, max_frames=frames, holdout=holdout, limits=limits,
+                               force=force, method=method, batch=batch, seed=seed, rebuild_command=command)
+    click.echo(f"INT8 calibration: {result.calibration['frames']} frames ({result.calibration['input']}), "
+               f"{len(result.plan.quantize)} nodes quantized, {len(result.plan.exclude)} kept FP32")
+    click.echo(f"accuracy gate ({'passed' if result.gate.passed else 'FAILED'}):")
+    for line in result.gate.lines():
+        click.echo(line)
+    if not result.written:
+        click.echo(f"error: INT8 graph not written: the accuracy gate failed (see above); calibrate on more varied "
+                   f"normal frames, try --method percentile, or pass --force to write it anyway", err=True)
+        sys.exit(1)
+    if not result.gate.passed:
+        click.echo("warning: gate failed, written because of --force (recorded in the manifest)", err=True)
+    click.echo(f"wrote {result.out} and {result.manifest.name}")
+    if engine is not None:
+        path = build_int8_engine(result.out, engine, flavour, profile, command)
+        click.echo(f"wrote {path} ({flavour})")
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """Console entry point: a UserError becomes one 'error: ...' line and exit status 2."""
+    from aaclip.train.cli_common import run_cli
+
+    run_cli(cli, argv)
+
+
+if __name__ == "__main__":
+    main()

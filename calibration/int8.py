@@ -1,0 +1,335 @@
+"""FP32 ONNX graph -> explicit-quantization (Q/DQ) INT8 ONNX graph, gated against the FP32 original.
+
+ONNX Runtime's static post-training quantization (``quantize_static``, ``QuantFormat.QDQ``) writes
+QuantizeLinear/DequantizeLinear pairs into a standard ONNX graph: TensorRT consumes it in strongly typed
+mode (explicit quantization; the deprecated implicit INT8 calibrators are not used) and ONNX Runtime runs
+it on CPU with integer kernels. Choices (docs/calibration.md explains them):
+
+- only the transformer's MatMul/Gemm/Conv with constant weights are quantized (``plan_quantization``):
+  attention's activation x activation MatMuls, LayerNorm, Softmax and the whole post-processing (anchor
+  similarity MatMuls, blur convolutions, Resize, ReduceMax, the input resize) stay FP32;
+- weights INT8 symmetric per output channel, activations INT8 symmetric per tensor (zero point 0, which
+  TensorRT requires), Q/DQ on the inputs of quantized nodes only (TensorRT's recommended placement);
+- activation ranges from normal frames fed exactly as the runtime feeds the graph (uint8 NHWC BGR,
+  ``fit_frame``), so no separate pre-processing can drift from the deployed one.
+"""
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from aaclip.runtime.backends.onnxruntime import OnnxRuntimeRunner, import_onnxruntime
+from aaclip.runtime.fileio import sha256_file
+from aaclip.runtime.frames import fit_frame
+from aaclip.runtime.log import UserError
+from aaclip.runtime.manifest import Manifest, check_artifact, load_manifest, write_manifest
+from aaclip.runtime.scoring import image_scores
+
+from .gate import GateLimits, GateReport, evaluate_gate
+from .inference import FrameOutputs, run_items
+from .inputs import FrameInput, Item, SetHash, frame_payload, synthetic_pairs
+
+log = logging.getLogger(__name__)
+
+QUANT_OP_TYPES = ("MatMul", "Gemm", "Conv")
+CALIBRATION_METHODS = ("minmax", "percentile")
+DEFAULT_FRAMES = 128
+"""Normal frames read for INT8 (activation ranges settle after ~100 varied frames)."""
+DEFAULT_HOLDOUT = 32
+"""Synthetic normal products (and as many defective copies) added to the held-out set."""
+HOLDOUT_EVERY = 4
+"""Every 4th user frame is held out of the calibration set for the gate (when there are >= 8)."""
+CALIBRATION_BATCH = 8
+DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
+
+
+@dataclass
+class QuantPlan:
+    """Which MatMul/Gemm/Conv nodes get Q/DQ, and why the others do not."""
+
+    quantize: list[str] = field(default_factory=list)
+    exclude: dict[str, str] = field(default_factory=dict)  # node name -> reason
+
+
+def _constant_names(model) -> set[str]:
+    names = {t.name for t in model.graph.initializer}
+    names.update(o for n in model.graph.node if n.op_type == "Constant" for o in n.output)
+    return names
+
+
+def plan_quantization(model) -> QuantPlan:
+    """Select the transformer's weight MatMul/Gemm/Conv nodes of an exported graph.
+
+    A node is quantized when its weight (second input) is a constant and it lives inside a module scope
+    of the exporter's naming (``/resblocks.3/mlp/c_fc/MatMul``, ``/conv1/Conv``). Nodes at the top scope
+    (``/MatMul_2``, ``/Conv_5``) are ``DeployGraph.forward``'s own code: input resize, anchor similarities,
+    blur convolutions; they stay FP32, as do activation x activation MatMuls (attention scores/values).
+    """
+    constants = _constant_names(model)
+    plan = QuantPlan()
+    for node in model.graph.node:
+        if node.op_type not in QUANT_OP_TYPES:
+            continue
+        if len(node.input) < 2 or node.input[1] not in constants:
+            plan.exclude[node.name] = "activation x activation (attention)"
+        elif node.name.strip("/").count("/") < 1:
+            plan.exclude[node.name] = "post-processing (top-level graph code)"
+        else:
+            plan.quantize.append(node.name)
+    return plan
+
+
+def _name_nodes(model) -> None:
+    """Give unnamed nodes unique names (node selection works by name)."""
+    used = {n.name for n in model.graph.node if n.name}
+    for i, node in enumerate(model.graph.node):
+        if not node.name:
+            name = f"{node.op_type}_{i}"
+            while name in used:
+                name += "_"
+            node.name = name
+            used.add(name)
+
+
+def _reader(frames: np.ndarray, class_ids: np.ndarray, manifest: Manifest, batch: int):
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class FrameReader(CalibrationDataReader):
+        """Feeds fitted uint8 NHWC BGR frames (and class ids) in batches, as the runtime does."""
+
+        def __init__(self) -> None:
+            self.start = 0
+
+        def get_next(self) -> Optional[dict]:
+            if self.start >= len(frames):
+                return None
+            sl = slice(self.start, self.start + batch)
+            self.start += batch
+            feed = {manifest.input_name: frames[sl]}
+            if manifest.class_input is not None:
+                feed[manifest.class_input] = class_ids[sl]
+            return feed
+
+        def rewind(self) -> None:
+            self.start = 0
+
+    return FrameReader()
+
+
+def quantize_graph(fp32_path: Path, out_path: Path, frames: np.ndarray, class_ids: np.ndarray, manifest: Manifest,
+                   method: str = "minmax", batch: int = CALIBRATION_BATCH) -> QuantPlan:
+    """Write the Q/DQ INT8 graph of ``fp32_path`` to ``out_path`` (not atomic: the caller stages it)."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    if method not in CALIBRATION_METHODS:
+        raise UserError(f"unknown calibration method {method!r}; use one of {', '.join(CALIBRATION_METHODS)}")
+    model = onnx.load(str(fp32_path))
+    _name_nodes(model)
+    plan = plan_quantization(model)
+    if not plan.quantize:
+        raise UserError(f"{fp32_path.name} has no transformer MatMul/Gemm/Conv with constant weights to quantize; "
+                        "is it an aaclip-export FP32 graph?")
+    log.info("quantizing %d of %d MatMul/Gemm/Conv nodes (%d kept FP32) with %s ranges from %d frames",
+             len(plan.quantize), len(plan.quantize) + len(plan.exclude), len(plan.exclude), method, len(frames))
+    calib = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile}[method]
+    extra = {
+        "ActivationSymmetric": True,     # zero point 0: TensorRT's INT8 is symmetric
+        "WeightSymmetric": True,
+        "OpTypesToExcludeOutputQuantization": list(QUANT_OP_TYPES),  # Q/DQ on inputs only
+        "CalibMovingAverage": False,
+    }
+    if method == "percentile":
+        extra["CalibPercentile"] = 99.999
+    root = logging.getLogger()
+    root.addFilter(_hide_pre_process_advice)
+    try:
+        quantize_static(
+            model, str(out_path), _reader(frames, class_ids, manifest, batch),
+            quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+            per_channel=True, op_types_to_quantize=list(QUANT_OP_TYPES), nodes_to_exclude=list(plan.exclude),
+            calibrate_method=calib, extra_options=extra)
+    finally:
+        root.removeFilter(_hide_pre_process_advice)
+    return plan
+
+
+def _hide_pre_process_advice(record: logging.LogRecord) -> bool:
+    """ONNX Runtime advises ``quant_pre_process`` on every call; the export already ran strict shape
+    inference, and docs/calibration.md explains why the pre-processing pass is not used."""
+    return "pre-processing" not in record.getMessage()
+
+
+# ---- the command -----------------------------------------------------------------------------------
+@dataclass
+class Int8Result:
+    gate: GateReport
+    written: bool
+    out: Path
+    manifest: Optional[Path]
+    plan: QuantPlan
+    calibration: dict
+    engine: Optional[Path] = None
+
+
+def _collect(frames: FrameInput, manifest: Manifest, limit: int) -> list[Item]:
+    items = []
+    for item in frames.items():
+        fitted = fit_frame(item.frame, manifest.height, manifest.width).copy()
+        items.append(Item(fitted, item.class_id, item.payload))
+        if len(items) >= limit:
+            break
+    return items
+
+
+def split_holdout(items: Sequence[Item]) -> tuple[list[Item], list[Item]]:
+    """(calibration, held-out): every ``HOLDOUT_EVERY``-th frame is held out when there are at least 8."""
+    if len(items) < 8:
+        return list(items), []
+    held = [it for i, it in enumerate(items) if i % HOLDOUT_EVERY == HOLDOUT_EVERY - 1]
+    calib = [it for i, it in enumerate(items) if i % HOLDOUT_EVERY != HOLDOUT_EVERY - 1]
+    return calib, held
+
+
+def holdout_set(manifest: Manifest, held_normals: Sequence[Item], anomalies: Optional[FrameInput],
+                n_synthetic: int, seed: int, max_anomalies: int) -> tuple[list[Item], np.ndarray, str]:
+    """Held-out frames and labels: held-out user normals + synthetic products, and labelled anomalies when
+    given, else the same normals with synthetic defects (``synth.add_defect``)."""
+    from aaclip.train import synth
+
+    class_ids = sorted({it.class_id for it in held_normals}) or None
+    syn_good, syn_bad = synthetic_pairs(manifest, n_synthetic, seed, class_ids) if n_synthetic else ([], [])
+    normals = list(held_normals) + syn_good
+    if anomalies is not None:
+        bad = _collect(anomalies, manifest, max_anomalies)
+        how = f"labelled anomalies ({anomalies.description})"
+    else:
+        rng = np.random.default_rng(seed + 1)
+        bad = []
+        for it in held_normals:
+            img, _ = synth.add_defect(it.frame, rng)
+            bad.append(Item(img, it.class_id, frame_payload(img)))
+        bad += syn_bad
+        how = "synthetic defects (synth.add_defect)"
+    if not normals:
+        raise UserError("no held-out frames for the accuracy gate: give at least 8 frames or --holdout > 0")
+    items = normals + bad
+    labels = np.r_[np.zeros(len(normals), int), np.ones(len(bad), int)]
+    desc = (f"{len(held_normals)} held-out normal frames + {len(syn_good)} synthetic products; anomalies: "
+            f"{len(bad)} {how}")
+    return items, labels, desc
+
+
+def _outputs(path: Path, manifest: Manifest, items: Sequence[Item], providers: Sequence[str],
+             batch: int) -> FrameOutputs:
+    runner = OnnxRuntimeRunner(path, providers=providers)
+    with runner:
+        return run_items(runner, manifest, items, batch, keep_maps=True)
+
+
+def int8_manifest(fp32: Manifest, out: Path, sha256: str, plan: QuantPlan, calibration: dict, gate: dict,
+                  method: str, rebuild_command: str) -> dict:
+    """The INT8 graph's manifest: the FP32 graph's (contract, classes, score, input) + quantization facts."""
+    ort = import_onnxruntime()
+    data = copy.deepcopy(fp32.data)
+    data["created"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    data["artifact"] = {"file": out.name, "format": "onnx", "sha256": sha256, "size_bytes": out.stat().st_size,
+                        "external_data": []}
+    data["precision"] = "int8"
+    data.setdefault("source", {})["onnx_sha256"] = fp32.sha256
+    data.setdefault("tools", {})["onnxruntime"] = ort.__version__
+    data["tensorrt"] = None
+    data["quantization"] = {
+        "tool": "onnxruntime.quantization.quantize_static",
+        "format": "QDQ",
+        "weights": "int8 symmetric per-channel",
+        "activations": "int8 symmetric per-tensor",
+        "calibration_method": method,
+        "op_types": list(QUANT_OP_TYPES),
+        "quantized_nodes": len(plan.quantize),
+        "fp32_nodes": len(plan.exclude),
+        "fp32_graph": fp32.artifact_path.name,
+        "calibration": calibration,
+        "gate": gate,
+    }
+    data["rebuild_command"] = rebuild_command
+    return data
+
+
+def quantize_artifact(fp32_onnx: Path, normals: FrameInput, anomalies: Optional[FrameInput] = None, *,
+                      out: Optional[Path] = None, max_frames: int = DEFAULT_FRAMES, holdout: int = DEFAULT_HOLDOUT,
+                      limits: GateLimits = GateLimits(), force: bool = False, method: str = "minmax",
+                      batch: int = CALIBRATION_BATCH, seed: int = 0, providers: Sequence[str] = DEFAULT_PROVIDERS,
+                      rebuild_command: str = "") -> Int8Result:
+    """Quantize, gate, and (if the gate passes or ``force``) write the INT8 graph + manifest atomically."""
+    fp32_onnx = Path(fp32_onnx)
+    manifest = load_manifest(fp32_onnx)
+    check_artifact(manifest)
+    precision = manifest.data.get("precision")
+    if manifest.artifact_format != "onnx" or manifest.is_engine:
+        raise UserError(f"{fp32_onnx.name} is not an ONNX graph; quantize the FP32 .onnx export (aaclip-export CKPT)")
+    if precision != "fp32":
+        raise UserError(f"{fp32_onnx.name} has precision {precision!r}; INT8 starts from the FP32 export "
+                        "(aaclip-export CKPT --precision fp32)")
+    if max_frames < 2:
+        raise UserError(f"--frames must be >= 2, got {max_frames}")
+    out = Path(out) if out is not None else fp32_onnx.with_name(fp32_onnx.stem + ".int8.onnx")
+    if out.resolve() == fp32_onnx.resolve():
+        raise UserError(f"--out {out} would overwrite the FP32 graph; choose another file name")
+
+    items = _collect(normals, manifest, max_frames)
+    calib_items, held = split_holdout(items)
+    hasher = SetHash()
+    for it in calib_items:
+        hasher.update(it)
+    calibration = {"frames": len(calib_items), "sha256": hasher.hexdigest(),
+                   "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                   "input": normals.description, "held_out": len(held)}
+    frames = np.stack([it.frame for it in calib_items])
+    class_ids = np.asarray([it.class_id for it in calib_items], np.int64)
+    test_items, labels, holdout_desc = holdout_set(manifest, held, anomalies, holdout, seed,
+                                                   max(holdout, len(held)) * 4)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".aaclip-int8-", dir=out.parent) as tmp:
+        staged = Path(tmp) / out.name
+        plan = quantize_graph(fp32_onnx, staged, frames, class_ids, manifest, method, batch)
+        ref = _outputs(fp32_onnx, manifest, test_items, providers, batch)
+        test = _outputs(staged, manifest, test_items, providers, batch)
+        p = manifest.score
+        report = evaluate_gate(ref.maps, test.maps, image_scores(ref.map_max, ref.cls_score, p).astype(np.float64),
+                               image_scores(test.map_max, test.cls_score, p).astype(np.float64), labels, limits)
+        gate = report.to_dict()
+        gate.update({"forced": bool(force and not report.passed), "holdout": holdout_desc})
+        if not (report.passed or force):
+            return Int8Result(report, False, out, None, plan, calibration)
+        sha = sha256_file(staged)
+        os.replace(staged, out)
+    data = int8_manifest(manifest, out, sha, plan, calibration, gate, method,
+                         rebuild_command or f"aaclip-calibrate int8 {fp32_onnx} --out {out}")
+    mpath = write_manifest(out, data)
+    if (manifest.data.get("score") or {}).get("source") == "calibration":
+        log.warning("the score constants were copied from the FP32 graph; INT8 shifts raw outputs slightly: "
+                    "run aaclip-calibrate threshold %s on normal frames", out)
+    return Int8Result(report, True, out, mpath, plan, calibration)
+
+
+def build_int8_engine(int8_onnx: Path, engine: Path, flavour: str, batch: tuple[int, int, int],
+                      rebuild_command: str, workspace_mb: int = 2048) -> Path:
+    """The INT8 graph through the export package's engine build (strongly typed: Q/DQ set the precision)."""
+    from aaclip.export.engine import build_engine, engine_manifest
+
+    info = build_engine(int8_onnx, engine, flavour=flavour, batch=batch, workspace_mb=workspace_mb)
+    onnx_manifest = load_manifest(int8_onnx)
+    data = engine_manifest(onnx_manifest.data, engine, sha256_file(engine), onnx_manifest.sha256, batch, info,
+                           rebuild_command)
+    write_manifest(engine, data)
+    return engine

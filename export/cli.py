@@ -1,0 +1,217 @@
+"""``aaclip-export``: checkpoint -> ONNX graph or TensorRT engine with its manifest; ``--verify`` parity gate.
+
+    aaclip-export CKPT                                   # FP32 ONNX, all classes, model resolution
+    aaclip-export CKPT --precision fp16 --classes bottle --input-size 1080x1920
+    aaclip-export CKPT --format engine --precision fp16 --batch 1:4:8 --trt-flavour tensorrt
+    aaclip-export aaclip-fp16.onnx --format engine               # on the Jetson, from a copied graph
+    aaclip-export --verify runs/demo/ckpt/aaclip-fp32.onnx [--ckpt CKPT] [--images DIR]
+"""
+from __future__ import annotations
+
+import logging
+import shlex
+import sys
+from pathlib import Path
+from typing import Optional
+
+import click
+
+from aaclip.runtime.log import UserError, setup_logging
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("onnx", "engine")
+
+
+def _split_classes(text: Optional[str]) -> Optional[list[str]]:
+    if text is None:
+        return None
+    names = [c.strip() for c in text.split(",") if c.strip()]
+    if not names:
+        raise UserError("--classes is empty: give class names separated by commas, or omit it for all classes")
+    return names
+
+
+def _check_suffix(out: Optional[Path], fmt: str) -> None:
+    if out is None:
+        return
+    suffix = Path(out).suffix.lower()
+    if fmt == "engine" and suffix == ".onnx":
+        raise UserError(f"--out {out} ends in .onnx but --format engine writes an engine (and its graph beside it as "
+                        ".onnx): use e.g. --out model.engine")
+    if fmt == "onnx" and suffix in (".engine", ".plan", ".trt"):
+        raise UserError(f"--out {out} looks like an engine but --format is onnx: add --format engine or use .onnx")
+
+
+def engine_from_onnx(onnx_path: Path, out: Optional[Path], batch: str, workspace_mb: int,
+                     timing_cache: Optional[Path], flavour: str) -> Path:
+    """Build an engine from an exported graph + manifest; needs TensorRT, not PyTorch (e.g. on a Jetson)."""
+    from aaclip.runtime.fileio import sha256_file
+    from aaclip.runtime.manifest import check_artifact, load_manifest, write_manifest
+
+    from .engine import build_engine, engine_manifest, load_flavour, parse_batch
+
+    profile = parse_batch(batch)
+    _check_suffix(out, "engine")
+    load_flavour(flavour)
+    manifest = load_manifest(onnx_path)
+    check_artifact(manifest)
+    if manifest.artifact_format != "onnx":
+        raise UserError(f"{onnx_path} is a {manifest.artifact_format} artifact: give an exported .onnx graph")
+    engine_path = Path(out) if out is not None else Path(onnx_path).with_suffix(".engine")
+    precision = str(manifest.data.get("precision", "fp32"))
+    command = shlex.join(["aaclip-export", str(onnx_path), "--format", "engine", "--out", str(engine_path),
+                           "--batch", ":".join(map(str, profile)), "--trt-flavour", flavour,
+                           "--workspace-mb", str(workspace_mb)])
+    info = build_engine(onnx_path, engine_path, flavour=flavour, batch=profile, workspace_mb=workspace_mb,
+                        timing_cache=timing_cache, fp16_flag=precision == "fp16")
+    data = engine_manifest(manifest.data, engine_path, sha256_file(engine_path), manifest.sha256, profile, info,
+                           command)
+    write_manifest(engine_path, data)
+    return engine_path
+
+
+def export_command(ckpt: Path, out: Optional[Path], fmt: str, precision: str, classes: Optional[str],
+                   input_size: Optional[str], opset: int, batch: str, workspace_mb: int,
+                   timing_cache: Optional[Path], flavour: str, clip_weights: Optional[Path],
+                   external_data: Optional[bool]) -> Path:
+    """Export one artifact (for ``engine``: write or reuse the ONNX graph first); returns its path."""
+    from .onnx_export import (check_opset, check_precision, default_output, export_onnx, parse_input_size,
+                              rebuild_command, resolve_classes)
+
+    check_opset(opset)
+    check_precision(precision)
+    input_hw = parse_input_size(input_size)
+    names = _split_classes(classes)
+    _check_suffix(out, fmt)
+    if fmt == "onnx":
+        return export_onnx(ckpt, out, precision=precision, classes=names, input_size=input_hw, opset=opset,
+                           external_data=external_data, clip_weights=clip_weights).path
+
+    from aaclip.runtime.fileio import sha256_file
+    from aaclip.runtime.manifest import load_manifest, write_manifest
+    from aaclip.train.checkpoint import checkpoint_sha256, load_checkpoint
+
+    from .engine import build_engine, engine_manifest, load_flavour, parse_batch, reusable_onnx
+
+    profile = parse_batch(batch)
+    load_flavour(flavour)  # fail before the (slow) ONNX export when the flavour is missing
+    engine_path = Path(out) if out is not None else default_output(ckpt, precision, input_hw, ".engine")
+    onnx_path = engine_path.with_suffix(".onnx")
+    model = load_checkpoint(ckpt, clip_weights=clip_weights)
+    table = resolve_classes(model.config.classes, names)
+    size = int(model.config.image_size)
+    hw = input_hw or (size, size)
+    if reusable_onnx(onnx_path, checkpoint_sha256(ckpt), precision, [n for n, _ in table], hw, opset):
+        log.info("reusing %s", onnx_path)
+    else:
+        export_onnx(ckpt, onnx_path, precision=precision, classes=names, input_size=input_hw, opset=opset,
+                    external_data=external_data, model=model)
+    del model
+    extra = ["--batch", ":".join(map(str, profile)), "--trt-flavour", flavour, "--workspace-mb", str(workspace_mb)]
+    command = rebuild_command(ckpt, engine_path, "engine", precision, [n for n, _ in table], names is None, input_hw,
+                              opset, extra)
+    info = build_engine(onnx_path, engine_path, flavour=flavour, batch=profile, workspace_mb=workspace_mb,
+                        timing_cache=timing_cache, fp16_flag=precision == "fp16")
+    onnx_manifest = load_manifest(onnx_path)
+    data = engine_manifest(onnx_manifest.data, engine_path, sha256_file(engine_path), onnx_manifest.sha256, profile,
+                           info, command)
+    write_manifest(engine_path, data)
+    return engine_path
+
+
+def verify_command(artifact: Path, ckpt: Optional[Path], images: Optional[Path], frames: int,
+                   map_tol: Optional[float], score_tol: Optional[float], min_corr: Optional[float],
+                   min_iou: Optional[float], clip_weights: Optional[Path]) -> bool:
+    from aaclip.runtime.manifest import load_manifest
+
+    from .verify import TOLERANCES, verify_artifact
+
+    manifest = load_manifest(artifact)
+    precision = str(manifest.data.get("precision", "fp32"))
+    tol = TOLERANCES.get(precision, TOLERANCES["fp16"]).replace(
+        map_rel=map_tol, score_abs=score_tol, min_corr=min_corr, min_iou=min_iou)
+    report = verify_artifact(artifact, ckpt, images=images, frames=frames, tolerances=tol, clip_weights=clip_weights)
+    click.echo(f"{artifact} ({precision}) vs PyTorch:")
+    for line in report.lines():
+        click.echo(f"  {line}")
+    return report.passed
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.argument("ckpt", metavar="CKPT|MODEL.onnx", required=False, type=click.Path(path_type=Path))
+@click.option("--out", "-o", type=click.Path(dir_okay=False, path_type=Path),
+              help="Artifact path [default: CKPT/aaclip-<precision>[-HxW].onnx|.engine].")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default="onnx", show_default=True,
+              help="onnx: portable graph (ONNX Runtime, TensorRT parser). engine: TensorRT engine built from it.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]),
+              help="fp16: FP16 transformer compute, FP32 LayerNorm/softmax/normalizations/post-processing "
+                   "[default: fp32].")
+@click.option("--classes", help="Comma-separated classes to fold in [default: all in the checkpoint]. "
+                                "Several classes add a class_id input.")
+@click.option("--input-size", help="Camera resolution HxW (e.g. 1080x1920): the graph resizes (PIL bicubic) "
+                                   "inside [default: model resolution].")
+@click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset, 17..20 (TensorRT 10.3: <= 20).")
+@click.option("--batch", default="1:4:8", show_default=True, help="Engine batch profile MIN:OPT:MAX.")
+@click.option("--workspace-mb", type=click.IntRange(min=16), default=2048, show_default=True,
+              help="TensorRT builder workspace limit.")
+@click.option("--timing-cache", type=click.Path(dir_okay=False, path_type=Path),
+              help="Persistent TensorRT timing cache file (read if present, updated after the build).")
+@click.option("--trt-flavour", "flavour", type=click.Choice(["tensorrt", "tensorrt-rtx"]), default="tensorrt",
+              show_default=True,
+              help="tensorrt: build on the target GPU (Jetson). tensorrt-rtx: ahead-of-time, no GPU.")
+@click.option("--clip-weights", type=click.Path(dir_okay=False, path_type=Path),
+              help="CLIP weights file, when not where the checkpoint's config says.")
+@click.option("--external-data/--no-external-data", default=None,
+              help="Store tensors in <out>.data beside the graph [default: only when larger than 1.8 GB].")
+@click.option("--verify", "verify", type=click.Path(path_type=Path), metavar="ARTIFACT",
+              help="Parity gate: run ARTIFACT and the PyTorch model on the same frames, exit 1 beyond tolerances.")
+@click.option("--ckpt", "verify_ckpt", type=click.Path(path_type=Path),
+              help="(--verify) checkpoint [default: the CKPT argument, else the one in the manifest].")
+@click.option("--images", type=click.Path(path_type=Path),
+              help="(--verify) folder of images (DIR/<class>/x.png picks the class) [default: synthetic frames].")
+@click.option("--frames", type=click.IntRange(min=1), default=8, show_default=True, help="(--verify) number of frames.")
+@click.option("--map-tol", type=float,
+              help="(--verify) max map error relative to the map range [fp32 1e-4, fp16 1e-2].")
+@click.option("--score-tol", type=float, help="(--verify) max cls_score error [fp32 1e-4, fp16 5e-3].")
+@click.option("--min-corr", type=float, help="(--verify) min per-image map correlation [fp32 0.99999, fp16 0.999].")
+@click.option("--min-iou", type=float, help="(--verify) min IoU of the top-1% pixels [fp32 0.9, fp16 0.8].")
+@click.option("-v", "--verbose", count=True, help="More log output.")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+def cli(ckpt, out, fmt, precision, classes, input_size, opset, batch, workspace_mb, timing_cache, flavour,
+        clip_weights, external_data, verify, verify_ckpt, images, frames, map_tol, score_tol, min_corr, min_iou,
+        verbose, quiet):
+    """Export an AA-CLIP checkpoint CKPT to a deployable ONNX graph or TensorRT engine (+ manifest),
+    build an engine from an exported MODEL.onnx (--format engine; needs TensorRT, not PyTorch), or check
+    an exported ARTIFACT against PyTorch with --verify. See docs/export.md."""
+    setup_logging(verbose, quiet)
+    if verify is not None:
+        ok = verify_command(verify, verify_ckpt or ckpt, images, frames, map_tol, score_tol, min_corr, min_iou,
+                            clip_weights)
+        sys.exit(0 if ok else 1)
+    if ckpt is None:
+        raise UserError("give a checkpoint directory to export (aaclip-export CKPT) or --verify ARTIFACT")
+    if ckpt.is_file() and ckpt.suffix == ".onnx":
+        if fmt != "engine":
+            raise UserError(f"{ckpt} is already an ONNX graph: add --format engine to build a TensorRT engine from it")
+        fixed = [name for name, value in (("--precision", precision), ("--classes", classes),
+                                          ("--input-size", input_size), ("--clip-weights", clip_weights)) if value]
+        if fixed:
+            raise UserError(f"{', '.join(fixed)} cannot change an exported graph: re-export from the checkpoint")
+        path = engine_from_onnx(ckpt, out, batch, workspace_mb, timing_cache, flavour)
+    else:
+        path = export_command(ckpt, out, fmt, precision or "fp32", classes, input_size, opset, batch, workspace_mb,
+                              timing_cache, flavour, clip_weights, external_data)
+    click.echo(str(path))
+    log.info("next: aaclip-export --verify %s", shlex.quote(str(path)))
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """Console entry point: a UserError becomes one 'error: ...' line and exit status 2."""
+    from aaclip.train.cli_common import run_cli
+
+    run_cli(cli, argv)
+
+
+if __name__ == "__main__":
+    main()

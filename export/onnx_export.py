@@ -1,0 +1,280 @@
+"""Checkpoint -> one ONNX graph (FP32 or FP16) with its manifest.
+
+The exporter is pinned: PyTorch's TorchScript-based exporter (``torch.onnx.export(..., dynamo=False)``),
+which still exists in torch 2.15 (deprecated). It writes a flat graph of standard ONNX ops at exactly
+the requested opset (17 for TensorRT 10.3 / JetPack 6), no onnxscript functions and no ``com.microsoft``
+ops; the dynamo exporter's minimum opset is 18 and its graph depends on the decomposition tables of the
+torch version. Attention is traced through ``graph.ExportAttention`` (batch as -1 in every reshape), with
+batch 2, so the dynamic batch axis is exercised while tracing; tests run batches 1..4.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from aaclip.runtime.fileio import sha256_file
+from aaclip.runtime.log import UserError
+from aaclip.runtime.manifest import manifest_path, write_manifest
+
+from .graph import PRECISIONS, DeployGraph
+from .manifest_builder import CLASS_INPUT_NAME, INPUT_NAME, OUTPUT_NAMES, build_manifest
+
+log = logging.getLogger(__name__)
+
+OPSET_MIN, OPSET_MAX = 17, 20  # TensorRT 10.3 (JetPack 6) parses opsets up to 20
+DEFAULT_OPSET = 17
+TRACE_BATCH = 2
+EXTERNAL_DATA_AUTO_BYTES = 1_800_000_000  # protobuf cannot hold 2 GiB; leave headroom for the graph itself
+EXTERNAL_DATA_SUFFIX = ".data"
+STANDARD_DOMAINS = ("", "ai.onnx")
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    path: Path
+    manifest: Path
+    sha256: str
+    external_data: tuple[str, ...]
+    classes: tuple[tuple[str, str], ...]
+
+
+# ---- argument parsing and validation (shared with the CLI) -----------------------------------------
+def check_opset(opset: int) -> int:
+    if not OPSET_MIN <= int(opset) <= OPSET_MAX:
+        raise UserError(f"opset {opset} is outside {OPSET_MIN}..{OPSET_MAX}: TensorRT 10.3 (JetPack 6) parses "
+                        f"opsets {OPSET_MIN}-{OPSET_MAX}; use --opset {DEFAULT_OPSET}")
+    return int(opset)
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    return precision
+
+
+def parse_input_size(text: Optional[str]) -> Optional[tuple[int, int]]:
+    """``"1080x1920"`` (height x width) or ``"518"`` -> (H, W); None stays None."""
+    if text is None or str(text).strip() == "":
+        return None
+    parts = str(text).lower().replace("*", "x").split("x")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) == 1:
+        values = values * 2
+    if len(values) != 2 or min(values) < 1:
+        raise UserError(f"--input-size {text!r} is not HxW (e.g. 1080x1920 for a full-HD camera)")
+    return values[0], values[1]
+
+
+def resolve_classes(table: dict[str, str], requested: Optional[Sequence[str]] = None) -> list[tuple[str, str]]:
+    """(class name, object name) pairs in artifact order: ``requested`` (checked) or all of the checkpoint's."""
+    if not table:
+        raise UserError("the checkpoint's config lists no classes: add them to config.json 'classes' "
+                        "(class name -> object name) or re-train with --classes")
+    names = list(requested) if requested else list(table)
+    unknown = [n for n in names if n not in table]
+    if unknown:
+        raise UserError(f"unknown class {unknown[0]!r}; the checkpoint has: {', '.join(table)}")
+    if len(set(names)) != len(names):
+        raise UserError(f"--classes lists a class twice: {', '.join(names)}")
+    return [(n, table[n]) for n in names]
+
+
+def default_output(ckpt_dir: Path, precision: str, input_hw: Optional[tuple[int, int]], suffix: str) -> Path:
+    size = f"-{input_hw[0]}x{input_hw[1]}" if input_hw else ""
+    return Path(ckpt_dir) / f"aaclip-{precision}{size}{suffix}"
+
+
+def rebuild_command(ckpt_dir: Path, out: Path, fmt: str, precision: str, classes: Sequence[str],
+                    all_classes: bool, input_hw: Optional[tuple[int, int]], opset: int,
+                    extra: Sequence[str] = ()) -> str:
+    import shlex
+
+    args = ["aaclip-export", str(ckpt_dir), "--format", fmt, "--precision", precision, "--out", str(out)]
+    if not all_classes:
+        args += ["--classes", ",".join(classes)]
+    if input_hw:
+        args += ["--input-size", f"{input_hw[0]}x{input_hw[1]}"]
+    if opset != DEFAULT_OPSET:
+        args += ["--opset", str(opset)]
+    return shlex.join(list(args) + list(extra))
+
+
+# ---- the graph ---------------------------------------------------------------------------------------
+def compute_anchors(model, object_names: Sequence[str]) -> torch.Tensor:
+    """Text anchors (C, E, 2), float32, computed once with the adapted text tower."""
+    with torch.no_grad():
+        return model.text_anchors(list(object_names)).detach().float().cpu()
+
+
+def graph_problems(proto, opset_range: tuple[int, int] = (OPSET_MIN, OPSET_MAX)) -> list[str]:
+    """Reasons a graph breaks the contract: non-standard op domains (e.g. com.microsoft), opset, I/O."""
+    problems = []
+    for imp in proto.opset_import:
+        if imp.domain in STANDARD_DOMAINS and not opset_range[0] <= imp.version <= opset_range[1]:
+            problems.append(f"opset {imp.version} outside {opset_range}")
+        elif imp.domain not in STANDARD_DOMAINS:
+            problems.append(f"imports non-standard op domain {imp.domain!r}")
+    for node in proto.graph.node:
+        if node.domain not in STANDARD_DOMAINS:
+            problems.append(f"node {node.name} ({node.op_type}) is in domain {node.domain!r}")
+    outputs = tuple(o.name for o in proto.graph.output)
+    if outputs != OUTPUT_NAMES:
+        problems.append(f"outputs are {outputs}, expected {OUTPUT_NAMES}")
+    return problems
+
+
+def _trace_inputs(graph: DeployGraph) -> tuple[torch.Tensor, ...]:
+    rng = np.random.default_rng(0)
+    h, w = graph.input_hw
+    image = torch.from_numpy(rng.integers(0, 256, (TRACE_BATCH, h, w, 3), dtype=np.uint8))
+    if not graph.has_class_input:
+        return (image,)
+    class_id = torch.tensor([0, graph.num_classes - 1], dtype=torch.int64)
+    return image, class_id
+
+
+def trace_to_onnx(graph: DeployGraph, path: Path, opset: int) -> None:
+    """Run the pinned exporter on ``graph`` (batch axis dynamic) into ``path``."""
+    inputs = _trace_inputs(graph)
+    input_names = [INPUT_NAME] + ([CLASS_INPUT_NAME] if graph.has_class_input else [])
+    dynamic = {name: {0: "B"} for name in input_names + list(OUTPUT_NAMES)}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter is deprecated, pinned
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        # the pad amounts of the reflect padding are reversed with a Slice(step -1) on constants: harmless
+        warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")
+        torch.onnx.export(
+            graph, inputs, str(path), dynamo=False, opset_version=opset, input_names=input_names,
+            output_names=list(OUTPUT_NAMES), dynamic_axes=dynamic, do_constant_folding=True,
+            export_params=True,
+        )
+
+
+def _proto_bytes(proto) -> int:
+    try:
+        return int(proto.ByteSize())
+    except Exception:  # noqa: BLE001 - a proto too large to measure is certainly too large to serialize
+        return EXTERNAL_DATA_AUTO_BYTES + 1
+
+
+def save_onnx(proto, out: Path, external_data: Optional[bool]) -> tuple[str, ...]:
+    """Save ``proto`` at ``out`` atomically; tensors go to ``<out>.data`` when asked or too large.
+
+    Returns the external data file names (relative to ``out``'s folder). Both files are written in a
+    temporary folder beside ``out`` and renamed into place (data first, graph last).
+    """
+    import onnx
+
+    use_external = external_data if external_data is not None else _proto_bytes(proto) > EXTERNAL_DATA_AUTO_BYTES
+    data_name = out.name + EXTERNAL_DATA_SUFFIX
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
+        staged = Path(tmp) / out.name
+        if use_external:
+            onnx.save_model(proto, str(staged), save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=data_name, size_threshold=1024)
+        else:
+            onnx.save_model(proto, str(staged))
+        onnx.checker.check_model(str(staged))  # path form: works beyond 2 GiB and checks the data file
+        if use_external:
+            os.replace(Path(tmp) / data_name, out.parent / data_name)
+        elif (out.parent / data_name).exists():
+            (out.parent / data_name).unlink()  # stale tensors of an earlier external-data export
+        os.replace(staged, out)
+    return (data_name,) if use_external else ()
+
+
+def export_onnx(
+    ckpt_dir: Path,
+    out: Optional[Path] = None,
+    *,
+    precision: str = "fp32",
+    classes: Optional[Sequence[str]] = None,
+    input_size: Optional[tuple[int, int]] = None,
+    opset: int = DEFAULT_OPSET,
+    external_data: Optional[bool] = None,
+    clip_weights: Optional[Path] = None,
+    model=None,
+    rebuild: Optional[str] = None,
+) -> ExportResult:
+    """Export the checkpoint at ``ckpt_dir`` to an ONNX graph + manifest; returns what was written.
+
+    ``model`` (an ``AAClip`` already loaded from ``ckpt_dir``) skips loading; ``external_data`` None
+    decides by size; ``rebuild`` overrides the manifest's ``rebuild_command``.
+    """
+    import onnx
+
+    from aaclip.train.checkpoint import checkpoint_sha256, load_checkpoint
+
+    ckpt_dir = Path(ckpt_dir)
+    check_opset(opset)
+    check_precision(precision)
+    if model is None:
+        model = load_checkpoint(ckpt_dir, clip_weights=clip_weights)
+    config = model.config
+    class_table = resolve_classes(config.classes, classes)
+    out = Path(out) if out is not None else default_output(ckpt_dir, precision, input_size, ".onnx")
+    size = int(config.image_size)
+    input_hw = tuple(input_size) if input_size else (size, size)
+
+    anchors = compute_anchors(model, [obj for _, obj in class_table])
+    graph = DeployGraph(model, anchors, input_hw=input_hw, precision=precision).eval()
+    log.info("exporting %s (%s, %d class%s, input %dx%d, opset %d)", out.name, precision, len(class_table),
+             "" if len(class_table) == 1 else "es", input_hw[0], input_hw[1], opset)
+    with tempfile.TemporaryDirectory(prefix="aaclip-export-") as tmp:
+        traced = Path(tmp) / "graph.onnx"
+        trace_to_onnx(graph, traced, opset)
+        proto = onnx.load(str(traced))
+    problems = graph_problems(proto)
+    if problems:
+        raise RuntimeError(f"the exported graph breaks the contract: {'; '.join(problems)}")
+    if _proto_bytes(proto) <= EXTERNAL_DATA_AUTO_BYTES:
+        proto = onnx.shape_inference.infer_shapes(proto, strict_mode=True)  # explicit types on every tensor
+    proto.doc_string = f"aaclip-edge AA-CLIP graph ({precision}); the contract is docs/graph-contract.md"
+    external = save_onnx(proto, out, external_data)
+    del proto
+
+    sha = sha256_file(out)
+    names = [n for n, _ in class_table]
+    command = rebuild or rebuild_command(ckpt_dir, out, "onnx", precision, names, classes is None,
+                                         tuple(input_size) if input_size else None, opset)
+    manifest = build_manifest(
+        artifact=out, artifact_format="onnx", sha256=sha, precision=precision, checkpoint=ckpt_dir,
+        checkpoint_sha256=checkpoint_sha256(ckpt_dir), backbone=config.backbone.name, image_size=size,
+        domain=config.domain, n_levels=len(model.levels), classes=class_table, input_hw=input_hw, opset=opset,
+        rebuild_command=command, external_data=external,
+    )
+    mpath = write_manifest(out, manifest)
+    log.info("wrote %s (%.1f MB) and %s", out, out.stat().st_size / 1e6, mpath.name)
+    return ExportResult(out, mpath, sha, tuple(external), tuple(class_table))
+
+
+__all__ = [
+    "ExportResult",
+    "export_onnx",
+    "check_opset",
+    "check_precision",
+    "parse_input_size",
+    "resolve_classes",
+    "compute_anchors",
+    "graph_problems",
+    "save_onnx",
+    "trace_to_onnx",
+    "default_output",
+    "rebuild_command",
+    "manifest_path",
+    "OPSET_MIN",
+    "OPSET_MAX",
+    "DEFAULT_OPSET",
+]

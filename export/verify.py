@@ -1,0 +1,352 @@
+"""Parity gate: run an artifact and the PyTorch model on the same frames and compare (Polygraphy-style).
+
+Runners share the runtime's interface (``aaclip.runtime.backends.base.Runner``): ``TorchRunner`` is the
+reference (``AAClip.predict`` per class, on the training pre-processing), the artifact runs on ONNX
+Runtime (CPU) or TensorRT (needs a GPU). ``compare_outputs`` is the comparator: maps are compared
+relative to the reference map range (AA-CLIP maps span tens of units, see SPEC section 5), scores in
+absolute terms, plus the per-image map correlation and the IoU of the top-1% pixels.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+
+from aaclip.runtime.backends.base import Runner
+from aaclip.runtime.frames import fit_frame
+from aaclip.runtime.log import UserError
+from aaclip.runtime.manifest import Manifest, check_artifact, load_manifest
+
+from .manifest_builder import CLASS_INPUT_NAME, INPUT_NAME, OUTPUT_NAMES
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+TOP_FRACTION = 0.01  # the "top pixels" of a map: its highest 1%
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    """Limits of the parity gate (defaults per precision in ``TOLERANCES``, documented in docs/export.md)."""
+
+    map_rel: float  # max |map - ref| / (max(ref) - min(ref)), also for map_max
+    score_abs: float  # max |cls_score - ref|
+    min_corr: float  # smallest per-image Pearson correlation of the maps
+    min_iou: float  # smallest per-image IoU of the top-1% pixels
+
+    def replace(self, **changes: Optional[float]) -> "Tolerances":
+        values = asdict(self)
+        values.update({k: float(v) for k, v in changes.items() if v is not None})
+        return Tolerances(**values)
+
+
+TOLERANCES = {
+    "fp32": Tolerances(map_rel=1e-4, score_abs=1e-4, min_corr=0.99999, min_iou=0.9),
+    "fp16": Tolerances(map_rel=1e-2, score_abs=5e-3, min_corr=0.999, min_iou=0.8),
+}
+
+
+@dataclass
+class ParityReport:
+    """What the comparator measured, and which limits were broken (empty ``failures``: passed)."""
+
+    frames: int
+    map_max_abs: float
+    map_mean_abs: float
+    map_range: float
+    map_rel: float
+    map_max_rel: float
+    cls_max_abs: float
+    cls_mean_abs: float
+    map_corr_min: float
+    top_iou_min: float
+    tolerances: Tolerances
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def lines(self) -> list[str]:
+        t = self.tolerances
+        rows = [
+            ("frames", f"{self.frames}", ""),
+            ("anomaly_map max |err|", f"{self.map_max_abs:.3g}", f"(map range {self.map_range:.4g})"),
+            ("anomaly_map mean |err|", f"{self.map_mean_abs:.3g}", ""),
+            ("anomaly_map max |err| / range", f"{self.map_rel:.3g}", f"<= {t.map_rel:g}"),
+            ("map_max max |err| / range", f"{self.map_max_rel:.3g}", f"<= {t.map_rel:g}"),
+            ("cls_score max |err|", f"{self.cls_max_abs:.3g}", f"<= {t.score_abs:g}"),
+            ("cls_score mean |err|", f"{self.cls_mean_abs:.3g}", ""),
+            ("map correlation (min)", f"{self.map_corr_min:.6f}", f">= {t.min_corr:g}"),
+            ("top-1% pixel IoU (min)", f"{self.top_iou_min:.4f}", f">= {t.min_iou:g}"),
+        ]
+        out = [f"{name:<32}{value:>12}  {limit}".rstrip() for name, value, limit in rows]
+        out.append("PASS" if self.passed else "FAIL: " + "; ".join(self.failures))
+        return out
+
+
+# ---- comparator ----------------------------------------------------------------------------------
+def _corr(a: np.ndarray, b: np.ndarray) -> float:
+    a = a.ravel().astype(np.float64)
+    b = b.ravel().astype(np.float64)
+    a = a - a.mean()
+    b = b - b.mean()
+    denom = np.sqrt((a * a).sum() * (b * b).sum())
+    if denom == 0.0:
+        return 1.0 if np.allclose(a, b) else 0.0
+    return float((a * b).sum() / denom)
+
+
+def top_iou(ref: np.ndarray, test: np.ndarray, fraction: float = TOP_FRACTION) -> float:
+    """IoU of the ``fraction`` highest pixels of two maps of the same shape."""
+    k = max(1, int(round(fraction * ref.size)))
+    a = set(np.argpartition(ref.ravel(), -k)[-k:].tolist())
+    b = set(np.argpartition(test.ravel(), -k)[-k:].tolist())
+    return len(a & b) / len(a | b)
+
+
+def compare_outputs(ref: Mapping[str, np.ndarray], test: Mapping[str, np.ndarray], tol: Tolerances) -> ParityReport:
+    """Compare two output dicts (``anomaly_map`` (B,H,W), ``map_max`` (B,), ``cls_score`` (B,))."""
+    for name in OUTPUT_NAMES:
+        if np.shape(ref[name]) != np.shape(test[name]):
+            raise ValueError(f"{name}: reference shape {np.shape(ref[name])} != artifact shape {np.shape(test[name])}")
+    rm = np.asarray(ref["anomaly_map"], np.float64)
+    tm = np.asarray(test["anomaly_map"], np.float64)
+    diff = np.abs(rm - tm)
+    span = float(rm.max() - rm.min()) or 1.0
+    mmax = np.abs(np.asarray(ref["map_max"], np.float64) - np.asarray(test["map_max"], np.float64))
+    cls = np.abs(np.asarray(ref["cls_score"], np.float64) - np.asarray(test["cls_score"], np.float64))
+    corr = min(_corr(r, t) for r, t in zip(rm, tm))
+    iou = min(top_iou(r, t) for r, t in zip(rm, tm))
+    report = ParityReport(
+        frames=int(rm.shape[0]), map_max_abs=float(diff.max()), map_mean_abs=float(diff.mean()), map_range=span,
+        map_rel=float(diff.max()) / span, map_max_rel=float(mmax.max()) / span, cls_max_abs=float(cls.max()),
+        cls_mean_abs=float(cls.mean()), map_corr_min=corr, top_iou_min=iou, tolerances=tol,
+    )
+    checks = [
+        (report.map_rel <= tol.map_rel, f"anomaly_map error {report.map_rel:.3g} of the range > {tol.map_rel:g}"),
+        (report.map_max_rel <= tol.map_rel, f"map_max error {report.map_max_rel:.3g} of the range > {tol.map_rel:g}"),
+        (report.cls_max_abs <= tol.score_abs, f"cls_score error {report.cls_max_abs:.3g} > {tol.score_abs:g}"),
+        (report.map_corr_min >= tol.min_corr, f"map correlation {report.map_corr_min:.6f} < {tol.min_corr:g}"),
+        (report.top_iou_min >= tol.min_iou, f"top-1% IoU {report.top_iou_min:.3f} < {tol.min_iou:g}"),
+    ]
+    report.failures = [msg for ok, msg in checks if not ok]
+    return report
+
+
+# ---- runners -------------------------------------------------------------------------------------
+class TorchRunner(Runner):
+    """The PyTorch reference: training pre-processing + ``AAClip.predict`` with each image's class anchors."""
+
+    name = "pytorch"
+
+    def __init__(self, model, anchors, input_hw: Sequence[int], multi_class: bool):
+        super().__init__()
+        self.model = model
+        self.anchors = anchors  # (C, E, 2) torch tensor
+        self.input_hw = (int(input_hw[0]), int(input_hw[1]))
+        self.multi_class = multi_class
+
+    def activate_impl(self) -> None:
+        self.input_names = (INPUT_NAME, CLASS_INPUT_NAME) if self.multi_class else (INPUT_NAME,)
+        self.output_names = OUTPUT_NAMES
+
+    def infer_impl(self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
+        import torch
+
+        from .graph import reference_preprocess
+
+        frames = np.asarray(feeds[INPUT_NAME])
+        ids = np.asarray(feeds[CLASS_INPUT_NAME]) if self.multi_class else np.zeros(len(frames), np.int64)
+        size = int(self.model.config.image_size)
+        x = reference_preprocess(frames, self.input_hw, size)
+        amap = np.zeros((len(frames), size, size), np.float32)
+        cls = np.zeros(len(frames), np.float32)
+        with torch.no_grad():
+            for c in np.unique(ids):
+                idx = np.flatnonzero(ids == c)
+                m, s = self.model.predict(x[idx], self.anchors[int(c)])
+                amap[idx] = m.numpy()
+                cls[idx] = s.numpy()
+        result = {"anomaly_map": amap, "map_max": amap.reshape(len(frames), -1).max(axis=1), "cls_score": cls}
+        return {k: result[k] for k in outputs}
+
+    def deactivate_impl(self) -> None:
+        pass
+
+
+def artifact_runner(manifest: Manifest) -> Runner:
+    """ONNX Runtime (CPU) for graphs; TensorRT for engines, which needs a GPU."""
+    if manifest.is_engine:
+        from .engine import gpu_info
+
+        if gpu_info()[0] is None:
+            raise UserError(f"verifying the TensorRT engine {manifest.artifact_path.name} needs an NVIDIA GPU and none "
+                            "is visible; verify the ONNX graph it was built from on this machine "
+                            "(aaclip-export --verify MODEL.onnx), and the engine on the device")
+        from aaclip.runtime.backends.tensorrt import TensorRTRunner
+
+        return TensorRTRunner(manifest.artifact_path, flavour=(manifest.tensorrt or {}).get("flavour", "tensorrt"))
+    from aaclip.runtime.backends.onnxruntime import OnnxRuntimeRunner
+
+    return OnnxRuntimeRunner(manifest.artifact_path, providers=["CPUExecutionProvider"])
+
+
+# ---- frames --------------------------------------------------------------------------------------
+def make_feeds(frames: np.ndarray, class_ids: Optional[np.ndarray], manifest: Manifest) -> dict[str, np.ndarray]:
+    """Graph inputs for ``frames``; a UserError naming the expected shape when they do not fit."""
+    frames = np.asarray(frames)
+    expect = f"(B, {manifest.height}, {manifest.width}, 3) uint8 BGR"
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[1:] != (manifest.height, manifest.width, 3):
+        raise UserError(f"frames have shape {frames.shape} {frames.dtype}, {manifest.artifact_path.name} takes "
+                        f"{expect}: "
+                        f"resize them (aaclip.runtime.frames.fit_frame) or export with --input-size HxW")
+    feeds = {INPUT_NAME: np.ascontiguousarray(frames)}
+    if manifest.class_input:
+        if class_ids is None or np.shape(class_ids) != (len(frames),):
+            raise UserError(f"{manifest.artifact_path.name} holds {len(manifest.classes)} classes: give one class id "
+                            f"per frame ({len(frames)})")
+        ids = np.asarray(class_ids, dtype=np.int64)
+        if ids.min() < 0 or ids.max() >= len(manifest.classes):
+            raise UserError(f"class ids must be in 0..{len(manifest.classes) - 1} ({', '.join(manifest.classes)})")
+        feeds[manifest.class_input] = ids
+    return feeds
+
+
+def _synthetic_frames(classes: Sequence[str], n: int, hw: tuple[int, int], seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    ids = np.arange(n, dtype=np.int64) % len(classes)
+    h, w = hw
+    try:
+        from aaclip.train import synth
+    except ImportError:  # pragma: no cover - synth ships with aaclip.train
+        synth = None
+    frames = np.zeros((n, h, w, 3), np.uint8)
+    for i in range(n):
+        if synth is None:
+            frames[i] = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+            continue
+        name = classes[ids[i]] if classes[ids[i]] in synth.CLASSES else synth.CLASSES[i % len(synth.CLASSES)]
+        img = synth.draw_product(name, rng, max(synth.MIN_IMAGE_SIZE, min(h, w)))
+        if i % 2:
+            img, _ = synth.add_defect(img, rng, class_name=name if name in synth.OBJECT_CLASSES else None)
+        frames[i] = fit_frame(img, h, w)
+    return frames, ids
+
+
+def _folder_frames(folder: Path, classes: Sequence[str], n: int, hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    import cv2
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"--images {folder} is not a folder of images")
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[:n]
+    if not paths:
+        raise UserError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
+    frames, ids = [], []
+    for i, p in enumerate(paths):
+        img = cv2.imread(str(p), cv2.IMREAD_COLOR)
+        if img is None:
+            raise UserError(f"cannot decode image {p}: the file is corrupt or not an image")
+        frames.append(fit_frame(img, hw[0], hw[1]).copy())
+        # DIR/<class>/image.png uses that class; other images take the classes in turn
+        ids.append(classes.index(p.parent.name) if p.parent.name in classes else i % len(classes))
+    return np.stack(frames), np.asarray(ids, np.int64)
+
+
+def verification_frames(manifest: Manifest, images: Optional[Path] = None, n: int = 8,
+                        seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(frames (N, H, W, 3) uint8 BGR at the artifact's input size, class ids (N,))."""
+    hw = (manifest.height, manifest.width)
+    if images is not None:
+        return _folder_frames(images, manifest.classes, n, hw)
+    return _synthetic_frames(manifest.classes, n, hw, seed)
+
+
+def run_all(runner: Runner, frames: np.ndarray, class_ids: np.ndarray, manifest: Manifest,
+            batch: int) -> dict[str, np.ndarray]:
+    """Run ``frames`` through an active runner in batches; outputs concatenated (copies)."""
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in OUTPUT_NAMES}
+    for start in range(0, len(frames), batch):
+        feeds = make_feeds(frames[start:start + batch], class_ids[start:start + batch], manifest)
+        out = runner.infer(feeds, OUTPUT_NAMES)
+        for name in OUTPUT_NAMES:
+            parts[name].append(np.array(out[name], copy=True))
+    return {name: np.concatenate(v) for name, v in parts.items()}
+
+
+# ---- the gate ------------------------------------------------------------------------------------
+def _checkpoint_for(manifest: Manifest, ckpt: Optional[Path]) -> Path:
+    from aaclip.train.checkpoint import checkpoint_sha256
+
+    source = manifest.data.get("source") or {}
+    path = Path(ckpt) if ckpt is not None else Path(source.get("checkpoint") or "")
+    if ckpt is None and not path.is_dir():
+        raise UserError(f"the checkpoint the artifact was exported from ({path}) is not here: pass --ckpt CKPT_DIR")
+    if not path.is_dir():
+        raise UserError(f"checkpoint directory not found: {path}")
+    want = source.get("checkpoint_sha256")
+    try:
+        have = checkpoint_sha256(path)
+    except OSError as exc:
+        raise UserError(f"cannot hash checkpoint {path} ({exc}): is it a checkpoint directory?") from None
+    if want and have != want:
+        raise UserError(f"{manifest.artifact_path.name} was not exported from {path} (checkpoint sha256 {have[:12]}... "
+                        f"!= {want[:12]}... in the manifest): pass the right --ckpt")
+    return path
+
+
+def verify_artifact(
+    artifact: Path,
+    ckpt: Optional[Path] = None,
+    *,
+    images: Optional[Path] = None,
+    frames: int = 8,
+    batch: Optional[int] = None,
+    tolerances: Optional[Tolerances] = None,
+    clip_weights: Optional[Path] = None,
+    model=None,
+    seed: int = 0,
+) -> ParityReport:
+    """Compare ``artifact`` with the PyTorch model of its checkpoint on the same frames."""
+    from aaclip.train.checkpoint import load_checkpoint
+
+    from .onnx_export import compute_anchors
+
+    manifest = load_manifest(artifact)
+    check_artifact(manifest)
+    if model is None:
+        model = load_checkpoint(_checkpoint_for(manifest, ckpt), clip_weights=clip_weights)
+    precision = str(manifest.data.get("precision", "fp32"))
+    tol = tolerances or TOLERANCES.get(precision, TOLERANCES["fp16"])
+    object_names = [c["object_name"] for c in manifest.data["classes"]]
+    anchors = compute_anchors(model, object_names)
+    bmax = manifest.batch_max or 4
+    batch = max(1, min(batch or 4, bmax))
+    images_in, class_ids = verification_frames(manifest, images, frames, seed)
+    reference = TorchRunner(model, anchors, (manifest.height, manifest.width), manifest.class_input is not None)
+    with reference:
+        ref = run_all(reference, images_in, class_ids, manifest, batch)
+    with artifact_runner(manifest) as runner:
+        out = run_all(runner, images_in, class_ids, manifest, batch)
+    report = compare_outputs(ref, out, tol)
+    log.info("%s: %s", Path(artifact).name, "PASS" if report.passed else "FAIL")
+    return report
+
+
+__all__ = [
+    "Tolerances",
+    "TOLERANCES",
+    "ParityReport",
+    "compare_outputs",
+    "top_iou",
+    "TorchRunner",
+    "artifact_runner",
+    "make_feeds",
+    "verification_frames",
+    "run_all",
+    "verify_artifact",
+]

@@ -1,0 +1,199 @@
+"""``aaclip-calibrate int8``: Q/DQ graph of the tiny AA-CLIP export, its accuracy gate, TensorRT-RTX build."""
+import json
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from aaclip.calibration.cli import cli, main
+from aaclip.calibration.gate import GateLimits, evaluate_gate, frame_correlations, spearman
+from aaclip.calibration.int8 import build_int8_engine, plan_quantization
+from aaclip.runtime.backends import make_runner
+from aaclip.runtime.fileio import sha256_file
+from aaclip.runtime.manifest import check_artifact, load_manifest
+from aaclip.train.synth import draw_product
+from model_fixtures import make_tiny_checkpoint
+from runtime_fixtures import make_onnx_artifact
+
+onnx = pytest.importorskip("onnx")
+
+
+def invoke(*args):
+    return CliRunner().invoke(cli, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def fp32(tmp_path_factory):
+    """The tiny AA-CLIP checkpoint exported to FP32 ONNX (one class), plus 24 normal product images."""
+    from aaclip.export.onnx_export import export_onnx
+
+    root = tmp_path_factory.mktemp("int8")
+    make_tiny_checkpoint(root / "ckpt")
+    art = export_onnx(root / "ckpt", root / "model.onnx", classes=["disk"]).path
+    rng = np.random.default_rng(7)
+    (root / "good").mkdir()
+    for i in range(24):
+        cv2.imwrite(str(root / "good" / f"{i:02d}.png"), draw_product("disk", rng, 64))
+    return art
+
+
+@pytest.fixture(scope="module")
+def int8_run(fp32):
+    r = invoke("int8", fp32, "--images", fp32.parent / "good", "--holdout", 16, "-q")
+    return r, fp32.with_name("model.int8.onnx")
+
+
+def test_int8_passes_gate_and_runs_in_the_runtime(fp32, int8_run):
+    r, out = int8_run
+    assert r.exit_code == 0, r.output
+    assert "INT8 calibration: 18 frames (images" in r.stdout  # 24 frames, every 4th held out
+    assert "accuracy gate (passed):" in r.stdout
+    assert "held-out frames: 44 (22 normal, 22 anomalous)" in r.stdout  # 6 held out + 16 synthetic, x2
+    assert r.stdout.count("  PASS  ") == 3 and "FAIL" not in r.stdout
+
+    m = load_manifest(out)
+    check_artifact(m)  # sha256 and file name recorded correctly
+    fp = load_manifest(fp32)
+    assert m.data["precision"] == "int8" and m.data["artifact"]["sha256"] == sha256_file(out)
+    assert m.data["source"]["onnx_sha256"] == fp.sha256
+    assert m.data["classes"] == fp.data["classes"] and m.data["score"] == fp.data["score"]
+    assert m.data["input"] == fp.data["input"]
+    q = m.data["quantization"]
+    assert q["format"] == "QDQ" and q["calibration"]["frames"] == 18 and q["calibration"]["held_out"] == 6
+    assert len(q["calibration"]["sha256"]) == 64
+    assert q["gate"]["passed"] is True and q["gate"]["forced"] is False
+    assert q["gate"]["map_corr"] >= 0.98 and q["gate"]["rank_corr"] >= 0.95 and q["gate"]["auroc_change"] <= 0.02
+    assert m.rebuild_command.startswith("aaclip-calibrate int8 ") and "--images" in m.rebuild_command
+
+    # the INT8 graph runs through the runtime's ONNX Runtime backend and agrees with FP32
+    frames = np.stack([draw_product("disk", np.random.default_rng(i), 64) for i in range(3)])
+    outs = []
+    for manifest in (fp, m):
+        runner = make_runner(manifest, "onnxruntime", providers=["CPUExecutionProvider"])
+        with runner:
+            outs.append(runner.infer({"image": frames}))
+    assert outs[1]["anomaly_map"].shape == (3, 64, 64)
+    for i in range(3):
+        corr = np.corrcoef(outs[0]["anomaly_map"][i].ravel(), outs[1]["anomaly_map"][i].ravel())[0, 1]
+        assert corr > 0.98
+    assert not np.array_equal(outs[0]["anomaly_map"], outs[1]["anomaly_map"])  # really quantized
+
+
+def test_int8_graph_structure(fp32, int8_run):
+    from onnx import numpy_helper
+
+    _, out = int8_run
+    model = onnx.load(str(out))
+    inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
+    assert dq and {n.domain for n in model.graph.node} == {""}  # standard ops only (TensorRT parses them)
+    for n in dq:  # symmetric: every zero point is 0
+        assert not inits[n.input[2]].any(), n.name
+    weights = [n for n in dq if n.input[0] in inits and inits[n.input[0]].dtype == np.int8]
+    assert weights and all(inits[n.input[1]].ndim == 1 and inits[n.input[1]].size > 1 for n in weights)  # per channel
+
+    def from_dq(node, i):
+        src = producer.get(node.input[i])
+        return src is not None and src.op_type == "DequantizeLinear"
+
+    by_name = {n.name: n for n in model.graph.node}
+    assert from_dq(by_name["/resblocks.0/mlp/c_fc/MatMul"], 0) and from_dq(by_name["/resblocks.0/mlp/c_fc/MatMul"], 1)
+    assert from_dq(by_name["/conv1/Conv"], 1)
+    for name, node in by_name.items():
+        if node.op_type in ("LayerNormalization", "Softmax", "Resize", "ReduceMax") or (
+                node.op_type in ("MatMul", "Conv") and name.strip("/").count("/") == 0):
+            assert not any(from_dq(node, i) for i in range(len(node.input))), name  # stays FP32
+    assert not from_dq(by_name["/resblocks.0/attn/MatMul_1"], 0)  # attention scores: FP32
+
+
+def test_plan_quantization_of_the_export(fp32):
+    plan = plan_quantization(onnx.load(str(fp32)))
+    assert "/conv1/Conv" in plan.quantize and "/resblocks.3/attn/MatMul_3" in plan.quantize
+    assert "/image_adapters.0/fc/MatMul" in plan.quantize
+    assert plan.exclude["/resblocks.0/attn/MatMul_1"] == "activation x activation (attention)"
+    assert plan.exclude["/resblocks.0/attn/MatMul_2"] == "activation x activation (attention)"
+    assert plan.exclude["/MatMul"] == "post-processing (top-level graph code)"  # anchor similarity
+    assert plan.exclude["/Conv_1"] == "post-processing (top-level graph code)"  # blur
+    assert len(plan.quantize) == 23 and len(plan.exclude) == 21
+
+
+def test_gate_failure_writes_nothing_unless_forced(fp32, tmp_path):
+    out = tmp_path / "strict.int8.onnx"
+    args = ["int8", fp32, "--images", fp32.parent / "good", "--holdout", 4, "--out", out,
+            "--min-map-corr", 1.0, "--min-rank-corr", 1.0, "-q"]
+    r = invoke(*args)
+    assert r.exit_code == 1
+    assert "accuracy gate (FAILED):" in r.stdout
+    assert "FAIL  map correlation (mean Pearson)" in r.stdout and "(limit >= 1)" in r.stdout
+    assert "FAIL  image-score rank correlation (Spearman)" in r.stdout
+    assert "INT8 graph not written: the accuracy gate failed" in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no graph, no manifest, no staging folder
+
+    r = invoke(*args, "--force")
+    assert r.exit_code == 0, r.output
+    assert "written because of --force" in r.stderr
+    gate = json.loads((tmp_path / "strict.int8.onnx.manifest.json").read_text())["quantization"]["gate"]
+    assert gate["passed"] is False and gate["forced"] is True and gate["limits"]["min_map_corr"] == 1.0
+
+
+def test_int8_refuses_non_fp32_or_non_transformer_graphs(tmp_path, capsys):
+    art = make_onnx_artifact(tmp_path)
+    (tmp_path / "good").mkdir()
+    for i in range(3):
+        cv2.imwrite(str(tmp_path / "good" / f"{i}.png"), np.full((64, 64, 3), 200, np.uint8))
+    with pytest.raises(SystemExit) as exc:
+        main(["int8", str(art), "--images", str(tmp_path / "good")])
+    assert exc.value.code == 2
+    assert "has no transformer MatMul/Gemm/Conv with constant weights" in capsys.readouterr().err
+    mpath = tmp_path / "model.onnx.manifest.json"
+    data = json.loads(mpath.read_text())
+    data["precision"] = "fp16"
+    mpath.write_text(json.dumps(data))
+    with pytest.raises(SystemExit) as exc:
+        main(["int8", str(art), "--images", str(tmp_path / "good")])
+    assert exc.value.code == 2
+    assert "has precision 'fp16'; INT8 starts from the FP32 export" in capsys.readouterr().err
+
+
+def test_tensorrt_rtx_builds_the_int8_graph(int8_run, tmp_path):
+    pytest.importorskip("tensorrt_rtx", reason="tensorrt_rtx (pip install tensorrt-rtx-cu13) is not installed")
+    r, out = int8_run
+    assert r.exit_code == 0, r.output
+    engine = build_int8_engine(out, tmp_path / "model.int8.engine", "tensorrt-rtx", (1, 2, 4),
+                               "aaclip-calibrate int8 model.onnx --engine model.int8.engine")
+    assert engine.stat().st_size > 0
+    m = load_manifest(engine)
+    check_artifact(m)
+    assert m.data["precision"] == "int8" and m.tensorrt["flavour"] == "tensorrt-rtx"
+    assert m.data["input"]["batch"] == {"min": 1, "opt": 2, "max": 4}
+    assert m.data["source"]["onnx_sha256"] == sha256_file(out)
+    assert m.data["quantization"]["gate"]["passed"] is True
+
+
+# ---- gate metrics (known answers) ------------------------------------------------------------------
+def test_frame_correlations_known_answers():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(3, 8, 8))
+    b = np.stack([a[0], 2.0 * a[1] + 5.0, -a[2]])
+    assert frame_correlations(a, b) == pytest.approx([1.0, 1.0, -1.0])
+    flat = np.ones((2, 4, 4))
+    assert frame_correlations(flat, flat.copy()) == pytest.approx([1.0, 1.0])
+    assert frame_correlations(flat, flat + rng.normal(size=flat.shape)) == pytest.approx([0.0, 0.0])
+
+
+def test_spearman_and_gate_report():
+    x = np.array([0.1, 0.5, 0.3, 0.9])
+    assert spearman(x, x ** 3) == pytest.approx(1.0)
+    assert spearman(x, -x) == pytest.approx(-1.0)
+    assert spearman(np.array([1.0, 2.0, 3.0]), np.array([1.0, 3.0, 2.0])) == pytest.approx(0.5)
+    maps = np.random.default_rng(1).normal(size=(4, 5, 5))
+    labels = np.array([0, 0, 1, 1])
+    fp32_scores = np.array([0.1, 0.2, 0.8, 0.9])
+    report = evaluate_gate(maps, maps, fp32_scores, np.array([0.1, 0.85, 0.8, 0.9]), labels, GateLimits())
+    assert report.auroc_fp32 == 1.0 and report.auroc_int8 == 0.75 and report.auroc_change == 0.25
+    assert report.rank_corr == pytest.approx(0.8)
+    assert [row[-1] for row in report.checks] == [True, False, False] and not report.passed
+    assert report.lines()[0] == "held-out frames: 4 (2 normal, 2 anomalous)"
+    assert report.lines()[3] == "  FAIL  |AUROC change|: 0.2500 (limit <= 0.02)"
