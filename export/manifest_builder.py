@@ -13,6 +13,7 @@ import importlib.metadata
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from aaclip.runtime.fileio import sha256_file
 from aaclip.runtime.manifest import MANIFEST_FORMAT, MANIFEST_VERSION, manifest_path, write_manifest
 from aaclip.train.constants import MAP_WEIGHT
 
@@ -113,6 +114,7 @@ def build_manifest(
             "sha256": sha256,
             "size_bytes": artifact.stat().st_size,
             "external_data": list(external_data),
+            "external_data_sha256": {name: sha256_file(artifact.parent / name) for name in external_data},
         },
         "precision": precision,
         "source": {

@@ -175,10 +175,15 @@ def check_artifact(manifest: Manifest) -> None:
         raise ArtifactError(
             f"artifact {art} does not match its manifest (sha256 {actual[:12]}... != {manifest.sha256[:12]}...): "
             "it was modified or replaced after export", manifest.rebuild_command)
-    for name in (manifest.data.get("artifact") or {}).get("external_data") or []:
+    section = manifest.data.get("artifact") or {}
+    hashes = section.get("external_data_sha256") or {}
+    for name in section.get("external_data") or []:
         if not (art.parent / name).is_file():
             raise ArtifactError(f"external data file {art.parent / name} of {art.name} is missing",
                                 manifest.rebuild_command)
+        if name in hashes and sha256_file(art.parent / name) != hashes[name]:
+            raise ArtifactError(f"external data file {art.parent / name} does not match its manifest (sha256): "
+                                "it was modified or replaced after export", manifest.rebuild_command)
 
 
 def _version_key(version: str) -> tuple[str, ...]:

@@ -226,10 +226,16 @@ def test_external_data_path(ckpt, model, tmp_path, frames, fp32_single):
     a = run_onnx(path, {"image": frames[:2]})
     b = run_onnx(fp32_single.path, {"image": frames[:2]})
     np.testing.assert_array_equal(a["anomaly_map"], b["anomaly_map"])
+    assert manifest.data["artifact"]["external_data_sha256"] == {"ext.onnx.data": sha256_file(data)}
     data.rename(tmp_path / "moved.data")
     with pytest.raises(ArtifactError, match="external data file .*ext.onnx.data.* is missing"):
         check_artifact(load_manifest(path))
     (tmp_path / "moved.data").rename(data)
+    original = data.read_bytes()
+    data.write_bytes(original[:-4] + bytes(4))  # tampered weights, same size
+    with pytest.raises(ArtifactError, match="ext.onnx.data does not match its manifest"):
+        check_artifact(load_manifest(path))
+    data.write_bytes(original)
     export_onnx(ckpt, path, classes=["wood"], model=model, external_data=False)
     assert not data.exists(), "re-exporting inline removes the stale data file"
     assert load_manifest(path).data["artifact"]["external_data"] == []
@@ -242,7 +248,8 @@ def test_manifest_round_trip(fp32_multi, fp32_single, ckpt):
     d = m.data
     assert d["format"] == "aaclip-manifest" and d["format_version"] == 1 and d["method"] == "aa-clip"
     assert d["artifact"] == {"file": "all32.onnx", "format": "onnx", "sha256": sha256_file(fp32_multi.path),
-                             "size_bytes": fp32_multi.path.stat().st_size, "external_data": []}
+                             "size_bytes": fp32_multi.path.stat().st_size, "external_data": [],
+                             "external_data_sha256": {}}
     assert d["precision"] == "fp32"
     assert d["source"] == {"checkpoint": str(ckpt), "checkpoint_sha256": checkpoint_sha256(ckpt), "onnx_sha256": None}
     assert d["model"] == {"backbone": "aaclip-tiny", "image_size": 64, "domain": "industrial"}
