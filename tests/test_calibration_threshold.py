@@ -216,3 +216,25 @@ def test_plot_skipped_without_matplotlib(tmp_path, monkeypatch, caplog):
     assert save_score_histogram(tmp_path / "h.png", np.arange(10.0), 5.0) is False
     assert not (tmp_path / "h.png").exists()
     assert "matplotlib is not installed" in caplog.text
+
+
+def test_threshold_and_runtime_run_without_torch(tmp_path):
+    """On a bare Jetson: calibrate on site and run the camera loop with torch/open_clip unimportable."""
+    import subprocess
+    import sys
+
+    art = make_onnx_artifact(tmp_path)
+    write_normals(tmp_path / "good", 12)
+    video = write_mjpg(tmp_path / "cam.avi", [faint_frame(200 + i, i == 3) for i in range(6)])
+    prelude = ("import sys\nfor m in ('torch', 'open_clip', 'torchvision'): sys.modules[m] = None\n"
+               "sys.argv = sys.argv[1:]\n")
+    calibrate = prelude + "from aaclip.calibration.cli import main; main()"
+    res = subprocess.run([sys.executable, "-c", calibrate, "x", "threshold", str(art), "--images", str(tmp_path / "good"),
+                          "-q"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert load_manifest(art).data["score"]["source"] == "calibration"
+    run = prelude + "from aaclip.runtime.cli import main; main()"
+    res = subprocess.run([sys.executable, "-c", run, "x", str(art), "--camera", str(video), "--no-drop",
+                          "--events", str(tmp_path / "ev.jsonl"), "-q"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert len(read_events(tmp_path / "ev.jsonl")) == 6
