@@ -1,0 +1,87 @@
+"""``aaclip-bench``: throughput and latency per backend x precision x batch, and the runtime-loop overhead."""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+import click
+
+from aaclip.runtime.log import UserError, setup_logging
+
+from .rows import BACKENDS, PRECISIONS, parse_batches, parse_list
+
+log = logging.getLogger(__name__)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--ckpt", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Checkpoint directory to benchmark (aaclip-train output).")
+@click.option("--tiny", is_flag=True, help="A tiny random model (seconds; for smoke tests of the benchmark).")
+@click.option("--shape", metavar="NAME@SIZE", default=None,
+              help="The real architecture with random weights, no download, e.g. ViT-L-14-336@518.")
+@click.option("--backends", default=",".join(BACKENDS), show_default=True,
+              help=f"Comma-separated: {', '.join(BACKENDS)}.")
+@click.option("--precisions", default="fp32,fp16", show_default=True,
+              help=f"Comma-separated: {', '.join(PRECISIONS)} (int8 needs --int8 or an INT8 --engine).")
+@click.option("--batches", default="1,2,4", show_default=True, help="Comma-separated batch sizes.")
+@click.option("--reps", type=int, default=10, show_default=True, help="Timed calls per row.")
+@click.option("--warmup", type=int, default=2, show_default=True, help="Untimed calls before timing each row.")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), default=Path("bench-results"),
+              show_default=True, help="Folder for benchmark.json/.csv/.md/.png.")
+@click.option("--loop/--no-loop", default=True, show_default=True,
+              help="Also run the end-to-end runtime loop on a synthetic video for each ONNX/engine row.")
+@click.option("--overlay/--no-overlay", default=True, show_default=True,
+              help="The loop draws heat-map overlays into an annotated video (else decisions and events only).")
+@click.option("--frames", type=int, default=8, show_default=True, help="Distinct synthetic frames all rows cycle through.")
+@click.option("--parity-frames", type=int, default=4, show_default=True,
+              help="Frames for the parity check against the FP32 PyTorch reference.")
+@click.option("--int8", "int8", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="An INT8 (QDQ) ONNX graph with its manifest: adds onnxruntime int8 rows.")
+@click.option("--engine", "engines", multiple=True, type=click.Path(path_type=Path, dir_okay=False),
+              help="A TensorRT engine with its manifest (repeatable); without one, engines are built on the GPU.")
+@click.option("--work-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Keep exported graphs and the loop video here (default: a temporary folder, removed).")
+@click.option("--peak-tflops", type=float, default=None,
+              help="Peak TFLOP/s of the device for the fraction-of-peak column (overrides the built-in table).")
+@click.option("--no-plot", is_flag=True, help="Skip the PNG plot.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights and frames.")
+@click.option("-v", "--verbose", count=True, help="More log output.")
+@click.option("-q", "--quiet", is_flag=True, help="Warnings and errors only.")
+def main(ckpt: Optional[Path], tiny: bool, shape: Optional[str], backends: str, precisions: str, batches: str,
+         reps: int, warmup: int, out_dir: Path, loop: bool, overlay: bool, frames: int, parity_frames: int,
+         int8: Optional[Path], engines: tuple[Path, ...], work_dir: Optional[Path], peak_tflops: Optional[float],
+         no_plot: bool, seed: int, verbose: int, quiet: bool) -> None:
+    """Benchmark a model the way a production engineer measures it.
+
+    Rows: backend x precision x batch (PyTorch eager, ONNX Runtime CPU/CUDA, TensorRT); rows that cannot
+    run here are listed as skipped with the reason. Reports images/s, latency p50/p95/p99, peak memory,
+    artifact size, parity against FP32, FLOP/s against the device's peak, and the end-to-end runtime
+    loop's throughput per stage and its overhead over the raw backend.
+    """
+    setup_logging(verbose, quiet)
+    try:
+        from .suite import BenchConfig, run_benchmark
+
+        cfg = BenchConfig(
+            out_dir=out_dir, ckpt=ckpt, tiny=tiny, shape=shape,
+            backends=parse_list(backends, BACKENDS, "--backends"),
+            precisions=parse_list(precisions, PRECISIONS, "--precisions"), batches=parse_batches(batches),
+            reps=reps, warmup=warmup, loop=loop, overlay=overlay, frames=frames, parity_frames=parity_frames,
+            int8=int8, engines=engines, work_dir=work_dir, peak_tflops=peak_tflops, seed=seed, plot=not no_plot,
+        )
+        result, files = run_benchmark(cfg)
+    except UserError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    counts: dict[str, int] = {}
+    for row in result["rows"]:
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
+    click.echo(Path(files["markdown"]).read_text(encoding="utf-8"))
+    click.echo(f"{len(result['rows'])} rows (" + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + "); wrote "
+               + ", ".join(str(p) for p in files.values()))
+
+
+if __name__ == "__main__":
+    main()

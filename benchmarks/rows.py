@@ -1,0 +1,186 @@
+"""Which rows a benchmark has (backend x device x precision x batch), why a row is skipped, and the
+PyTorch eager runner.
+
+Backends as the CLI names them: ``torch`` (PyTorch eager, the reference implementation's way of running:
+host-side pre-processing, then ``AAClip.predict`` on normalized tensors), ``onnxruntime`` (the exported
+graph; CPU, and CUDA when the CUDA execution provider exists) and ``tensorrt`` (an engine on a GPU).
+"""
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+
+from aaclip.export.manifest_builder import CLASS_INPUT_NAME, INPUT_NAME, OUTPUT_NAMES
+from aaclip.runtime.backends.base import Runner
+from aaclip.runtime.log import UserError
+
+BACKENDS = ("torch", "onnxruntime", "tensorrt")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+BACKEND_LABELS = {"torch": "PyTorch eager", "onnxruntime": "ONNX Runtime", "tensorrt": "TensorRT"}
+
+
+@dataclass(frozen=True)
+class RowSpec:
+    backend: str
+    device: str  # "cpu" | "cuda"
+    precision: str
+    batch: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.backend}/{self.device}/{self.precision}/b{self.batch}"
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What this machine offers (filled by ``detect_capabilities``; tests build their own)."""
+
+    cuda: bool
+    ort_providers: tuple[str, ...]
+    tensorrt: bool
+    int8_graph: bool
+    engines: tuple[str, ...] = ()  # precisions of the TensorRT engines given with --engine
+
+
+def detect_capabilities(int8_graph: bool, engine_precisions: Sequence[str] = ()) -> Capabilities:
+    try:
+        import torch
+
+        cuda = bool(torch.cuda.is_available())
+    except Exception:  # noqa: BLE001
+        cuda = False
+    try:
+        import onnxruntime
+
+        providers = tuple(onnxruntime.get_available_providers())
+    except Exception:  # noqa: BLE001
+        providers = ()
+    trt = any(importlib.util.find_spec(m) is not None for m in ("tensorrt", "tensorrt_rtx"))
+    return Capabilities(cuda, providers, trt, int8_graph, tuple(engine_precisions))
+
+
+def parse_list(text: str, allowed: Sequence[str], option: str) -> list[str]:
+    """``"a,b"`` -> ["a", "b"], each checked against ``allowed`` (a UserError naming the option)."""
+    items = [t.strip().lower() for t in str(text).split(",") if t.strip()]
+    bad = [t for t in items if t not in allowed]
+    if bad or not items:
+        raise UserError(f"{option} {text!r}: use a comma-separated list of {', '.join(allowed)}")
+    return list(dict.fromkeys(items))
+
+
+def parse_batches(text: str) -> list[int]:
+    try:
+        values = [int(t) for t in str(text).split(",") if t.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise UserError(f"--batches {text!r}: use positive integers separated by commas, e.g. 1,2,4")
+    return sorted(set(values))
+
+
+def row_devices(backend: str, precision: str, caps: Capabilities) -> list[str]:
+    """Devices a backend's rows run on: PyTorch FP32 on the GPU when there is one (else the CPU) and
+    reduced precision on the GPU only; ONNX Runtime on the CPU and CUDA; TensorRT on CUDA."""
+    if backend == "torch":
+        return ["cuda"] if precision != "fp32" or caps.cuda else ["cpu"]
+    if backend == "onnxruntime":
+        return ["cpu", "cuda"]
+    return ["cuda"]
+
+
+def expand_rows(backends: Sequence[str], precisions: Sequence[str], batches: Sequence[int],
+                caps: Capabilities) -> list[RowSpec]:
+    """Every configured row, in report order (skipped ones included)."""
+    return [RowSpec(backend, device, precision, b)
+            for backend in backends for precision in precisions
+            for device in row_devices(backend, precision, caps) for b in batches]
+
+
+def skip_reason(spec: RowSpec, caps: Capabilities) -> Optional[str]:
+    """Why ``spec`` cannot run here (None: it can)."""
+    b, p = spec.backend, spec.precision
+    if b == "torch":
+        if p == "int8":
+            return "PyTorch eager has no INT8 path here; see the onnxruntime/tensorrt int8 rows"
+        if spec.device == "cuda" and not caps.cuda:
+            return f"no CUDA device (PyTorch {p.upper()} rows run on a GPU only)"
+        return None
+    if b == "onnxruntime":
+        if p == "bf16":
+            return "no BF16 artifact: aaclip-export writes fp32 and fp16 graphs"
+        if p == "int8" and not caps.int8_graph:
+            return "no INT8 graph given: pass --int8 PATH (a QDQ graph from aaclip-calibrate int8)"
+        if spec.device == "cuda" and "CUDAExecutionProvider" not in caps.ort_providers:
+            return "onnxruntime has no CUDAExecutionProvider here (install onnxruntime-gpu on a GPU machine)"
+        return None
+    if not caps.cuda:
+        return "no NVIDIA GPU visible: TensorRT engines run on a GPU (run aaclip-bench on the device)"
+    if not caps.tensorrt:
+        return "TensorRT is not installed (JetPack's python3-libnvinfer, or pip install tensorrt-cu12)"
+    if p == "bf16":
+        return "no BF16 engine: engines are built from the fp32/fp16/int8 graphs"
+    if p == "int8" and not caps.int8_graph and "int8" not in caps.engines:
+        return "no INT8 graph or engine given: pass --int8 PATH or --engine PATH"
+    return None
+
+
+# ---- PyTorch eager -------------------------------------------------------------------------------
+class TorchEagerRunner(Runner):
+    """Host pre-processing (BGR -> RGB, /255, CLIP mean/std, NCHW) + ``AAClip.predict``, like the reference code.
+
+    FP16/BF16 run under ``torch.autocast`` on CUDA. Outputs follow the graph contract (copied to host).
+    """
+
+    name = "pytorch"
+
+    def __init__(self, model, anchors, device: str = "cpu", precision: str = "fp32"):
+        super().__init__()
+        if precision not in ("fp32", "fp16", "bf16"):
+            raise ValueError(f"PyTorch eager runs fp32, fp16 or bf16, not {precision}")
+        self.model = model
+        self.anchors = anchors  # (E, 2) of the benchmarked class
+        self.device = device
+        self.precision = precision
+
+    def activate_impl(self) -> None:
+        import torch
+
+        from aaclip.train.constants import CLIP_MEAN, CLIP_STD
+
+        self.model.to(self.device)
+        self._T = self.anchors.to(self.device)
+        self._mean = np.asarray(CLIP_MEAN, np.float32)
+        self._std = np.asarray(CLIP_STD, np.float32)
+        self._dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision)
+        self.input_names, self.output_names = (INPUT_NAME,), OUTPUT_NAMES
+
+    def preprocess(self, frames: np.ndarray):
+        import torch
+
+        x = (frames[..., ::-1].astype(np.float32) / 255.0 - self._mean) / self._std
+        return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).to(self.device)
+
+    def infer_impl(self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
+        import torch
+
+        x = self.preprocess(np.asarray(feeds[INPUT_NAME]))
+        with torch.inference_mode():
+            if self._dtype is not None:
+                with torch.autocast(device_type=self.device, dtype=self._dtype):
+                    amap, cls = self.model.predict(x, self._T)
+            else:
+                amap, cls = self.model.predict(x, self._T)
+            amap = amap.float()
+            result = {"anomaly_map": amap, "map_max": amap.flatten(1).amax(dim=1), "cls_score": cls.float()}
+            return {k: result[k].cpu().numpy() for k in outputs}
+
+    def deactivate_impl(self) -> None:
+        self.model.to("cpu")
+        self._T = None
+
+
+__all__ = ["BACKENDS", "PRECISIONS", "BACKEND_LABELS", "RowSpec", "Capabilities", "detect_capabilities",
+           "parse_list", "parse_batches", "row_devices", "expand_rows", "skip_reason", "TorchEagerRunner"]

@@ -1,0 +1,366 @@
+"""Running a benchmark: the model, its artifacts, every row (timed, parity-checked, looped), the result.
+
+Rows of one backend/device/precision share one runner (one ONNX Runtime session, one engine), activated
+once; each batch size is then timed with ``warmup`` untimed and ``reps`` timed calls on the same frames.
+Parity against FP32 uses the export verifier's reference (``TorchRunner``: training pre-processing +
+``AAClip.predict``) and comparator (``compare_outputs`` with the precision's tolerances), once per
+runner. The end-to-end loop runs per artifact row with the same runner and batch.
+"""
+from __future__ import annotations
+
+import logging
+import shlex
+import sys
+import tempfile
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from aaclip.runtime.log import UserError
+
+from . import rows as R
+from .environment import collect_environment, device_label
+from .flops import flops_report
+from .inputs import batch_of, bench_frames, write_video
+from .loop_timing import STAGES, run_timed_loop
+from .measure import DeviceMemory, HostMemory, latency_stats, time_calls
+from .models import Artifact, build_engine_for, export_graph, external_artifact, prepare_checkpoint
+from .peaks import device_peak
+from .report import empty_row, write_outputs
+
+log = logging.getLogger(__name__)
+
+RESULT_FORMAT = "aaclip-benchmark"
+RESULT_VERSION = 1
+ARTIFACT_BACKENDS = ("onnxruntime", "tensorrt")
+
+
+@dataclass
+class BenchConfig:
+    out_dir: Path
+    ckpt: Optional[Path] = None
+    tiny: bool = False
+    shape: Optional[str] = None
+    backends: Sequence[str] = R.BACKENDS
+    precisions: Sequence[str] = ("fp32", "fp16")
+    batches: Sequence[int] = (1, 2, 4)
+    reps: int = 10
+    warmup: int = 2
+    loop: bool = True
+    overlay: bool = True
+    frames: int = 8            # distinct frames every row cycles through
+    parity_frames: int = 4
+    int8: Optional[Path] = None
+    engines: Sequence[Path] = ()
+    work_dir: Optional[Path] = None   # exported graphs, the loop video (temporary when None)
+    peak_tflops: Optional[float] = None
+    seed: int = 0
+    plot: bool = True
+    command: str = field(default_factory=lambda: shlex.join(["aaclip-bench", *sys.argv[1:]]))
+
+    def check(self) -> None:
+        if self.reps < 1:
+            raise UserError(f"--reps must be >= 1, got {self.reps}")
+        if self.warmup < 0:
+            raise UserError(f"--warmup must be >= 0, got {self.warmup}")
+        if self.frames < 1 or self.parity_frames < 1:
+            raise UserError("--frames and --parity-frames must be >= 1")
+        for b in self.backends:
+            if b not in R.BACKENDS:
+                raise UserError(f"unknown backend {b!r}: use {', '.join(R.BACKENDS)}")
+        for p in self.precisions:
+            if p not in R.PRECISIONS:
+                raise UserError(f"unknown precision {p!r}: use {', '.join(R.PRECISIONS)}")
+        if not self.batches or min(self.batches) < 1:
+            raise UserError("--batches must be positive integers")
+        if self.int8 is not None and not Path(self.int8).is_file():
+            raise UserError(f"--int8 {self.int8} does not exist: pass the INT8 (QDQ) ONNX graph")
+
+
+class _Context:
+    """What the rows share: model, anchors, frames, artifacts (exported lazily), the parity reference."""
+
+    def __init__(self, cfg: BenchConfig, work: Path, env: dict):
+        self.cfg, self.work, self.env = cfg, work, env
+        from aaclip.export.onnx_export import compute_anchors
+        from aaclip.train.checkpoint import load_checkpoint
+
+        self.ckpt, self.description = prepare_checkpoint(cfg.ckpt, cfg.tiny, cfg.shape, work, cfg.seed)
+        self.model = load_checkpoint(self.ckpt)
+        self.size = int(self.model.config.image_size)
+        names = list(self.model.config.classes.values())
+        if not names:
+            raise UserError(f"{self.ckpt}: the checkpoint's config lists no classes")
+        self.class_name = list(self.model.config.classes)[0]
+        self.anchors = compute_anchors(self.model, names[:1])  # (1, E, 2): the benchmarked class
+        self.flops = flops_report(self.model.config)
+        self.flops_per_image = int(self.flops["breakdown"]["total"])
+        log.info("model %s: %.4g GFLOP per image", self.description, self.flops_per_image / 1e9)
+        self.frames = bench_frames(self.size, cfg.frames, cfg.seed)
+        self._graphs: dict[str, Artifact] = {}
+        self._engines: dict[str, Artifact] = {}
+        self._reference: Optional[dict] = None
+        self._video: Optional[Path] = None
+        for path in cfg.engines:
+            from aaclip.runtime.manifest import load_manifest
+
+            precision = str(load_manifest(path).data.get("precision", "fp16"))
+            self._engines[precision] = external_artifact(path, precision)
+
+    # ---- artifacts -----------------------------------------------------------------------------
+    @property
+    def engine_precisions(self) -> list[str]:
+        """Precisions of the engines given with --engine."""
+        return list(self._engines)
+
+    def graph(self, precision: str) -> Artifact:
+        if precision not in self._graphs:
+            if precision == "int8":
+                self._graphs[precision] = external_artifact(self.cfg.int8, "int8")
+            else:
+                self._graphs[precision] = export_graph(self.ckpt, self.model, precision, self.work / "artifacts",
+                                                       self.class_name)
+        return self._graphs[precision]
+
+    def engine(self, precision: str) -> Artifact:
+        if precision not in self._engines:
+            top = max(self.cfg.batches)
+            self._engines[precision] = build_engine_for(self.graph(precision), (1, top, top), self.work / "artifacts")
+        return self._engines[precision]
+
+    def video(self) -> Path:
+        if self._video is None:
+            n = max(self.cfg.batches) * (self.cfg.reps + max(1, self.cfg.warmup))
+            self._video = write_video(self.frames, self.work / "loop.avi", n)
+        return self._video
+
+    # ---- parity --------------------------------------------------------------------------------
+    def parity_frames(self) -> np.ndarray:
+        return self.frames[: self.cfg.parity_frames] if self.cfg.parity_frames <= len(self.frames) else \
+            batch_of(self.frames, self.cfg.parity_frames)
+
+    def reference(self) -> dict:
+        if self._reference is None:
+            from aaclip.export.verify import TorchRunner
+
+            with TorchRunner(self.model, self.anchors, (self.size, self.size), multi_class=False) as ref:
+                self._reference = run_frames(ref, self.parity_frames(), 1)
+        return self._reference
+
+
+def make_feeds(runner, frames: np.ndarray) -> dict[str, np.ndarray]:
+    """Inputs of an active runner for ``frames``; a multi-class graph (e.g. a given INT8 graph) gets class 0."""
+    feeds = {R.INPUT_NAME: np.ascontiguousarray(frames)}
+    if R.CLASS_INPUT_NAME in runner.input_names:
+        feeds[R.CLASS_INPUT_NAME] = np.zeros(len(frames), np.int64)
+    return feeds
+
+
+def run_frames(runner, frames: np.ndarray, batch: int) -> dict[str, np.ndarray]:
+    """All outputs of ``frames`` through an active runner, in batches (copies)."""
+    parts: dict[str, list] = {n: [] for n in R.OUTPUT_NAMES}
+    for start in range(0, len(frames), batch):
+        out = runner.infer(make_feeds(runner, frames[start:start + batch]), R.OUTPUT_NAMES)
+        for n in R.OUTPUT_NAMES:
+            parts[n].append(np.array(out[n], copy=True))
+    return {n: np.concatenate(v) for n, v in parts.items()}
+
+
+def parity_fields(ctx: _Context, spec: R.RowSpec, runner) -> dict:
+    """Parity of ``runner`` against the FP32 PyTorch reference (the export verifier's comparator)."""
+    from aaclip.export.verify import TOLERANCES, compare_outputs
+
+    if spec.backend == "torch" and spec.precision == "fp32":
+        return {"parity": "reference", "parity_passed": True, "parity_map_rel": None, "parity_cls_abs": None}
+    out = run_frames(runner, ctx.parity_frames(), spec.batch)
+    report = compare_outputs(ctx.reference(), out, TOLERANCES.get(spec.precision, TOLERANCES["fp16"]))
+    verdict = "PASS" if report.passed else "FAIL"
+    return {"parity": f"{verdict} map {report.map_rel:.2g}, cls {report.cls_max_abs:.2g}",
+            "parity_passed": report.passed, "parity_map_rel": report.map_rel, "parity_cls_abs": report.cls_max_abs}
+
+
+# ---- runners -------------------------------------------------------------------------------------
+def make_runner(ctx: _Context, spec: R.RowSpec):
+    """(runner, artifact or None, manifest or None) for a row group."""
+    from aaclip.runtime.manifest import check_artifact, load_manifest
+
+    if spec.backend == "torch":
+        return R.TorchEagerRunner(ctx.model, ctx.anchors[0], spec.device, spec.precision), None, None
+    if spec.backend == "onnxruntime":
+        from aaclip.runtime.backends.onnxruntime import OnnxRuntimeRunner
+
+        artifact = ctx.graph(spec.precision)
+        manifest = load_manifest(artifact.path)
+        check_artifact(manifest)
+        provider = "CUDAExecutionProvider" if spec.device == "cuda" else "CPUExecutionProvider"
+        return OnnxRuntimeRunner(artifact.path, providers=[provider]), artifact, manifest
+    from aaclip.runtime.backends import make_runner as runtime_runner
+
+    artifact = ctx.engine(spec.precision)
+    manifest = load_manifest(artifact.path)
+    check_artifact(manifest)
+    return runtime_runner(manifest, "tensorrt"), artifact, manifest
+
+
+def _check_provider(runner, spec: R.RowSpec) -> None:
+    session = getattr(runner, "_session", None)
+    if spec.backend == "onnxruntime" and spec.device == "cuda" and session is not None:
+        if session.get_providers()[0] != "CUDAExecutionProvider":
+            raise RuntimeError(f"onnxruntime fell back to {session.get_providers()[0]} (CUDA provider failed to load)")
+
+
+def _cuda_sync(spec: R.RowSpec) -> Optional[Callable[[], None]]:
+    if spec.device != "cuda" or spec.backend != "torch":
+        return None  # onnxruntime and the TensorRT runner return host arrays: their calls are synchronous
+    import torch
+
+    return torch.cuda.synchronize
+
+
+def time_row(ctx: _Context, spec: R.RowSpec, runner) -> dict:
+    """Timing, memory and FLOP/s fields of one row with an active runner."""
+    cfg = ctx.cfg
+    feeds = [make_feeds(runner, batch_of(ctx.frames, spec.batch, i * spec.batch)) for i in range(len(ctx.frames))]
+    calls = iter(range(10**12))
+
+    def call() -> None:
+        runner.infer(feeds[next(calls) % len(feeds)], R.OUTPUT_NAMES)
+
+    with HostMemory() as host, DeviceMemory(torch_allocator=spec.backend == "torch") as dev:
+        times = time_calls(call, cfg.reps, cfg.warmup, _cuda_sync(spec))
+    fields = latency_stats(times, spec.batch)
+    achieved = ctx.flops_per_image * fields["images_per_s"] / 1e12
+    name = device_label(ctx.env, spec.device)
+    gpu_name = (ctx.env["gpu"].get("name") or "") if spec.device == "cuda" else name
+    peak = device_peak(spec.device, gpu_name, spec.precision, cfg.peak_tflops)
+    fields.update(
+        device_name=name, flops_per_image=ctx.flops_per_image, achieved_tflops=achieved,
+        peak_tflops=peak.tflops if peak else None, peak_source=peak.source if peak else None,
+        fraction_of_peak=achieved / peak.tflops if peak else None,
+        host_peak_rss_mb=host.peak_mb, host_memory_method=host.method,
+        device_mem_mb=dev.peak_mb, device_memory_method=dev.method,
+    )
+    return fields
+
+
+def loop_fields(ctx: _Context, spec: R.RowSpec, runner, manifest, raw_ips: float) -> dict:
+    if not ctx.cfg.loop:
+        return {"loop_status": "skipped", "loop_reason": "--no-loop"}
+    if spec.backend not in ARTIFACT_BACKENDS:
+        return {"loop_status": "skipped", "loop_reason": "the runtime loop runs artifacts (ONNX/engine), not PyTorch"}
+    res = run_timed_loop(runner, manifest, ctx.video(), spec.batch, ctx.work / "loop" / spec.key.replace("/", "-"),
+                         overlay=ctx.cfg.overlay, batches=ctx.cfg.reps, warmup_batches=max(1, ctx.cfg.warmup))
+    ratio = res["images_per_s"] / raw_ips
+    out = {"loop_status": "ok", "loop_frames": res["frames"], "loop_images_per_s": res["images_per_s"],
+           "loop_ratio": ratio, "loop_overhead": 1.0 - ratio,
+           "loop_non_inference_share": 1.0 - res["stage_share"]["inference"],
+           "loop_latency_p50_ms": res["latency_p50_ms"], "loop_latency_p95_ms": res["latency_p95_ms"],
+           "loop_latency_p99_ms": res["latency_p99_ms"]}
+    out.update({f"loop_{s}_ms_per_image": res["stage_ms_per_image"][s] for s in STAGES})
+    return out
+
+
+def _base_row(spec: R.RowSpec, cfg: BenchConfig) -> dict:
+    row = empty_row()
+    row.update(key=spec.key, backend=spec.backend, backend_label=R.BACKEND_LABELS[spec.backend], device=spec.device,
+               precision=spec.precision, batch=spec.batch, reps=cfg.reps, warmup=cfg.warmup)
+    return row
+
+
+def _error(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:300] if text else ''}"
+
+
+def run_group(ctx: _Context, specs: list[R.RowSpec]) -> list[dict]:
+    """Rows of one backend/device/precision: one runner, every batch size."""
+    rows = [_base_row(s, ctx.cfg) for s in specs]
+    first = specs[0]
+    try:
+        if not (first.backend == "torch" and first.precision == "fp32"):
+            ctx.reference()  # before any runner moves the shared model to a GPU
+        runner, artifact, manifest = make_runner(ctx, first)
+        runner.activate()
+        _check_provider(runner, first)
+    except Exception as exc:  # noqa: BLE001 - a row that cannot run is reported, the others go on
+        log.warning("%s/%s/%s failed: %s", first.backend, first.device, first.precision, _error(exc))
+        for row in rows:
+            row.update(status="failed", reason=_error(exc))
+        return rows
+    parity: Optional[dict] = None
+    try:
+        for spec, row in zip(specs, rows):
+            if artifact is not None:
+                row.update(artifact=str(artifact.path.name), artifact_size_mb=artifact.size_mb)
+            if manifest is not None and manifest.batch_max is not None and spec.batch > manifest.batch_max:
+                row.update(status="skipped", reason=f"the engine's batch profile ends at {manifest.batch_max}")
+                continue
+            try:
+                log.info("timing %s (%d warm-up + %d calls)", spec.key, ctx.cfg.warmup, ctx.cfg.reps)
+                row.update(time_row(ctx, spec, runner))
+                if parity is None:
+                    parity = parity_fields(ctx, spec, runner)
+                row.update(parity)
+                row["status"] = "ok"
+            except Exception as exc:  # noqa: BLE001
+                log.warning("%s failed: %s", spec.key, _error(exc))
+                row.update(status="failed", reason=_error(exc))
+                continue
+            try:
+                row.update(loop_fields(ctx, spec, runner, manifest, row["images_per_s"]))
+            except Exception as exc:  # noqa: BLE001
+                log.warning("%s loop failed: %s", spec.key, _error(exc))
+                row.update(loop_status="failed", loop_reason=_error(exc))
+    finally:
+        runner.deactivate()
+    return rows
+
+
+def run_benchmark(cfg: BenchConfig, progress: Optional[Callable[[str], None]] = None) -> tuple[dict, dict[str, Path]]:
+    """Run every configured row and write the outputs into ``cfg.out_dir``; (result, written files by kind)."""
+    cfg.check()
+    env = collect_environment()
+    with ExitStack() as stack:
+        if cfg.work_dir is None:
+            work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="aaclip-bench-")))
+        else:
+            work = Path(cfg.work_dir)
+            work.mkdir(parents=True, exist_ok=True)
+        ctx = _Context(cfg, work, env)
+        precisions = list(cfg.precisions) + (["int8"] if cfg.int8 and "int8" not in cfg.precisions else [])
+        caps = R.detect_capabilities(cfg.int8 is not None, ctx.engine_precisions)
+        specs = R.expand_rows(cfg.backends, precisions, cfg.batches, caps)
+        groups: dict[tuple, list[R.RowSpec]] = {}
+        for spec in specs:
+            groups.setdefault((spec.backend, spec.device, spec.precision), []).append(spec)
+        rows_by_key: dict[str, dict] = {}
+        for group in groups.values():
+            reason = R.skip_reason(group[0], caps)
+            if reason is not None:
+                for spec in group:
+                    rows_by_key[spec.key] = dict(_base_row(spec, cfg), status="skipped", reason=reason)
+                continue
+            if progress:
+                progress(f"{group[0].backend}/{group[0].device}/{group[0].precision}")
+            for row in run_group(ctx, group):
+                rows_by_key[row["key"]] = row
+        result = {
+            "format": RESULT_FORMAT, "format_version": RESULT_VERSION,
+            "model": {"description": ctx.description, "backbone": ctx.model.config.backbone.name,
+                      "image_size": ctx.size, "class": ctx.class_name, "flops_per_image": ctx.flops_per_image,
+                      "flops": ctx.flops},
+            "settings": {"command": cfg.command, "backends": list(cfg.backends), "precisions": precisions,
+                         "batches": list(cfg.batches), "reps": cfg.reps, "warmup": cfg.warmup, "loop": cfg.loop,
+                         "overlay": cfg.overlay, "frames": cfg.frames, "parity_frames": cfg.parity_frames,
+                         "loop_batches_per_row": f"{max(1, cfg.warmup)} warm-up + {cfg.reps} timed", "int8": str(cfg.int8) if cfg.int8 else None},
+            "environment": env,
+            "rows": [rows_by_key[s.key] for s in specs],
+        }
+    return result, write_outputs(result, cfg.out_dir, cfg.plot)
+
+
+__all__ = ["BenchConfig", "run_benchmark", "run_group", "run_frames", "time_row", "loop_fields", "parity_fields",
+           "RESULT_FORMAT", "RESULT_VERSION"]
