@@ -46,7 +46,9 @@ from typing import Any, Optional
 
 import numpy as np
 
+from aaclip.runtime import scoring
 from aaclip.runtime.log import UserError
+from aaclip.runtime.manifest import ScoreParams
 
 log = logging.getLogger(__name__)
 
@@ -147,12 +149,17 @@ class Normalization:
         cls_hi = cls_lo + _robust_spread(c, cls_lo, hi_q, "cls_score")
         return cls(map_lo=map_lo, map_hi=map_hi, cls_lo=cls_lo, cls_hi=cls_hi)
 
+    def params(self, map_weight: float = 0.5) -> ScoreParams:
+        """The runtime's score parameters with these constants (thresholds left at 0)."""
+        return ScoreParams(self.map_lo, self.map_hi, self.cls_lo, self.cls_hi, float(map_weight), 0.0, 0.0)
+
+    # The runtime's own arithmetic (float32), so thresholds are fitted on the values it will compare.
     def normalize_map(self, values: Any) -> np.ndarray:
         """``(values - map_lo) / (map_hi - map_lo)`` (also for anomaly-map pixels)."""
-        return (np.asarray(values, dtype=np.float64) - self.map_lo) / (self.map_hi - self.map_lo)
+        return scoring.normalize_map(values, self.params()).astype(np.float64)
 
     def normalize_cls(self, values: Any) -> np.ndarray:
-        return (np.asarray(values, dtype=np.float64) - self.cls_lo) / (self.cls_hi - self.cls_lo)
+        return scoring.normalize_cls(values, self.params()).astype(np.float64)
 
 
 def image_scores(map_max: Any, cls_score: Any, norm: Normalization, map_weight: float) -> np.ndarray:
@@ -165,7 +172,7 @@ def image_scores(map_max: Any, cls_score: Any, norm: Normalization, map_weight: 
     if m.shape != c.shape:
         raise UserError(f"map_max has shape {m.shape} but cls_score has {c.shape}; pass both outputs "
                         "of the same frames")
-    return map_weight * norm.normalize_map(m) + (1.0 - map_weight) * norm.normalize_cls(c)
+    return scoring.image_scores(m, c, norm.params(map_weight)).astype(np.float64)
 
 
 # --------------------------------------------------------------------------------------------------
