@@ -2,20 +2,19 @@
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 from typing import Optional
 
 import click
 
-from aaclip.runtime.log import UserError, setup_logging
+from aaclip.runtime.log import Command, setup_logging
 
 from .rows import BACKENDS, PRECISIONS, parse_batches, parse_list
 
 log = logging.getLogger(__name__)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--ckpt", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Checkpoint directory to benchmark (aaclip-train output).")
 @click.option("--tiny", is_flag=True, help="A tiny random model (seconds; for smoke tests of the benchmark).")
@@ -61,20 +60,16 @@ def main(ckpt: Optional[Path], tiny: bool, shape: Optional[str], backends: str, 
     loop's throughput per stage and its overhead over the raw backend.
     """
     setup_logging(verbose, quiet)
-    try:
-        from .suite import BenchConfig, run_benchmark
+    from .suite import BenchConfig, run_benchmark
 
-        cfg = BenchConfig(
-            out_dir=out_dir, ckpt=ckpt, tiny=tiny, shape=shape,
-            backends=parse_list(backends, BACKENDS, "--backends"),
-            precisions=parse_list(precisions, PRECISIONS, "--precisions"), batches=parse_batches(batches),
-            reps=reps, warmup=warmup, loop=loop, overlay=overlay, frames=frames, parity_frames=parity_frames,
-            int8=int8, engines=engines, work_dir=work_dir, peak_tflops=peak_tflops, seed=seed, plot=not no_plot,
-        )
-        result, files = run_benchmark(cfg)
-    except UserError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
+    cfg = BenchConfig(
+        out_dir=out_dir, ckpt=ckpt, tiny=tiny, shape=shape,
+        backends=parse_list(backends, BACKENDS, "--backends"),
+        precisions=parse_list(precisions, PRECISIONS, "--precisions"), batches=parse_batches(batches),
+        reps=reps, warmup=warmup, loop=loop, overlay=overlay, frames=frames, parity_frames=parity_frames,
+        int8=int8, engines=engines, work_dir=work_dir, peak_tflops=peak_tflops, seed=seed, plot=not no_plot,
+    )
+    result, files = run_benchmark(cfg)
     counts: dict[str, int] = {}
     for row in result["rows"]:
         counts[row["status"]] = counts.get(row["status"], 0) + 1

@@ -13,7 +13,7 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-from aaclip.export.manifest_builder import CLASS_INPUT_NAME, INPUT_NAME, OUTPUT_NAMES
+from aaclip.export.manifest_builder import INPUT_NAME, OUTPUT_NAMES
 from aaclip.runtime.backends.base import Runner
 from aaclip.runtime.log import UserError
 

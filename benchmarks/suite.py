@@ -19,6 +19,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from aaclip.export.manifest_builder import CLASS_INPUT_NAME
 from aaclip.runtime.log import UserError
 
 from . import rows as R
@@ -154,8 +155,8 @@ class _Context:
 def make_feeds(runner, frames: np.ndarray) -> dict[str, np.ndarray]:
     """Inputs of an active runner for ``frames``; a multi-class graph (e.g. a given INT8 graph) gets class 0."""
     feeds = {R.INPUT_NAME: np.ascontiguousarray(frames)}
-    if R.CLASS_INPUT_NAME in runner.input_names:
-        feeds[R.CLASS_INPUT_NAME] = np.zeros(len(frames), np.int64)
+    if CLASS_INPUT_NAME in runner.input_names:
+        feeds[CLASS_INPUT_NAME] = np.zeros(len(frames), np.int64)
     return feeds
 
 

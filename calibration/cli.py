@@ -19,7 +19,7 @@ from typing import Optional
 import click
 
 from aaclip.runtime.backends import BACKENDS
-from aaclip.runtime.log import UserError, setup_logging
+from aaclip.runtime.log import Group, UserError, setup_logging
 from aaclip.runtime.manifest import Manifest, load_manifest
 
 from . import thresholds
@@ -89,7 +89,7 @@ def _source_options(f):
     return f
 
 
-@click.group(context_settings=CONTEXT)
+@click.group(cls=Group, context_settings=CONTEXT)
 def cli() -> None:
     """Calibrate an exported artifact on normal frames: score thresholds (threshold) or INT8 (int8).
 
@@ -224,10 +224,8 @@ def int8(fp32_onnx: Path, images, data, camera, anomalies, class_name, verbose, 
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    """Console entry point: a UserError becomes one 'error: ...' line and exit status 2."""
-    from aaclip.train.cli_common import run_cli
-
-    run_cli(cli, argv)
+    """Console entry point (errors: see aaclip.runtime.log.Command)."""
+    cli.main(args=argv)
 
 
 if __name__ == "__main__":

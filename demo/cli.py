@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from aaclip.runtime.log import UserError, setup_logging
+from aaclip.runtime.log import Command, UserError, setup_logging
 
 log = logging.getLogger("aaclip.demo")
 
@@ -173,7 +173,7 @@ def run_runtime(artifact: Path, video: Path, out: Path, defect_frames: list[int]
     }
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("aaclip-demo"), show_default=True,
               help="Folder for everything the demo writes.")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -202,9 +202,7 @@ def cli(out: Path, seed: int, verbose: int, quiet: bool) -> None:
 
 
 def main(args=None) -> None:
-    from aaclip.train.cli_common import run_cli
-
-    run_cli(cli, args)
+    cli.main(args=args)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from typing import Optional
 
 import click
 
-from aaclip.runtime.log import UserError, setup_logging
+from aaclip.runtime.log import Command, UserError, setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ def verify_command(artifact: Path, ckpt: Optional[Path], images: Optional[Path],
     return report.passed
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.argument("ckpt", metavar="CKPT|MODEL.onnx", required=False, type=click.Path(path_type=Path))
 @click.option("--out", "-o", type=click.Path(dir_okay=False, path_type=Path),
               help="Artifact path [default: CKPT/aaclip-<precision>[-HxW].onnx|.engine].")
@@ -207,10 +207,8 @@ def cli(ckpt, out, fmt, precision, classes, input_size, opset, batch, workspace_
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    """Console entry point: a UserError becomes one 'error: ...' line and exit status 2."""
-    from aaclip.train.cli_common import run_cli
-
-    run_cli(cli, argv)
+    """Console entry point (errors: see aaclip.runtime.log.Command)."""
+    cli.main(args=argv)
 
 
 if __name__ == "__main__":

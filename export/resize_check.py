@@ -16,6 +16,8 @@ from typing import Callable, Optional, Sequence
 import click
 import numpy as np
 
+from aaclip.runtime.log import Command
+
 from .resize import pil_bicubic_weights
 
 log = logging.getLogger(__name__)
@@ -125,7 +127,7 @@ def markdown_table(rows: Sequence[dict], source: str) -> str:
     return "\n".join(lines)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--frames", "n", type=click.IntRange(min=1), default=5, show_default=True, help="Number of frames.")
 @click.option("--size", type=click.IntRange(min=8), default=518, show_default=True, help="Model resolution.")
 @click.option("--camera", default="1080x1920", show_default=True, help="Synthetic frame size HxW.")
@@ -143,9 +145,7 @@ def cli(n: int, size: int, camera: str, images: Optional[Path]) -> None:
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    from aaclip.train.cli_common import run_cli
-
-    run_cli(cli, argv)
+    cli.main(args=argv)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 import signal
-import sys
 from pathlib import Path
 from typing import Optional
 
@@ -11,7 +10,7 @@ import click
 
 from .backends import BACKENDS, make_runner
 from .capture import Backoff
-from .log import UserError, setup_logging
+from .log import Command, UserError, setup_logging
 from .loop import CameraLoop, LoopConfig, Outputs, Summary, resolve_classes
 from .manifest import check_artifact, load_manifest
 from .sinks import EVIDENCE_FORMATS, DisplaySink, EventLog, EvidenceWriter, VideoSink, video_paths
@@ -78,7 +77,7 @@ def run(artifact: Path, cameras: tuple[str, ...], backend: str, batch: int, clas
             s.release()
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("artifact", type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--camera", "cameras", multiple=True, metavar="SPEC",
               help="Source, repeatable: device index (0), /dev/video0, v4l2:///dev/video0, csi://0, rtsp://..., "
@@ -123,16 +122,9 @@ def main(artifact: Path, cameras: tuple[str, ...], backend: str, batch: int, cla
     and exits 0.
     """
     setup_logging(verbose, quiet)
-    try:
-        summary = run(artifact, cameras, backend, batch, classes, threshold, debounce, events, evidence,
-                      evidence_format, video, video_fps, show, no_drop, loop_files, max_frames, stats_every,
-                      reconnect_delay, reconnect_max)
-    except UserError as e:
-        click.echo(f"error: {e}", err=True)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        click.echo("error: interrupted; outputs may be incomplete", err=True)
-        sys.exit(130)
+    summary = run(artifact, cameras, backend, batch, classes, threshold, debounce, events, evidence,
+                  evidence_format, video, video_fps, show, no_drop, loop_files, max_frames, stats_every,
+                  reconnect_delay, reconnect_max)
     click.echo(summary.text())
 
 

@@ -1,12 +1,11 @@
-"""Pieces shared by the training-side commands: error handling, logging options, backbone options."""
+"""Pieces shared by the training-side commands: logging options, --object-name, the default-command group."""
 from __future__ import annotations
 
 import functools
-import sys
 
 import click
 
-from aaclip.runtime.log import UserError, setup_logging
+from aaclip.runtime.log import Group, UserError, setup_logging
 
 
 def verbosity(f):
@@ -22,21 +21,6 @@ def verbosity(f):
     return wrapper
 
 
-def run_cli(group: click.Command, args=None) -> None:
-    """Run a click command; a UserError becomes one 'error: ...' line and exit status 2."""
-    try:
-        group.main(args=args, standalone_mode=False)
-    except UserError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-
-
 def parse_object_names(values) -> dict[str, str]:
     out = {}
     for v in values:
@@ -47,7 +31,7 @@ def parse_object_names(values) -> dict[str, str]:
     return out
 
 
-class DefaultGroup(click.Group):
+class DefaultGroup(Group):
     """A group whose default subcommand runs when the first argument is not a subcommand name."""
 
     def __init__(self, *args, default: str, **kwargs):

@@ -6,13 +6,12 @@ so it can be read later without --root.
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 from typing import Callable
 
 import click
 
-from aaclip.runtime.log import UserError, setup_logging
+from aaclip.runtime.log import Group, UserError, setup_logging
 from aaclip.train.layouts import SPLITS, btad_records, mvtec_records, visa_records
 from aaclip.train.records import (
     ANOMALOUS,
@@ -28,18 +27,7 @@ from aaclip.train.shots import sample_shots
 log = logging.getLogger(__name__)
 
 
-class _Group(click.Group):
-    """Click group that turns a UserError into one line on stderr and exit status 2."""
-
-    def invoke(self, ctx: click.Context):  # type: ignore[override]
-        try:
-            return super().invoke(ctx)
-        except UserError as e:
-            click.echo(f"error: {e}", err=True)
-            sys.exit(2)
-
-
-@click.group(cls=_Group)
+@click.group(cls=Group)
 @click.option("-v", "--verbose", count=True, help="More log output (debug).")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
 def main(verbose: int, quiet: bool) -> None:

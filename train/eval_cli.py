@@ -9,12 +9,14 @@ import click
 
 from aaclip.runtime.fileio import atomic_write_json, atomic_write_text
 
-from .cli_common import run_cli, verbosity
+from aaclip.runtime.log import Command
+
+from .cli_common import verbosity
 
 log = logging.getLogger(__name__)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--ckpt", required=True, type=click.Path(path_type=Path), help="Checkpoint directory (aaclip-train --out).")
 @click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Test JSON-lines.")
 @click.option("--root", type=click.Path(file_okay=False, path_type=Path), help="Data root (default: the file's folder).")
@@ -53,9 +55,5 @@ def main(ckpt, data, root, out, clip_weights, overlays, batch_size, device):
     log.debug(json.dumps(mean))
 
 
-def cli(args=None) -> None:
-    run_cli(main, args)
-
-
 if __name__ == "__main__":
-    cli()
+    main()

@@ -8,7 +8,7 @@ import click
 
 from aaclip.runtime.log import UserError
 
-from .cli_common import DefaultGroup, parse_object_names, run_cli, verbosity
+from .cli_common import DefaultGroup, parse_object_names, verbosity
 
 log = logging.getLogger(__name__)
 
@@ -152,9 +152,5 @@ def import_official(src, out, backbone, clip_weights, pretrained, random_init, a
     click.echo(f"checkpoint: {out}")
 
 
-def cli(args=None) -> None:
-    run_cli(main, args)
-
-
 if __name__ == "__main__":
-    cli()
+    main()
