@@ -38,6 +38,12 @@ class Runner(ABC):
 
     def infer(self, feeds: Mapping[str, np.ndarray],
               outputs: Optional[Sequence[str]] = None) -> dict[str, np.ndarray]:
+        """Run one batch; returns the requested outputs (all when ``outputs`` is None).
+
+        The arrays may be views of the runner's preallocated host buffers (TensorRT: page-locked
+        memory reused by every call, so the camera loop allocates nothing per frame): they are valid
+        until the next ``infer``. Copy what must outlive it.
+        """
         if not self.is_active:
             raise RuntimeError(f"{self.name} runner used before activate()")
         missing = [n for n in self.input_names if n not in feeds]
