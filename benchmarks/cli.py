@@ -6,8 +6,7 @@ from pathlib import Path
 from typing import Optional
 
 import click
-
-from aaclip.runtime.log import Command, setup_logging
+from aaclip.contract.cli import Command, setup_logging
 
 from .rows import BACKENDS, PRECISIONS, parse_batches, parse_list
 

@@ -58,8 +58,7 @@ class VisionGeometry:
 def geometry_from_config(config) -> VisionGeometry:
     """The ``VisionGeometry`` of an ``AAClipConfig`` (OpenCLIP model config; no model is built)."""
     import open_clip
-
-    from aaclip.runtime.log import UserError
+    from aaclip.contract.errors import UserError
     from aaclip.train import backbone as _backbone  # noqa: F401 - registers the project's model configs
     from aaclip.train.constants import BLUR
 

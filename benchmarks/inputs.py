@@ -10,8 +10,7 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-
-from aaclip.runtime.log import UserError
+from aaclip.contract.errors import UserError
 
 DEFAULT_CLASS = "disk"
 VIDEO_FOURCC = "MJPG"
@@ -24,7 +23,6 @@ def bench_frames(size: int, n: int, seed: int = 0, class_name: str = DEFAULT_CLA
     ``frame_hw`` renders at another (camera) resolution than ``size`` (the loop resizes them).
     """
     import cv2
-
     from aaclip.train.synth import synthetic_video_frames
 
     frames, _ = synthetic_video_frames(class_name, n, set(range(1, n, 3)), size, seed=seed)

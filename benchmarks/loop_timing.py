@@ -22,10 +22,9 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
-
+from aaclip.contract.manifest import Manifest
 from aaclip.runtime.backends.base import Runner
 from aaclip.runtime.loop import CameraLoop, LoopConfig, Outputs
-from aaclip.runtime.manifest import Manifest
 from aaclip.runtime.sinks import EventLog, VideoSink
 from aaclip.runtime.sources import Source, open_source
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from aaclip.runtime.log import UserError
-from aaclip.runtime.manifest import load_manifest
+from aaclip.contract.errors import UserError
+from aaclip.contract.manifest import load_manifest
 
 log = logging.getLogger(__name__)
 
@@ -119,9 +119,9 @@ def build_engine_for(onnx: Artifact, batches: tuple[int, int, int], out_dir: Pat
     """A TensorRT engine (+ manifest) from an exported graph, for the GPU this runs on."""
     import json
 
+    from aaclip.contract.files import sha256_file
+    from aaclip.contract.manifest import manifest_path, write_manifest
     from aaclip.export.engine import build_engine, engine_manifest
-    from aaclip.runtime.fileio import sha256_file
-    from aaclip.runtime.manifest import manifest_path, write_manifest
 
     engine = Path(out_dir) / f"{onnx.path.stem}.engine"
     trt = build_engine(onnx.path, engine, flavour="tensorrt", batch=batches, timing_cache=Path(out_dir) / "timing.cache",

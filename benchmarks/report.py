@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from aaclip.runtime.fileio import atomic_path, atomic_write_json, atomic_write_text
+from aaclip.contract.files import atomic_path, atomic_write_json, atomic_write_text
 
 from .loop_timing import STAGES
 

@@ -12,10 +12,9 @@ from dataclasses import dataclass
 from typing import Mapping, Optional, Sequence
 
 import numpy as np
-
+from aaclip.contract.errors import UserError
 from aaclip.export.manifest_builder import INPUT_NAME, OUTPUT_NAMES
 from aaclip.runtime.backends.base import Runner
-from aaclip.runtime.log import UserError
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
@@ -147,7 +146,6 @@ class TorchEagerRunner(Runner):
 
     def activate_impl(self) -> None:
         import torch
-
         from aaclip.train.constants import CLIP_MEAN, CLIP_STD
 
         self.model.to(self.device)

@@ -18,9 +18,8 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import numpy as np
-
+from aaclip.contract.errors import UserError
 from aaclip.export.manifest_builder import CLASS_INPUT_NAME
-from aaclip.runtime.log import UserError
 
 from . import rows as R
 from .environment import collect_environment, device_label
@@ -106,7 +105,7 @@ class _Context:
         self._reference: Optional[dict] = None
         self._video: Optional[Path] = None
         for path in cfg.engines:
-            from aaclip.runtime.manifest import load_manifest
+            from aaclip.contract.manifest import load_manifest
 
             precision = str(load_manifest(path).data.get("precision", "fp16"))
             self._engines[precision] = external_artifact(path, precision)
@@ -186,7 +185,7 @@ def parity_fields(ctx: _Context, spec: R.RowSpec, runner) -> dict:
 # ---- runners -------------------------------------------------------------------------------------
 def make_runner(ctx: _Context, spec: R.RowSpec):
     """(runner, artifact or None, manifest or None) for a row group."""
-    from aaclip.runtime.manifest import check_artifact, load_manifest
+    from aaclip.contract.manifest import check_artifact, load_manifest
 
     if spec.backend == "torch":
         return R.TorchEagerRunner(ctx.model, ctx.anchors[0], spec.device, spec.precision), None, None

@@ -17,14 +17,14 @@ from pathlib import Path
 from typing import Optional
 
 import click
-
+from aaclip.contract.cli import Group, setup_logging
+from aaclip.contract.errors import UserError
+from aaclip.contract.manifest import Manifest, load_manifest
 from aaclip.runtime.backends import BACKENDS
-from aaclip.runtime.log import Group, UserError, setup_logging
-from aaclip.runtime.manifest import Manifest, load_manifest
 
 from . import thresholds
 from .gate import MAX_AUROC_CHANGE, MIN_MAP_CORR, MIN_RANK_CORR, GateLimits
-from .inputs import FrameInput, camera_input, class_id_for, data_inputs, folder_input, image_files, file_input
+from .inputs import FrameInput, camera_input, class_id_for, data_inputs, file_input, folder_input, image_files
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +224,7 @@ def int8(fp32_onnx: Path, images, data, camera, anomalies, class_name, verbose, 
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    """Console entry point (errors: see aaclip.runtime.log.Command)."""
+    """Console entry point (errors: see aaclip.contract.cli.Command)."""
     cli.main(args=argv)
 
 

@@ -12,11 +12,10 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional
 
 import numpy as np
-
+from aaclip.contract.errors import UserError
+from aaclip.contract.feeds import fit_frame
+from aaclip.contract.manifest import Manifest
 from aaclip.runtime.backends.base import Runner
-from aaclip.runtime.frames import fit_frame
-from aaclip.runtime.log import UserError
-from aaclip.runtime.manifest import Manifest
 
 from .inputs import Item
 

@@ -19,9 +19,8 @@ from typing import Callable, Iterator, Optional, Sequence
 
 import cv2
 import numpy as np
-
-from aaclip.runtime.log import UserError
-from aaclip.runtime.manifest import Manifest
+from aaclip.contract.errors import UserError
+from aaclip.contract.manifest import Manifest
 from aaclip.runtime.sources import IMAGE_SUFFIXES, open_source
 
 log = logging.getLogger(__name__)

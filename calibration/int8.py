@@ -25,13 +25,12 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
-
+from aaclip.contract.errors import UserError
+from aaclip.contract.feeds import fit_frame
+from aaclip.contract.files import sha256_file
+from aaclip.contract.manifest import Manifest, check_artifact, load_manifest, write_manifest
+from aaclip.contract.score import image_score
 from aaclip.runtime.backends.onnxruntime import OnnxRuntimeRunner, import_onnxruntime
-from aaclip.runtime.fileio import sha256_file
-from aaclip.runtime.frames import fit_frame
-from aaclip.runtime.log import UserError
-from aaclip.runtime.manifest import Manifest, check_artifact, load_manifest, write_manifest
-from aaclip.runtime.scoring import image_scores
 
 from .gate import GateLimits, GateReport, evaluate_gate
 from .inference import FrameOutputs, run_items
@@ -305,8 +304,8 @@ def quantize_artifact(fp32_onnx: Path, normals: FrameInput, anomalies: Optional[
         ref = _outputs(fp32_onnx, manifest, test_items, providers, batch)
         test = _outputs(staged, manifest, test_items, providers, batch)
         p = manifest.score
-        report = evaluate_gate(ref.maps, test.maps, image_scores(ref.map_max, ref.cls_score, p).astype(np.float64),
-                               image_scores(test.map_max, test.cls_score, p).astype(np.float64), labels, limits)
+        report = evaluate_gate(ref.maps, test.maps, image_score(ref.map_max, ref.cls_score, p).astype(np.float64),
+                               image_score(test.map_max, test.cls_score, p).astype(np.float64), labels, limits)
         gate = report.to_dict()
         gate.update({"forced": bool(force and not report.passed), "holdout": holdout_desc})
         if not (report.passed or force):

@@ -25,7 +25,6 @@ log = logging.getLogger(__name__)
 
 def make_checkpoint(out_dir: Path, backbone: str, size: int, seed: int = 0) -> Path:
     import torch
-
     from aaclip.train.backbone import write_random_weights
     from aaclip.train.checkpoint import build_model, save_checkpoint
     from aaclip.train.config import AAClipConfig, BackboneConfig
@@ -63,8 +62,8 @@ def cpu_latency_ms(path: Path, frame: np.ndarray, threads: int, repeats: int) ->
 @click.option("--repeats", type=int, default=20, show_default=True)
 @click.option("--threads", type=int, default=2, show_default=True, help="ONNX Runtime intra-op threads.")
 def main(backbone: str, size: int, frames: int, holdout: int, method: str, repeats: int, threads: int) -> None:
+    from aaclip.contract.cli import setup_logging
     from aaclip.export.onnx_export import export_onnx
-    from aaclip.runtime.log import setup_logging
     from aaclip.train.synth import draw_product
 
     from .inputs import folder_input

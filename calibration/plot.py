@@ -6,8 +6,7 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-
-from aaclip.runtime.fileio import atomic_path
+from aaclip.contract.files import atomic_path
 
 log = logging.getLogger(__name__)
 

@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-
+from aaclip.contract.errors import UserError
+from aaclip.contract.manifest import Manifest, check_artifact, load_manifest, write_manifest
+from aaclip.contract.score import ScoreParams
+from aaclip.contract.score import image_score
 from aaclip.runtime.backends import make_runner
-from aaclip.runtime.log import UserError
-from aaclip.runtime.manifest import Manifest, ScoreParams, check_artifact, load_manifest, write_manifest
-from aaclip.runtime.scoring import image_scores as runtime_image_scores
 
 from . import thresholds
 from .inference import FrameOutputs, run_items
@@ -84,12 +84,12 @@ def calibrate_artifact(artifact: Path, normals: FrameInput, anomalies: Optional[
         "batch": batch,
     })
     params = score_params(block)
-    normal_scores = runtime_image_scores(out.map_max, out.cls_score, params).astype(np.float64)
+    normal_scores = image_score(out.map_max, out.cls_score, params).astype(np.float64)
 
     anomaly_scores, evaluation = None, None
     if anomalies is not None:
         bad = infer_input(manifest, anomalies, backend, batch)
-        anomaly_scores = runtime_image_scores(bad.map_max, bad.cls_score, params).astype(np.float64)
+        anomaly_scores = image_score(bad.map_max, bad.cls_score, params).astype(np.float64)
         evaluation = thresholds.evaluate_threshold(normal_scores, anomaly_scores, params.threshold)
 
     path = None

@@ -45,10 +45,9 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 import numpy as np
-
-from aaclip.runtime import scoring
-from aaclip.runtime.log import UserError
-from aaclip.runtime.manifest import ScoreParams
+from aaclip.contract import score as scoring
+from aaclip.contract.errors import UserError
+from aaclip.contract.score import ScoreParams
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +171,7 @@ def image_scores(map_max: Any, cls_score: Any, norm: Normalization, map_weight: 
     if m.shape != c.shape:
         raise UserError(f"map_max has shape {m.shape} but cls_score has {c.shape}; pass both outputs "
                         "of the same frames")
-    return scoring.image_scores(m, c, norm.params(map_weight)).astype(np.float64)
+    return scoring.image_score(m, c, norm.params(map_weight)).astype(np.float64)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 import click
-
-from aaclip.runtime.log import Command, UserError, setup_logging
+from aaclip.contract.cli import Command, setup_logging
+from aaclip.contract.errors import UserError
 
 log = logging.getLogger("aaclip.demo")
 
@@ -45,8 +45,7 @@ def write_camera_video(path: Path, n_parts: int, defective_parts: frozenset[int]
     """A synthetic conveyor recording (MJPG .avi, 240x240): ``n_parts`` different parts pass the camera,
     ``FRAMES_PER_PART`` frames each; the parts in ``defective_parts`` carry defects. Returns the defect frames."""
     import cv2
-
-    from aaclip.runtime.fileio import atomic_path
+    from aaclip.contract.files import atomic_path
     from aaclip.train.synth import synthetic_video_frames
 
     frames, defect_frames = [], []
@@ -65,7 +64,7 @@ def write_camera_video(path: Path, n_parts: int, defective_parts: frozenset[int]
 
 def run_demo(out: Path, seed: int = 0) -> dict:
     """Run every stage into ``out``; returns a summary dict (also written to out/summary.json)."""
-    from aaclip.runtime.fileio import atomic_write_json, atomic_write_text
+    from aaclip.contract.files import atomic_write_json, atomic_write_text
     from aaclip.train.backbone import write_random_weights
     from aaclip.train.checkpoint import build_model
     from aaclip.train.config import AAClipConfig, BackboneConfig
@@ -140,7 +139,7 @@ def calibrate_demo(artifact: Path, clean_video: Path, test_jsonl: Path, out: Pat
     from aaclip.calibration.inputs import camera_input, data_inputs
     from aaclip.calibration.plot import save_score_histogram
     from aaclip.calibration.score_calibration import calibrate_artifact
-    from aaclip.runtime.manifest import load_manifest
+    from aaclip.contract.manifest import load_manifest
 
     manifest = load_manifest(artifact)
     normals = camera_input(str(clean_video), CALIBRATION_FRAMES, manifest.class_index(CAMERA_CLASS))

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Optional
 
 import click
-
-from aaclip.runtime.log import Command, UserError, setup_logging
+from aaclip.contract.cli import Command, setup_logging
+from aaclip.contract.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +46,8 @@ def _check_suffix(out: Optional[Path], fmt: str) -> None:
 def engine_from_onnx(onnx_path: Path, out: Optional[Path], batch: str, workspace_mb: int,
                      timing_cache: Optional[Path], flavour: str) -> Path:
     """Build an engine from an exported graph + manifest; needs TensorRT, not PyTorch (e.g. on a Jetson)."""
-    from aaclip.runtime.fileio import sha256_file
-    from aaclip.runtime.manifest import check_artifact, load_manifest, write_manifest
+    from aaclip.contract.files import sha256_file
+    from aaclip.contract.manifest import check_artifact, load_manifest, write_manifest
 
     from .engine import build_engine, engine_manifest, load_flavour, parse_batch
 
@@ -76,8 +76,15 @@ def export_command(ckpt: Path, out: Optional[Path], fmt: str, precision: str, cl
                    timing_cache: Optional[Path], flavour: str, clip_weights: Optional[Path],
                    external_data: Optional[bool]) -> Path:
     """Export one artifact (for ``engine``: write or reuse the ONNX graph first); returns its path."""
-    from .onnx_export import (check_opset, check_precision, default_output, export_onnx, parse_input_size,
-                              rebuild_command, resolve_classes)
+    from .onnx_export import (
+        check_opset,
+        check_precision,
+        default_output,
+        export_onnx,
+        parse_input_size,
+        rebuild_command,
+        resolve_classes,
+    )
 
     check_opset(opset)
     check_precision(precision)
@@ -88,8 +95,8 @@ def export_command(ckpt: Path, out: Optional[Path], fmt: str, precision: str, cl
         return export_onnx(ckpt, out, precision=precision, classes=names, input_size=input_hw, opset=opset,
                            external_data=external_data, clip_weights=clip_weights).path
 
-    from aaclip.runtime.fileio import sha256_file
-    from aaclip.runtime.manifest import load_manifest, write_manifest
+    from aaclip.contract.files import sha256_file
+    from aaclip.contract.manifest import load_manifest, write_manifest
     from aaclip.train.checkpoint import checkpoint_sha256, load_checkpoint
 
     from .engine import build_engine, engine_manifest, load_flavour, parse_batch, reusable_onnx
@@ -123,7 +130,7 @@ def export_command(ckpt: Path, out: Optional[Path], fmt: str, precision: str, cl
 def verify_command(artifact: Path, ckpt: Optional[Path], images: Optional[Path], frames: int,
                    map_tol: Optional[float], score_tol: Optional[float], min_corr: Optional[float],
                    min_iou: Optional[float], clip_weights: Optional[Path]) -> bool:
-    from aaclip.runtime.manifest import load_manifest
+    from aaclip.contract.manifest import load_manifest
 
     from .verify import TOLERANCES, verify_artifact
 
@@ -207,7 +214,7 @@ def cli(ckpt, out, fmt, precision, classes, input_size, opset, batch, workspace_
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    """Console entry point (errors: see aaclip.runtime.log.Command)."""
+    """Console entry point (errors: see aaclip.contract.cli.Command)."""
     cli.main(args=argv)
 
 

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from aaclip.runtime.fileio import atomic_write_bytes
-from aaclip.runtime.log import UserError
-from aaclip.runtime.manifest import TRT_FLAVOURS
+from aaclip.contract.errors import UserError
+from aaclip.contract.files import atomic_write_bytes
+from aaclip.contract.manifest import TRT_FLAVOURS
 
 from .manifest_builder import CLASS_INPUT_NAME, INPUT_NAME
 
@@ -229,7 +229,8 @@ def build_engine(
 def reusable_onnx(onnx_path: Path, checkpoint_sha256: str, precision: str, classes: Sequence[str],
                   input_hw: tuple[int, int], opset: int) -> bool:
     """True when ``onnx_path`` is an intact export of this checkpoint with these settings."""
-    from aaclip.runtime.manifest import ArtifactError, check_artifact, load_manifest
+    from aaclip.contract.errors import ArtifactError
+    from aaclip.contract.manifest import check_artifact, load_manifest
 
     if not Path(onnx_path).is_file():
         return False

@@ -23,11 +23,10 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from aaclip.train import maps
 from aaclip.train.constants import CLIP_MEAN, CLIP_STD
 from aaclip.train.model import AAClip
+from torch import nn
 
 from .resize import pil_bicubic_weights, resize_float
 

@@ -13,8 +13,8 @@ import importlib.metadata
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from aaclip.runtime.fileio import sha256_file
-from aaclip.runtime.manifest import MANIFEST_FORMAT, MANIFEST_VERSION, manifest_path, write_manifest
+from aaclip.contract.files import sha256_file
+from aaclip.contract.manifest import MANIFEST_FORMAT, MANIFEST_VERSION, manifest_path, write_manifest
 from aaclip.train.constants import MAP_WEIGHT
 
 METHOD = "aa-clip"

@@ -19,10 +19,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
-
-from aaclip.runtime.fileio import sha256_file
-from aaclip.runtime.log import UserError
-from aaclip.runtime.manifest import manifest_path, write_manifest
+from aaclip.contract.errors import UserError
+from aaclip.contract.files import sha256_file
+from aaclip.contract.manifest import manifest_path, write_manifest
 
 from .graph import PRECISIONS, DeployGraph
 from .manifest_builder import CLASS_INPUT_NAME, INPUT_NAME, OUTPUT_NAMES, build_manifest
@@ -214,7 +213,6 @@ def export_onnx(
     decides by size; ``rebuild`` overrides the manifest's ``rebuild_command``.
     """
     import onnx
-
     from aaclip.train.checkpoint import checkpoint_sha256, load_checkpoint
 
     ckpt_dir = Path(ckpt_dir)

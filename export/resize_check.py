@@ -15,8 +15,7 @@ from typing import Callable, Optional, Sequence
 
 import click
 import numpy as np
-
-from aaclip.runtime.log import Command
+from aaclip.contract.cli import Command
 
 from .resize import pil_bicubic_weights
 

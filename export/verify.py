@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
 import numpy as np
-
+from aaclip.contract.errors import UserError
+from aaclip.contract.feeds import fit_frame
+from aaclip.contract.manifest import Manifest, check_artifact, load_manifest
 from aaclip.runtime.backends.base import Runner
-from aaclip.runtime.frames import fit_frame
-from aaclip.runtime.log import UserError
-from aaclip.runtime.manifest import Manifest, check_artifact, load_manifest
 
 from .manifest_builder import CLASS_INPUT_NAME, INPUT_NAME, OUTPUT_NAMES
 
@@ -203,7 +202,7 @@ def make_feeds(frames: np.ndarray, class_ids: Optional[np.ndarray], manifest: Ma
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[1:] != (manifest.height, manifest.width, 3):
         raise UserError(f"frames have shape {frames.shape} {frames.dtype}, {manifest.artifact_path.name} takes "
                         f"{expect}: "
-                        f"resize them (aaclip.runtime.frames.fit_frame) or export with --input-size HxW")
+                        f"resize them (aaclip.contract.feeds.fit_frame) or export with --input-size HxW")
     feeds = {INPUT_NAME: np.ascontiguousarray(frames)}
     if manifest.class_input:
         if class_ids is None or np.shape(class_ids) != (len(frames),):

@@ -7,12 +7,13 @@ from pathlib import Path
 from typing import Optional
 
 import click
+from aaclip.contract.cli import Command, setup_logging
+from aaclip.contract.errors import UserError
+from aaclip.contract.manifest import check_artifact, load_manifest
 
 from .backends import BACKENDS, make_runner
 from .capture import Backoff
-from .log import Command, UserError, setup_logging
 from .loop import CameraLoop, LoopConfig, Outputs, Summary, resolve_classes
-from .manifest import check_artifact, load_manifest
 from .sinks import EVIDENCE_FORMATS, DisplaySink, EventLog, EvidenceWriter, VideoSink, video_paths
 from .sources import open_source
 

@@ -14,14 +14,15 @@ from datetime import datetime, timezone
 from typing import Optional, Sequence
 
 import numpy as np
+from aaclip.contract.errors import UserError
+from aaclip.contract.feeds import fit_frame
+from aaclip.contract.manifest import Manifest
+from aaclip.contract.score import image_score
+from aaclip.runtime.decide import ALARM, ANOMALOUS, Debouncer
 
 from .backends.base import Runner
 from .capture import Backoff, CaptureHub, Frame
-from .frames import fit_frame
-from .log import UserError
-from .manifest import Manifest
 from .overlay import ALARM_COLOR, ANOMALOUS_COLOR, NORMAL_COLOR, draw_banner, evidence_image, heat_overlay
-from .scoring import ALARM, ANOMALOUS, Debouncer, image_scores
 from .sinks import DisplaySink, EventLog, EvidenceWriter, StatsReporter, VideoSink
 from .sources import Source
 
@@ -202,7 +203,7 @@ class CameraLoop:
             self._class[n:n_feed] = self._class[n - 1]
         out = self.runner.infer(self._feeds[n_feed], self._wanted)
         map_max, cls_score = out[MAX_OUTPUT][:n], out[CLS_OUTPUT][:n]
-        scores = image_scores(map_max, cls_score, self.params)
+        scores = image_score(map_max, cls_score, self.params)
         t_done = time.perf_counter()
         for i, f in enumerate(frames):
             self._handle(f, float(scores[i]), float(map_max[i]), float(cls_score[i]),

@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
-
-from .manifest import ScoreParams
-from .scoring import normalize_map
+from aaclip.contract.score import ScoreParams, normalize_map
 
 ALARM_COLOR = (0, 0, 255)      # BGR red
 ANOMALOUS_COLOR = (0, 165, 255)  # orange

@@ -11,9 +11,8 @@ from typing import Any, Optional
 
 import cv2
 import numpy as np
-
-from .fileio import PathLike, atomic_path
-from .log import UserError
+from aaclip.contract.errors import UserError
+from aaclip.contract.files import PathLike, atomic_path
 
 log = logging.getLogger(__name__)
 

@@ -26,8 +26,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import cv2
 import numpy as np
-
-from .log import UserError
+from aaclip.contract.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,6 @@ def tiny_config(weights: str | None = None, seed: int = 0, **overrides):
 def make_tiny_checkpoint(out_dir: Path, seed: int = 0, adapter_seed: int = 1, **overrides) -> Path:
     """A checkpoint directory whose CLIP weights file (random) lives beside the adapters."""
     import torch
-
     from aaclip.train.backbone import write_random_weights
     from aaclip.train.checkpoint import build_model, save_checkpoint
 

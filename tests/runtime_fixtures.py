@@ -12,9 +12,8 @@ from typing import Optional, Sequence
 
 import cv2
 import numpy as np
-
-from aaclip.runtime.fileio import sha256_file
-from aaclip.runtime.manifest import write_manifest
+from aaclip.contract.files import sha256_file
+from aaclip.contract.manifest import write_manifest
 
 BACKGROUND = 200
 CLEAN_LEVEL = (255 - BACKGROUND) / 255.0  # anomaly_map value of a clean pixel (0.2157)

@@ -7,14 +7,12 @@ import json
 import math
 
 import pytest
-
 from aaclip.benchmarks import rows as R
 from aaclip.benchmarks.flops import VisionGeometry, flops_breakdown, geometry_from_config, model_flops
 from aaclip.benchmarks.loop_timing import STAGES, steady_state
 from aaclip.benchmarks.measure import latency_stats, time_calls
 from aaclip.benchmarks.peaks import cpu_peak, device_peak, gpu_peak
 from aaclip.benchmarks.report import ROW_COLUMNS
-
 from model_fixtures import tiny_config
 
 
@@ -40,10 +38,9 @@ def test_model_flops_tiny_matches_hand_count():
 
 def test_model_flops_matches_torch_flop_counter():
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
     from aaclip.export.graph import DeployGraph
     from aaclip.train.checkpoint import build_model
+    from torch.utils.flop_counter import FlopCounterMode
 
     config = tiny_config(seed=0)
     model = build_model(config).eval()
@@ -123,7 +120,7 @@ def test_rows_and_skip_reasons():
 
 
 def test_list_parsing_errors_name_the_option():
-    from aaclip.runtime.log import UserError
+    from aaclip.contract.errors import UserError
 
     assert R.parse_list("torch, onnxruntime,torch", R.BACKENDS, "--backends") == ["torch", "onnxruntime"]
     assert R.parse_batches("4,1,2,1") == [1, 2, 4]
@@ -152,9 +149,8 @@ def test_steady_state_excludes_warmup_batches():
 
 
 def test_cli_rejects_bad_model_choice(tmp_path):
-    from click.testing import CliRunner
-
     from aaclip.benchmarks.cli import main
+    from click.testing import CliRunner
 
     result = CliRunner().invoke(main, ["--tiny", "--shape", "ViT-B-16@224", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "exactly one of --ckpt DIR, --tiny or --shape" in result.output
@@ -282,9 +278,8 @@ def test_json_csv_markdown_and_plot_agree(tiny_run):
 
 
 def test_cli_tiny_run_writes_outputs(tmp_path):
-    from click.testing import CliRunner
-
     from aaclip.benchmarks.cli import main
+    from click.testing import CliRunner
 
     out = tmp_path / "out"
     result = CliRunner().invoke(main, ["--tiny", "--backends", "onnxruntime", "--precisions", "fp32", "--batches", "1",

@@ -4,15 +4,14 @@ import json
 import cv2
 import numpy as np
 import pytest
-from click.testing import CliRunner
-
 from aaclip.calibration.cli import cli, main
 from aaclip.calibration.gate import GateLimits, evaluate_gate, frame_correlations, spearman
 from aaclip.calibration.int8 import build_int8_engine, plan_quantization
+from aaclip.contract.files import sha256_file
+from aaclip.contract.manifest import check_artifact, load_manifest
 from aaclip.runtime.backends import make_runner
-from aaclip.runtime.fileio import sha256_file
-from aaclip.runtime.manifest import check_artifact, load_manifest
 from aaclip.train.synth import draw_product
+from click.testing import CliRunner
 from model_fixtures import make_tiny_checkpoint
 from runtime_fixtures import make_onnx_artifact
 

@@ -2,23 +2,22 @@
 import json
 from pathlib import Path
 
+import aaclip.contract.files as fileio
 import cv2
 import numpy as np
 import pytest
-from click.testing import CliRunner
-
-import aaclip.runtime.fileio as fileio
 from aaclip.calibration import thresholds
 from aaclip.calibration.cli import cli, main
 from aaclip.calibration.inputs import Item, SetHash, folder_input, frame_payload
 from aaclip.calibration.plot import save_score_histogram
 from aaclip.calibration.score_calibration import calibrate_artifact
+from aaclip.contract.feeds import fit_frame
+from aaclip.contract.files import sha256_file
+from aaclip.contract.manifest import load_manifest
 from aaclip.runtime.backends.onnxruntime import OnnxRuntimeRunner
 from aaclip.runtime.cli import main as runtime_main
-from aaclip.runtime.fileio import sha256_file
-from aaclip.runtime.frames import fit_frame
-from aaclip.runtime.manifest import load_manifest
 from aaclip.train.synth import draw_product
+from click.testing import CliRunner
 from runtime_fixtures import SIZE, frame_image, make_onnx_artifact, read_events
 
 FAINT = 150  # a grey disc: darkness (255-150)/255 = 0.41, below the default threshold, far above normal frames

@@ -11,10 +11,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from click.testing import CliRunner
-
 from aaclip.train.data_cli import main
 from aaclip.train.records import Record, read_records
+from click.testing import CliRunner
 
 
 def _img(path: Path) -> None:

@@ -3,7 +3,6 @@ import json
 
 import cv2
 import pytest
-
 from aaclip.demo.cli import CALIBRATION_FRAMES, CAMERA_FRAMES, run_demo
 
 

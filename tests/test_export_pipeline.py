@@ -16,19 +16,20 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from model_fixtures import TINY_CLASSES, TINY_SIZE, make_tiny_checkpoint  # noqa: E402
-
+from aaclip.contract.errors import (
+    ArtifactError,  # noqa: E402
+    UserError,  # noqa: E402
+)
+from aaclip.contract.files import sha256_file  # noqa: E402
+from aaclip.contract.manifest import check_artifact, check_engine_compat, load_manifest  # noqa: E402
 from aaclip.export import cli as export_cli  # noqa: E402
 from aaclip.export.graph import reference_preprocess  # noqa: E402
 from aaclip.export.manifest_builder import default_score  # noqa: E402
 from aaclip.export.onnx_export import compute_anchors, export_onnx, graph_problems  # noqa: E402
-from aaclip.export.verify import (TOLERANCES, ParityReport, compare_outputs, make_feeds, top_iou,  # noqa: E402
-                                  verify_artifact)
+from aaclip.export.verify import TOLERANCES, ParityReport, compare_outputs, make_feeds, top_iou, verify_artifact  # noqa: E402
 from aaclip.runtime.backends.onnxruntime import OnnxRuntimeRunner  # noqa: E402
-from aaclip.runtime.fileio import sha256_file  # noqa: E402
-from aaclip.runtime.log import UserError  # noqa: E402
-from aaclip.runtime.manifest import ArtifactError, check_artifact, check_engine_compat, load_manifest  # noqa: E402
 from aaclip.train.checkpoint import checkpoint_sha256, load_checkpoint  # noqa: E402
+from model_fixtures import TINY_CLASSES, TINY_SIZE, make_tiny_checkpoint  # noqa: E402
 
 CLASSES = list(TINY_CLASSES)  # ["disk", "wood"]
 OBJECTS = list(TINY_CLASSES.values())
@@ -189,9 +190,8 @@ def test_fp16_graph_types_and_parity_with_fp32(fp16_single, fp32_single, frames)
 
 
 def test_camera_resolution_graph_resizes_like_training(fp32_camera, model, anchors):
-    from PIL import Image
-
     from aaclip.train import synth
+    from PIL import Image
 
     proto = onnx.load(str(fp32_camera.path))
     assert _dims(proto.graph.input[0]) == ["B", *CAMERA, 3]

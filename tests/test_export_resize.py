@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from aaclip.export.resize import pil_bicubic_weights, resize_float
+from PIL import Image
 
 
 def _pil(rgb: np.ndarray, h: int, w: int) -> np.ndarray:

@@ -6,7 +6,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
 from aaclip.train.layouts import btad_records, mvtec_records, visa_records
 from aaclip.train.records import DataError, Record
 

@@ -8,9 +8,8 @@ import sys
 import cv2
 import numpy as np
 import pytest
-from sklearn import metrics as skm
-
 from aaclip.train import metrics as M
+from sklearn import metrics as skm
 
 
 def _tied_data(seed: int, n: int = 300) -> tuple[np.ndarray, np.ndarray]:

@@ -4,7 +4,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
 from aaclip.train import maps
 from aaclip.train.adapters import ResidualAdapter, blend
 from aaclip.train.checkpoint import build_model

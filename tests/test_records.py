@@ -6,8 +6,7 @@ import logging
 from pathlib import Path
 
 import pytest
-
-from aaclip.runtime.log import UserError
+from aaclip.contract.errors import UserError
 from aaclip.train.records import (
     DataError,
     Record,

@@ -7,12 +7,11 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-from click.testing import CliRunner
-
 import aaclip.runtime
+import pytest
 from aaclip.runtime import sources as src
 from aaclip.runtime.cli import main
+from click.testing import CliRunner
 from runtime_fixtures import make_onnx_artifact, read_events, write_video
 
 

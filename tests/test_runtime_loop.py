@@ -6,13 +6,12 @@ from datetime import datetime
 import cv2
 import numpy as np
 import pytest
-
+from aaclip.contract.errors import UserError
+from aaclip.contract.manifest import load_manifest
 from aaclip.runtime.backends import make_runner
 from aaclip.runtime.backends.base import Runner
 from aaclip.runtime.capture import Backoff
-from aaclip.runtime.log import UserError
 from aaclip.runtime.loop import CameraLoop, LoopConfig, Outputs, resolve_classes
-from aaclip.runtime.manifest import load_manifest
 from aaclip.runtime.sinks import EventLog, EvidenceWriter, VideoSink
 from aaclip.runtime.sources import Source, open_source
 from runtime_fixtures import make_onnx_artifact, read_events, write_video

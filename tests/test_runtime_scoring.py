@@ -2,22 +2,22 @@
 import cv2
 import numpy as np
 import pytest
-
-from aaclip.runtime.frames import fit_frame
-from aaclip.runtime.manifest import ScoreParams
-from aaclip.runtime.scoring import ALARM, ANOMALOUS, NORMAL, Debouncer, image_scores, is_anomalous, pixel_mask
+from aaclip.contract.feeds import fit_frame
+from aaclip.contract.score import ScoreParams, is_anomalous, pixel_mask
+from aaclip.contract.score import image_score
+from aaclip.runtime.decide import ALARM, ANOMALOUS, NORMAL, Debouncer
 
 P = ScoreParams(map_lo=0.2, map_hi=0.6, cls_lo=0.5, cls_hi=0.7, map_weight=0.5, threshold=0.6, pixel_threshold=0.5)
 
 
 def test_image_score_known_answers():
     # map_n = (0.5-0.2)/0.4 = 0.75; cls_n = (0.6-0.5)/0.2 = 0.5 -> 0.625. Second: 1.75 and 1.5 -> 1.625 (no clip).
-    scores = image_scores(np.array([0.5, 0.9], np.float32), np.array([0.6, 0.8], np.float32), P)
+    scores = image_score(np.array([0.5, 0.9], np.float32), np.array([0.6, 0.8], np.float32), P)
     np.testing.assert_allclose(scores, [0.625, 1.625], rtol=1e-6)
     assert is_anomalous(scores, P).tolist() == [True, True]
     assert is_anomalous(scores, P.with_threshold(0.7)).tolist() == [False, True]
     medical = ScoreParams(0.2, 0.6, 0.5, 0.7, 1.0, 0.6, 0.5)  # map only
-    np.testing.assert_allclose(image_scores(np.array([0.5]), np.array([99.0]), medical), [0.75], rtol=1e-6)
+    np.testing.assert_allclose(image_score(np.array([0.5]), np.array([99.0]), medical), [0.75], rtol=1e-6)
 
 
 def test_pixel_mask():

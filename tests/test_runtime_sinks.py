@@ -3,8 +3,7 @@ import json
 
 import cv2
 import numpy as np
-
-from aaclip.runtime.manifest import ScoreParams
+from aaclip.contract.score import ScoreParams
 from aaclip.runtime.overlay import heat_overlay
 from aaclip.runtime.sinks import EventLog, EvidenceWriter, StatsReporter, VideoSink, slug, video_paths
 
@@ -71,7 +70,7 @@ def test_atomic_files_get_umask_permissions(tmp_path):
     import os
     import stat
 
-    from aaclip.runtime.fileio import atomic_write_text
+    from aaclip.contract.files import atomic_write_text
 
     old = os.umask(0o022)
     try:

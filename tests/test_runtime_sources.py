@@ -1,11 +1,16 @@
 """Source URIs, GStreamer detection, image folders and looping files."""
 import cv2
 import pytest
-
+from aaclip.contract.errors import UserError
 from aaclip.runtime import sources as src
-from aaclip.runtime.log import UserError
-from aaclip.runtime.sources import (CaptureSource, ImageFolderSource, csi_pipeline, gstreamer_available,
-                                    open_source, parse_source)
+from aaclip.runtime.sources import (
+    CaptureSource,
+    ImageFolderSource,
+    csi_pipeline,
+    gstreamer_available,
+    open_source,
+    parse_source,
+)
 from runtime_fixtures import frame_image, write_video
 
 WITH_GST = "  Video I/O:\n    FFMPEG:    YES\n    GStreamer:                   YES (1.16.3)\n"

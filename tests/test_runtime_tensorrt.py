@@ -5,14 +5,13 @@ import types
 
 import numpy as np
 import pytest
-
+from aaclip.contract.errors import ArtifactError, UserError
+from aaclip.contract.manifest import load_manifest, write_manifest
 from aaclip.runtime.backends import choose_backend, make_runner
 from aaclip.runtime.backends.cuda_memory import CudaMemory
 from aaclip.runtime.backends.tensorrt import TensorRTRunner
 from aaclip.runtime.capture import Backoff
-from aaclip.runtime.log import UserError
 from aaclip.runtime.loop import CameraLoop, LoopConfig
-from aaclip.runtime.manifest import ArtifactError, load_manifest, write_manifest
 from aaclip.runtime.sources import open_source
 from runtime_fixtures import CLEAN_LEVEL, frame_image, manifest_dict, write_video
 

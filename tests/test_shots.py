@@ -4,7 +4,6 @@ from __future__ import annotations
 import random
 
 import pytest
-
 from aaclip.train.records import DataError, Record
 from aaclip.train.shots import sample_shots
 

@@ -9,8 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
-from aaclip.runtime.log import UserError
+from aaclip.contract.errors import UserError
 from aaclip.train import synth
 
 

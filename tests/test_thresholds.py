@@ -10,7 +10,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from aaclip.calibration.thresholds import (
     Normalization,
     Threshold,
@@ -22,7 +21,7 @@ from aaclip.calibration.thresholds import (
     tail_fit_quantile,
     threshold_at_far,
 )
-from aaclip.runtime.log import UserError
+from aaclip.contract.errors import UserError
 
 Z_1E3 = 3.090232306167813    # standard normal upper 0.001 point
 Z_1E4 = 3.719016485455709    # standard normal upper 1e-4 point

@@ -5,12 +5,11 @@ import subprocess
 import sys
 
 import pytest
-from click.testing import CliRunner
-
 from aaclip.train.backbone import write_random_weights
 from aaclip.train.eval_cli import main as eval_main
 from aaclip.train.synth import generate_dataset
 from aaclip.train.train_cli import main as train_main
+from click.testing import CliRunner
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,7 @@ import json
 
 import pytest
 import torch
-
-from aaclip.runtime.log import UserError
+from aaclip.contract.errors import UserError
 from aaclip.train import losses
 from aaclip.train.checkpoint import build_model, import_official, load_checkpoint, save_checkpoint
 from aaclip.train.config import ADAPTERS_FILE
@@ -130,8 +129,8 @@ def test_checkpoint_round_trip_and_errors(tmp_path):
 
 
 def test_clip_weights_hash_is_checked(tmp_path):
+    from aaclip.contract.files import sha256_file
     from aaclip.train.backbone import write_random_weights
-    from aaclip.runtime.fileio import sha256_file
 
     w = write_random_weights("aaclip-tiny", tmp_path / "w.safetensors", seed=0)
     cfg = tiny_config(weights=str(w))

@@ -14,10 +14,9 @@ from typing import Optional
 
 import open_clip
 import torch
+from aaclip.contract.errors import UserError
+from aaclip.contract.files import sha256_file
 from open_clip.model import resize_pos_embed
-
-from aaclip.runtime.fileio import sha256_file
-from aaclip.runtime.log import UserError
 
 from .config import AAClipConfig, BackboneConfig
 
@@ -142,9 +141,8 @@ def write_random_weights(name: str, path: Path, seed: int = 0) -> Path:
     Stands in for real CLIP weights where none can be downloaded (tests, the demo); loading it at
     another resolution exercises the same position-embedding resize as real weights.
     """
+    from aaclip.contract.files import atomic_path
     from safetensors.torch import save_file
-
-    from aaclip.runtime.fileio import atomic_path
 
     torch.manual_seed(seed)
     logging.getLogger().addFilter(_quiet_random_init)

@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-
-from aaclip.runtime.fileio import atomic_path
-from aaclip.runtime.log import UserError
+from aaclip.contract.errors import UserError
+from aaclip.contract.files import atomic_path
 
 from .backbone import build_clip, resolve_weights
 from .config import ADAPTERS_FILE, CONFIG_FILE, AAClipConfig

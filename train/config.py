@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from aaclip.runtime.log import UserError
+from aaclip.contract.errors import UserError
 
 from . import constants as C
 
@@ -89,7 +89,7 @@ class AAClipConfig:
         return cls(**data)
 
     def save(self, path: Path) -> None:
-        from aaclip.runtime.fileio import atomic_write_json
+        from aaclip.contract.files import atomic_write_json
 
         atomic_write_json(path, self.to_dict())
 

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Callable
 
 import click
-
-from aaclip.runtime.log import Group, UserError, setup_logging
+from aaclip.contract.cli import Group, setup_logging
+from aaclip.contract.errors import UserError
 from aaclip.train.layouts import SPLITS, btad_records, mvtec_records, visa_records
 from aaclip.train.records import (
     ANOMALOUS,

@@ -6,12 +6,8 @@ import logging
 from pathlib import Path
 
 import click
-
-from aaclip.runtime.fileio import atomic_write_json, atomic_write_text
-
-from aaclip.runtime.log import Command
-
-from .cli_common import verbosity
+from aaclip.contract.cli import Command, verbosity
+from aaclip.contract.files import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 

@@ -75,9 +75,8 @@ def evaluate(model: AAClip, records: Sequence[Record], root: Path, batch_size: i
 def save_overlays(preds: dict[str, dict], root: Path, out_dir: Path, image_size: int) -> int:
     """Heat-map overlays (frame | overlay) per test image, maps min-max normalized per class."""
     import cv2
-
-    from aaclip.runtime.fileio import atomic_path
-    from aaclip.runtime.manifest import ScoreParams
+    from aaclip.contract.files import atomic_path
+    from aaclip.contract.score import ScoreParams
     from aaclip.runtime.overlay import evidence_image, heat_overlay
 
     from .preprocess import load_rgb

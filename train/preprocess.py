@@ -9,9 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from aaclip.contract.errors import UserError
 from PIL import Image, UnidentifiedImageError
-
-from aaclip.runtime.log import UserError
 
 from .constants import CLIP_MEAN, CLIP_STD
 

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Union
 
-from aaclip.runtime.fileio import atomic_write_text
-from aaclip.runtime.log import UserError
+from aaclip.contract.errors import UserError
+from aaclip.contract.files import atomic_write_text
 
 log = logging.getLogger(__name__)
 

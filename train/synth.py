@@ -18,9 +18,8 @@ from typing import Callable, Iterable, Optional, Union
 
 import cv2
 import numpy as np
-
-from aaclip.runtime.fileio import atomic_path, atomic_write_text
-from aaclip.runtime.log import UserError
+from aaclip.contract.errors import UserError
+from aaclip.contract.files import atomic_path, atomic_write_text
 
 log = logging.getLogger(__name__)
 

@@ -5,10 +5,9 @@ import logging
 from pathlib import Path
 
 import click
-
-from aaclip.runtime.log import UserError
-
-from .cli_common import DefaultGroup, parse_object_names, verbosity
+from aaclip.contract.cli import DefaultGroup, verbosity
+from aaclip.contract.errors import UserError
+from aaclip.train.cli_common import parse_object_names
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +26,7 @@ def _backbone_options(f):
 
 
 def _backbone_config(backbone, clip_weights, pretrained, random_init, activation):
-    from aaclip.runtime.fileio import sha256_file
+    from aaclip.contract.files import sha256_file
 
     from .config import BackboneConfig
 

@@ -18,10 +18,9 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
+from aaclip.contract.files import atomic_path, atomic_write_text
 from torch.utils.data import DataLoader
 from tqdm import tqdm
-
-from aaclip.runtime.fileio import atomic_path, atomic_write_text
 
 from . import maps
 from .checkpoint import save_checkpoint

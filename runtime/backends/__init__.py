@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from ..log import UserError
-from ..manifest import ENGINE_SUFFIXES, Manifest, check_engine_compat
+from aaclip.contract.errors import UserError
+from aaclip.contract.manifest import ENGINE_SUFFIXES, Manifest, check_engine_compat
+
 from .base import Runner
 
 BACKENDS = ("auto", "tensorrt", "onnxruntime")

@@ -10,8 +10,7 @@ from abc import ABC, abstractmethod
 from typing import Any
 
 import numpy as np
-
-from ..log import UserError
+from aaclip.contract.errors import UserError
 
 
 class CudaMemory(ABC):

@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
+from aaclip.contract.errors import UserError
 
-from ..log import UserError
 from .base import Runner
 
 log = logging.getLogger(__name__)

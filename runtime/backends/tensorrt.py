@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
+from aaclip.contract.errors import UserError
+from aaclip.contract.manifest import TRT_FLAVOURS
 
-from ..log import UserError
-from ..manifest import TRT_FLAVOURS
 from .base import Runner
 from .cuda_memory import CudaMemory, default_cuda_memory
 

@@ -1,4 +1,4 @@
-"""Small file helpers shared by every layer: atomic writes (temp file + rename) and hashing."""
+"""Small file helpers shared by every layer: atomic writes (temp file + rename), hashing, image files."""
 from __future__ import annotations
 
 import hashlib
@@ -9,7 +9,28 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Union
 
+from .errors import UserError
+
 PathLike = Union[str, "os.PathLike[str]"]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+"""File suffixes (lower case) every image folder reader accepts: sources, calibration, verify, data tools."""
+
+
+def is_image_file(path: PathLike) -> bool:
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
+def image_files(folder: PathLike, recursive: bool = False) -> list[Path]:
+    """Image files in ``folder`` (sorted by path); a UserError for a missing folder or one without images."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"image folder {folder} not found (or not a folder)")
+    found = folder.rglob("*") if recursive else folder.iterdir()
+    files = sorted(p for p in found if is_image_file(p) and p.is_file())
+    if not files:
+        raise UserError(f"image folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    return files
 
 
 @contextmanager
@@ -53,7 +74,8 @@ def atomic_write_text(path: PathLike, text: str) -> None:
 
 
 def atomic_write_json(path: PathLike, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    """Strict JSON (NaN/Infinity refused: they are not JSON), written atomically."""
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
 def sha256_file(path: PathLike, chunk: int = 1 << 20) -> str:

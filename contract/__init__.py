@@ -1,0 +1,9 @@
+"""aaclip.contract: the bottom layer every other package builds on; torch-free.
+
+Owns: the graph contract (tensor names, dtypes, layouts; ``tensors``), the manifest schema with its one
+strict loader and one atomic writer (``manifest``), the score parameters and score arithmetic (``score``),
+the feed builder that turns frames into a runner's inputs (``feeds``), user-facing errors (``errors``), the
+shared click options and logging set-up (``cli``), atomic file helpers and image-file suffixes (``files``).
+May import: numpy, opencv, click and the standard library only; nothing else of aaclip. It must install and
+import on a bare Jetson.
+"""

@@ -1,0 +1,113 @@
+"""What every ``aaclip-*`` command shares: logging set-up, ``-h/-v/-q``, one-line errors, checked numbers.
+
+- ``Command`` / ``Group`` / ``DefaultGroup``: click classes that turn a ``UserError`` into one
+  ``error: ...`` line on stderr with exit status 2 (Ctrl-C: exit 130), never a traceback.
+- ``verbosity``: the ``-v/--verbose`` and ``-q/--quiet`` options, configuring logging before the command.
+- ``CONTEXT``: ``-h`` as well as ``--help`` and a readable help width.
+- ``FiniteFloat``: a float option type that refuses NaN, inf and values outside a range.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import sys
+from typing import Optional
+
+import click
+
+from .errors import UserError
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
+
+
+def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
+    """One format for every command, to stderr; -v for debug, -q for warnings only."""
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 0 else logging.INFO)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname).1s %(name)s: %(message)s", "%H:%M:%S"))
+    handler.addFilter(_hide_library_chatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def _hide_library_chatter(record: logging.LogRecord) -> bool:
+    """OpenCLIP logs routine INFO messages on the root logger; keep them for -v (DEBUG) runs only."""
+    if record.name == "root" and record.levelno < logging.WARNING and "open_clip" in record.pathname:
+        return logging.getLogger().level <= logging.DEBUG
+    return True
+
+
+def verbosity(f):
+    """-v/-q options that configure logging before the command runs (the command does not see them)."""
+
+    @click.option("-v", "--verbose", count=True, help="More log output (debug).")
+    @click.option("-q", "--quiet", is_flag=True, help="Warnings and errors only.")
+    @functools.wraps(f)
+    def wrapper(*args, verbose: int, quiet: bool, **kwargs):
+        setup_logging(verbose, quiet)
+        return f(*args, **kwargs)
+
+    return wrapper
+
+
+class _ReportsErrors:
+    """Click mixin: a UserError becomes one ``error: ...`` line on stderr and exit status 2; Ctrl-C outside
+    the camera loop's own handling exits 130."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except UserError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("error: interrupted; outputs may be incomplete", err=True)
+            sys.exit(130)
+
+
+class Command(_ReportsErrors, click.Command):
+    """``@click.command(cls=Command)``."""
+
+
+class Group(_ReportsErrors, click.Group):
+    """``@click.group(cls=Group)``: covers the group's subcommands too."""
+
+
+class DefaultGroup(Group):
+    """A group whose default subcommand runs when the first argument is not a subcommand name."""
+
+    def __init__(self, *args, default: str, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.default = default
+
+    def parse_args(self, ctx, args):
+        if not args or (args[0] not in self.commands and args[0] not in ("--help", "-h")):
+            args = [self.default, *args]
+        return super().parse_args(ctx, args)
+
+
+class FiniteFloat(click.ParamType):
+    """A float that must be finite and, when bounds are given, inside them (``min_open``: strictly above)."""
+
+    name = "float"
+
+    def __init__(self, min: Optional[float] = None, max: Optional[float] = None, min_open: bool = False):
+        self.min, self.max, self.min_open = min, max, min_open
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, float) and math.isfinite(value):
+            number = value
+        else:
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        if self.min is not None and (number < self.min or (self.min_open and number == self.min)):
+            self.fail(f"{number:g} must be {'>' if self.min_open else '>='} {self.min:g}", param, ctx)
+        if self.max is not None and number > self.max:
+            self.fail(f"{number:g} must be <= {self.max:g}", param, ctx)
+        return number

@@ -1,0 +1,104 @@
+"""The image score (graph contract, "Image score"): its parameters and its one implementation.
+
+    map_n   = (map_max   - map_lo) / (map_hi - map_lo)
+    cls_n   = (cls_score - cls_lo) / (cls_hi - cls_lo)
+    score   = map_weight * map_n + (1 - map_weight) * cls_n      anomalous <=> score >= threshold
+    pixel_n = (anomaly_map - map_lo) / (map_hi - map_lo)          anomalous pixel <=> pixel_n >= pixel_threshold
+
+Calibration fits the constants, evaluation normalizes with test-set ranges, benchmarks and the runtime
+score frames: all of them call these functions, in float32 as the runtime does, so a threshold is fitted
+on exactly the values it will be compared with.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields, replace
+from typing import Any, Mapping, Optional
+
+import numpy as np
+
+SCORE_KEYS = ("map_lo", "map_hi", "cls_lo", "cls_hi", "map_weight", "threshold", "pixel_threshold")
+SCORE_SOURCES = ("default", "calibration")
+
+
+class ScoreError(ValueError):
+    """A score block that cannot be used (the message says which field and why)."""
+
+
+@dataclass(frozen=True)
+class ScoreParams:
+    """Normalization constants and thresholds of the image score (the manifest's ``score`` block)."""
+
+    map_lo: float
+    map_hi: float
+    cls_lo: float
+    cls_hi: float
+    map_weight: float
+    threshold: float = 0.5
+    pixel_threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+                raise ScoreError(f"score.{f.name} must be a number, got {value!r}")
+            if not math.isfinite(float(value)):
+                raise ScoreError(f"score.{f.name} is {value!r}; it must be a finite number")
+            object.__setattr__(self, f.name, float(value))
+        if not self.map_lo < self.map_hi:
+            raise ScoreError(f"score.map_lo ({self.map_lo:g}) must be below score.map_hi ({self.map_hi:g})")
+        if not self.cls_lo < self.cls_hi:
+            raise ScoreError(f"score.cls_lo ({self.cls_lo:g}) must be below score.cls_hi ({self.cls_hi:g})")
+        if not 0.0 <= self.map_weight <= 1.0:
+            raise ScoreError(f"score.map_weight is {self.map_weight:g}; it must be in [0, 1]")
+
+    @classmethod
+    def from_block(cls, block: Mapping[str, Any]) -> "ScoreParams":
+        """Parse a manifest ``score`` block (extra keys such as ``source`` are ignored here)."""
+        if not isinstance(block, Mapping):
+            raise ScoreError(f"the score block must be an object, got {type(block).__name__}")
+        missing = [k for k in SCORE_KEYS if k not in block]
+        if missing:
+            raise ScoreError(f"the score block lacks {', '.join(missing)}")
+        return cls(**{k: block[k] for k in SCORE_KEYS})
+
+    def to_block(self, source: str = "default", calibration: Optional[dict] = None) -> dict[str, Any]:
+        """A manifest ``score`` block with these values."""
+        block: dict[str, Any] = {k: getattr(self, k) for k in SCORE_KEYS}
+        block.update(source=source, calibration=calibration)
+        return block
+
+    def with_threshold(self, threshold: Optional[float]) -> "ScoreParams":
+        return self if threshold is None else replace(self, threshold=float(threshold))
+
+    def with_ranges(self, map_range: tuple[float, float], cls_range: tuple[float, float]) -> "ScoreParams":
+        """The same weights/thresholds with other normalization ranges (equal ends get a unit span)."""
+        def span(lo: float, hi: float) -> tuple[float, float]:
+            return (float(lo), float(hi)) if hi > lo else (float(lo), float(lo) + 1.0)
+
+        (mlo, mhi), (clo, chi) = span(*map_range), span(*cls_range)
+        return replace(self, map_lo=mlo, map_hi=mhi, cls_lo=clo, cls_hi=chi)
+
+
+def normalize_map(values: Any, p: ScoreParams) -> np.ndarray:
+    """``(x - map_lo) / (map_hi - map_lo)`` in float32; for ``map_max`` and, per pixel, for ``anomaly_map``."""
+    return (np.asarray(values, dtype=np.float32) - np.float32(p.map_lo)) / np.float32(p.map_hi - p.map_lo)
+
+
+def normalize_cls(values: Any, p: ScoreParams) -> np.ndarray:
+    return (np.asarray(values, dtype=np.float32) - np.float32(p.cls_lo)) / np.float32(p.cls_hi - p.cls_lo)
+
+
+def image_score(map_max: Any, cls_score: Any, p: ScoreParams) -> np.ndarray:
+    """``map_weight * map_n + (1 - map_weight) * cls_n`` per image, float32, not clipped."""
+    w = np.float32(p.map_weight)
+    return w * normalize_map(map_max, p) + (np.float32(1.0) - w) * normalize_cls(cls_score, p)
+
+
+def is_anomalous(scores: Any, p: ScoreParams) -> np.ndarray:
+    return np.asarray(scores) >= p.threshold
+
+
+def pixel_mask(anomaly_map: Any, p: ScoreParams) -> np.ndarray:
+    """Pixels whose normalized value reaches ``pixel_threshold`` (overlays and evidence masks)."""
+    return normalize_map(anomaly_map, p) >= p.pixel_threshold
