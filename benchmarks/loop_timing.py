@@ -4,11 +4,11 @@ The loop is the runtime's own ``CameraLoop``, unchanged: thin wrappers only read
 parts. Stages, per frame:
 
 - decode: ``Source.read`` (reading and decoding the MJPG frame);
-- preprocess: from the start of a batch to the inference call (``fit_frame`` into the preallocated
-  batch, class ids, batch fill);
+- preprocess: from the start of a batch to the inference call (``FeedBuilder.put``: ``fit_frame`` into
+  the runner's lent input buffer, class ids, batch fill);
 - inference: the backend call (``Runner.infer``, outputs copied to the host);
-- post-process/overlay: from the end of inference to the end of the batch (image scores, debouncing,
-  event log, heat-map overlay and annotated video when enabled);
+- post-process/overlay: from the end of inference to the end of the batch (decisions, rendering and
+  the sinks: event log, heat-map overlay and annotated video when enabled);
 - other: the rest of the wall time (frame gathering, stats, start-up and closing).
 
 Warm-up excluded: the first batch(es) run untimed (decoder, writer and caches start up), then
@@ -24,8 +24,8 @@ from typing import Mapping, Sequence
 import numpy as np
 from aaclip.contract.manifest import Manifest
 from aaclip.runtime.backends.base import Runner
-from aaclip.runtime.loop import CameraLoop, LoopConfig, Outputs
-from aaclip.runtime.sinks import EventLog, VideoSink
+from aaclip.runtime.loop import CameraLoop, LoopConfig
+from aaclip.runtime.sinks import AnnotatedVideo, EventLog
 from aaclip.runtime.sources import Source, open_source
 
 from .measure import PERCENTILES
@@ -76,6 +76,9 @@ class TimedRunner(Runner):
         self.t_end = time.perf_counter()
         return out
 
+    def lend_input(self, name: str, shape: tuple, dtype: np.dtype) -> np.ndarray:
+        return self.inner.lend_input(name, shape, dtype)
+
     def deactivate_impl(self) -> None:
         pass  # the caller owns the inner runner
 
@@ -84,36 +87,32 @@ class TimedLoop(CameraLoop):
     """``CameraLoop`` with the clock read around each batch's decode, preprocess, inference and
     post-processing (one record per batch in ``records``)."""
 
-    def __init__(self, runner: TimedRunner, manifest: Manifest, source: TimedSource, class_id: int,
-                 config: LoopConfig, outputs: Outputs):
-        super().__init__(runner, manifest, [source], [class_id], config, outputs)
+    def __init__(self, runner: TimedRunner, manifest: Manifest, source: TimedSource, config: LoopConfig,
+                 sinks: Sequence):
+        super().__init__(runner, manifest, [source], [0], config, sinks)
         self.timed_runner = runner
         self.timed_source = source
         self.records: list[dict] = []
         self.t_run = 0.0
         self._decoded = 0.0
-        self._latencies: list[float] = []
 
     def run(self):
         self.t_run = time.perf_counter()
         return super().run()
 
-    def _process(self, frames, stats) -> None:
+    def _process(self, frames):
         t0 = time.perf_counter()
         decode = self.timed_source.seconds - self._decoded
         self._decoded = self.timed_source.seconds
-        self._latencies = []
-        super()._process(frames, stats)
+        decisions = super()._process(frames)
         t1 = time.perf_counter()
         r = self.timed_runner
         self.records.append({
             "frames": len(frames), "t_end": t1, "decode": decode, "preprocess": r.t_start - t0,
-            "inference": r.t_end - r.t_start, "postprocess": t1 - r.t_end, "latencies": self._latencies,
+            "inference": r.t_end - r.t_start, "postprocess": t1 - r.t_end,
+            "latencies": [d.latency_s for d in decisions],
         })
-
-    def _handle(self, f, score, map_max, cls_score, amap, t_done) -> None:
-        self._latencies.append(t_done - f.t_capture)
-        super()._handle(f, score, map_max, cls_score, amap, t_done)
+        return decisions
 
 
 def steady_state(records: list[dict], t_run: float, warmup_batches: int) -> dict:
@@ -151,17 +150,18 @@ def run_timed_loop(runner: Runner, manifest: Manifest, video: Path, batch: int, 
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     source = TimedSource(open_source(str(video)))
-    outputs = Outputs(events=EventLog(work_dir / "events.jsonl"))
+    sinks = [EventLog(work_dir / "events.jsonl")]
     if overlay:
-        outputs.videos = [VideoSink(work_dir / "annotated.avi", source.fps)]
+        sinks.append(AnnotatedVideo(work_dir / "annotated.avi", [source.fps]))
     timed = TimedRunner(runner)
     timed.activate()
     config = LoopConfig(batch=batch, drop=False, stats_every=0.0, max_frames=batch * (batches + warmup_batches))
     try:
-        loop = TimedLoop(timed, manifest, source, 0, config, outputs)
+        loop = TimedLoop(timed, manifest, source, config, sinks)
         summary = loop.run()
     finally:
-        outputs.close()
+        for sink in sinks:
+            sink.close()
         source.release()
     if summary.frames < batch * (batches + warmup_batches):
         raise RuntimeError(f"the loop got {summary.frames} frames from {video}, expected "

@@ -1,20 +1,17 @@
 """Which rows a benchmark has (backend x device x precision x batch), why a row is skipped, and the
-PyTorch eager runner.
+labels the report uses.
 
-Backends as the CLI names them: ``torch`` (PyTorch eager, the reference implementation's way of running:
-host-side pre-processing, then ``AAClip.predict`` on normalized tensors), ``onnxruntime`` (the exported
+Backends as the CLI names them: ``torch`` (PyTorch eager, the registry's ``pytorch`` reference runner:
+host-side pre-processing, then the checkpoint's ``predict`` on normalized tensors), ``onnxruntime`` (the exported
 graph; CPU, and CUDA when the CUDA execution provider exists) and ``tensorrt`` (an engine on a GPU).
 """
 from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass
-from typing import Mapping, Optional, Sequence
+from typing import Optional, Sequence
 
-import numpy as np
 from aaclip.contract.errors import UserError
-from aaclip.export.manifest_builder import INPUT_NAME, OUTPUT_NAMES
-from aaclip.runtime.backends.base import Runner
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
@@ -126,59 +123,5 @@ def skip_reason(spec: RowSpec, caps: Capabilities) -> Optional[str]:
     return None
 
 
-# ---- PyTorch eager -------------------------------------------------------------------------------
-class TorchEagerRunner(Runner):
-    """Host pre-processing (BGR -> RGB, /255, CLIP mean/std, NCHW) + ``AAClip.predict``, like the reference code.
-
-    FP16/BF16 run under ``torch.autocast`` on CUDA. Outputs follow the graph contract (copied to host).
-    """
-
-    name = "pytorch"
-
-    def __init__(self, model, anchors, device: str = "cpu", precision: str = "fp32"):
-        super().__init__()
-        if precision not in ("fp32", "fp16", "bf16"):
-            raise ValueError(f"PyTorch eager runs fp32, fp16 or bf16, not {precision}")
-        self.model = model
-        self.anchors = anchors  # (E, 2) of the benchmarked class
-        self.device = device
-        self.precision = precision
-
-    def activate_impl(self) -> None:
-        import torch
-        from aaclip.train.constants import CLIP_MEAN, CLIP_STD
-
-        self.model.to(self.device)
-        self._T = self.anchors.to(self.device)
-        self._mean = np.asarray(CLIP_MEAN, np.float32)
-        self._std = np.asarray(CLIP_STD, np.float32)
-        self._dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision)
-        self.input_names, self.output_names = (INPUT_NAME,), OUTPUT_NAMES
-
-    def preprocess(self, frames: np.ndarray):
-        import torch
-
-        x = (frames[..., ::-1].astype(np.float32) / 255.0 - self._mean) / self._std
-        return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2))).to(self.device)
-
-    def infer_impl(self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
-        import torch
-
-        x = self.preprocess(np.asarray(feeds[INPUT_NAME]))
-        with torch.inference_mode():
-            if self._dtype is not None:
-                with torch.autocast(device_type=self.device, dtype=self._dtype):
-                    amap, cls = self.model.predict(x, self._T)
-            else:
-                amap, cls = self.model.predict(x, self._T)
-            amap = amap.float()
-            result = {"anomaly_map": amap, "map_max": amap.flatten(1).amax(dim=1), "cls_score": cls.float()}
-            return {k: result[k].cpu().numpy() for k in outputs}
-
-    def deactivate_impl(self) -> None:
-        self.model.to("cpu")
-        self._T = None
-
-
 __all__ = ["BACKENDS", "PRECISIONS", "BACKEND_LABELS", "RowSpec", "Capabilities", "detect_capabilities",
-           "parse_list", "parse_batches", "row_devices", "expand_rows", "skip_reason", "TorchEagerRunner"]
+           "parse_list", "parse_batches", "row_devices", "expand_rows", "skip_reason"]

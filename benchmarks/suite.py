@@ -2,8 +2,9 @@
 
 Rows of one backend/device/precision share one runner (one ONNX Runtime session, one engine), activated
 once; each batch size is then timed with ``warmup`` untimed and ``reps`` timed calls on the same frames.
-Parity against FP32 uses the export verifier's reference (``TorchRunner``: training pre-processing +
-``AAClip.predict``) and comparator (``compare_outputs`` with the precision's tolerances), once per
+Every runner comes from the backend registry; PyTorch rows and the parity reference are the ``pytorch``
+backend (``aaclip.export.reference``: training pre-processing + the checkpoint's ``predict``). Parity against
+FP32 uses the export verifier's comparator (``compare_outputs`` with the precision's tolerances), once per
 runner. The end-to-end loop runs per artifact row with the same runner and batch.
 """
 from __future__ import annotations
@@ -19,7 +20,11 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 from aaclip.contract.errors import UserError
-from aaclip.export.manifest_builder import CLASS_INPUT_NAME
+from aaclip.contract.feeds import FeedBuilder
+from aaclip.contract.tensors import OUTPUT_NAMES
+from aaclip.export.reference import REFERENCE_BACKEND
+from aaclip.runtime.backends import RunnerOptions, open_runner
+from aaclip.runtime.backends.base import infer_frames
 
 from . import rows as R
 from .environment import collect_environment, device_label
@@ -81,11 +86,10 @@ class BenchConfig:
 
 
 class _Context:
-    """What the rows share: model, anchors, frames, artifacts (exported lazily), the parity reference."""
+    """What the rows share: model, frames, artifacts (exported lazily), the parity reference."""
 
     def __init__(self, cfg: BenchConfig, work: Path, env: dict):
         self.cfg, self.work, self.env = cfg, work, env
-        from aaclip.export.onnx_export import compute_anchors
         from aaclip.train.checkpoint import load_checkpoint
 
         self.ckpt, self.description = prepare_checkpoint(cfg.ckpt, cfg.tiny, cfg.shape, work, cfg.seed)
@@ -95,7 +99,6 @@ class _Context:
         if not names:
             raise UserError(f"{self.ckpt}: the checkpoint's config lists no classes")
         self.class_name = list(self.model.config.classes)[0]
-        self.anchors = compute_anchors(self.model, names[:1])  # (1, E, 2): the benchmarked class
         self.flops = flops_report(self.model.config)
         self.flops_per_image = int(self.flops["breakdown"]["total"])
         log.info("model %s: %.4g GFLOP per image", self.description, self.flops_per_image / 1e9)
@@ -144,38 +147,28 @@ class _Context:
 
     def reference(self) -> dict:
         if self._reference is None:
-            from aaclip.export.verify import TorchRunner
+            from aaclip.contract.manifest import open_artifact
 
-            with TorchRunner(self.model, self.anchors, (self.size, self.size), multi_class=False) as ref:
-                self._reference = run_frames(ref, self.parity_frames(), 1)
+            manifest = open_artifact(self.graph("fp32").path)
+            options = RunnerOptions(extra={"model": self.model})
+            with open_runner(manifest, REFERENCE_BACKEND, options) as ref:
+                self._reference = run_frames(ref, manifest, self.parity_frames(), 1)
         return self._reference
 
 
-def make_feeds(runner, frames: np.ndarray) -> dict[str, np.ndarray]:
-    """Inputs of an active runner for ``frames``; a multi-class graph (e.g. a given INT8 graph) gets class 0."""
-    feeds = {R.INPUT_NAME: np.ascontiguousarray(frames)}
-    if CLASS_INPUT_NAME in runner.input_names:
-        feeds[CLASS_INPUT_NAME] = np.zeros(len(frames), np.int64)
-    return feeds
+def run_frames(runner, manifest, frames: np.ndarray, batch: int) -> dict[str, np.ndarray]:
+    """All outputs of ``frames`` through an active runner, in batches (copies); a multi-class graph (e.g. a
+    given INT8 graph) gets class 0."""
+    return infer_frames(runner, manifest, frames, None, batch, OUTPUT_NAMES)
 
 
-def run_frames(runner, frames: np.ndarray, batch: int) -> dict[str, np.ndarray]:
-    """All outputs of ``frames`` through an active runner, in batches (copies)."""
-    parts: dict[str, list] = {n: [] for n in R.OUTPUT_NAMES}
-    for start in range(0, len(frames), batch):
-        out = runner.infer(make_feeds(runner, frames[start:start + batch]), R.OUTPUT_NAMES)
-        for n in R.OUTPUT_NAMES:
-            parts[n].append(np.array(out[n], copy=True))
-    return {n: np.concatenate(v) for n, v in parts.items()}
-
-
-def parity_fields(ctx: _Context, spec: R.RowSpec, runner) -> dict:
+def parity_fields(ctx: _Context, spec: R.RowSpec, runner, manifest) -> dict:
     """Parity of ``runner`` against the FP32 PyTorch reference (the export verifier's comparator)."""
     from aaclip.export.verify import TOLERANCES, compare_outputs
 
     if spec.backend == "torch" and spec.precision == "fp32":
         return {"parity": "reference", "parity_passed": True, "parity_map_rel": None, "parity_cls_abs": None}
-    out = run_frames(runner, ctx.parity_frames(), spec.batch)
+    out = run_frames(runner, manifest, ctx.parity_frames(), spec.batch)
     report = compare_outputs(ctx.reference(), out, TOLERANCES.get(spec.precision, TOLERANCES["fp16"]))
     verdict = "PASS" if report.passed else "FAIL"
     return {"parity": f"{verdict} map {report.map_rel:.2g}, cls {report.cls_max_abs:.2g}",
@@ -183,33 +176,17 @@ def parity_fields(ctx: _Context, spec: R.RowSpec, runner) -> dict:
 
 
 # ---- runners -------------------------------------------------------------------------------------
-def make_runner(ctx: _Context, spec: R.RowSpec):
-    """(runner, artifact or None, manifest or None) for a row group."""
-    from aaclip.contract.manifest import check_artifact, load_manifest
+def row_runner(ctx: _Context, spec: R.RowSpec):
+    """(runner, artifact or None, manifest) for a row group, from the backend registry."""
+    from aaclip.contract.manifest import open_artifact
 
-    if spec.backend == "torch":
-        return R.TorchEagerRunner(ctx.model, ctx.anchors[0], spec.device, spec.precision), None, None
-    if spec.backend == "onnxruntime":
-        from aaclip.runtime.backends.onnxruntime import OnnxRuntimeRunner
-
-        artifact = ctx.graph(spec.precision)
-        manifest = load_manifest(artifact.path)
-        check_artifact(manifest)
-        provider = "CUDAExecutionProvider" if spec.device == "cuda" else "CPUExecutionProvider"
-        return OnnxRuntimeRunner(artifact.path, providers=[provider]), artifact, manifest
-    from aaclip.runtime.backends import make_runner as runtime_runner
-
-    artifact = ctx.engine(spec.precision)
-    manifest = load_manifest(artifact.path)
-    check_artifact(manifest)
-    return runtime_runner(manifest, "tensorrt"), artifact, manifest
-
-
-def _check_provider(runner, spec: R.RowSpec) -> None:
-    session = getattr(runner, "_session", None)
-    if spec.backend == "onnxruntime" and spec.device == "cuda" and session is not None:
-        if session.get_providers()[0] != "CUDAExecutionProvider":
-            raise RuntimeError(f"onnxruntime fell back to {session.get_providers()[0]} (CUDA provider failed to load)")
+    if spec.backend == "torch":  # the checkpoint itself, behind the FP32 graph's manifest (classes, input)
+        manifest = open_artifact(ctx.graph("fp32").path)
+        options = RunnerOptions(device=spec.device, extra={"model": ctx.model, "precision": spec.precision})
+        return open_runner(manifest, REFERENCE_BACKEND, options), None, manifest
+    artifact = ctx.graph(spec.precision) if spec.backend == "onnxruntime" else ctx.engine(spec.precision)
+    manifest = open_artifact(artifact.path)
+    return open_runner(manifest, spec.backend, RunnerOptions(device=spec.device)), artifact, manifest
 
 
 def _cuda_sync(spec: R.RowSpec) -> Optional[Callable[[], None]]:
@@ -220,14 +197,19 @@ def _cuda_sync(spec: R.RowSpec) -> Optional[Callable[[], None]]:
     return torch.cuda.synchronize
 
 
-def time_row(ctx: _Context, spec: R.RowSpec, runner) -> dict:
+def time_row(ctx: _Context, spec: R.RowSpec, runner, manifest) -> dict:
     """Timing, memory and FLOP/s fields of one row with an active runner."""
     cfg = ctx.cfg
-    feeds = [make_feeds(runner, batch_of(ctx.frames, spec.batch, i * spec.batch)) for i in range(len(ctx.frames))]
+    builders = []  # one filled input set per distinct batch of frames
+    for i in range(len(ctx.frames)):
+        builder = FeedBuilder(manifest, spec.batch)
+        for k, frame in enumerate(batch_of(ctx.frames, spec.batch, i * spec.batch)):
+            builder.put(k, frame)
+        builders.append(builder.feeds(spec.batch))
     calls = iter(range(10**12))
 
     def call() -> None:
-        runner.infer(feeds[next(calls) % len(feeds)], R.OUTPUT_NAMES)
+        runner.infer(builders[next(calls) % len(builders)], OUTPUT_NAMES)
 
     with HostMemory() as host, DeviceMemory(torch_allocator=spec.backend == "torch") as dev:
         times = time_calls(call, cfg.reps, cfg.warmup, _cuda_sync(spec))
@@ -282,9 +264,8 @@ def run_group(ctx: _Context, specs: list[R.RowSpec]) -> list[dict]:
     try:
         if not (first.backend == "torch" and first.precision == "fp32"):
             ctx.reference()  # before any runner moves the shared model to a GPU
-        runner, artifact, manifest = make_runner(ctx, first)
+        runner, artifact, manifest = row_runner(ctx, first)
         runner.activate()
-        _check_provider(runner, first)
     except Exception as exc:  # noqa: BLE001 - a row that cannot run is reported, the others go on
         log.warning("%s/%s/%s failed: %s", first.backend, first.device, first.precision, _error(exc))
         for row in rows:
@@ -300,9 +281,9 @@ def run_group(ctx: _Context, specs: list[R.RowSpec]) -> list[dict]:
                 continue
             try:
                 log.info("timing %s (%d warm-up + %d calls)", spec.key, ctx.cfg.warmup, ctx.cfg.reps)
-                row.update(time_row(ctx, spec, runner))
+                row.update(time_row(ctx, spec, runner, manifest))
                 if parity is None:
-                    parity = parity_fields(ctx, spec, runner)
+                    parity = parity_fields(ctx, spec, runner, manifest)
                 row.update(parity)
                 row["status"] = "ok"
             except Exception as exc:  # noqa: BLE001
@@ -362,5 +343,5 @@ def run_benchmark(cfg: BenchConfig, progress: Optional[Callable[[str], None]] = 
     return result, write_outputs(result, cfg.out_dir, cfg.plot)
 
 
-__all__ = ["BenchConfig", "run_benchmark", "run_group", "run_frames", "time_row", "loop_fields", "parity_fields",
+__all__ = ["BenchConfig", "run_benchmark", "run_group", "run_frames", "row_runner", "time_row", "loop_fields", "parity_fields",
            "RESULT_FORMAT", "RESULT_VERSION"]

@@ -20,7 +20,7 @@ import click
 from aaclip.contract.cli import Group, setup_logging
 from aaclip.contract.errors import UserError
 from aaclip.contract.manifest import Manifest, load_manifest
-from aaclip.runtime.backends import BACKENDS
+from aaclip.runtime.backends import backend_names
 
 from . import thresholds
 from .gate import MAX_AUROC_CHANGE, MIN_MAP_CORR, MIN_RANK_CORR, GateLimits
@@ -108,7 +108,7 @@ def cli() -> None:
               help="False-alarm rate per normal pixel for the pixel (overlay) threshold.")
 @click.option("--pixel-samples", type=click.IntRange(min=0), default=4096, show_default=True,
               help="Anomaly-map pixels sampled per frame for the pixel threshold (0: derive it from map_max).")
-@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
+@click.option("--backend", type=click.Choice(backend_names()), default="auto", show_default=True,
               help="Backend that runs the frames; use the one the runtime will use.")
 @click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
               help="Frames per inference call (as aaclip-runtime --batch).")
@@ -212,8 +212,8 @@ def int8(fp32_onnx: Path, images, data, camera, anomalies, class_name, verbose, 
     for line in result.gate.lines():
         click.echo(line)
     if not result.written:
-        click.echo(f"error: INT8 graph not written: the accuracy gate failed (see above); calibrate on more varied "
-                   f"normal frames, try --method percentile, or pass --force to write it anyway", err=True)
+        click.echo("error: INT8 graph not written: the accuracy gate failed (see above); calibrate on more varied "
+                   "normal frames, try --method percentile, or pass --force to write it anyway", err=True)
         sys.exit(1)
     if not result.gate.passed:
         click.echo("warning: gate failed, written because of --force (recorded in the manifest)", err=True)

@@ -1,7 +1,7 @@
-"""Run frames through a runner exactly as the runtime loop feeds them (``runtime.loop.CameraLoop._process``).
+"""Run frames through a runner exactly as the runtime loop feeds them: through the contract's ``FeedBuilder``.
 
-Same resize (``fit_frame`` into a preallocated uint8 NHWC batch), same class-id input, same padding to the
-engine profile's minimum batch (the last frame repeated, its results ignored), same batch size. Keeps
+Same resize (``fit_frame`` into the runner's lent uint8 NHWC batch), same class-id input, same padding to
+the engine profile's minimum batch (the last frame repeated, its results ignored), same batch size. Keeps
 only what calibration needs: ``map_max`` and ``cls_score`` per frame, optionally a fixed random subsample
 of anomaly-map pixels per frame and (small sets only) the maps themselves.
 """
@@ -13,15 +13,15 @@ from typing import Callable, Iterable, Optional
 
 import numpy as np
 from aaclip.contract.errors import UserError
-from aaclip.contract.feeds import fit_frame
+from aaclip.contract.feeds import FeedBuilder
 from aaclip.contract.manifest import Manifest
+from aaclip.contract.tensors import CLS_OUTPUT, MAP_OUTPUT, MAX_OUTPUT, SCORE_OUTPUTS
 from aaclip.runtime.backends.base import Runner
 
 from .inputs import Item
 
 log = logging.getLogger(__name__)
 
-MAP_OUTPUT, MAX_OUTPUT, CLS_OUTPUT = "anomaly_map", "map_max", "cls_score"
 
 
 @dataclass
@@ -48,15 +48,9 @@ def run_items(runner: Runner, manifest: Manifest, items: Iterable[Item], batch: 
     ``seed``); ``keep_maps`` keeps whole maps; ``keep_frames`` the fitted inputs. ``on_item`` sees each
     item as it is consumed (e.g. to hash the calibration set).
     """
-    if batch < 1:
-        raise UserError(f"--batch must be >= 1, got {batch}")
-    if manifest.batch_max is not None and batch > manifest.batch_max:
-        raise UserError(f"--batch {batch} exceeds the artifact's max batch {manifest.batch_max}")
-    b = max(batch, manifest.batch_min)
-    images = np.zeros((b, manifest.height, manifest.width, 3), np.uint8)
-    classes = np.zeros((b,), np.int64)
+    builder = FeedBuilder(manifest, batch, allocate=runner.lend_input)
     need_maps = pixel_samples > 0 or keep_maps
-    wanted = (MAX_OUTPUT, CLS_OUTPUT) + ((MAP_OUTPUT,) if need_maps else ())
+    wanted = SCORE_OUTPUTS + ((MAP_OUTPUT,) if need_maps else ())
     rng = np.random.default_rng(seed)
     map_max: list[np.ndarray] = []
     cls_score: list[np.ndarray] = []
@@ -67,14 +61,7 @@ def run_items(runner: Runner, manifest: Manifest, items: Iterable[Item], batch: 
     pending = 0
 
     def flush(n: int) -> None:
-        n_feed = max(n, manifest.batch_min)
-        if n_feed > n:
-            images[n:n_feed] = images[n - 1]
-            classes[n:n_feed] = classes[n - 1]
-        feeds = {manifest.input_name: images[:n_feed]}
-        if manifest.class_input is not None:
-            feeds[manifest.class_input] = classes[:n_feed]
-        out = runner.infer(feeds, wanted)
+        out = runner.infer(builder.feeds(n), wanted)
         map_max.append(np.array(out[MAX_OUTPUT][:n], np.float32))
         cls_score.append(np.array(out[CLS_OUTPUT][:n], np.float32))
         if need_maps:
@@ -87,13 +74,12 @@ def run_items(runner: Runner, manifest: Manifest, items: Iterable[Item], batch: 
             if keep_maps:
                 maps.append(amap.copy())
         if keep_frames:
-            frames.extend(images[i].copy() for i in range(n))
+            frames.extend(builder.slot(i).copy() for i in range(n))
 
     for item in items:
         if on_item is not None:
             on_item(item)
-        fit_frame(item.frame, manifest.height, manifest.width, out=images[pending])
-        classes[pending] = item.class_id
+        builder.put(pending, item.frame, item.class_id)
         ids.append(int(item.class_id))
         pending += 1
         if pending == batch:

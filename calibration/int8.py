@@ -16,6 +16,7 @@ it on CPU with integer kernels. Choices (docs/calibration.md explains them):
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime as dt
 import logging
 import os
@@ -30,7 +31,8 @@ from aaclip.contract.feeds import fit_frame
 from aaclip.contract.files import sha256_file
 from aaclip.contract.manifest import Manifest, check_artifact, load_manifest, write_manifest
 from aaclip.contract.score import image_score
-from aaclip.runtime.backends.onnxruntime import OnnxRuntimeRunner, import_onnxruntime
+from aaclip.runtime.backends import RunnerOptions, open_runner
+from aaclip.runtime.backends.onnxruntime import import_onnxruntime
 
 from .gate import GateLimits, GateReport, evaluate_gate
 from .inference import FrameOutputs, run_items
@@ -101,7 +103,7 @@ def _name_nodes(model) -> None:
 def _reader(frames: np.ndarray, class_ids: np.ndarray, manifest: Manifest, batch: int):
     from onnxruntime.quantization import CalibrationDataReader
 
-    class FrameReader(CalibrationDataReader):
+    class CalibrationFeeds(CalibrationDataReader):
         """Feeds fitted uint8 NHWC BGR frames (and class ids) in batches, as the runtime does."""
 
         def __init__(self) -> None:
@@ -120,7 +122,7 @@ def _reader(frames: np.ndarray, class_ids: np.ndarray, manifest: Manifest, batch
         def rewind(self) -> None:
             self.start = 0
 
-    return FrameReader()
+    return CalibrationFeeds()
 
 
 def quantize_graph(fp32_path: Path, out_path: Path, frames: np.ndarray, class_ids: np.ndarray, manifest: Manifest,
@@ -229,7 +231,9 @@ def holdout_set(manifest: Manifest, held_normals: Sequence[Item], anomalies: Opt
 
 def _outputs(path: Path, manifest: Manifest, items: Sequence[Item], providers: Sequence[str],
              batch: int) -> FrameOutputs:
-    runner = OnnxRuntimeRunner(path, providers=providers)
+    """Outputs of the graph at ``path`` (the FP32 original or the staged INT8 graph, same contract)."""
+    graph = dataclasses.replace(manifest, artifact_path=Path(path))
+    runner = open_runner(graph, "onnxruntime", RunnerOptions(extra={"providers": tuple(providers)}))
     with runner:
         return run_items(runner, manifest, items, batch, keep_maps=True)
 

@@ -1,6 +1,6 @@
 """``aaclip-calibrate threshold``: normal frames -> normalization constants + thresholds in the manifest.
 
-Frames go through the runtime's own backend (``make_runner``), resize (``fit_frame``) and batching
+Frames go through the runtime's own backend (``open_runner``), resize (``fit_frame``) and batching
 (``inference.run_items``), so the constants fit exactly what the deployed loop will compute. Only the
 manifest is rewritten, atomically (temp file + rename); the artifact and its sha256 are untouched, and
 the runtime uses the new constants with no further flag.
@@ -17,9 +17,8 @@ from typing import Optional
 import numpy as np
 from aaclip.contract.errors import UserError
 from aaclip.contract.manifest import Manifest, check_artifact, load_manifest, write_manifest
-from aaclip.contract.score import ScoreParams
-from aaclip.contract.score import image_score
-from aaclip.runtime.backends import make_runner
+from aaclip.contract.score import ScoreParams, image_score
+from aaclip.runtime.backends import open_runner
 
 from . import thresholds
 from .inference import FrameOutputs, run_items
@@ -50,7 +49,7 @@ def infer_input(manifest: Manifest, frames: FrameInput, backend: str, batch: int
     """Raw outputs of every frame of ``frames`` through the runtime's backend for ``manifest``."""
     log.info("running %s on %s (%s backend, batch %d)", manifest.artifact_path.name, frames.description, backend,
              batch)
-    runner = make_runner(manifest, backend)
+    runner = open_runner(manifest, backend)
     with runner:
         return run_items(runner, manifest, frames.items(), batch, pixel_samples=pixel_samples,
                          on_item=hasher.update if hasher else None)

@@ -93,6 +93,9 @@ class FeedBuilder:
 
     def put(self, i: int, frame: np.ndarray, class_id: int = 0) -> None:
         """Fit ``frame`` into slot ``i`` (one write) and record its class."""
+        if frame.dtype != np.uint8 or frame.ndim not in (2, 3):
+            raise UserError(f"frames must be uint8 images (H, W[, 3]) as OpenCV delivers them, got {frame.dtype} "
+                            f"{frame.shape}")
         fit_frame(frame, self.spec.height, self.spec.width, out=self.images[i])
         self.set_class(i, class_id)
 

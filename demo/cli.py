@@ -153,13 +153,13 @@ def calibrate_demo(artifact: Path, clean_video: Path, test_jsonl: Path, out: Pat
 
 
 def run_runtime(artifact: Path, video: Path, out: Path, defect_frames: list[int]) -> dict:
-    from aaclip.runtime.cli import run
+    from aaclip.runtime.cli import RunConfig, run
 
     events = out / "events.jsonl"
     if events.exists():
         events.unlink()
-    summary = run(artifact, (str(video),), "onnxruntime", 1, (CAMERA_CLASS,), None, 1, events, out / "evidence",
-                  "jpg", out / "annotated.avi", None, False, True, False, None, 5.0, 0.5, 10.0)
+    summary = run(RunConfig(artifact, (str(video),), backend="onnxruntime", classes=(CAMERA_CLASS,), events=events,
+                            evidence=out / "evidence", video=out / "annotated.avi", drop=False, stats_every=5.0))
     rows = [json.loads(line) for line in events.read_text().splitlines()]
     flagged = {r["frame"] for r in rows if r["anomalous"]}
     defects = set(defect_frames)

@@ -1,8 +1,8 @@
 """Parity gate: run an artifact and the PyTorch model on the same frames and compare (Polygraphy-style).
 
-Runners share the runtime's interface (``aaclip.runtime.backends.base.Runner``): ``TorchRunner`` is the
-reference (``AAClip.predict`` per class, on the training pre-processing), the artifact runs on ONNX
-Runtime (CPU) or TensorRT (needs a GPU). ``compare_outputs`` is the comparator: maps are compared
+Both runners come from the backend registry: the reference is the ``pytorch`` backend
+(``aaclip.export.reference``: the checkpoint's ``predict`` per class, on the training pre-processing), the
+artifact runs on ONNX Runtime (CPU) or TensorRT (needs a GPU). ``compare_outputs`` is the comparator: maps are compared
 relative to the reference map range (AA-CLIP maps span tens of units, see SPEC section 5), scores in
 absolute terms, plus the per-image map correlation and the IoU of the top-1% pixels.
 """
@@ -16,10 +16,12 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 from aaclip.contract.errors import UserError
 from aaclip.contract.feeds import fit_frame
-from aaclip.contract.manifest import Manifest, check_artifact, load_manifest
-from aaclip.runtime.backends.base import Runner
+from aaclip.contract.manifest import Manifest, open_artifact
+from aaclip.contract.tensors import OUTPUT_NAMES
+from aaclip.runtime.backends import RunnerOptions, open_runner
+from aaclip.runtime.backends.base import Runner, infer_frames
 
-from .manifest_builder import CLASS_INPUT_NAME, INPUT_NAME, OUTPUT_NAMES
+from .reference import REFERENCE_BACKEND
 
 log = logging.getLogger(__name__)
 
@@ -137,48 +139,8 @@ def compare_outputs(ref: Mapping[str, np.ndarray], test: Mapping[str, np.ndarray
 
 
 # ---- runners -------------------------------------------------------------------------------------
-class TorchRunner(Runner):
-    """The PyTorch reference: training pre-processing + ``AAClip.predict`` with each image's class anchors."""
-
-    name = "pytorch"
-
-    def __init__(self, model, anchors, input_hw: Sequence[int], multi_class: bool):
-        super().__init__()
-        self.model = model
-        self.anchors = anchors  # (C, E, 2) torch tensor
-        self.input_hw = (int(input_hw[0]), int(input_hw[1]))
-        self.multi_class = multi_class
-
-    def activate_impl(self) -> None:
-        self.input_names = (INPUT_NAME, CLASS_INPUT_NAME) if self.multi_class else (INPUT_NAME,)
-        self.output_names = OUTPUT_NAMES
-
-    def infer_impl(self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
-        import torch
-
-        from .graph import reference_preprocess
-
-        frames = np.asarray(feeds[INPUT_NAME])
-        ids = np.asarray(feeds[CLASS_INPUT_NAME]) if self.multi_class else np.zeros(len(frames), np.int64)
-        size = int(self.model.config.image_size)
-        x = reference_preprocess(frames, self.input_hw, size)
-        amap = np.zeros((len(frames), size, size), np.float32)
-        cls = np.zeros(len(frames), np.float32)
-        with torch.no_grad():
-            for c in np.unique(ids):
-                idx = np.flatnonzero(ids == c)
-                m, s = self.model.predict(x[idx], self.anchors[int(c)])
-                amap[idx] = m.numpy()
-                cls[idx] = s.numpy()
-        result = {"anomaly_map": amap, "map_max": amap.reshape(len(frames), -1).max(axis=1), "cls_score": cls}
-        return {k: result[k] for k in outputs}
-
-    def deactivate_impl(self) -> None:
-        pass
-
-
 def artifact_runner(manifest: Manifest) -> Runner:
-    """ONNX Runtime (CPU) for graphs; TensorRT for engines, which needs a GPU."""
+    """The artifact's own backend: ONNX Runtime on the CPU for graphs; TensorRT for engines, which needs a GPU."""
     if manifest.is_engine:
         from .engine import gpu_info
 
@@ -186,35 +148,11 @@ def artifact_runner(manifest: Manifest) -> Runner:
             raise UserError(f"verifying the TensorRT engine {manifest.artifact_path.name} needs an NVIDIA GPU and none "
                             "is visible; verify the ONNX graph it was built from on this machine "
                             "(aaclip-export --verify MODEL.onnx), and the engine on the device")
-        from aaclip.runtime.backends.tensorrt import TensorRTRunner
-
-        return TensorRTRunner(manifest.artifact_path, flavour=(manifest.tensorrt or {}).get("flavour", "tensorrt"))
-    from aaclip.runtime.backends.onnxruntime import OnnxRuntimeRunner
-
-    return OnnxRuntimeRunner(manifest.artifact_path, providers=["CPUExecutionProvider"])
+        return open_runner(manifest, "tensorrt")
+    return open_runner(manifest, "onnxruntime", RunnerOptions(device="cpu"))
 
 
 # ---- frames --------------------------------------------------------------------------------------
-def make_feeds(frames: np.ndarray, class_ids: Optional[np.ndarray], manifest: Manifest) -> dict[str, np.ndarray]:
-    """Graph inputs for ``frames``; a UserError naming the expected shape when they do not fit."""
-    frames = np.asarray(frames)
-    expect = f"(B, {manifest.height}, {manifest.width}, 3) uint8 BGR"
-    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[1:] != (manifest.height, manifest.width, 3):
-        raise UserError(f"frames have shape {frames.shape} {frames.dtype}, {manifest.artifact_path.name} takes "
-                        f"{expect}: "
-                        f"resize them (aaclip.contract.feeds.fit_frame) or export with --input-size HxW")
-    feeds = {INPUT_NAME: np.ascontiguousarray(frames)}
-    if manifest.class_input:
-        if class_ids is None or np.shape(class_ids) != (len(frames),):
-            raise UserError(f"{manifest.artifact_path.name} holds {len(manifest.classes)} classes: give one class id "
-                            f"per frame ({len(frames)})")
-        ids = np.asarray(class_ids, dtype=np.int64)
-        if ids.min() < 0 or ids.max() >= len(manifest.classes):
-            raise UserError(f"class ids must be in 0..{len(manifest.classes) - 1} ({', '.join(manifest.classes)})")
-        feeds[manifest.class_input] = ids
-    return feeds
-
-
 def _synthetic_frames(classes: Sequence[str], n: int, hw: tuple[int, int], seed: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     ids = np.arange(n, dtype=np.int64) % len(classes)
@@ -265,18 +203,6 @@ def verification_frames(manifest: Manifest, images: Optional[Path] = None, n: in
     return _synthetic_frames(manifest.classes, n, hw, seed)
 
 
-def run_all(runner: Runner, frames: np.ndarray, class_ids: np.ndarray, manifest: Manifest,
-            batch: int) -> dict[str, np.ndarray]:
-    """Run ``frames`` through an active runner in batches; outputs concatenated (copies)."""
-    parts: dict[str, list[np.ndarray]] = {name: [] for name in OUTPUT_NAMES}
-    for start in range(0, len(frames), batch):
-        feeds = make_feeds(frames[start:start + batch], class_ids[start:start + batch], manifest)
-        out = runner.infer(feeds, OUTPUT_NAMES)
-        for name in OUTPUT_NAMES:
-            parts[name].append(np.array(out[name], copy=True))
-    return {name: np.concatenate(v) for name, v in parts.items()}
-
-
 # ---- the gate ------------------------------------------------------------------------------------
 def _checkpoint_for(manifest: Manifest, ckpt: Optional[Path]) -> Path:
     from aaclip.train.checkpoint import checkpoint_sha256
@@ -313,24 +239,16 @@ def verify_artifact(
     """Compare ``artifact`` with the PyTorch model of its checkpoint on the same frames."""
     from aaclip.train.checkpoint import load_checkpoint
 
-    from .onnx_export import compute_anchors
-
-    manifest = load_manifest(artifact)
-    check_artifact(manifest)
+    manifest = open_artifact(artifact)
     if model is None:
         model = load_checkpoint(_checkpoint_for(manifest, ckpt), clip_weights=clip_weights)
-    precision = str(manifest.data.get("precision", "fp32"))
-    tol = tolerances or TOLERANCES.get(precision, TOLERANCES["fp16"])
-    object_names = [c["object_name"] for c in manifest.data["classes"]]
-    anchors = compute_anchors(model, object_names)
-    bmax = manifest.batch_max or 4
-    batch = max(1, min(batch or 4, bmax))
+    tol = tolerances or TOLERANCES.get(manifest.precision, TOLERANCES["fp16"])
+    batch = max(1, min(batch or 4, manifest.batch_max or 4))
     images_in, class_ids = verification_frames(manifest, images, frames, seed)
-    reference = TorchRunner(model, anchors, (manifest.height, manifest.width), manifest.class_input is not None)
-    with reference:
-        ref = run_all(reference, images_in, class_ids, manifest, batch)
+    with open_runner(manifest, REFERENCE_BACKEND, RunnerOptions(extra={"model": model})) as reference:
+        ref = infer_frames(reference, manifest, images_in, class_ids, batch, OUTPUT_NAMES)
     with artifact_runner(manifest) as runner:
-        out = run_all(runner, images_in, class_ids, manifest, batch)
+        out = infer_frames(runner, manifest, images_in, class_ids, batch, OUTPUT_NAMES)
     report = compare_outputs(ref, out, tol)
     log.info("%s: %s", Path(artifact).name, "PASS" if report.passed else "FAIL")
     return report
@@ -342,10 +260,7 @@ __all__ = [
     "ParityReport",
     "compare_outputs",
     "top_iou",
-    "TorchRunner",
     "artifact_runner",
-    "make_feeds",
     "verification_frames",
-    "run_all",
     "verify_artifact",
 ]

@@ -1,6 +1,6 @@
 """Getting frames out of sources: skip unreadable frames, reconnect live sources, keep only the newest.
 
-``FrameReader`` wraps one source (counting, skipping, reconnecting with backoff). ``CaptureHub`` feeds
+``SourceReader`` wraps one source (counting, skipping, reconnecting with backoff). ``CaptureHub`` feeds
 the loop from several readers, in one of two modes:
 
 - live (``drop=True``): one capture thread per source keeps only its newest frame; a frame replaced
@@ -40,15 +40,18 @@ class Backoff:
 
 
 @dataclass
-class Frame:
+class CapturedFrame:
+    """One frame as read from a source, with where and when it came from."""
+
     source_index: int
+    source_name: str
     index: int          # frames delivered by this source so far (dropped ones included)
     image: np.ndarray
     t_capture: float    # time.perf_counter() when read
     wall_time: float    # time.time() when read
 
 
-class FrameReader:
+class SourceReader:
     """Reads one source: counts frames, skips unreadable ones, reconnects a live source that fails."""
 
     def __init__(self, source: Source, source_index: int, backoff: Backoff, stop: threading.Event):
@@ -61,13 +64,14 @@ class FrameReader:
         self.reconnects = 0
         self.ended = False
 
-    def next(self) -> Optional[Frame]:
+    def next(self) -> Optional[CapturedFrame]:
         """The next frame, or None when the source ended (file) or a stop was requested."""
         broken_in_a_row = 0
         while not self.stop.is_set() and not self.ended:
             ok, image = self.source.read()
             if ok and image is not None:
-                frame = Frame(self.source_index, self.captured, image, time.perf_counter(), time.time())
+                frame = CapturedFrame(self.source_index, self.source.name, self.captured, image, time.perf_counter(),
+                                      time.time())
                 self.captured += 1
                 return frame
             if ok:
@@ -104,11 +108,11 @@ class FrameReader:
 class _LatestFrameWorker(threading.Thread):
     """Capture thread: always holds only the newest frame of its reader."""
 
-    def __init__(self, reader: FrameReader, cond: threading.Condition):
+    def __init__(self, reader: SourceReader, cond: threading.Condition):
         super().__init__(name=f"capture-{reader.source.name}", daemon=True)
         self.reader = reader
         self.cond = cond
-        self.latest: Optional[Frame] = None
+        self.latest: Optional[CapturedFrame] = None
         self.dropped = 0
         self.done = False
 
@@ -130,7 +134,7 @@ class _LatestFrameWorker(threading.Thread):
                 self.done = True
                 self.cond.notify_all()
 
-    def take(self) -> Optional[Frame]:
+    def take(self) -> Optional[CapturedFrame]:
         frame, self.latest = self.latest, None
         return frame
 
@@ -141,7 +145,7 @@ class CaptureHub:
     def __init__(self, sources: Sequence[Source], drop: bool, backoff: Optional[Backoff] = None,
                  stop: Optional[threading.Event] = None, join_timeout: float = 2.0):
         self.stop = stop or threading.Event()
-        self.readers = [FrameReader(s, i, backoff or Backoff(), self.stop) for i, s in enumerate(sources)]
+        self.readers = [SourceReader(s, i, backoff or Backoff(), self.stop) for i, s in enumerate(sources)]
         self.drop = drop
         self.join_timeout = join_timeout
         self._cond = threading.Condition()
@@ -158,11 +162,11 @@ class CaptureHub:
             return all(w.done and w.latest is None for w in self._workers)
         return all(r.ended for r in self.readers)
 
-    def gather(self, n: int, timeout: float = 0.1) -> list[Frame]:
+    def gather(self, n: int, timeout: float = 0.1) -> list[CapturedFrame]:
         """Up to ``n`` frames, round robin over sources; may be empty (timeout, stop, or all ended)."""
         return self._gather_latest(n, timeout) if self.drop else self._gather_in_order(n)
 
-    def _gather_latest(self, n: int, timeout: float) -> list[Frame]:
+    def _gather_latest(self, n: int, timeout: float) -> list[CapturedFrame]:
         with self._cond:
             if not any(w.latest is not None for w in self._workers):
                 if self.stop.is_set() or all(w.done for w in self._workers):
@@ -179,8 +183,8 @@ class CaptureHub:
                     frames.append(frame)
             return frames
 
-    def _gather_in_order(self, n: int) -> list[Frame]:
-        frames: list[Frame] = []
+    def _gather_in_order(self, n: int) -> list[CapturedFrame]:
+        frames: list[CapturedFrame] = []
         k = len(self.readers)
         while len(frames) < n and not self.stop.is_set() and not all(r.ended for r in self.readers):
             reader = self.readers[self._next]

@@ -3,18 +3,19 @@ from __future__ import annotations
 
 import logging
 import signal
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import click
 from aaclip.contract.cli import Command, setup_logging
 from aaclip.contract.errors import UserError
-from aaclip.contract.manifest import check_artifact, load_manifest
+from aaclip.contract.manifest import open_artifact
 
-from .backends import BACKENDS, make_runner
+from .backends import AUTO, backend_names, open_runner
 from .capture import Backoff
-from .loop import CameraLoop, LoopConfig, Outputs, Summary, resolve_classes
-from .sinks import EVIDENCE_FORMATS, DisplaySink, EventLog, EvidenceWriter, VideoSink, video_paths
+from .loop import CameraLoop, LoopConfig, Summary, source_classes
+from .sinks import EVIDENCE_FORMATS, AnnotatedVideo, DisplaySink, EventLog, EvidenceWriter, Sink
 from .sources import open_source
 
 log = logging.getLogger(__name__)
@@ -37,43 +38,82 @@ def _install_signal_handlers(loop: CameraLoop) -> dict:
     return previous
 
 
-def run(artifact: Path, cameras: tuple[str, ...], backend: str, batch: int, classes: tuple[str, ...],
-        threshold: Optional[float], debounce: int, events: Optional[Path], evidence: Optional[Path],
-        evidence_format: str, video: Optional[Path], video_fps: Optional[float], show: bool, no_drop: bool,
-        loop_files: bool, max_frames: Optional[int], stats_every: float, reconnect_delay: float,
-        reconnect_max: float) -> Summary:
-    manifest = load_manifest(artifact)
-    check_artifact(manifest)
-    if not cameras:
-        raise UserError("no camera given; pass --camera (device index, path, URL, csi://0 or a pipeline)")
-    if debounce < 1:
-        raise UserError(f"--debounce must be >= 1, got {debounce}")
-    class_ids = resolve_classes(manifest, classes, len(cameras))
-    sources = [open_source(c, loop=loop_files) for c in cameras]
-    config = LoopConfig(batch=batch, drop=not no_drop, threshold=threshold, debounce=debounce,
-                        max_frames=max_frames, stats_every=stats_every,
-                        backoff=Backoff(initial=reconnect_delay, maximum=max(reconnect_max, reconnect_delay)))
-    outputs = Outputs()
+@dataclass
+class RunConfig:
+    """Everything ``aaclip-runtime`` is asked to do (one field per command-line option)."""
+
+    artifact: Path
+    cameras: tuple[str, ...]
+    backend: str = AUTO
+    batch: int = 1
+    classes: tuple[str, ...] = ()
+    threshold: Optional[float] = None
+    debounce: int = 1
+    events: Optional[Path] = None
+    evidence: Optional[Path] = None
+    evidence_format: str = "jpg"
+    video: Optional[Path] = None
+    video_fps: Optional[float] = None
+    show: bool = False
+    drop: bool = True
+    loop_files: bool = False
+    max_frames: Optional[int] = None
+    stats_every: float = 10.0
+    reconnect_delay: float = 0.5
+    reconnect_max: float = 10.0
+
+    def loop_config(self) -> LoopConfig:
+        return LoopConfig(batch=self.batch, drop=self.drop, threshold=self.threshold, debounce=self.debounce,
+                          max_frames=self.max_frames, stats_every=self.stats_every,
+                          backoff=Backoff(initial=self.reconnect_delay,
+                                          maximum=max(self.reconnect_max, self.reconnect_delay)))
+
+
+def open_sinks(config: RunConfig, sources: list) -> list[Sink]:
+    """The sinks the options ask for (opened now, so a bad path fails before the first frame)."""
+    sinks: list[Sink] = []
     try:
-        outputs.display = DisplaySink() if show else None
-        outputs.events = EventLog(events) if events else None
-        outputs.evidence = EvidenceWriter(evidence, evidence_format) if evidence else None
-        if video:
-            outputs.videos = [VideoSink(p, video_fps or s.fps) for p, s in zip(video_paths(video, len(sources)), sources)]
-        runner = make_runner(manifest, backend)
-        with runner:
-            loop = CameraLoop(runner, manifest, sources, class_ids, config, outputs)
+        if config.show:
+            sinks.append(DisplaySink())
+        if config.events:
+            sinks.append(EventLog(config.events))
+        if config.evidence:
+            sinks.append(EvidenceWriter(config.evidence, config.evidence_format))
+        if config.video:
+            sinks.append(AnnotatedVideo(config.video, [config.video_fps or s.fps for s in sources]))
+    except BaseException:
+        for sink in sinks:
+            sink.close()
+        raise
+    return sinks
+
+
+def run(config: RunConfig) -> Summary:
+    """Run the camera loop as configured; returns its summary (also on SIGINT/SIGTERM)."""
+    manifest = open_artifact(config.artifact)
+    if not config.cameras:
+        raise UserError("no camera given; pass --camera (device index, path, URL, csi://0 or a pipeline)")
+    if config.debounce < 1:
+        raise UserError(f"--debounce must be >= 1, got {config.debounce}")
+    class_ids = source_classes(manifest, config.classes, len(config.cameras))
+    sources = [open_source(c, loop=config.loop_files) for c in config.cameras]
+    sinks: list[Sink] = []
+    try:
+        sinks = open_sinks(config, sources)
+        with open_runner(manifest, config.backend) as runner:
+            loop = CameraLoop(runner, manifest, sources, class_ids, config.loop_config(), sinks)
             previous = _install_signal_handlers(loop)
-            log.info("running %s (%s) on %s; threshold %.4g, debounce %d, %s mode", artifact.name, runner.name,
-                     ", ".join(s.name for s in sources), loop.params.threshold, debounce,
-                     "offline (no drop)" if no_drop else "live (newest frame)")
+            log.info("running %s (%s) on %s; threshold %.4g, debounce %d, %s mode", config.artifact.name,
+                     runner.name, ", ".join(s.name for s in sources), loop.params.threshold, config.debounce,
+                     "live (newest frame)" if config.drop else "offline (no drop)")
             try:
                 return loop.run()
             finally:
                 for sig, h in previous.items():
                     signal.signal(sig, h)
     finally:
-        outputs.close()
+        for sink in sinks:  # the loop closed them already; this covers a failure before it ran
+            sink.close()
         for s in sources:
             s.release()
 
@@ -84,7 +124,7 @@ def run(artifact: Path, cameras: tuple[str, ...], backend: str, batch: int, clas
               help="Source, repeatable: device index (0), /dev/video0, v4l2:///dev/video0, csi://0, rtsp://..., "
                    "http(s)://..., video file (file://x.mp4 or x.mp4), image folder, or a GStreamer pipeline "
                    "(a string with '!').")
-@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
+@click.option("--backend", type=click.Choice(backend_names()), default=AUTO, show_default=True,
               help="auto: TensorRT for .engine, ONNX Runtime (CUDA, else CPU) for .onnx.")
 @click.option("--batch", type=int, default=1, show_default=True,
               help="Frames per inference call (groups frames of several cameras).")
@@ -123,9 +163,11 @@ def main(artifact: Path, cameras: tuple[str, ...], backend: str, batch: int, cla
     and exits 0.
     """
     setup_logging(verbose, quiet)
-    summary = run(artifact, cameras, backend, batch, classes, threshold, debounce, events, evidence,
-                  evidence_format, video, video_fps, show, no_drop, loop_files, max_frames, stats_every,
-                  reconnect_delay, reconnect_max)
+    summary = run(RunConfig(
+        artifact=artifact, cameras=cameras, backend=backend, batch=batch, classes=classes, threshold=threshold,
+        debounce=debounce, events=events, evidence=evidence, evidence_format=evidence_format, video=video,
+        video_fps=video_fps, show=show, drop=not no_drop, loop_files=loop_files, max_frames=max_frames,
+        stats_every=stats_every, reconnect_delay=reconnect_delay, reconnect_max=reconnect_max))
     click.echo(summary.text())
 
 

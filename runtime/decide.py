@@ -1,10 +1,19 @@
-"""Per-frame decisions: a frame's image score against the threshold, debounced into alarms."""
+"""Per-frame decisions: each frame's image score (``aaclip.contract.score``) against the threshold,
+debounced per source into alarms, as one ``Decision`` record that every sink consumes."""
 from __future__ import annotations
 
-# Decision names written to the event log.
+import math
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Optional, Sequence
+
+import numpy as np
+from aaclip.contract.score import ScoreParams, image_score
+
+# Decision states written to the event log.
 NORMAL = "normal"
-ANOMALOUS = "anomalous"  # above threshold, debounce not yet satisfied
-ALARM = "alarm"          # above threshold for at least N consecutive frames
+ANOMALOUS = "anomalous"  # at or above the threshold, debounce not yet satisfied
+ALARM = "alarm"          # at or above the threshold for at least N consecutive frames
 
 
 class Debouncer:
@@ -33,3 +42,75 @@ class Debouncer:
     def onset(self) -> bool:
         """True on the frame where the current alarm started."""
         return self.streak == self.n
+
+
+@dataclass
+class Decision:
+    """What the loop decided about one frame. ``evidence`` is filled by the evidence sink when it saved one."""
+
+    source: str
+    source_index: int
+    frame: int            # index of the frame in its source (dropped frames counted)
+    class_name: str
+    score: float
+    state: str            # NORMAL, ANOMALOUS or ALARM
+    onset: bool           # first frame of an alarm
+    map_max: float
+    cls_score: float
+    threshold: float
+    wall_time: float      # time.time() at capture
+    latency_s: float      # capture -> decision
+    evidence: Optional[str] = None
+
+    @property
+    def anomalous(self) -> bool:
+        return self.state != NORMAL
+
+    @property
+    def alarm(self) -> bool:
+        return self.state == ALARM
+
+    def event(self) -> dict[str, Any]:
+        """The event-log line (strict JSON: a non-finite model output is written as null)."""
+        return {
+            "timestamp": datetime.fromtimestamp(self.wall_time, timezone.utc).isoformat(timespec="milliseconds"),
+            "source": self.source, "frame": self.frame, "class": self.class_name,
+            "score": _finite(self.score, 6), "decision": self.state, "anomalous": self.anomalous,
+            "alarm": self.alarm, "map_max": _finite(self.map_max, 6), "cls_score": _finite(self.cls_score, 6),
+            "threshold": _finite(self.threshold, 9), "latency_ms": round(self.latency_s * 1e3, 3),
+            "evidence": self.evidence,
+        }
+
+
+def _finite(value: float, digits: int) -> Optional[float]:
+    return round(float(value), digits) if math.isfinite(value) else None
+
+
+class Decider:
+    """Scores a batch and keeps one debouncer per source."""
+
+    def __init__(self, params: ScoreParams, n_sources: int, debounce: int = 1):
+        self.params = params
+        self.debouncers = [Debouncer(debounce) for _ in range(n_sources)]
+
+    @property
+    def alarms(self) -> int:
+        return sum(d.alarms for d in self.debouncers)
+
+    def decide(self, frames: Sequence, class_names: Sequence[str], scores: dict[str, np.ndarray],
+               t_done: float) -> list[Decision]:
+        """One decision per captured frame of the batch (``scores``: the runner's map_max and cls_score)."""
+        map_max, cls_score = scores["map_max"], scores["cls_score"]
+        values = image_score(map_max[: len(frames)], cls_score[: len(frames)], self.params)
+        out = []
+        for i, f in enumerate(frames):
+            score = float(values[i])
+            debouncer = self.debouncers[f.source_index]
+            # NaN never reaches the threshold: a broken output is reported as normal with a null score
+            state = debouncer.update(bool(score >= self.params.threshold))
+            out.append(Decision(
+                source=f.source_name, source_index=f.source_index, frame=f.index, class_name=class_names[i],
+                score=score, state=state, onset=state == ALARM and debouncer.onset, map_max=float(map_max[i]),
+                cls_score=float(cls_score[i]), threshold=self.params.threshold, wall_time=f.wall_time,
+                latency_s=t_done - f.t_capture))
+        return out

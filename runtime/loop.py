@@ -1,8 +1,11 @@
-"""The camera loop: frames -> one batched inference -> image scores -> debounced decisions -> outputs.
+"""The camera loop: frames -> one batched inference -> decide -> render (only when wanted) -> emit.
 
-Kept lean: the batch and class-id arrays are preallocated, frames are fitted straight into the batch,
-and the anomaly maps are fetched from the backend only when a visual output (evidence, video, window)
-needs them; decisions use ``map_max`` alone. Runs with any ``Runner`` and ``Source`` (tests inject fakes).
+A frame's way from a camera to its decision: ``sources`` reads it, ``capture`` hands it over (newest
+frame per live source, or every frame offline), the loop writes it once into the runner's lent input
+buffer (``aaclip.contract.feeds.FeedBuilder``) and runs the batch, ``decide`` turns ``map_max`` and
+``cls_score`` into one ``Decision`` per frame. Anomaly maps are fetched only when a sink shows pixels, and
+a frame is rendered only when a sink wants that decision's view. Runs with any ``Runner`` and ``Source``
+(tests inject fakes).
 """
 from __future__ import annotations
 
@@ -10,26 +13,21 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from typing import Optional, Sequence
 
-import numpy as np
 from aaclip.contract.errors import UserError
-from aaclip.contract.feeds import fit_frame
+from aaclip.contract.feeds import FeedBuilder
 from aaclip.contract.manifest import Manifest
-from aaclip.contract.score import image_score
-from aaclip.runtime.decide import ALARM, ANOMALOUS, Debouncer
+from aaclip.contract.tensors import MAP_OUTPUT, SCORE_OUTPUTS
 
 from .backends.base import Runner
-from .capture import Backoff, CaptureHub, Frame
-from .overlay import ALARM_COLOR, ANOMALOUS_COLOR, NORMAL_COLOR, draw_banner, evidence_image, heat_overlay
-from .sinks import DisplaySink, EventLog, EvidenceWriter, StatsReporter, VideoSink
+from .capture import Backoff, CapturedFrame, CaptureHub
+from .decide import ALARM, Decider, Decision
+from .overlay import render
+from .sinks import Sink, StatsReporter
 from .sources import Source
 
 log = logging.getLogger(__name__)
-
-MAP_OUTPUT, MAX_OUTPUT, CLS_OUTPUT = "anomaly_map", "map_max", "cls_score"
-DECISION_COLORS = {ALARM: ALARM_COLOR, ANOMALOUS: ANOMALOUS_COLOR}
 
 
 @dataclass
@@ -42,28 +40,6 @@ class LoopConfig:
     stats_every: float = 10.0       # seconds between stats lines; 0 = none
     backoff: Backoff = field(default_factory=Backoff)
     poll_s: float = 0.1             # how often an idle loop checks for a stop
-
-
-@dataclass
-class Outputs:
-    """Optional outputs; ``videos`` holds one VideoSink per source (or is empty)."""
-
-    events: Optional[EventLog] = None
-    evidence: Optional[EvidenceWriter] = None
-    videos: Sequence[VideoSink] = ()
-    display: Optional[DisplaySink] = None
-
-    @property
-    def need_maps(self) -> bool:
-        return self.evidence is not None or bool(self.videos) or self.display is not None
-
-    def close(self) -> None:
-        for sink in (self.events, self.evidence, *self.videos, self.display):
-            if sink is not None:
-                try:
-                    sink.close()
-                except Exception:
-                    log.exception("closing %s failed", type(sink).__name__)
 
 
 @dataclass
@@ -86,6 +62,12 @@ class Summary:
     def infer_fps(self) -> float:
         return self.frames / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
+    def count(self, decision: Decision) -> None:
+        self.frames += 1
+        self.anomalous += decision.anomalous
+        self.alarm_frames += decision.state == ALARM
+        self.evidence += decision.evidence is not None
+
     def text(self) -> str:
         return (f"summary: {self.frames} frames in {self.elapsed_s:.1f} s ({self.infer_fps:.1f} fps), "
                 f"{self.anomalous} anomalous, {self.alarms} alarms ({self.alarm_frames} alarm frames), "
@@ -94,12 +76,12 @@ class Summary:
                 f"p95 {self.p95_ms:.1f} ms, stopped by {self.stopped_by}")
 
 
-def resolve_classes(manifest: Manifest, names: Sequence[str], n_sources: int) -> list[int]:
+def source_classes(manifest: Manifest, names: Sequence[str], n_sources: int) -> list[int]:
     """Class index per source from ``--class`` (none, one for all, or one per camera)."""
     if len(names) not in (0, 1, n_sources):
         raise UserError(f"give --class once, or once per camera ({n_sources} cameras, {len(names)} --class)")
     if not names:
-        if len(manifest.classes) > 1 and manifest.class_input is not None:
+        if len(manifest.classes) > 1:
             raise UserError(f"{manifest.artifact_path.name} holds several classes; choose with --class NAME "
                             f"(once, or once per camera); available: {', '.join(manifest.classes)}")
         return [0] * n_sources
@@ -107,51 +89,31 @@ def resolve_classes(manifest: Manifest, names: Sequence[str], n_sources: int) ->
     return ids * n_sources if len(ids) == 1 else ids
 
 
-def _iso(t: float) -> str:
-    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds")
-
-
 class CameraLoop:
     """Runs ``runner`` (activated by the caller) on frames from ``sources`` until they end, ``max_frames``
-    or ``stop()``."""
+    or ``stop()``; every decision goes to every sink."""
 
     def __init__(self, runner: Runner, manifest: Manifest, sources: Sequence[Source], class_ids: Sequence[int],
-                 config: Optional[LoopConfig] = None, outputs: Optional[Outputs] = None):
+                 config: Optional[LoopConfig] = None, sinks: Sequence[Sink] = ()):
         config = config or LoopConfig()
         if not sources:
             raise UserError("no camera given; pass --camera at least once")
         if len(class_ids) != len(sources):
             raise ValueError("one class id per source")
-        if config.batch < 1:
-            raise UserError(f"--batch must be >= 1, got {config.batch}")
-        if manifest.batch_max is not None and config.batch > manifest.batch_max:
-            raise UserError(f"--batch {config.batch} exceeds the artifact's max batch {manifest.batch_max}; lower "
-                            "--batch or rebuild the engine with a larger batch profile")
-        if outputs is not None and outputs.videos and len(outputs.videos) != len(sources):
-            raise ValueError("one VideoSink per source")
         self.runner = runner
         self.manifest = manifest
         self.sources = list(sources)
         self.class_ids = list(class_ids)
         self.config = config
-        self.outputs = outputs or Outputs()
+        self.sinks = sorted(sinks, key=lambda s: s.order)
         self.params = manifest.score.with_threshold(config.threshold)
-        self.debouncers = [Debouncer(config.debounce) for _ in sources]
+        self.decider = Decider(self.params, len(self.sources), config.debounce)
+        self.feeds = FeedBuilder(manifest, config.batch, allocate=runner.lend_input)
         self.stop_event = threading.Event()
         self.stop_reason = "end"
         self.summary = Summary()
-
-        # Preallocated inputs; feeds[n] holds views for a batch of n (n >= the profile's min batch).
-        b = max(config.batch, manifest.batch_min)
-        self._batch = np.zeros((b, manifest.height, manifest.width, 3), dtype=np.uint8)
-        self._class = np.zeros((b,), dtype=np.int64)
-        self._feeds = {}
-        for n in range(1, b + 1):
-            feed = {manifest.input_name: self._batch[:n]}
-            if manifest.class_input is not None:
-                feed[manifest.class_input] = self._class[:n]
-            self._feeds[n] = feed
-        self._wanted = (MAX_OUTPUT, CLS_OUTPUT) + ((MAP_OUTPUT,) if self.outputs.need_maps else ())
+        self.stats = StatsReporter(config.stats_every)
+        self._wanted = SCORE_OUTPUTS + ((MAP_OUTPUT,) if any(s.needs_maps for s in self.sinks) else ())
 
     def stop(self, reason: str = "signal") -> None:
         """Ask the loop to stop after the batch in progress (safe from a signal handler)."""
@@ -162,8 +124,8 @@ class CameraLoop:
     def run(self) -> Summary:
         cfg, s = self.config, self.summary
         hub = CaptureHub(self.sources, drop=cfg.drop, backoff=cfg.backoff, stop=self.stop_event)
-        stats = StatsReporter(cfg.stats_every, start=time.perf_counter())
         t0 = time.perf_counter()
+        self.stats.restart(t0)
         hub.start()
         try:
             while not self.stop_event.is_set():
@@ -178,67 +140,49 @@ class CameraLoop:
                     if hub.all_ended:
                         break
                     continue
-                self._process(frames, stats)
-                stats.maybe_report(time.perf_counter(), hub.captured, hub.dropped, hub.unreadable, hub.reconnects)
+                self._process(frames)
+                self.stats.maybe_report(time.perf_counter(), hub.captured, hub.dropped, hub.unreadable,
+                                        hub.reconnects)
         finally:
             hub.close()
-            self.outputs.close()
+            self._close_sinks()
             s.elapsed_s = time.perf_counter() - t0
             s.captured, s.dropped = hub.captured, hub.dropped
             s.unreadable, s.reconnects = hub.unreadable, hub.reconnects
-            s.alarms = sum(d.alarms for d in self.debouncers)
-            s.evidence = self.outputs.evidence.count if self.outputs.evidence else 0
-            s.p50_ms, s.p95_ms = stats.percentiles_ms()
+            s.alarms = self.decider.alarms
+            s.p50_ms, s.p95_ms = self.stats.percentiles_ms()
             s.stopped_by = self.stop_reason
         return s
 
-    def _process(self, frames: list[Frame], stats: StatsReporter) -> None:
-        m, n = self.manifest, len(frames)
+    def _process(self, frames: list[CapturedFrame]) -> list[Decision]:
+        """One batch: write, infer, decide, then render and emit each decision."""
         for i, f in enumerate(frames):
-            fit_frame(f.image, m.height, m.width, out=self._batch[i])
-            self._class[i] = self.class_ids[f.source_index]
-        n_feed = max(n, m.batch_min)
-        if n_feed > n:  # engine profile needs more images: repeat the last one, ignore its results
-            self._batch[n:n_feed] = self._batch[n - 1]
-            self._class[n:n_feed] = self._class[n - 1]
-        out = self.runner.infer(self._feeds[n_feed], self._wanted)
-        map_max, cls_score = out[MAX_OUTPUT][:n], out[CLS_OUTPUT][:n]
-        scores = image_score(map_max, cls_score, self.params)
-        t_done = time.perf_counter()
-        for i, f in enumerate(frames):
-            self._handle(f, float(scores[i]), float(map_max[i]), float(cls_score[i]),
-                         out[MAP_OUTPUT][i] if MAP_OUTPUT in out else None, t_done)
-            stats.record(t_done - f.t_capture)
+            self.feeds.put(i, f.image, self.class_ids[f.source_index])
+        out = self.runner.infer(self.feeds.feeds(len(frames)), self._wanted)
+        names = [self.manifest.classes[self.class_ids[f.source_index]] for f in frames]
+        decisions = self.decider.decide(frames, names, out, time.perf_counter())
+        maps = out.get(MAP_OUTPUT)
+        for i, (frame, decision) in enumerate(zip(frames, decisions)):
+            self._emit(decision, frame, None if maps is None else maps[i])
+        return decisions
 
-    def _handle(self, f: Frame, score: float, map_max: float, cls_score: float,
-                amap: Optional[np.ndarray], t_done: float) -> None:
-        s, o = self.summary, self.outputs
-        anomalous = score >= self.params.threshold
-        decision = self.debouncers[f.source_index].update(anomalous)
-        s.frames += 1
-        s.anomalous += anomalous
-        s.alarm_frames += decision == ALARM
-        source = self.sources[f.source_index]
-        class_name = self.manifest.classes[self.class_ids[f.source_index]]
-        latency_ms = (t_done - f.t_capture) * 1e3
+    def _emit(self, decision: Decision, frame: CapturedFrame, amap) -> None:
+        view = None
+        if amap is not None and any(s.wants_view(decision) for s in self.sinks):
+            view = render(frame.image, amap, decision, self.params)
+        for sink in self.sinks:
+            sink.emit(decision, view)
+            if sink.stop_reason:
+                self.stop(sink.stop_reason)
+        if decision.onset:
+            log.warning("ALARM %s frame %d: %s score %.3f", decision.source, decision.frame, decision.class_name,
+                        decision.score)
+        self.summary.count(decision)
+        self.stats.record(decision.latency_s)
 
-        evidence_path = None
-        if amap is not None and (o.videos or o.display or (o.evidence and decision == ALARM)):
-            overlay = heat_overlay(f.image, amap, self.params)
-            draw_banner(overlay, f"{class_name} {score:.3f} {decision}", DECISION_COLORS.get(decision, NORMAL_COLOR))
-            if o.evidence and decision == ALARM:
-                evidence_path = o.evidence.save(evidence_image(f.image, overlay), source.name, f.index, score)
-            if o.videos:
-                o.videos[f.source_index].write(overlay)
-            if o.display is not None and o.display.show(source.name, overlay):
-                self.stop("quit key")
-        if decision == ALARM and self.debouncers[f.source_index].streak == self.config.debounce:
-            log.warning("ALARM %s frame %d: %s score %.3f", source.name, f.index, class_name, score)
-        if o.events is not None:
-            o.events.write({
-                "timestamp": _iso(f.wall_time), "source": source.name, "frame": f.index, "class": class_name,
-                "score": round(score, 6), "decision": decision, "anomalous": bool(anomalous),
-                "alarm": decision == ALARM, "map_max": round(map_max, 6), "cls_score": round(cls_score, 6),
-                "threshold": self.params.threshold, "latency_ms": round(latency_ms, 3),
-                "evidence": str(evidence_path) if evidence_path else None,
-            })
+    def _close_sinks(self) -> None:
+        for sink in self.sinks:
+            try:
+                sink.close()
+            except Exception:  # noqa: BLE001 - one sink failing to close must not hide the others
+                log.exception("closing %s failed", type(sink).__name__)

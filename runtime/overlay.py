@@ -1,5 +1,10 @@
-"""Drawing: heat-map overlay of the anomaly map on a frame, a status banner, the evidence layout."""
+"""Drawing: heat-map overlay of the anomaly map on a frame, a status banner, the evidence layout.
+
+``render`` is the loop's one rendering step: it runs only for a decision some sink wants to see.
+"""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -42,3 +47,22 @@ def draw_banner(image: np.ndarray, text: str, color: tuple[int, int, int]) -> np
 def evidence_image(frame: np.ndarray, overlay: np.ndarray) -> np.ndarray:
     """The raw frame and its overlay side by side (what the camera saw, and where the model looked)."""
     return np.hstack([frame, overlay])
+
+
+DECISION_COLORS = {"alarm": ALARM_COLOR, "anomalous": ANOMALOUS_COLOR}
+
+
+@dataclass(frozen=True)
+class View:
+    """What a sink that shows pixels receives: the frame as captured and its annotated overlay."""
+
+    frame: np.ndarray
+    overlay: np.ndarray
+
+
+def render(frame: np.ndarray, anomaly_map: np.ndarray, decision, p: ScoreParams) -> View:
+    """The overlay of one decision: heat map, hot-pixel outline and a banner with class, score and state."""
+    overlay = heat_overlay(frame, anomaly_map, p)
+    draw_banner(overlay, f"{decision.class_name} {decision.score:.3f} {decision.state}",
+                DECISION_COLORS.get(decision.state, NORMAL_COLOR))
+    return View(frame, overlay)

@@ -1,4 +1,9 @@
-"""Outputs of the loop, one small class each: EventLog, EvidenceWriter, VideoSink, DisplaySink, StatsReporter."""
+"""Sinks: where decisions go. One small class each: EventLog, EvidenceWriter, AnnotatedVideo, DisplaySink.
+
+A sink consumes ``Decision`` records (``emit``). Sinks that show pixels say so: ``needs_maps`` makes the
+loop fetch anomaly maps at all, ``wants_view(decision)`` asks for the rendered overlay of one decision;
+the loop renders a frame only when some sink wants it. ``StatsReporter`` is the periodic stats line.
+"""
 from __future__ import annotations
 
 import json
@@ -7,12 +12,15 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import cv2
 import numpy as np
 from aaclip.contract.errors import UserError
 from aaclip.contract.files import PathLike, atomic_path
+
+from .decide import ALARM, Decision
+from .overlay import View, evidence_image
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +34,27 @@ def slug(name: str, limit: int = 60) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")[:limit] or "source"
 
 
-class EventLog:
+class Sink:
+    """Consumes decisions. ``order``: sinks with pixels run first (evidence paths reach the event log)."""
+
+    needs_maps = False
+    order = 0
+    stop_reason: Optional[str] = None  # set when the sink asks the loop to stop (the window's q key)
+
+    def wants_view(self, decision: Decision) -> bool:
+        return False
+
+    def emit(self, decision: Decision, view: Optional[View]) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class EventLog(Sink):
     """Events as JSON lines, appended and flushed one whole line at a time."""
+
+    order = 10
 
     def __init__(self, path: PathLike):
         self.path = Path(path)
@@ -36,9 +63,12 @@ class EventLog:
         self.count = 0
 
     def write(self, event: dict[str, Any]) -> None:
-        self._f.write(json.dumps(event, separators=(",", ":")) + "\n")
+        self._f.write(json.dumps(event, separators=(",", ":"), allow_nan=False) + "\n")
         self._f.flush()
         self.count += 1
+
+    def emit(self, decision: Decision, view: Optional[View]) -> None:
+        self.write(decision.event())
 
     def close(self) -> None:
         if not self._f.closed:
@@ -47,8 +77,11 @@ class EventLog:
             self._f.close()
 
 
-class EvidenceWriter:
-    """Saves evidence images atomically (temp file + rename: never a half file) as PNG or JPG."""
+class EvidenceWriter(Sink):
+    """Saves the frame and its overlay of every alarm frame atomically (temp file + rename: never a half
+    file) as PNG or JPG; the path goes into the decision (and so into its event)."""
+
+    needs_maps = True
 
     def __init__(self, directory: PathLike, fmt: str = "jpg", jpeg_quality: int = 92):
         if fmt not in EVIDENCE_FORMATS:
@@ -74,12 +107,18 @@ class EvidenceWriter:
         self.count += 1
         return path
 
-    def close(self) -> None:
-        pass
+    def wants_view(self, decision: Decision) -> bool:
+        return decision.state == ALARM
+
+    def emit(self, decision: Decision, view: Optional[View]) -> None:
+        if view is not None and decision.state == ALARM:
+            path = self.save(evidence_image(view.frame, view.overlay), decision.source, decision.frame,
+                             decision.score)
+            decision.evidence = str(path) if path else None
 
 
 class VideoSink:
-    """An annotated video file, opened on the first frame; written under a temporary name and renamed
+    """A video file, opened on the first frame; written under a temporary name and renamed
     into place on ``close`` (an interrupted run leaves no half file at ``path``)."""
 
     def __init__(self, path: PathLike, fps: Optional[float] = None):
@@ -125,6 +164,26 @@ class VideoSink:
             self._atomic = None
 
 
+class AnnotatedVideo(Sink):
+    """Every decision's overlay written to a video, one file per source (``video_paths``)."""
+
+    needs_maps = True
+
+    def __init__(self, path: PathLike, fps_per_source: Sequence[Optional[float]]):
+        self.videos = [VideoSink(p, fps) for p, fps in zip(video_paths(path, len(fps_per_source)), fps_per_source)]
+
+    def wants_view(self, decision: Decision) -> bool:
+        return True
+
+    def emit(self, decision: Decision, view: Optional[View]) -> None:
+        if view is not None:
+            self.videos[decision.source_index].write(view.overlay)
+
+    def close(self) -> None:
+        for video in self.videos:
+            video.close()
+
+
 def video_paths(path: PathLike, n_sources: int) -> list[Path]:
     """One video per source: ``out.avi`` for one camera, ``out_0.avi``, ``out_1.avi``... for several."""
     p = Path(path)
@@ -139,8 +198,10 @@ def display_available() -> bool:
     return True
 
 
-class DisplaySink:
-    """On-screen windows, one per source; ``show`` returns True when the user pressed q or Esc."""
+class DisplaySink(Sink):
+    """On-screen windows, one per source; q or Esc asks the loop to stop."""
+
+    needs_maps = True
 
     def __init__(self) -> None:
         if not display_available():
@@ -157,6 +218,13 @@ class DisplaySink:
             raise UserError(f"this OpenCV cannot open windows ({str(e).strip().splitlines()[-1]}); it is a "
                             "headless build: drop --show or install an OpenCV with GUI support") from None
         return key in (ord("q"), 27)
+
+    def wants_view(self, decision: Decision) -> bool:
+        return True
+
+    def emit(self, decision: Decision, view: Optional[View]) -> None:
+        if view is not None and self.show(decision.source, view.overlay):
+            self.stop_reason = "quit key"
 
     def close(self) -> None:
         if self._windows:
@@ -180,6 +248,10 @@ class StatsReporter:
         self._last_frames = 0
         self._last_captured = 0
         self.start = start
+
+    def restart(self, start: float) -> None:
+        """Count rates from ``start`` (the loop's start)."""
+        self.start = self._last_t = start
 
     def record(self, latency_s: float) -> None:
         self._lat[self.frames % self._lat.size] = latency_s

@@ -9,7 +9,7 @@ from aaclip.calibration.gate import GateLimits, evaluate_gate, frame_correlation
 from aaclip.calibration.int8 import build_int8_engine, plan_quantization
 from aaclip.contract.files import sha256_file
 from aaclip.contract.manifest import check_artifact, load_manifest
-from aaclip.runtime.backends import make_runner
+from aaclip.runtime.backends import RunnerOptions, open_runner
 from aaclip.train.synth import draw_product
 from click.testing import CliRunner
 from model_fixtures import make_tiny_checkpoint
@@ -69,7 +69,7 @@ def test_int8_passes_gate_and_runs_in_the_runtime(fp32, int8_run):
     frames = np.stack([draw_product("disk", np.random.default_rng(i), 64) for i in range(3)])
     outs = []
     for manifest in (fp, m):
-        runner = make_runner(manifest, "onnxruntime", providers=["CPUExecutionProvider"])
+        runner = open_runner(manifest, "onnxruntime", RunnerOptions(device="cpu"))
         with runner:
             outs.append(runner.infer({"image": frames}))
     assert outs[1]["anomaly_map"].shape == (3, 64, 64)

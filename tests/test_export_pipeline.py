@@ -26,7 +26,7 @@ from aaclip.export import cli as export_cli  # noqa: E402
 from aaclip.export.graph import reference_preprocess  # noqa: E402
 from aaclip.export.manifest_builder import default_score  # noqa: E402
 from aaclip.export.onnx_export import compute_anchors, export_onnx, graph_problems  # noqa: E402
-from aaclip.export.verify import TOLERANCES, ParityReport, compare_outputs, make_feeds, top_iou, verify_artifact  # noqa: E402
+from aaclip.export.verify import TOLERANCES, ParityReport, compare_outputs, top_iou, verify_artifact  # noqa: E402
 from aaclip.runtime.backends.onnxruntime import OnnxRuntimeRunner  # noqa: E402
 from aaclip.train.checkpoint import checkpoint_sha256, load_checkpoint  # noqa: E402
 from model_fixtures import TINY_CLASSES, TINY_SIZE, make_tiny_checkpoint  # noqa: E402
@@ -325,19 +325,6 @@ def test_verify_reads_an_image_folder(fp32_multi, model, frames, tmp_path):
         cv2.imwrite(str(tmp_path / c / f"{i}.png"), cv2.resize(frames[i], (90, 70)))  # fitted to 64x64
     report = verify_artifact(fp32_multi.path, model=model, images=tmp_path)
     assert report.passed and report.frames == 3
-
-
-def test_wrong_input_shape_is_a_clear_error(fp32_multi, fp32_single):
-    manifest = load_manifest(fp32_single.path)
-    with pytest.raises(UserError, match=r"shape \(2, 32, 32, 3\) uint8, wood32.onnx takes \(B, 64, 64, 3\) uint8"):
-        make_feeds(np.zeros((2, 32, 32, 3), np.uint8), None, manifest)
-    with pytest.raises(UserError, match="float32"):
-        make_feeds(np.zeros((2, 64, 64, 3), np.float32), None, manifest)
-    multi = load_manifest(fp32_multi.path)
-    with pytest.raises(UserError, match="class ids must be in 0..1"):
-        make_feeds(np.zeros((1, 64, 64, 3), np.uint8), np.array([2]), multi)
-    feeds = make_feeds(np.zeros((2, 64, 64, 3), np.uint8), np.array([0, 1]), multi)
-    assert set(feeds) == {"image", "class_id"} and feeds["class_id"].dtype == np.int64
 
 
 # ---- CLI errors -----------------------------------------------------------------------------------

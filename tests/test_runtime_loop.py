@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from aaclip.contract.errors import UserError
 from aaclip.contract.manifest import load_manifest
-from aaclip.runtime.backends import make_runner
+from aaclip.runtime.backends import open_runner
 from aaclip.runtime.backends.base import Runner
 from aaclip.runtime.capture import Backoff
-from aaclip.runtime.loop import CameraLoop, LoopConfig, Outputs, resolve_classes
-from aaclip.runtime.sinks import EventLog, EvidenceWriter, VideoSink
+from aaclip.runtime.loop import CameraLoop, LoopConfig, source_classes
+from aaclip.runtime.sinks import AnnotatedVideo, EventLog, EvidenceWriter
 from aaclip.runtime.sources import Source, open_source
 from runtime_fixtures import make_onnx_artifact, read_events, write_video
 
@@ -23,10 +23,10 @@ def offline(**kw):
     return LoopConfig(drop=False, stats_every=0, backoff=FAST, **kw)
 
 
-def run_loop(manifest, sources, class_ids=None, config=None, outputs=None, runner=None):
-    runner = runner or make_runner(manifest, "auto")
+def run_loop(manifest, sources, class_ids=None, config=None, sinks=(), runner=None):
+    runner = runner or open_runner(manifest, "auto")
     with runner:
-        loop = CameraLoop(runner, manifest, sources, class_ids or [0] * len(sources), config or offline(), outputs)
+        loop = CameraLoop(runner, manifest, sources, class_ids or [0] * len(sources), config or offline(), sinks)
         return loop.run()
 
 
@@ -34,9 +34,8 @@ def test_end_to_end_decisions_events_evidence_video(tmp_path):
     m = load_manifest(make_onnx_artifact(tmp_path))
     video = write_video(tmp_path / "line.avi", 12, defect_frames=[3, 4, 5, 9])
     events, evidence, annotated = tmp_path / "ev.jsonl", tmp_path / "evidence", tmp_path / "out.avi"
-    outputs = Outputs(events=EventLog(events), evidence=EvidenceWriter(evidence, "png"),
-                      videos=[VideoSink(annotated, fps=10)])
-    summary = run_loop(m, [open_source(str(video))], config=offline(debounce=2), outputs=outputs)
+    sinks = [EventLog(events), EvidenceWriter(evidence, "png"), AnnotatedVideo(annotated, [10])]
+    summary = run_loop(m, [open_source(str(video))], config=offline(debounce=2), sinks=sinks)
 
     ev = read_events(events)
     assert [e["frame"] for e in ev] == list(range(12))
@@ -101,10 +100,10 @@ def test_multi_class_batch_feeds_class_id_per_camera(tmp_path):
     m = load_manifest(art)
     video = write_video(tmp_path / "v.avi", 4, defect_frames=[1], size=(64, 64))
     events = tmp_path / "ev.jsonl"
-    ids = resolve_classes(m, ["bottle", "cable"], 2)
-    spy = SpyRunner(make_runner(m))
+    ids = source_classes(m, ["bottle", "cable"], 2)
+    spy = SpyRunner(open_runner(m))
     run_loop(m, [open_source(str(video)), open_source(str(video))], ids, offline(batch=2),
-             Outputs(events=EventLog(events)), runner=spy)
+             [EventLog(events)], runner=spy)
     assert len(spy.calls) == 4
     assert all(c["class_id"].tolist() == [0, 1] and c["image"].shape == (2, 64, 64, 3) for c in spy.calls)
     assert all(c["_outputs"] == ("map_max", "cls_score") for c in spy.calls)  # no visual sink: no maps
@@ -114,24 +113,24 @@ def test_multi_class_batch_feeds_class_id_per_camera(tmp_path):
     assert bottle == [False, True, False, False] and cable == [True] * 4  # offset 1.0 makes all anomalous
 
 
-def test_resolve_classes_errors(tmp_path):
+def test_source_classes_errors(tmp_path):
     m = load_manifest(make_onnx_artifact(tmp_path, classes=("bottle", "cable"), class_offsets=(0.0, 1.0)))
-    assert resolve_classes(m, ["cable"], 3) == [1, 1, 1]
+    assert source_classes(m, ["cable"], 3) == [1, 1, 1]
     with pytest.raises(UserError, match="holds several classes; choose with --class NAME.*available: bottle, cable"):
-        resolve_classes(m, [], 1)
+        source_classes(m, [], 1)
     with pytest.raises(UserError, match="unknown class 'screw'.*available: bottle, cable"):
-        resolve_classes(m, ["bottle", "screw"], 2)
+        source_classes(m, ["bottle", "screw"], 2)
     with pytest.raises(UserError, match=r"once per camera \(3 cameras, 2 --class\)"):
-        resolve_classes(m, ["bottle", "cable"], 3)
+        source_classes(m, ["bottle", "cable"], 3)
     (tmp_path / "single").mkdir()
     single = load_manifest(make_onnx_artifact(tmp_path / "single"))
-    assert resolve_classes(single, [], 2) == [0, 0]
+    assert source_classes(single, [], 2) == [0, 0]
 
 
 def test_batch_above_engine_profile_refused(tmp_path):
     m = load_manifest(make_onnx_artifact(tmp_path, batch={"min": 1, "opt": 1, "max": 2}))
     with pytest.raises(UserError, match="--batch 3 exceeds the artifact's max batch 2"):
-        CameraLoop(make_runner(m), m, [open_source(str(write_video(tmp_path / "v.avi", 1)))], [0], offline(batch=3))
+        CameraLoop(open_runner(m), m, [open_source(str(write_video(tmp_path / "v.avi", 1)))], [0], offline(batch=3))
 
 
 class ZeroRunner(Runner):
@@ -198,7 +197,7 @@ def test_live_mode_keeps_newest_frame_and_counts_drops(tmp_path):
     runner = ZeroRunner(on_infer=lambda: source.deliver(3))  # 3 frames arrive during every inference
     with runner:
         loop = CameraLoop(runner, m, [source], [0], LoopConfig(drop=True, max_frames=5, stats_every=0, backoff=FAST),
-                          Outputs(events=EventLog(events)))
+                          [EventLog(events)])
         source.stop = loop.stop_event
         s = loop.run()
     # Each inference lets frames k+1..k+3 in: k+1 and k+2 are replaced by k+3 before the loop takes it.
@@ -236,7 +235,7 @@ def test_reconnect_after_failure_mid_stream(tmp_path, caplog):
     source = FlakyLiveSource()
     events = tmp_path / "ev.jsonl"
     with caplog.at_level(logging.WARNING, logger="aaclip.runtime.capture"):
-        s = run_loop(m, [source], config=offline(max_frames=7), outputs=Outputs(events=EventLog(events)))
+        s = run_loop(m, [source], config=offline(max_frames=7), sinks=[EventLog(events)])
     assert (s.frames, s.reconnects, s.unreadable) == (7, 1, 1)
     assert source.opens == 2
     assert [e["frame"] for e in read_events(events)] == list(range(7))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from aaclip.contract.errors import ArtifactError, UserError
 from aaclip.contract.manifest import load_manifest, write_manifest
-from aaclip.runtime.backends import choose_backend, make_runner
+from aaclip.runtime.backends import RunnerOptions, choose_backend, open_runner
 from aaclip.runtime.backends.cuda_memory import CudaMemory
 from aaclip.runtime.backends.tensorrt import TensorRTRunner
 from aaclip.runtime.capture import Backoff
@@ -242,18 +242,19 @@ def test_buffers_preallocated_for_profile_max_and_bound_once(tmp_path):
     assert sorted(cuda.freed) == sorted(device.values()) and not runner.is_active
 
 
-def test_make_runner_checks_version_and_gpu(tmp_path):
+def test_open_runner_checks_version_and_gpu(tmp_path):
     cuda = FakeCuda(cc="8.7")
     m = load_manifest(engine_artifact(tmp_path))
-    assert choose_backend(m) == "tensorrt"
-    with pytest.raises(UserError, match="is a TensorRT engine"):
+    assert choose_backend(m).name == "tensorrt"
+    with pytest.raises(UserError, match="is an engine artifact, which the onnxruntime backend does not run; use "
+                                        "--backend tensorrt"):
         choose_backend(m, "onnxruntime")
     with pytest.raises(ArtifactError, match=r"built with tensorrt 10.3.0, this device has 10.5.1; rebuild it with: "
                                             r"aaclip-export runs/test/ckpt --format engine"):
-        make_runner(m, "auto", trt_module=fake_tensorrt(cuda, "10.5.1"), cuda=cuda)
+        open_runner(m, "auto", RunnerOptions(extra={"trt_module": fake_tensorrt(cuda, "10.5.1"), "cuda": cuda}))
     with pytest.raises(ArtifactError, match="compute capability 8.7 .* this GPU is 8.6"):
-        make_runner(m, "auto", trt_module=fake_tensorrt(cuda), cuda=FakeCuda(cc="8.6"))
-    runner = make_runner(m, "auto", trt_module=fake_tensorrt(cuda), cuda=cuda)
+        open_runner(m, "auto", RunnerOptions(extra={"trt_module": fake_tensorrt(cuda), "cuda": FakeCuda(cc="8.6")}))
+    runner = open_runner(m, "auto", RunnerOptions(extra={"trt_module": fake_tensorrt(cuda), "cuda": cuda}))
     assert isinstance(runner, TensorRTRunner) and runner.max_batch == 4 and runner.flavour == "tensorrt"
 
 
@@ -261,7 +262,7 @@ def test_tensorrt_rtx_flavour_imports_its_module(tmp_path, monkeypatch):
     cuda = FakeCuda()
     m = load_manifest(engine_artifact(tmp_path, flavour="tensorrt-rtx", version="1.1.0", cc=None))
     monkeypatch.setitem(sys.modules, "tensorrt_rtx", fake_tensorrt(cuda, "1.1.0", name="tensorrt_rtx"))
-    runner = make_runner(m, "tensorrt", cuda=cuda)
+    runner = open_runner(m, "tensorrt", RunnerOptions(extra={"cuda": cuda}))
     assert runner.flavour == "tensorrt-rtx" and runner._trt is sys.modules["tensorrt_rtx"]
     with runner:
         out = runner.infer({"image": np.full((2, 64, 64, 3), 255, np.uint8)})
@@ -272,7 +273,7 @@ def test_missing_tensorrt_module_is_a_clear_error(tmp_path, monkeypatch):
     m = load_manifest(engine_artifact(tmp_path))
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # import fails
     with pytest.raises(UserError, match=r"needs the Python module 'tensorrt'.*--backend onnxruntime"):
-        make_runner(m, "auto", cuda=FakeCuda())
+        open_runner(m, "auto", RunnerOptions(extra={"cuda": FakeCuda()}))
 
 
 def test_camera_loop_on_fake_engine_feeds_class_ids(tmp_path):
@@ -282,7 +283,7 @@ def test_camera_loop_on_fake_engine_feeds_class_ids(tmp_path):
     m = load_manifest(engine_artifact(tmp_path, multi_class=True))
     video = write_video(tmp_path / "v.avi", 4, defect_frames=[2])
     sources = [open_source(str(video)), open_source(str(video))]
-    with make_runner(m, "tensorrt", trt_module=trt, cuda=cuda) as runner:
+    with open_runner(m, "tensorrt", RunnerOptions(extra={"trt_module": trt, "cuda": cuda})) as runner:
         loop = CameraLoop(runner, m, sources, [0, 1], LoopConfig(batch=2, drop=False, stats_every=0,
                                                                    backoff=Backoff(0.01, 0.01)))
         summary = loop.run()

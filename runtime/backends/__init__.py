@@ -1,56 +1,57 @@
-"""Backends: one small runner interface (activate / infer / deactivate) shared by TensorRT and ONNX Runtime.
+"""Backends: runners for artifacts (activate / infer / deactivate), obtained by name from one registry.
 
-``make_runner`` picks the backend for an artifact (``auto``: TensorRT for engines, ONNX Runtime for
-``.onnx``) and, for engines, refuses one built for another TensorRT version or GPU before loading it.
+Registered here: ``onnxruntime`` (ONNX graphs; CUDA execution provider when present, else CPU) and
+``tensorrt`` (engines, standard TensorRT or TensorRT-RTX; refuses one built for another TensorRT or GPU
+before loading it). See ``registry`` for ``open_runner`` and how other packages add backends.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
-
-from aaclip.contract.errors import UserError
-from aaclip.contract.manifest import ENGINE_SUFFIXES, Manifest, check_engine_compat
+from aaclip.contract.manifest import Manifest
 
 from .base import Runner
-
-BACKENDS = ("auto", "tensorrt", "onnxruntime")
-
-
-def choose_backend(manifest: Manifest, backend: str = "auto") -> str:
-    """``auto`` -> ``tensorrt`` for engines, ``onnxruntime`` for ONNX graphs; checks an explicit choice."""
-    if backend not in BACKENDS:
-        raise UserError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    is_onnx = manifest.artifact_path.suffix.lower() == ".onnx" or manifest.artifact_format == "onnx"
-    is_engine = manifest.artifact_path.suffix.lower() in ENGINE_SUFFIXES or manifest.tensorrt is not None
-    if backend == "auto":
-        if is_engine:
-            return "tensorrt"
-        if is_onnx:
-            return "onnxruntime"
-        raise UserError(f"cannot tell the backend for {manifest.artifact_path.name} (format "
-                        f"{manifest.artifact_format!r}); pass --backend tensorrt or --backend onnxruntime")
-    if backend == "onnxruntime" and is_engine:
-        raise UserError(f"{manifest.artifact_path.name} is a TensorRT engine; use --backend tensorrt (or auto), "
-                        "or run the .onnx artifact with onnxruntime")
-    if backend == "tensorrt" and not is_engine:
-        raise UserError(f"{manifest.artifact_path.name} is not a TensorRT engine; build one with aaclip-export "
-                        "--format engine, or use --backend onnxruntime")
-    return backend
+from .registry import (
+    AUTO,
+    Backend,
+    RunnerOptions,
+    backend_names,
+    choose_backend,
+    get_backend,
+    module_installed,
+    open_runner,
+    register_backend,
+)
 
 
-def make_runner(manifest: Manifest, backend: str = "auto", *, trt_module: Any = None,
-                cuda: Any = None, providers: Optional[list[str]] = None) -> Runner:
-    """The runner for ``manifest``'s artifact (not yet activated). ``trt_module``/``cuda`` are for tests."""
-    kind = choose_backend(manifest, backend)
-    if kind == "onnxruntime":
-        from .onnxruntime import OnnxRuntimeRunner
-        return OnnxRuntimeRunner(manifest.artifact_path, providers=providers)
+def _onnxruntime(manifest: Manifest, options: RunnerOptions) -> Runner:
+    from .onnxruntime import CPU_PROVIDERS, DEFAULT_PROVIDERS, OnnxRuntimeRunner
+
+    providers = options.extra.get("providers") or (CPU_PROVIDERS if options.device == "cpu" else DEFAULT_PROVIDERS)
+    if options.device == "cuda":
+        providers = ("CUDAExecutionProvider",)
+    return OnnxRuntimeRunner(manifest.artifact_path, providers=providers, intra_op_threads=options.threads)
+
+
+def _tensorrt(manifest: Manifest, options: RunnerOptions) -> Runner:
+    from aaclip.contract.manifest import check_engine_compat
+
     from .cuda_memory import default_cuda_memory
     from .tensorrt import TensorRTRunner, import_tensorrt
+
     flavour = (manifest.tensorrt or {}).get("flavour", "tensorrt")
-    trt = trt_module or import_tensorrt(flavour)
-    cuda = cuda or default_cuda_memory()
+    trt = options.extra.get("trt_module") or import_tensorrt(flavour)
+    cuda = options.extra.get("cuda") or default_cuda_memory()
     check_engine_compat(manifest, flavour, getattr(trt, "__version__", ""), cuda.compute_capability())
     return TensorRTRunner(manifest.artifact_path, flavour=flavour, max_batch=manifest.batch_max, trt=trt, cuda=cuda)
 
 
-__all__ = ["BACKENDS", "Runner", "choose_backend", "make_runner"]
+register_backend(Backend(
+    name="onnxruntime", formats=("onnx",), create=_onnxruntime, installed=module_installed("onnxruntime"),
+    install_hint="pip install onnxruntime (onnxruntime-gpu on an x86 GPU machine)", auto_rank=50,
+    description="ONNX Runtime: CUDA execution provider when present, else CPU"))
+register_backend(Backend(
+    name="tensorrt", formats=("engine",), create=_tensorrt, installed=module_installed("tensorrt", "tensorrt_rtx"),
+    install_hint="TensorRT comes with JetPack; elsewhere pip install tensorrt-cu12 or tensorrt-rtx-cu13", auto_rank=10,
+    description="TensorRT engines (standard or TensorRT-RTX) with pycuda or cuda-python"))
+
+__all__ = ["AUTO", "Backend", "Runner", "RunnerOptions", "backend_names", "choose_backend", "get_backend",
+           "module_installed", "open_runner", "register_backend"]

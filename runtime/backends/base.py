@@ -12,9 +12,12 @@ class Runner(ABC):
 
     ``infer`` takes ``{input name: array}`` with the batch as first axis and returns
     ``{output name: array}``. ``outputs`` limits which outputs are fetched (a loop that only needs
-    decisions asks for ``map_max`` and ``cls_score`` and never copies maps). Returned arrays may be
-    views of the backend's own buffers, valid only until the next ``infer``: copy what you keep.
-    Batch logic (grouping frames) belongs to the caller, not to backends.
+    decisions asks for ``map_max`` and ``cls_score`` and never copies maps). Batch logic (grouping
+    frames) belongs to the caller, not to backends.
+
+    Buffers: ``lend_input`` gives the caller the array an input should be written into (TensorRT: its
+    page-locked host buffer), so a frame is written once on its way to the device. The returned outputs
+    may likewise be views of the runner's own buffers, valid until the next ``infer``: copy what you keep.
     """
 
     name = "runner"
@@ -36,14 +39,13 @@ class Runner(ABC):
             finally:
                 self.is_active = False
 
+    def lend_input(self, name: str, shape: tuple, dtype: np.dtype) -> np.ndarray:
+        """An array of ``shape``/``dtype`` to write input ``name`` into before ``infer`` (default: a new one)."""
+        return np.zeros(shape, dtype)
+
     def infer(self, feeds: Mapping[str, np.ndarray],
               outputs: Optional[Sequence[str]] = None) -> dict[str, np.ndarray]:
-        """Run one batch; returns the requested outputs (all when ``outputs`` is None).
-
-        The arrays may be views of the runner's preallocated host buffers (TensorRT: page-locked
-        memory reused by every call, so the camera loop allocates nothing per frame): they are valid
-        until the next ``infer``. Copy what must outlive it.
-        """
+        """Run one batch; returns the requested outputs (all when ``outputs`` is None)."""
         if not self.is_active:
             raise RuntimeError(f"{self.name} runner used before activate()")
         missing = [n for n in self.input_names if n not in feeds]
@@ -70,3 +72,25 @@ class Runner(ABC):
 
     @abstractmethod
     def deactivate_impl(self) -> None: ...
+
+
+def infer_frames(runner: Runner, spec, frames: Sequence[np.ndarray], class_ids: Optional[Sequence[int]] = None,
+                 batch: int = 4, outputs: Optional[Sequence[str]] = None) -> dict[str, np.ndarray]:
+    """All ``outputs`` of ``frames`` through an active ``runner`` in batches of ``batch`` (copies, concatenated).
+
+    ``spec`` is the artifact's manifest (input size, batch profile, classes): frames are fitted into the
+    runner's lent input buffers by a ``FeedBuilder``, exactly as the camera loop feeds them.
+    """
+    from aaclip.contract.feeds import FeedBuilder
+
+    names = tuple(outputs) if outputs is not None else runner.output_names
+    if spec.batch_max is not None:
+        batch = min(batch, spec.batch_max)
+    builder = FeedBuilder(spec, batch, allocate=runner.lend_input)
+    parts: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    for part, feeds in builder.batches(frames, class_ids):
+        out = runner.infer(feeds, names)
+        n = part.stop - part.start
+        for name in names:
+            parts[name].append(np.array(out[name][:n], copy=True))
+    return {name: np.concatenate(v) for name, v in parts.items()}

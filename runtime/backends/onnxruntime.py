@@ -13,6 +13,7 @@ from .base import Runner
 log = logging.getLogger(__name__)
 
 DEFAULT_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
+CPU_PROVIDERS = ("CPUExecutionProvider",)
 
 
 def import_onnxruntime() -> Any:
@@ -42,7 +43,10 @@ class OnnxRuntimeRunner(Runner):
     def activate_impl(self) -> None:
         ort = import_onnxruntime()
         available = set(ort.get_available_providers())
-        providers = [p for p in self.providers if p in available] or ["CPUExecutionProvider"]
+        providers = [p for p in self.providers if p in available]
+        if not providers:
+            raise UserError(f"onnxruntime {ort.__version__} offers none of {', '.join(self.providers)} here "
+                            f"(available: {', '.join(sorted(available))})")
         options = ort.SessionOptions()
         if self.intra_op_threads:
             options.intra_op_num_threads = self.intra_op_threads

@@ -116,6 +116,15 @@ class TensorRTRunner(Runner):
             raise ValueError(f"{self.flavour} refused input shape {shape} for {name} (outside the engine profile)")
         self._input_shapes[name] = shape
 
+    def lend_input(self, name: str, shape: tuple, dtype: np.dtype) -> np.ndarray:
+        """The page-locked host buffer of input ``name`` (a frame written there is copied to the device
+        without another host copy); a new array when the request does not fit it."""
+        host = self.host.get(name)
+        if host is not None and host.dtype == np.dtype(dtype) and tuple(shape[1:]) == host.shape[1:] \
+                and shape[0] <= host.shape[0]:
+            return host[: shape[0]]
+        return super().lend_input(name, shape, dtype)
+
     # --- inference --------------------------------------------------------------------------------
     def infer_impl(self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:
         cuda, stream = self._cuda, self._stream

@@ -1,0 +1,95 @@
+"""Backends by name (the Polygraphy shape): the artifact says what it is, a backend says what it runs.
+
+An artifact's identity (file, format, hash, manifest) is a ``Manifest`` from ``aaclip.contract.manifest``;
+a ``Backend`` is a small registered factory that turns one into a ``Runner`` (activate / infer /
+deactivate). Everything that runs an artifact (the camera loop, calibration, the export verifier, the
+benchmarks) asks ``open_runner(manifest, name)``; nothing else picks a backend.
+
+``auto`` takes, among the installed backends that run the artifact's format, the one with the lowest
+``auto_rank`` (TensorRT for engines, ONNX Runtime for graphs). Backends outside the runtime register
+themselves on import (the PyTorch reference runner of ``aaclip.export.reference``).
+"""
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Optional
+
+from aaclip.contract.errors import UserError
+from aaclip.contract.manifest import Manifest
+
+from .base import Runner
+
+AUTO = "auto"
+
+
+@dataclass(frozen=True)
+class RunnerOptions:
+    """How to run: ``device`` ("auto", "cpu", "cuda"), intra-op ``threads`` (None: the backend's default), and
+    backend-specific ``extra`` settings (e.g. a preloaded model, or fakes in tests)."""
+
+    device: str = "auto"
+    threads: Optional[int] = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    formats: tuple[str, ...]                              # artifact formats it runs ("onnx", "engine")
+    create: Callable[[Manifest, RunnerOptions], Runner]   # imports the backend's library lazily
+    installed: Callable[[], bool]
+    install_hint: str
+    auto_rank: int = 100                                  # lower wins for --backend auto; None-like 1000: never auto
+    description: str = ""
+
+
+_BACKENDS: dict[str, Backend] = {}
+
+
+def register_backend(backend: Backend) -> Backend:
+    """Add (or replace) a backend under its name."""
+    _BACKENDS[backend.name] = backend
+    return backend
+
+
+def backend_names(include_auto: bool = True) -> tuple[str, ...]:
+    names = tuple(_BACKENDS)
+    return ((AUTO,) + names) if include_auto else names
+
+
+def get_backend(name: str) -> Backend:
+    try:
+        return _BACKENDS[name]
+    except KeyError:
+        raise UserError(f"unknown backend {name!r}; choose one of {', '.join(backend_names())}") from None
+
+
+def module_installed(*modules: str) -> Callable[[], bool]:
+    """An ``installed`` check: any of ``modules`` is importable (without importing it)."""
+    return lambda: any(importlib.util.find_spec(m) is not None for m in modules)
+
+
+def choose_backend(manifest: Manifest, name: str = AUTO) -> Backend:
+    """The backend for ``manifest``'s artifact: ``auto`` or an explicit name checked against the format."""
+    fmt = manifest.artifact_format
+    if name != AUTO:
+        backend = get_backend(name)
+        if fmt not in backend.formats:
+            runs = [b.name for b in _BACKENDS.values() if fmt in b.formats]
+            raise UserError(f"{manifest.artifact_path.name} is an {fmt} artifact, which the {name} backend does not "
+                            f"run; use --backend {' or '.join(runs) or 'auto'}")
+        return backend
+    candidates = sorted((b for b in _BACKENDS.values() if fmt in b.formats and b.auto_rank < 1000),
+                        key=lambda b: b.auto_rank)
+    for backend in candidates:
+        if backend.installed():
+            return backend
+    if candidates:
+        return candidates[0]  # not installed: its create() raises the install hint
+    raise UserError(f"no backend runs {fmt} artifacts ({manifest.artifact_path.name})")
+
+
+def open_runner(manifest: Manifest, name: str = AUTO, options: Optional[RunnerOptions] = None) -> Runner:
+    """The (not yet activated) runner of ``manifest``'s artifact on backend ``name``."""
+    return choose_backend(manifest, name).create(manifest, options or RunnerOptions())
