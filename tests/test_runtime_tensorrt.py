@@ -286,6 +286,9 @@ def test_camera_loop_on_fake_engine_feeds_class_ids(tmp_path):
     with open_runner(m, "tensorrt", RunnerOptions(extra={"trt_module": trt, "cuda": cuda})) as runner:
         loop = CameraLoop(runner, m, sources, [0, 1], LoopConfig(batch=2, drop=False, stats_every=0,
                                                                    backoff=Backoff(0.01, 0.01)))
+        # frames are fitted straight into the engine's page-locked input buffers (no host copy in infer)
+        assert np.shares_memory(loop.feeds.images, runner.host["image"])
+        assert np.shares_memory(loop.feeds.class_ids, runner.host["class_id"])
         summary = loop.run()
     # Camera 0 (bottle, offset 0): only frame 2 anomalous; camera 1 (cable, offset 0.5): every frame.
     assert summary.frames == 8 and summary.anomalous == 1 + 4
