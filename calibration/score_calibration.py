@@ -17,8 +17,7 @@ from typing import Optional
 import numpy as np
 from aaclip.contract.errors import UserError
 from aaclip.contract.manifest import Manifest, check_artifact, load_manifest, write_manifest
-from aaclip.contract.score import ScoreParams
-from aaclip.contract.score import image_score
+from aaclip.contract.score import ScoreParams, image_score
 from aaclip.runtime.backends import make_runner
 
 from . import thresholds
@@ -38,11 +37,6 @@ class ThresholdResult:
     anomaly_scores: Optional[np.ndarray]
     evaluation: Optional[dict]          # thresholds.evaluate_threshold on labelled anomalies (information)
     manifest_path: Optional[Path]       # None for a dry run
-
-
-def score_params(block: dict) -> ScoreParams:
-    return ScoreParams(*(float(block[k]) for k in (
-        "map_lo", "map_hi", "cls_lo", "cls_hi", "map_weight", "threshold", "pixel_threshold")))
 
 
 def infer_input(manifest: Manifest, frames: FrameInput, backend: str, batch: int, pixel_samples: int = 0,
@@ -83,7 +77,7 @@ def calibrate_artifact(artifact: Path, normals: FrameInput, anomalies: Optional[
         "backend": backend,
         "batch": batch,
     })
-    params = score_params(block)
+    params = ScoreParams.from_block(block)
     normal_scores = image_score(out.map_max, out.cls_score, params).astype(np.float64)
 
     anomaly_scores, evaluation = None, None
