@@ -16,6 +16,7 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 from aaclip.contract.errors import UserError
 from aaclip.contract.feeds import fit_frame
+from aaclip.contract.files import IMAGE_SUFFIXES
 from aaclip.contract.manifest import Manifest, check_artifact, load_manifest
 from aaclip.runtime.backends.base import Runner
 
@@ -23,7 +24,6 @@ from .manifest_builder import CLASS_INPUT_NAME, INPUT_NAME, OUTPUT_NAMES
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 TOP_FRACTION = 0.01  # the "top pixels" of a map: its highest 1%
 
 
