@@ -19,12 +19,13 @@ from typing import Optional
 import click
 from aaclip.contract.cli import Group, setup_logging
 from aaclip.contract.errors import UserError
+from aaclip.contract.files import image_files
 from aaclip.contract.manifest import Manifest, load_manifest
 from aaclip.runtime.backends import backend_names
 
 from . import thresholds
 from .gate import MAX_AUROC_CHANGE, MIN_MAP_CORR, MIN_RANK_CORR, GateLimits
-from .inputs import FrameInput, camera_input, class_id_for, data_inputs, file_input, folder_input, image_files
+from .inputs import FrameInput, camera_input, class_id_for, data_inputs, file_input, folder_input
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,8 @@ Three metrics, each with a documented limit (docs/calibration.md, "The accuracy 
 - ``map_corr``: Pearson correlation of the INT8 and FP32 anomaly maps over all pixels, per frame,
   averaged over the held-out frames (the maps drive overlays and ``map_max``);
 - ``rank_corr``: Spearman correlation of the image scores (what decides alarms: the order of frames
-  must survive, the threshold is re-calibrated anyway);
+  must survive, the threshold is re-calibrated anyway); 1.0 when both score sets are constant, 0.0 when
+  only one is;
 - ``auroc_change``: |AUROC(INT8) - AUROC(FP32)| of the image scores on the held-out labels.
 """
 from __future__ import annotations
@@ -14,8 +15,7 @@ from dataclasses import asdict, dataclass
 from typing import Optional
 
 import numpy as np
-
-from .thresholds import _average_ranks, auroc
+from aaclip.contract.metrics import auroc, spearman
 
 MIN_MAP_CORR = 0.98
 MIN_RANK_CORR = 0.95
@@ -91,24 +91,14 @@ def frame_correlations(ref_maps: np.ndarray, test_maps: np.ndarray) -> np.ndarra
     return out
 
 
-def spearman(x: np.ndarray, y: np.ndarray) -> float:
-    """Spearman rank correlation (average ranks for ties); 1.0 when both are constant."""
-    rx, ry = _average_ranks(np.asarray(x, np.float64)), _average_ranks(np.asarray(y, np.float64))
-    rx, ry = rx - rx.mean(), ry - ry.mean()
-    den = float(np.sqrt((rx * rx).sum() * (ry * ry).sum()))
-    if den == 0.0:
-        return 1.0 if np.allclose(rx, ry) else 0.0
-    return float((rx * ry).sum() / den)
-
-
 def evaluate_gate(fp32_maps: np.ndarray, int8_maps: np.ndarray, fp32_scores: np.ndarray,
                   int8_scores: np.ndarray, labels: np.ndarray, limits: GateLimits = GateLimits()) -> GateReport:
     """Compare INT8 with FP32 on the same held-out frames (``labels``: 0 normal, 1 anomalous)."""
     labels = np.asarray(labels).astype(int)
     corr = frame_correlations(fp32_maps, int8_maps)
     has_both = bool((labels == 0).any() and (labels == 1).any())
-    a32 = auroc(fp32_scores[labels == 0], fp32_scores[labels == 1]) if has_both else None
-    a8 = auroc(int8_scores[labels == 0], int8_scores[labels == 1]) if has_both else None
+    a32 = auroc(labels, fp32_scores) if has_both else None
+    a8 = auroc(labels, int8_scores) if has_both else None
     return GateReport(
         map_corr=float(corr.mean()), map_corr_min=float(corr.min()),
         rank_corr=spearman(fp32_scores, int8_scores),

@@ -20,8 +20,9 @@ from typing import Callable, Iterator, Optional, Sequence
 import cv2
 import numpy as np
 from aaclip.contract.errors import UserError
+from aaclip.contract.files import image_files
 from aaclip.contract.manifest import Manifest
-from aaclip.runtime.sources import IMAGE_SUFFIXES, open_source
+from aaclip.runtime.sources import open_source
 
 log = logging.getLogger(__name__)
 
@@ -81,17 +82,6 @@ def class_id_for(manifest: Manifest, class_name: Optional[str]) -> int:
 
 
 # ---- files -----------------------------------------------------------------------------------------
-def image_files(folder: Path) -> list[Path]:
-    """Images directly in ``folder`` (sorted by name); a clear error for a missing or empty folder."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise UserError(f"image folder {folder} not found; pass a folder of images of good parts")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise UserError(f"image folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-    return files
-
-
 def _file_items(paths: Sequence[Path], class_ids: Sequence[int]) -> Iterator[Item]:
     for path, cid in zip(paths, class_ids):
         data = Path(path).read_bytes()

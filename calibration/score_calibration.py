@@ -39,11 +39,6 @@ class ThresholdResult:
     manifest_path: Optional[Path]       # None for a dry run
 
 
-def score_params(block: dict) -> ScoreParams:
-    return ScoreParams(*(float(block[k]) for k in (
-        "map_lo", "map_hi", "cls_lo", "cls_hi", "map_weight", "threshold", "pixel_threshold")))
-
-
 def infer_input(manifest: Manifest, frames: FrameInput, backend: str, batch: int, pixel_samples: int = 0,
                 hasher: Optional[SetHash] = None) -> FrameOutputs:
     """Raw outputs of every frame of ``frames`` through the runtime's backend for ``manifest``."""
@@ -82,7 +77,7 @@ def calibrate_artifact(artifact: Path, normals: FrameInput, anomalies: Optional[
         "backend": backend,
         "batch": batch,
     })
-    params = score_params(block)
+    params = ScoreParams.from_block(block)
     normal_scores = image_score(out.map_max, out.cls_score, params).astype(np.float64)
 
     anomaly_scores, evaluation = None, None

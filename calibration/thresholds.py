@@ -35,7 +35,8 @@ recording a user can realistically make of good parts (10 / 0.001 = 10,000 frame
 10 fps); lower rates rest on tail extrapolation. Note that consecutive video frames are correlated,
 so the effective sample is smaller than the frame count: record varied parts, not one part for long.
 
-Pure numpy (and the standard library): this runs on a bare Jetson, no scipy.
+Fitting needs numpy and the standard library only (it runs on a bare Jetson); the information report on
+labelled anomalies (``evaluate_threshold``) uses ``aaclip.contract.metrics``, i.e. scikit-learn.
 """
 from __future__ import annotations
 
@@ -45,6 +46,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 import numpy as np
+from aaclip.contract import metrics
 from aaclip.contract import score as scoring
 from aaclip.contract.errors import UserError
 from aaclip.contract.score import ScoreParams
@@ -372,42 +374,6 @@ def calibrate(map_max: Any, cls_score: Any, map_weight: float, far: float = DEFA
 # --------------------------------------------------------------------------------------------------
 # evaluation on labelled frames (information only)
 
-def _average_ranks(values: np.ndarray) -> np.ndarray:
-    """1-based ranks, ties get their average rank."""
-    order = np.argsort(values, kind="mergesort")
-    sorted_vals = values[order]
-    starts = np.r_[0, np.flatnonzero(np.diff(sorted_vals)) + 1]
-    ends = np.r_[starts[1:], values.size]
-    avg = (starts + ends + 1) / 2.0        # mean of ranks start+1 .. end
-    ranks = np.empty(values.size, dtype=np.float64)
-    ranks[order] = np.repeat(avg, ends - starts)
-    return ranks
-
-
-def auroc(normal_scores: Any, anomaly_scores: Any) -> float:
-    """Mann-Whitney AUROC: P(anomaly score > normal score) + 0.5 P(tie)."""
-    neg = _as_scores(normal_scores, "normal_scores").astype(np.float64)
-    pos = _as_scores(anomaly_scores, "anomaly_scores").astype(np.float64)
-    ranks = _average_ranks(np.concatenate([neg, pos]))
-    n_pos, n_neg = pos.size, neg.size
-    u = ranks[n_neg:].sum() - n_pos * (n_pos + 1) / 2.0
-    return float(u / (n_pos * n_neg))
-
-
-def _best_f1(neg: np.ndarray, pos: np.ndarray) -> tuple[float, float]:
-    """(threshold, F1) maximizing F1 over thresholds at the observed scores (score >= t positive)."""
-    values = np.concatenate([neg, pos])
-    labels = np.concatenate([np.zeros(neg.size), np.ones(pos.size)])
-    order = np.argsort(-values, kind="mergesort")
-    v, lab = values[order], labels[order]
-    tp = np.cumsum(lab)
-    fp = np.cumsum(1.0 - lab)
-    last = np.r_[np.flatnonzero(np.diff(v)), v.size - 1]   # last index of each run of equal values
-    f1 = 2.0 * tp[last] / (2.0 * tp[last] + fp[last] + (pos.size - tp[last]))
-    best = int(np.argmax(f1))
-    return float(v[last[best]]), float(f1[best])
-
-
 def evaluate_threshold(normal_scores: Any, anomaly_scores: Any, threshold: float) -> dict:
     """How ``threshold`` does on labelled image scores, plus the F1-optimal threshold (never applied).
 
@@ -421,9 +387,11 @@ def evaluate_threshold(normal_scores: Any, anomaly_scores: Any, threshold: float
     tp = int(np.count_nonzero(pos >= threshold))
     fp = int(np.count_nonzero(neg >= threshold))
     f1 = 2.0 * tp / (2.0 * tp + fp + (pos.size - tp))
-    best_t, best_f1 = _best_f1(neg, pos)
+    labels = np.r_[np.zeros(neg.size, np.int8), np.ones(pos.size, np.int8)]
+    values = np.r_[neg, pos]
+    best_t, best_f1 = metrics.best_f1(labels, values)
     return {
-        "auroc": auroc(neg, pos),
+        "auroc": metrics.auroc(labels, values),
         "threshold": threshold,
         "detection_rate": tp / pos.size,
         "false_alarm_rate": fp / neg.size,

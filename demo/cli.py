@@ -65,11 +65,11 @@ def write_camera_video(path: Path, n_parts: int, defective_parts: frozenset[int]
 def run_demo(out: Path, seed: int = 0) -> dict:
     """Run every stage into ``out``; returns a summary dict (also written to out/summary.json)."""
     from aaclip.contract.files import atomic_write_json, atomic_write_text
+    from aaclip.contract.metrics import markdown_table
     from aaclip.train.backbone import write_random_weights
     from aaclip.train.checkpoint import build_model
     from aaclip.train.config import AAClipConfig, BackboneConfig
     from aaclip.train.evaluate import evaluate
-    from aaclip.train.metrics import markdown_table
     from aaclip.train.records import read_records
     from aaclip.train.synth import generate_dataset
     from aaclip.train.trainer import Trainer, TrainOptions

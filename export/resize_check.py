@@ -16,6 +16,7 @@ from typing import Callable, Optional, Sequence
 import click
 import numpy as np
 from aaclip.contract.cli import Command
+from aaclip.contract.files import is_image_file
 
 from .resize import pil_bicubic_weights
 
@@ -100,7 +101,7 @@ def synthetic_full_hd(n: int, seed: int = 0, hw: tuple[int, int] = FULL_HD) -> l
 def folder_frames(folder: Path, n: int) -> list[np.ndarray]:
     import cv2
 
-    paths = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp"))[:n]
+    paths = sorted(p for p in Path(folder).rglob("*") if is_image_file(p))[:n]
     frames = [cv2.imread(str(p), cv2.IMREAD_COLOR) for p in paths]
     return [f for f in frames if f is not None]
 

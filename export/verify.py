@@ -16,6 +16,7 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 from aaclip.contract.errors import UserError
 from aaclip.contract.feeds import fit_frame
+from aaclip.contract.files import IMAGE_SUFFIXES
 from aaclip.contract.manifest import Manifest, open_artifact
 from aaclip.contract.tensors import OUTPUT_NAMES
 from aaclip.runtime.backends import RunnerOptions, open_runner
@@ -25,7 +26,6 @@ from .reference import REFERENCE_BACKEND
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 TOP_FRACTION = 0.01  # the "top pixels" of a map: its highest 1%
 
 

@@ -27,10 +27,10 @@ from urllib.parse import parse_qs, urlsplit
 import cv2
 import numpy as np
 from aaclip.contract.errors import UserError
+from aaclip.contract.files import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 NETWORK_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https", "udp", "tcp")
 DEFAULT_OPEN_TIMEOUT_MS = 10_000
 DEFAULT_READ_TIMEOUT_MS = 5_000

@@ -5,10 +5,11 @@ import cv2
 import numpy as np
 import pytest
 from aaclip.calibration.cli import cli, main
-from aaclip.calibration.gate import GateLimits, evaluate_gate, frame_correlations, spearman
+from aaclip.calibration.gate import GateLimits, evaluate_gate, frame_correlations
 from aaclip.calibration.int8 import build_int8_engine, plan_quantization
 from aaclip.contract.files import sha256_file
 from aaclip.contract.manifest import check_artifact, load_manifest
+from aaclip.contract.metrics import spearman
 from aaclip.runtime.backends import RunnerOptions, open_runner
 from aaclip.train.synth import draw_product
 from click.testing import CliRunner
@@ -196,3 +197,6 @@ def test_spearman_and_gate_report():
     assert [row[-1] for row in report.checks] == [True, False, False] and not report.passed
     assert report.lines()[0] == "held-out frames: 4 (2 normal, 2 anomalous)"
     assert report.lines()[3] == "  FAIL  |AUROC change|: 0.2500 (limit <= 0.02)"
+    # saturated scores: both constant keep their (trivial) order, every pair ties
+    flat = evaluate_gate(maps, maps, np.full(4, 0.5), np.full(4, 0.5), labels)
+    assert (flat.rank_corr, flat.auroc_fp32, flat.auroc_change) == (1.0, 0.5, 0.0)

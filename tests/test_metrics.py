@@ -1,4 +1,4 @@
-"""aaclip.train.metrics against sklearn (the oracle) and hand-computed AUPRO cases."""
+"""aaclip.contract.metrics on constructed cases with known answers (computed by hand in the comments)."""
 from __future__ import annotations
 
 import math
@@ -8,82 +8,63 @@ import sys
 import cv2
 import numpy as np
 import pytest
-from aaclip.train import metrics as M
-from sklearn import metrics as skm
+from aaclip.contract import metrics as M
 
-
-def _tied_data(seed: int, n: int = 300) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 2, n)
-    # scores on a coarse grid (many ties), slightly shifted for positives so the metrics are not ~0.5
-    scores = np.round(rng.random(n) * 0.8 + 0.2 * labels, 1)
-    return labels, scores
-
-
-def _sk_f1_max(labels: np.ndarray, scores: np.ndarray) -> float:
-    p, r, _ = skm.precision_recall_curve(labels, scores)
-    denom = p + r
-    f1 = np.where(denom > 0, 2 * p * r / np.where(denom > 0, denom, 1), 0.0)
-    return float(f1.max())
+# Six images, scores descending: 0.9 (1), 0.8 (0), 0.7 (1), 0.6 (1), 0.5 (0), 0.4 (0).
+SIX_LABELS = [1, 0, 1, 1, 0, 0]
+SIX_SCORES = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4]
+# Pairs (anomalous, normal) ranked right: 0.9 beats 3, 0.7 and 0.6 beat 2 each -> 7 of 9.
+SIX_AUROC = 7 / 9
+# Thresholds from the top: (P, R) = (1, 1/3), (1/2, 1/3), (2/3, 2/3), (3/4, 1), then recall stays 1.
+# AP = sum (R_n - R_n-1) P_n = 1/3 * 1 + 0 * 1/2 + 1/3 * 2/3 + 1/3 * 3/4 = 29/36.
+SIX_AP = 29 / 36
+# F1 = 2PR / (P + R): 1/2, 2/5, 2/3, 6/7, 3/4 (0.5: P 3/5), 2/3 (0.4: P 1/2) -> best 6/7 at 0.6.
+SIX_F1 = 6 / 7
 
 
 # ---------------------------------------------------------------------------------------------
-# curve metrics vs sklearn
+# curve metrics
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_curve_metrics_match_sklearn_with_ties(seed):
-    labels, scores = _tied_data(seed)
-    assert len(np.unique(scores)) < 15  # the data really has ties
-    assert M.auroc(labels, scores) == pytest.approx(skm.roc_auc_score(labels, scores), abs=1e-9)
-    assert M.average_precision(labels, scores) == pytest.approx(
-        skm.average_precision_score(labels, scores), abs=1e-9
-    )
-    assert M.f1_max(labels, scores) == pytest.approx(_sk_f1_max(labels, scores), abs=1e-9)
+def test_perfect_reversed_and_tied_scores():
+    labels = [0, 0, 0, 1, 1, 1]
+    good = [0.1, 0.2, 0.3, 0.7, 0.8, 0.9]
+    assert M.auroc(labels, good) == 1.0
+    assert M.average_precision(labels, good) == 1.0
+    assert M.best_f1(labels, good) == (0.7, 1.0)  # the lowest anomalous score catches all, no false alarm
+    assert M.auroc(labels, good[::-1]) == 0.0
+    # a full tie: AUROC 0.5, AP = precision at the single threshold = the anomalous fraction
+    assert M.auroc([0, 1, 0, 1], [3, 3, 3, 3]) == 0.5
+    assert M.average_precision([0, 1, 0, 0], [3, 3, 3, 3]) == 0.25
+    assert M.f1_max([0, 1, 0, 0], [3, 3, 3, 3]) == pytest.approx(2 * 0.25 * 1 / 1.25)  # P 1/4, R 1 -> 0.4
+    # a tie between one anomalous and one normal sample counts one half
+    assert M.auroc([0, 0, 1], [0.1, 0.5, 0.5]) == 0.75
 
 
-@pytest.mark.parametrize("seed", range(3))
-def test_curve_metrics_match_sklearn_continuous_and_imbalanced(seed):
-    rng = np.random.default_rng(100 + seed)
-    labels = (rng.random(1000) < 0.05).astype(np.int64)
-    scores = rng.normal(size=1000) + labels
-    assert M.auroc(labels, scores) == pytest.approx(skm.roc_auc_score(labels, scores), abs=1e-9)
-    assert M.average_precision(labels, scores) == pytest.approx(
-        skm.average_precision_score(labels, scores), abs=1e-9
-    )
-    assert M.f1_max(labels, scores) == pytest.approx(_sk_f1_max(labels, scores), abs=1e-9)
+def test_six_labels_hand_computed():
+    assert M.auroc(SIX_LABELS, SIX_SCORES) == pytest.approx(SIX_AUROC, abs=1e-12)
+    assert M.average_precision(SIX_LABELS, SIX_SCORES) == pytest.approx(SIX_AP, abs=1e-12)
+    threshold, f1 = M.best_f1(SIX_LABELS, SIX_SCORES)
+    assert (threshold, f1) == (0.6, pytest.approx(SIX_F1, abs=1e-12))
+    assert M.f1_max(SIX_LABELS, SIX_SCORES) == pytest.approx(SIX_F1, abs=1e-12)
+    # bool labels and float 0/1 labels are the same labels
+    assert M.auroc(np.array(SIX_LABELS, bool), SIX_SCORES) == pytest.approx(SIX_AUROC, abs=1e-12)
+    assert M.auroc(np.array(SIX_LABELS, np.float32), SIX_SCORES) == pytest.approx(SIX_AUROC, abs=1e-12)
 
 
-def test_curves_match_sklearn_curves():
-    labels, scores = _tied_data(7)
-    p, r, t = M.precision_recall_curve(labels, scores)
-    sp, sr, st = skm.precision_recall_curve(labels, scores)
-    np.testing.assert_allclose(p, sp, atol=1e-12)
-    np.testing.assert_allclose(r, sr, atol=1e-12)
-    np.testing.assert_array_equal(t, st)
-    fpr, tpr, thr = M.roc_curve(labels, scores)
-    sfpr, stpr, _ = skm.roc_curve(labels, scores, drop_intermediate=False)
-    np.testing.assert_allclose(fpr, sfpr, atol=1e-12)
-    np.testing.assert_allclose(tpr, stpr, atol=1e-12)
-    assert thr[0] == np.inf and np.all(np.diff(thr[1:]) < 0)
-
-
-def test_known_small_values():
-    # scores 0.1 0.4 0.35 0.8 with labels 0 0 1 1: 3 of 4 (pos, neg) pairs ranked right
-    labels, scores = [0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]
-    assert M.auroc(labels, scores) == pytest.approx(0.75)
-    # AP: recall 0.5 at precision 1 (0.8), then recall 1 at precision 2/3 (0.35)
-    assert M.average_precision(labels, scores) == pytest.approx(0.5 * 1 + 0.5 * 2 / 3)
-    # F1 at threshold 0.8: P=1, R=0.5 -> 2/3; at 0.35: P=2/3, R=1 -> 0.8
-    assert M.f1_max(labels, scores) == pytest.approx(0.8)
-    # a full tie: AUROC 0.5, AP = F1-precision = base rate
-    assert M.auroc([0, 1, 0, 1], [3, 3, 3, 3]) == pytest.approx(0.5)
-    assert M.average_precision([0, 1, 0, 0], [3, 3, 3, 3]) == pytest.approx(0.25)
+def test_best_f1_prefers_the_highest_of_equal_thresholds():
+    normal = np.arange(10.0)  # 0..9
+    anomalous = np.array([5.0, 8.0, 12.0, 15.0])
+    labels = np.r_[np.zeros(10), np.ones(4)]
+    # t = 12: tp 2, fp 0, fn 2 -> 2/3; t = 8: tp 3, fp 2, fn 1 -> 6/9 = 2/3 as well; t = 5: 8/13
+    assert M.best_f1(labels, np.r_[normal, anomalous]) == (12.0, pytest.approx(2 / 3))
 
 
 def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="only one class"):
         M.auroc([1, 1, 1], [0.1, 0.2, 0.3])
+    with pytest.raises(ValueError, match="no label 1"):
+        M.auroc([0, 0], [0.1, 0.2])
     with pytest.raises(ValueError, match="no label 1"):
         M.average_precision([0, 0], [0.1, 0.2])
     with pytest.raises(ValueError, match="only 0 .normal. and 1"):
@@ -91,11 +72,34 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="3 values but the labels have 2"):
         M.auroc([0, 1], [0.1, 0.2, 0.3])
     with pytest.raises(ValueError, match="NaN or inf"):
-        M.auroc([0, 1], [0.1, float("nan")])
+        M.f1_max([0, 1], [0.1, float("nan")])
+    with pytest.raises(ValueError, match="no samples"):
+        M.auroc([], [])
     with pytest.raises(ValueError, match="differ in shape"):
         M.aupro(np.zeros((1, 4, 4)), np.zeros((1, 4, 5)))
     with pytest.raises(ValueError, match=r"\(N, H, W\)"):
         M.pixel_metrics(np.zeros((4, 4)), np.zeros((4, 4)))
+    with pytest.raises(ValueError, match="max_fpr"):
+        M.aupro(np.zeros((1, 4, 4)), np.zeros((1, 4, 4)), max_fpr=0.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Spearman
+
+
+def test_spearman_known_answers():
+    x = np.array([0.1, 0.5, 0.3, 0.9])
+    assert M.spearman(x, x ** 3) == pytest.approx(1.0)
+    assert M.spearman(x, -x) == pytest.approx(-1.0)
+    assert M.spearman([1.0, 2.0, 3.0], [1.0, 3.0, 2.0]) == pytest.approx(0.5)  # 1 - 6 * 2 / (3 * 8)
+    # ties get average ranks: [1, 2.5, 2.5, 4] vs [1, 2, 3, 4] -> 4.5 / sqrt(4.5 * 5) = 3 / sqrt(10)
+    assert M.spearman([1.0, 2.0, 2.0, 3.0], [1.0, 2.0, 3.0, 4.0]) == pytest.approx(3 / math.sqrt(10))
+    # constant inputs (the gate on saturated scores): both constant agree, one constant does not
+    assert M.spearman([2.0, 2.0, 2.0], [5.0, 5.0, 5.0]) == 1.0
+    assert M.spearman([2.0, 2.0, 2.0], [1.0, 2.0, 3.0]) == 0.0
+    assert M.spearman([1.0, 2.0, 3.0], [7.0, 7.0, 7.0]) == 0.0
+    with pytest.raises(ValueError, match="paired"):
+        M.spearman([1.0, 2.0], [1.0, 2.0, 3.0])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -119,7 +123,6 @@ def test_aupro_hand_computed_step_function():
     # so PRO is 1/2 on [0, 1/14) and 1 on [1/14, 0.3]:
     expected = (0.5 * (1 / 14) + 1.0 * (0.3 - 1 / 14)) / 0.3
     assert M.aupro(masks, maps) == pytest.approx(expected, abs=1e-12)
-    assert M.pixel_metrics(masks, maps)["aupro"] == pytest.approx(expected, abs=1e-12)
     # a smaller max_fpr that falls inside the first step: PRO = 1/2 on all of [0, 0.05]
     assert M.aupro(masks, maps, max_fpr=0.05) == pytest.approx(0.5, abs=1e-12)
 
@@ -193,7 +196,7 @@ def _brute_force_aupro(masks: np.ndarray, maps: np.ndarray, max_fpr: float = 0.3
 
 
 @pytest.mark.parametrize("seed", range(3))
-def test_aupro_matches_brute_force_definition(seed):
+def test_aupro_matches_its_definition_on_many_regions(seed):
     rng = np.random.default_rng(seed)
     masks = np.zeros((3, 16, 16), np.uint8)
     masks[0, 2:6, 3:9] = 1
@@ -202,74 +205,75 @@ def test_aupro_matches_brute_force_definition(seed):
     masks[1, 12:16, 0:2] = 1
     # image 2 has no region: it only adds normal pixels
     maps = np.round(rng.random(masks.shape) + 0.4 * masks, 2)  # ties
-    assert M.aupro(masks, maps) == pytest.approx(_brute_force_aupro(masks, maps), abs=1e-9)
-    # sampled thresholds approximate the exact value
-    assert M.aupro(masks, maps, num_thresholds=500) == pytest.approx(M.aupro(masks, maps), abs=0.02)
+    for max_fpr in (0.05, 0.3, 1.0):
+        assert M.aupro(masks, maps, max_fpr) == pytest.approx(_brute_force_aupro(masks, maps, max_fpr), abs=1e-9)
 
 
-def test_aupro_undefined_without_regions():
-    assert math.isnan(M.aupro(np.zeros((2, 4, 4)), np.random.default_rng(0).random((2, 4, 4))))
+def test_aupro_undefined_without_regions_or_normal_pixels():
+    maps = np.random.default_rng(0).random((2, 4, 4))
+    assert math.isnan(M.aupro(np.zeros((2, 4, 4)), maps))
+    assert math.isnan(M.aupro(np.ones((2, 4, 4)), maps))
 
 
 # ---------------------------------------------------------------------------------------------
 # per-class metric sets
 
 
-def test_pixel_metrics_match_flat_sklearn():
-    rng = np.random.default_rng(11)
-    masks = np.zeros((4, 20, 20), np.uint8)
-    masks[0, 3:8, 3:8] = 1
-    masks[2, 10:18, 12:15] = 1
-    maps = np.round(rng.random(masks.shape) + 0.5 * masks, 2)
+def test_pixel_metrics_hand_computed():
+    masks, maps = _one_region_case()
     got = M.pixel_metrics(masks, maps)
-    assert set(got) == {"pixel_auroc", "pixel_ap", "pixel_f1_max", "aupro"}
-    y, s = masks.ravel(), maps.ravel()
-    assert got["pixel_auroc"] == pytest.approx(skm.roc_auc_score(y, s), abs=1e-9)
-    assert got["pixel_ap"] == pytest.approx(skm.average_precision_score(y, s), abs=1e-9)
-    assert got["pixel_f1_max"] == pytest.approx(_sk_f1_max(y, s), abs=1e-9)
-    assert got["aupro"] == pytest.approx(M.aupro(masks, maps), abs=1e-12)
+    assert list(got) == ["pixel_auroc", "pixel_ap", "pixel_f1_max", "aupro"]
+    # anomalous 0.9 beats all 14 normal pixels, 0.5 beats the 13 at 0.1: 27 of 28 pairs
+    assert got["pixel_auroc"] == pytest.approx(27 / 28, abs=1e-12)
+    # (P, R): 0.9 -> (1, 1/2), 0.7 -> (1/2, 1/2), 0.5 -> (2/3, 1): AP = 1/2 + 1/2 * 2/3 = 5/6
+    assert got["pixel_ap"] == pytest.approx(5 / 6, abs=1e-12)
+    # F1: 2/3 at 0.9, 1/2 at 0.7, 4/5 at 0.5, 4/17 at 0.1 (P 2/16, R 1)
+    assert got["pixel_f1_max"] == pytest.approx(0.8, abs=1e-12)
+    assert got["aupro"] == pytest.approx((0.5 / 14 + (0.3 - 1 / 14)) / 0.3, abs=1e-12)
 
 
 def test_pixel_metrics_nan_for_one_class():
-    got = M.pixel_metrics(np.zeros((2, 4, 4), bool), np.random.default_rng(0).random((2, 4, 4)))
-    assert all(math.isnan(v) for v in got.values()) and len(got) == 4
+    maps = np.random.default_rng(0).random((2, 4, 4))
+    for masks in (np.zeros((2, 4, 4), bool), np.ones((2, 4, 4), bool)):
+        got = M.pixel_metrics(masks, maps)
+        assert list(got) == list(M.PIXEL_KEYS) and all(math.isnan(v) for v in got.values())
 
 
 def test_image_metrics_values_and_missing_for_single_label():
-    labels, scores = _tied_data(5, n=60)
-    got = M.image_metrics(labels, scores)
-    assert got["image_auroc"] == pytest.approx(skm.roc_auc_score(labels, scores), abs=1e-9)
-    assert got["image_ap"] == pytest.approx(skm.average_precision_score(labels, scores), abs=1e-9)
-    assert got["image_f1_max"] == pytest.approx(_sk_f1_max(labels, scores), abs=1e-9)
-    assert M.image_metrics([1, 1, 1], [0.2, 0.5, 0.9]) == {
-        "image_auroc": None, "image_ap": None, "image_f1_max": None,
-    }
-    assert M.image_metrics([0, 0], [0.2, 0.5]) == {"image_auroc": None, "image_ap": None, "image_f1_max": None}
+    got = M.image_metrics(SIX_LABELS, SIX_SCORES)
+    assert got == {"image_auroc": pytest.approx(SIX_AUROC), "image_ap": pytest.approx(SIX_AP),
+                   "image_f1_max": pytest.approx(SIX_F1)}
+    missing = {"image_auroc": None, "image_ap": None, "image_f1_max": None}
+    assert M.image_metrics([1, 1, 1], [0.2, 0.5, 0.9]) == missing
+    assert M.image_metrics([0, 0], [0.2, 0.5]) == missing
 
 
-# ---------------------------------------------------------------------------------------------
-# normalization and image scores
+def _paper_case() -> dict:
+    """Four 2x2 maps whose maxima 1..4 sit at pixel (0, 0), all other pixels 0; images 2, 3 anomalous there."""
+    maps = np.zeros((4, 2, 2), np.float32)
+    maps[:, 0, 0] = [1.0, 2.0, 3.0, 4.0]
+    masks = np.zeros((4, 2, 2), bool)
+    masks[2:, 0, 0] = True
+    return {"maps": maps, "cls": np.array([2.0, 0.0, 1.0, 0.5]), "masks": masks, "labels": np.array([0, 0, 1, 1])}
 
 
-def test_minmax_normalize():
-    np.testing.assert_allclose(M.minmax_normalize([2.0, 4.0, 3.0]), [0.0, 1.0, 0.5])
-    np.testing.assert_array_equal(M.minmax_normalize([7.0, 7.0]), [0.0, 0.0])
-    np.testing.assert_allclose(M.minmax_normalize([2.0, 6.0], value_range=(0.0, 4.0)), [0.5, 1.5])
+def test_class_metrics_normalize_with_the_test_set_and_the_domain_weight():
+    from aaclip.train.evaluate import class_metrics
 
-
-def test_image_scores_per_domain():
-    map_max = np.array([10.0, 20.0, 30.0])
-    cls = np.array([0.6, 0.5, 0.4])
-    # industrial: 0.5 * [0, 0.5, 1] + 0.5 * [1, 0.5, 0]
-    np.testing.assert_allclose(M.image_scores(map_max, cls, "industrial"), [0.5, 0.5, 0.5])
-    np.testing.assert_allclose(M.image_scores(map_max, cls, "medical"), [0.0, 0.5, 1.0])
-    # the reference normalizes whole maps: the range of the maps, not of their maxima
-    np.testing.assert_allclose(
-        M.image_scores(map_max, cls, "industrial", map_range=(0.0, 40.0)),
-        0.5 * np.array([0.25, 0.5, 0.75]) + 0.5 * np.array([1.0, 0.5, 0.0]),
-    )
-    with pytest.raises(ValueError, match="unknown domain 'xray': use one of industrial, medical"):
-        M.image_scores(map_max, cls, "xray")
+    # the whole maps span [0, 4] -> map_n = [1/4, 1/2, 3/4, 1]; cls spans [0, 2] -> cls_n = [1, 0, 1/2, 1/4]
+    # industrial 0.5/0.5: scores [5/8, 1/4, 5/8, 5/8]: each anomaly ties one normal and beats one -> 3/4.
+    # (Normalizing the maxima by their own range [1, 4] would give [1/2, 1/6, 7/12, 5/8]: AUROC 1.)
+    industrial = class_metrics(_paper_case(), "industrial")
+    assert industrial["image_auroc"] == pytest.approx(0.75)
+    # AP: the tie at 5/8 holds 2 anomalies and 1 normal: P 2/3 at R 1 -> 2/3; F1 = 2 * 2/3 / (5/3) = 4/5
+    assert industrial["image_ap"] == pytest.approx(2 / 3)
+    assert industrial["image_f1_max"] == pytest.approx(0.8)
+    # medical: the map only, already in the right order
+    medical = class_metrics(_paper_case(), "medical")
+    assert (medical["image_auroc"], medical["image_ap"], medical["image_f1_max"]) == (1.0, 1.0, 1.0)
+    # pixels: the anomalous pixels (3, 4) lie above every normal one (0, 1, 2)
+    assert {k: medical[k] for k in M.PIXEL_KEYS} == {k: 1.0 for k in M.PIXEL_KEYS}
+    assert (medical["n_images"], medical["n_anomalous"]) == (4, 2)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -278,24 +282,25 @@ def test_image_scores_per_domain():
 
 def _per_class() -> dict:
     return {
-        "bottle": {"pixel_auroc": 0.9, "pixel_ap": 0.5, "pixel_f1_max": 0.4, "aupro": 0.8,
-                   "image_auroc": 0.95, "image_ap": 0.9, "image_f1_max": 0.85},
+        "bottle": M.pixel_metrics(*_one_region_case()) | M.image_metrics(SIX_LABELS, SIX_SCORES),
+        # a class without anomalous test images: no pixel AUPRO (NaN), image metrics missing (None)
         "cable": {"pixel_auroc": 0.8, "pixel_ap": 0.3, "pixel_f1_max": 0.2, "aupro": float("nan"),
-                  "image_auroc": None, "image_ap": None, "image_f1_max": None},
+                  **M.image_metrics([0, 0, 0], [0.1, 0.2, 0.3])},
     }
 
 
-def test_class_report_mean_ignores_missing():
+def test_class_report_mean_counts_only_defined_classes():
     report = M.class_report(_per_class())
     assert list(report) == ["bottle", "cable", "mean"]
     mean = report["mean"]
-    assert mean["pixel_auroc"] == pytest.approx(0.85)
-    assert mean["pixel_ap"] == pytest.approx(0.4)
-    assert mean["aupro"] == pytest.approx(0.8)  # cable's NaN ignored
-    assert mean["image_auroc"] == pytest.approx(0.95)  # cable's None ignored, not counted as 0
+    assert mean["pixel_auroc"] == pytest.approx((27 / 28 + 0.8) / 2)
+    assert mean["pixel_ap"] == pytest.approx((5 / 6 + 0.3) / 2)
+    assert mean["aupro"] == pytest.approx(report["bottle"]["aupro"])  # cable's NaN ignored
+    assert mean["image_auroc"] == pytest.approx(SIX_AUROC)  # cable's None ignored, not counted as 0
+    assert mean["image_ap"] == pytest.approx(SIX_AP) and mean["image_f1_max"] == pytest.approx(SIX_F1)
     assert mean["n_classes"] == {"pixel_auroc": 2, "pixel_ap": 2, "pixel_f1_max": 2, "aupro": 1,
                                  "image_auroc": 1, "image_ap": 1, "image_f1_max": 1}
-    assert report["cable"]["aupro"] is None  # NaN stored as None (valid JSON)
+    assert report["cable"]["aupro"] is None and report["cable"]["image_auroc"] is None  # valid JSON
     all_missing = M.class_report({"a": {"image_auroc": None}, "b": {"image_auroc": float("nan")}})
     assert all_missing["mean"]["image_auroc"] is None and all_missing["mean"]["n_classes"]["image_auroc"] == 0
     with pytest.raises(ValueError, match="reserved"):
@@ -307,15 +312,17 @@ def test_markdown_table_contents():
     lines = table.strip().split("\n")
     assert lines[0] == "| class | P-AUROC | P-AP | P-F1max | AUPRO | I-AUROC | I-AP | I-F1max |"
     assert lines[1] == "|---|---:|---:|---:|---:|---:|---:|---:|"
-    assert lines[2] == "| bottle | 90.0 | 50.0 | 40.0 | 80.0 | 95.0 | 90.0 | 85.0 |"
+    # 27/28 = 96.4%, 5/6 = 83.3%, 0.8, AUPRO 0.5/14 + 0.3 - 1/14 over 0.3 = 88.1%, 7/9, 29/36, 6/7
+    assert lines[2] == "| bottle | 96.4 | 83.3 | 80.0 | 88.1 | 77.8 | 80.6 | 85.7 |"
     assert lines[3] == "| cable | 80.0 | 30.0 | 20.0 | \u2013 | \u2013 | \u2013 | \u2013 |"
-    assert lines[4] == "| mean | 85.0 | 40.0 | 30.0 | 80.0 | 95.0 | 90.0 | 85.0 |"
+    assert lines[4] == "| mean | 88.2 | 56.7 | 50.0 | 88.1 | 77.8 | 80.6 | 85.7 |"
     assert len(lines) == 5
+    assert M.markdown_table({"a": {"aupro": 0.5}}, keys=("aupro",)) == "| class | AUPRO |\n|---|---:|\n| a | 50.0 |\n"
 
 
-def test_module_imports_no_torch_sklearn_scipy():
+def test_module_imports_without_torch_sklearn_scipy():
     code = (
-        "import sys, aaclip.train.metrics; "
+        "import sys, aaclip.contract.metrics; "
         "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'sklearn', 'scipy')]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )

@@ -13,7 +13,6 @@ import pytest
 from aaclip.calibration.thresholds import (
     Normalization,
     Threshold,
-    auroc,
     calibrate,
     evaluate_threshold,
     fit_tail,
@@ -272,17 +271,18 @@ def test_evaluate_threshold_constructed_case():
     assert (r["n_normal"], r["n_anomaly"], r["threshold"]) == (10, 4, 8.0)
 
 
-def test_auroc_matches_brute_force_with_ties():
+def test_evaluation_auroc_matches_brute_force_with_ties():
     rng = np.random.default_rng(10)
     neg = np.round(rng.normal(0, 1, 300), 1)
     pos = np.round(rng.normal(1, 1, 50), 1)
     diff = pos[:, None] - neg[None, :]
     brute = (np.count_nonzero(diff > 0) + 0.5 * np.count_nonzero(diff == 0)) / diff.size
-    assert auroc(neg, pos) == pytest.approx(brute, abs=1e-12)
-    assert auroc([0.0, 1.0], [2.0, 3.0]) == 1.0 and auroc([2.0, 3.0], [0.0, 1.0]) == 0.0
+    assert evaluate_threshold(neg, pos, 0.0)["auroc"] == pytest.approx(brute, abs=1e-12)
+    assert evaluate_threshold([0.0, 1.0], [2.0, 3.0], 1.5)["auroc"] == 1.0
+    assert evaluate_threshold([2.0, 3.0], [0.0, 1.0], 1.5)["auroc"] == 0.0
 
 
-def test_best_f1_matches_brute_force():
+def test_evaluation_best_f1_matches_brute_force():
     rng = np.random.default_rng(11)
     neg = np.round(rng.normal(0, 1, 200), 1)
     pos = np.round(rng.normal(1.5, 1, 40), 1)

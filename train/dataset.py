@@ -1,7 +1,6 @@
 """Torch dataset over JSON-lines records, with the joint image/mask augmentation of SPEC section 6."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Sequence
 
@@ -83,7 +82,3 @@ class AnomalyDataset(Dataset):
             "class_index": torch.tensor(self.class_index[r.class_name]),
             "path": r.image_path,
         }
-
-
-def iterations_per_epoch(n: int, batch_size: int) -> int:
-    return math.ceil(n / batch_size)

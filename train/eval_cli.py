@@ -28,9 +28,10 @@ def main(ckpt, data, root, out, clip_weights, overlays, batch_size, device):
 
     Image scores use the paper's test-set min-max normalization (see docs/evaluation.md).
     """
+    from aaclip.contract.metrics import markdown_table
+
     from .checkpoint import load_checkpoint
     from .evaluate import evaluate, save_overlays
-    from .metrics import markdown_table
     from .records import read_records
     from .trainer import pick_device
 

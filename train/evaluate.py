@@ -4,8 +4,9 @@ Score normalization follows the paper (SPEC section 5): for each class, anomaly 
 classification scores are min-max normalized over that class's whole test set, and the image score
 is 0.5 * max(normalized map) + 0.5 * normalized cls score (industrial) or max(normalized map)
 (medical). Normalizing the whole maps and then taking each image's maximum equals normalizing the
-per-image maxima by the maps' global (min, max), which is what is computed here. Deployed engines
-cannot see a test set: they use the fixed constants of calibration instead (docs/calibration.md).
+per-image maxima by the maps' global (min, max), which is what is computed here: the contract's score
+arithmetic (``aaclip.contract.score``) with the test set's ranges. Deployed engines cannot see a test
+set: they use the fixed constants of calibration instead (docs/calibration.md).
 """
 from __future__ import annotations
 
@@ -16,9 +17,11 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
+from aaclip.contract import metrics
+from aaclip.contract.score import ScoreParams, image_score
 from tqdm import tqdm
 
-from . import metrics
+from .constants import MAP_WEIGHT
 from .dataset import AnomalyDataset
 from .model import AAClip
 from .object_names import object_name
@@ -51,13 +54,17 @@ def predict_records(model: AAClip, records: Sequence[Record], root: Path, batch_
     return {c: {k: (np.asarray(v) if k != "paths" else list(v)) for k, v in e.items()} for c, e in out.items()}
 
 
+def paper_score_params(maps: np.ndarray, cls: np.ndarray, map_weight: float) -> ScoreParams:
+    """Score parameters of the paper's evaluation: one class's test-set (min, max) of maps and cls scores."""
+    unit = ScoreParams(0.0, 1.0, 0.0, 1.0, map_weight)
+    return unit.with_ranges((float(maps.min()), float(maps.max())), (float(cls.min()), float(cls.max())))
+
+
 def class_metrics(pred: dict[str, np.ndarray], domain: str) -> dict[str, Optional[float]]:
     maps = pred["maps"]
     result: dict[str, Optional[float]] = dict(metrics.pixel_metrics(pred["masks"], maps))
-    scores = metrics.image_scores(
-        maps.reshape(len(maps), -1).max(axis=1), pred["cls"], domain,
-        map_range=(float(maps.min()), float(maps.max())),
-    )
+    params = paper_score_params(maps, pred["cls"], MAP_WEIGHT[domain])
+    scores = image_score(maps.reshape(len(maps), -1).max(axis=1), pred["cls"], params)
     result.update(metrics.image_metrics(pred["labels"], scores))
     result["n_images"] = int(len(maps))
     result["n_anomalous"] = int(np.sum(pred["labels"]))
@@ -76,7 +83,6 @@ def save_overlays(preds: dict[str, dict], root: Path, out_dir: Path, image_size:
     """Heat-map overlays (frame | overlay) per test image, maps min-max normalized per class."""
     import cv2
     from aaclip.contract.files import atomic_path
-    from aaclip.contract.score import ScoreParams
     from aaclip.runtime.overlay import evidence_image, heat_overlay
 
     from .preprocess import load_rgb
@@ -84,8 +90,7 @@ def save_overlays(preds: dict[str, dict], root: Path, out_dir: Path, image_size:
 
     n = 0
     for cls, pred in preds.items():
-        lo, hi = float(pred["maps"].min()), float(pred["maps"].max())
-        params = ScoreParams(lo, hi if hi > lo else lo + 1.0, 0.0, 1.0, 1.0, 0.5, 0.5)
+        params = paper_score_params(pred["maps"], pred["cls"], 1.0)
         for amap, rel in zip(pred["maps"], pred["paths"]):
             bgr = cv2.cvtColor(load_rgb(resolve(root, rel), image_size), cv2.COLOR_RGB2BGR)
             image = evidence_image(bgr, heat_overlay(bgr, amap, params))

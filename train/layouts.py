@@ -24,6 +24,7 @@ import logging
 from pathlib import Path
 from typing import Union
 
+from aaclip.contract.files import IMAGE_SUFFIXES, is_image_file
 from aaclip.train.records import ANOMALOUS, NORMAL, DataError, Record
 
 log = logging.getLogger(__name__)
@@ -31,7 +32,6 @@ log = logging.getLogger(__name__)
 PathLike = Union[str, Path]
 
 SPLITS = ("train", "test", "all")
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 VISA_CSV = Path("split_csv") / "1cls.csv"
 VISA_COLUMNS = ("object", "split", "label", "image", "mask")
 VISA_LABELS = {"normal": NORMAL, "anomaly": ANOMALOUS}
@@ -51,13 +51,13 @@ def _check_root(root: PathLike) -> Path:
 
 
 def _images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    return sorted(p for p in folder.iterdir() if p.is_file() and is_image_file(p))
 
 
 def _find_mask(gt_dir: Path, stem: str) -> Path | None:
     """Mask of image ``stem`` in ``gt_dir``: ``<stem>_mask.<ext>`` (MVTec) or ``<stem>.<ext>`` (BTAD)."""
     for name in (f"{stem}_mask", stem):
-        for ext in IMAGE_EXTENSIONS:
+        for ext in IMAGE_SUFFIXES:
             for candidate in (gt_dir / f"{name}{ext}", gt_dir / f"{name}{ext.upper()}"):
                 if candidate.is_file():
                     return candidate

@@ -6,8 +6,6 @@ that export to ONNX opset 17 without custom operators.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
@@ -78,10 +76,3 @@ def cls_logits(d: torch.Tensor, T: torch.Tensor) -> torch.Tensor:
 def train_probabilities(V: torch.Tensor, T: torch.Tensor, grid: int, size: tuple[int, int]) -> torch.Tensor:
     """Training-time map: softmax over the 2 channels of the up-sampled 100 V T, (B, 2, H, W); no blur."""
     return torch.softmax(upsample(to_grid(similarity(V, T), grid), size), dim=1)
-
-
-def grid_side(num_tokens: int) -> int:
-    g = int(math.isqrt(num_tokens))
-    if g * g != num_tokens:
-        raise ValueError(f"{num_tokens} patch tokens do not form a square grid")
-    return g

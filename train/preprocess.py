@@ -54,8 +54,3 @@ def to_unit_tensor(rgb: np.ndarray) -> torch.Tensor:
 def normalize(unit: torch.Tensor) -> torch.Tensor:
     """CLIP mean/std normalization of a (..., 3, H, W) tensor in [0, 1]."""
     return (unit - _MEAN.to(unit.device)) / _STD.to(unit.device)
-
-
-def preprocess_rgb(rgb: np.ndarray) -> torch.Tensor:
-    """uint8 RGB already at model size -> normalized (3, H, W)."""
-    return normalize(to_unit_tensor(rgb))

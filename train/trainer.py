@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -56,7 +56,6 @@ class TrainOptions:
     device: str = "auto"
     amp: bool = False  # bf16 autocast on CUDA
     max_steps_per_epoch: Optional[int] = None  # for quick runs (tests, demo)
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.stage1_levels not in ("last", "all"):
