@@ -120,60 +120,28 @@ def _robust_spread(values: np.ndarray, lo: float, hi_q: float, name: str) -> flo
     return spread
 
 
-@dataclass
-class Normalization:
-    """Fixed normalization constants of the manifest's ``score`` block."""
+def fit_normalization(map_max: Any, cls_score: Any, map_weight: float, lo_q: float = DEFAULT_LO_Q,
+                      hi_q: float = DEFAULT_HI_Q) -> ScoreParams:
+    """Score parameters whose ranges come from normal frames only: ``lo`` = ``lo_q`` quantile (median),
+    ``hi`` = ``hi_q`` quantile (thresholds left at their defaults, fitted afterwards).
 
-    map_lo: float
-    map_hi: float
-    cls_lo: float
-    cls_hi: float
-
-    @classmethod
-    def from_normal_scores(cls, map_max: Any, cls_score: Any, lo_q: float = DEFAULT_LO_Q,
-                           hi_q: float = DEFAULT_HI_Q) -> "Normalization":
-        """Constants from normal frames only: ``lo`` = ``lo_q`` quantile (median), ``hi`` = ``hi_q`` quantile.
-
-        Normal frames then map to about [0, 1] (median -> 0, hi quantile -> 1). ``hi > lo`` is guaranteed:
-        for constant scores ``hi = lo + 1e-3 * max(1, |lo|)`` and a warning is logged.
-        """
-        if not (0.0 <= lo_q < hi_q <= 1.0):
-            raise UserError(f"need 0 <= lo_q < hi_q <= 1, got lo_q={lo_q}, hi_q={hi_q}")
-        m = _as_scores(map_max, "map_max")
-        c = _as_scores(cls_score, "cls_score")
-        if m.size != c.size:
-            raise UserError(f"map_max has {m.size} frames but cls_score has {c.size}; pass both outputs "
-                            "of the same frames")
-        map_lo = float(np.quantile(m, lo_q))
-        cls_lo = float(np.quantile(c, lo_q))
-        map_hi = map_lo + _robust_spread(m, map_lo, hi_q, "map_max")
-        cls_hi = cls_lo + _robust_spread(c, cls_lo, hi_q, "cls_score")
-        return cls(map_lo=map_lo, map_hi=map_hi, cls_lo=cls_lo, cls_hi=cls_hi)
-
-    def params(self, map_weight: float = 0.5) -> ScoreParams:
-        """The runtime's score parameters with these constants (thresholds left at 0)."""
-        return ScoreParams(self.map_lo, self.map_hi, self.cls_lo, self.cls_hi, float(map_weight), 0.0, 0.0)
-
-    # The runtime's own arithmetic (float32), so thresholds are fitted on the values it will compare.
-    def normalize_map(self, values: Any) -> np.ndarray:
-        """``(values - map_lo) / (map_hi - map_lo)`` (also for anomaly-map pixels)."""
-        return scoring.normalize_map(values, self.params()).astype(np.float64)
-
-    def normalize_cls(self, values: Any) -> np.ndarray:
-        return scoring.normalize_cls(values, self.params()).astype(np.float64)
-
-
-def image_scores(map_max: Any, cls_score: Any, norm: Normalization, map_weight: float) -> np.ndarray:
-    """The contract's image score ``w * map_n + (1 - w) * cls_n`` (not clipped), float64."""
-    map_weight = float(map_weight)
-    if not (0.0 <= map_weight <= 1.0):
+    Normal frames then map to about [0, 1] (median -> 0, hi quantile -> 1). ``hi > lo`` is guaranteed:
+    for constant scores ``hi = lo + 1e-3 * max(1, |lo|)`` and a warning is logged.
+    """
+    if not (0.0 <= lo_q < hi_q <= 1.0):
+        raise UserError(f"need 0 <= lo_q < hi_q <= 1, got lo_q={lo_q}, hi_q={hi_q}")
+    if not (0.0 <= float(map_weight) <= 1.0):
         raise UserError(f"map_weight must be in [0, 1], got {map_weight} (0.5 industrial, 1.0 medical)")
-    m = np.asarray(map_max, dtype=np.float64)
-    c = np.asarray(cls_score, dtype=np.float64)
-    if m.shape != c.shape:
-        raise UserError(f"map_max has shape {m.shape} but cls_score has {c.shape}; pass both outputs "
+    m = _as_scores(map_max, "map_max")
+    c = _as_scores(cls_score, "cls_score")
+    if m.size != c.size:
+        raise UserError(f"map_max has {m.size} frames but cls_score has {c.size}; pass both outputs "
                         "of the same frames")
-    return scoring.image_score(m, c, norm.params(map_weight)).astype(np.float64)
+    map_lo = float(np.quantile(m, lo_q))
+    cls_lo = float(np.quantile(c, lo_q))
+    return ScoreParams(map_lo=map_lo, map_hi=map_lo + _robust_spread(m, map_lo, hi_q, "map_max"),
+                       cls_lo=cls_lo, cls_hi=cls_lo + _robust_spread(c, cls_lo, hi_q, "cls_score"),
+                       map_weight=float(map_weight))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -346,16 +314,17 @@ def calibrate(map_max: Any, cls_score: Any, map_weight: float, far: float = DEFA
     frames whose maximum does, so it is conservative); ``pixel_method`` then reads ``"frame-max:<method>"``.
     The CLI adds the calibration set's sha256 and the date.
     """
-    norm = Normalization.from_normal_scores(map_max, cls_score)
-    scores = image_scores(map_max, cls_score, norm, map_weight)
+    norm = fit_normalization(map_max, cls_score, map_weight)
+    # the runtime's own float32 arithmetic, so thresholds are fitted on the values it will compare
+    scores = scoring.image_score(map_max, cls_score, norm).astype(np.float64)
     image = threshold_at_far(scores, far)
     if pixel_values is not None:
         raw = _as_scores(pixel_values, "pixel_values", min_count=2)
         pix = threshold_at_far(raw, pixel_far)   # on raw values: the normalization is affine, increasing
-        pixel_threshold = float(norm.normalize_map(pix.value))
+        pixel_threshold = float(scoring.normalize_map(pix.value, norm))
         pixel_method = pix.method
     else:
-        pix = threshold_at_far(norm.normalize_map(np.asarray(map_max, dtype=np.float64).ravel()), far)
+        pix = threshold_at_far(scoring.normalize_map(np.ravel(map_max), norm).astype(np.float64), far)
         pixel_threshold = pix.value
         pixel_method = f"frame-max:{pix.method}"
     log.info("calibrated on %d normal frames: threshold %.4f (%s, %d exceedances), pixel threshold %.4f (%s)",

@@ -11,16 +11,16 @@ import sys
 import numpy as np
 import pytest
 from aaclip.calibration.thresholds import (
-    Normalization,
     Threshold,
     calibrate,
     evaluate_threshold,
+    fit_normalization,
     fit_tail,
-    image_scores,
     tail_fit_quantile,
     threshold_at_far,
 )
 from aaclip.contract.errors import UserError
+from aaclip.contract.score import image_score, normalize_cls, normalize_map
 
 Z_1E3 = 3.090232306167813    # standard normal upper 0.001 point
 Z_1E4 = 3.719016485455709    # standard normal upper 1e-4 point
@@ -176,12 +176,12 @@ def test_threshold_bad_input():
 def test_normalization_median_to_zero_hi_quantile_to_one():
     m = np.random.default_rng(6).permutation(np.arange(101, dtype=np.float64))   # median 50, q0.99 99
     c = 0.5 + m / 1000.0                                                         # median 0.55, q0.99 0.599
-    norm = Normalization.from_normal_scores(m, c)
-    assert (norm.map_lo, norm.map_hi) == (50.0, 99.0)
+    norm = fit_normalization(m, c, 0.5)
+    assert (norm.map_lo, norm.map_hi, norm.map_weight) == (50.0, 99.0, 0.5)
     assert norm.cls_lo == pytest.approx(0.55) and norm.cls_hi == pytest.approx(0.599)
-    assert norm.normalize_map([50.0, 99.0, 148.0]).tolist() == [0.0, 1.0, 2.0]
-    assert norm.normalize_cls([0.55, 0.599]) == pytest.approx([0.0, 1.0])
-    norm = Normalization.from_normal_scores(m, c, lo_q=0.0, hi_q=1.0)
+    assert normalize_map([50.0, 99.0, 148.0], norm).tolist() == [0.0, 1.0, 2.0]
+    assert normalize_cls([0.55, 0.599], norm) == pytest.approx([0.0, 1.0])
+    norm = fit_normalization(m, c, 0.5, lo_q=0.0, hi_q=1.0)
     assert (norm.map_lo, norm.map_hi) == (0.0, 100.0)
 
 
@@ -189,27 +189,17 @@ def test_normalization_degenerate_inputs(caplog):
     m = np.arange(200, dtype=np.float64)
     c = np.full(200, 0.7)
     with caplog.at_level(logging.WARNING):
-        norm = Normalization.from_normal_scores(m, c)
+        norm = fit_normalization(m, c, 0.5)
     assert norm.cls_lo == 0.7 and norm.cls_hi == pytest.approx(0.7 + 1e-3)
     assert "cls_score is constant" in caplog.text
     # the 0.99 quantile equals the median, but one frame is higher: the maximum sets the scale
     spiky = np.concatenate([np.zeros(200), [5.0]])
-    norm = Normalization.from_normal_scores(spiky, np.arange(201.0))
+    norm = fit_normalization(spiky, np.arange(201.0), 0.5)
     assert (norm.map_lo, norm.map_hi) == (0.0, 5.0)
     with pytest.raises(UserError, match="map_max has 3 frames but cls_score has 2"):
-        Normalization.from_normal_scores([1.0, 2.0, 3.0], [1.0, 2.0])
-
-
-def test_image_scores_contract_formula():
-    norm = Normalization(map_lo=1.0, map_hi=3.0, cls_lo=0.5, cls_hi=0.6)
-    map_max = np.array([1.0, 3.0, 7.0, 0.0])
-    cls = np.array([0.5, 0.6, 0.5, 0.8])
-    # map_n = [0, 1, 3, -0.5], cls_n = [0, 1, 0, 3]; not clipped
-    assert image_scores(map_max, cls, norm, 0.5) == pytest.approx([0.0, 1.0, 1.5, 1.25])
-    assert image_scores(map_max, cls, norm, 1.0) == pytest.approx([0.0, 1.0, 3.0, -0.5])
-    assert image_scores(map_max, cls, norm, 0.0) == pytest.approx([0.0, 1.0, 0.0, 3.0])
+        fit_normalization([1.0, 2.0, 3.0], [1.0, 2.0], 0.5)
     with pytest.raises(UserError, match="map_weight must be in"):
-        image_scores(map_max, cls, norm, 1.5)
+        fit_normalization(m, c, 1.5)
 
 
 # ----------------------------------------------------------------------------------- calibrate
@@ -224,10 +214,10 @@ def test_calibrate_returns_manifest_score_block():
                           "pixel_threshold", "source", "calibration"}
     assert set(block["calibration"]) == {"frames", "far", "method", "exceedances", "pixel_method"}
     json.dumps(block)                                           # plain Python numbers only
-    norm = Normalization.from_normal_scores(map_max, cls)
+    norm = fit_normalization(map_max, cls, 0.5)
     assert (block["map_lo"], block["map_hi"], block["cls_lo"], block["cls_hi"]) == (
         norm.map_lo, norm.map_hi, norm.cls_lo, norm.cls_hi)
-    scores = image_scores(map_max, cls, norm, 0.5)
+    scores = image_score(map_max, cls, norm).astype(np.float64)
     assert block["threshold"] == threshold_at_far(scores, 0.001).value == np.sort(scores)[-12]
     assert block["source"] == "calibration" and block["map_weight"] == 0.5
     assert block["calibration"] == {"frames": 12000, "far": 0.001, "method": "quantile",
@@ -250,7 +240,7 @@ def test_calibrate_small_set_and_no_pixels():
     assert block["calibration"]["pixel_method"] == "frame-max:tail-fit"
     # medical weighting: the image score is the normalized map maximum, so both thresholds agree
     assert block["pixel_threshold"] == pytest.approx(block["threshold"])
-    assert block["threshold"] > Normalization.from_normal_scores(map_max, cls).normalize_map(map_max).max()
+    assert block["threshold"] > normalize_map(map_max, fit_normalization(map_max, cls, 1.0)).max()
 
 
 # ----------------------------------------------------------------------------------- evaluation
