@@ -126,7 +126,7 @@ def threshold(artifact: Path, images, data, camera, anomalies, class_name, verbo
     --anomalies) are only reported (AUROC, detection rate, F1-optimal threshold), never used to fit.
     """
     from .plot import save_score_histogram
-    from .score_calibration import calibrate_artifact, summary_lines
+    from .score_calibration import ThresholdOptions, calibrate_artifact, summary_lines
 
     setup_logging(verbose, quiet)
     thresholds._check_far(far)
@@ -135,8 +135,8 @@ def threshold(artifact: Path, images, data, camera, anomalies, class_name, verbo
     normals, bad = resolve_inputs(manifest, images, data, camera, frames, anomalies, class_name)
     if camera is None:
         normals = _limit(normals, frames)
-    result = calibrate_artifact(artifact, normals, bad, far=far, pixel_far=pixel_far, backend=backend, batch=batch,
-                                pixel_samples=pixel_samples, dry_run=dry_run)
+    result = calibrate_artifact(artifact, normals, bad, ThresholdOptions(
+        far=far, pixel_far=pixel_far, backend=backend, batch=batch, pixel_samples=pixel_samples, dry_run=dry_run))
     for line in summary_lines(result):
         click.echo(line)
     if dry_run:
@@ -185,7 +185,7 @@ def int8(fp32_onnx: Path, images, data, camera, anomalies, class_name, verbose, 
     with labelled anomalies or synthetic defects) and refuses to write the INT8 graph (exit 1) when a
     metric misses its limit, unless --force.
     """
-    from .int8 import build_int8_engine, quantize_artifact
+    from .int8 import Int8Options, build_int8_engine, quantize_artifact
 
     setup_logging(verbose, quiet)
     profile = None
@@ -205,8 +205,9 @@ def int8(fp32_onnx: Path, images, data, camera, anomalies, class_name, verbose, 
                          + (["--engine", str(engine), "--trt-flavour", flavour, "--engine-batch", engine_batch]
                             if engine else []))
     limits = GateLimits(min_map_corr, min_rank_corr, max_auroc_change)
-    result = quantize_artifact(fp32_onnx, normals, bad, out=out, max_frames=frames, holdout=holdout, limits=limits,
-                               force=force, method=method, batch=batch, seed=seed, rebuild_command=command)
+    result = quantize_artifact(fp32_onnx, normals, bad, Int8Options(
+        out=out, max_frames=frames, holdout=holdout, limits=limits, force=force, method=method, batch=batch, seed=seed,
+        rebuild_command=command))
     click.echo(f"INT8 calibration: {result.calibration['frames']} frames ({result.calibration['input']}), "
                f"{len(result.plan.quantize)} nodes quantized, {len(result.plan.exclude)} kept FP32")
     click.echo(f"accuracy gate ({'passed' if result.gate.passed else 'FAILED'}):")

@@ -39,15 +39,24 @@ class FrameOutputs:
         return int(self.map_max.size)
 
 
-def run_items(runner: Runner, manifest: Manifest, items: Iterable[Item], batch: int = 1, *,
-              pixel_samples: int = 0, keep_maps: bool = False, keep_frames: bool = False, seed: int = 0,
-              on_item: Optional[Callable[[Item], None]] = None) -> FrameOutputs:
-    """Infer every item with ``runner`` (activated by the caller) in batches of ``batch``.
+@dataclass(frozen=True)
+class Collect:
+    """What ``run_items`` keeps besides ``map_max``/``cls_score``: ``pixel_samples`` > 0 anomaly-map values per
+    frame (uniform random pixels, fixed ``seed``), whole maps (``keep_maps``), the fitted inputs
+    (``keep_frames``); ``on_item`` sees each item as it is consumed (e.g. to hash the calibration set)."""
 
-    ``pixel_samples`` > 0 keeps that many anomaly-map values per frame (uniform random pixels, fixed
-    ``seed``); ``keep_maps`` keeps whole maps; ``keep_frames`` the fitted inputs. ``on_item`` sees each
-    item as it is consumed (e.g. to hash the calibration set).
-    """
+    batch: int = 1
+    pixel_samples: int = 0
+    keep_maps: bool = False
+    keep_frames: bool = False
+    seed: int = 0
+    on_item: Optional[Callable[[Item], None]] = None
+
+
+def run_items(runner: Runner, manifest: Manifest, items: Iterable[Item], collect: Collect = Collect()) -> FrameOutputs:
+    """Infer every item with ``runner`` (activated by the caller) in batches of ``collect.batch``."""
+    batch, pixel_samples, keep_maps = collect.batch, collect.pixel_samples, collect.keep_maps
+    keep_frames, seed, on_item = collect.keep_frames, collect.seed, collect.on_item
     builder = FeedBuilder(manifest, batch, allocate=runner.lend_input)
     need_maps = pixel_samples > 0 or keep_maps
     wanted = SCORE_OUTPUTS + ((MAP_OUTPUT,) if need_maps else ())

@@ -35,7 +35,7 @@ from aaclip.runtime.backends import RunnerOptions, open_runner
 from aaclip.runtime.backends.onnxruntime import import_onnxruntime
 
 from .gate import GateLimits, GateReport, evaluate_gate
-from .inference import FrameOutputs, run_items
+from .inference import Collect, FrameOutputs, run_items
 from .inputs import FrameInput, Item, SetHash, frame_payload, synthetic_pairs
 
 log = logging.getLogger(__name__)
@@ -235,7 +235,7 @@ def _outputs(path: Path, manifest: Manifest, items: Sequence[Item], providers: S
     graph = dataclasses.replace(manifest, artifact_path=Path(path))
     runner = open_runner(graph, "onnxruntime", RunnerOptions(extra={"providers": tuple(providers)}))
     with runner:
-        return run_items(runner, manifest, items, batch, keep_maps=True)
+        return run_items(runner, manifest, items, Collect(batch, keep_maps=True))
 
 
 def int8_manifest(fp32: Manifest, out: Path, sha256: str, plan: QuantPlan, calibration: dict, gate: dict,
@@ -267,12 +267,28 @@ def int8_manifest(fp32: Manifest, out: Path, sha256: str, plan: QuantPlan, calib
     return data
 
 
-def quantize_artifact(fp32_onnx: Path, normals: FrameInput, anomalies: Optional[FrameInput] = None, *,
-                      out: Optional[Path] = None, max_frames: int = DEFAULT_FRAMES, holdout: int = DEFAULT_HOLDOUT,
-                      limits: GateLimits = GateLimits(), force: bool = False, method: str = "minmax",
-                      batch: int = CALIBRATION_BATCH, seed: int = 0, providers: Sequence[str] = DEFAULT_PROVIDERS,
-                      rebuild_command: str = "") -> Int8Result:
+@dataclass(frozen=True)
+class Int8Options:
+    """``aaclip-calibrate int8``'s settings (defaults documented in docs/calibration.md)."""
+
+    out: Optional[Path] = None          # INT8 graph [default: <fp32 stem>.int8.onnx]
+    max_frames: int = DEFAULT_FRAMES    # normal frames read (every 4th held out for the gate)
+    holdout: int = DEFAULT_HOLDOUT      # synthetic products (and as many defective) added to the held-out set
+    limits: GateLimits = GateLimits()
+    force: bool = False                 # write even when the gate fails (recorded in the manifest)
+    method: str = "minmax"              # activation range estimator
+    batch: int = CALIBRATION_BATCH
+    seed: int = 0
+    providers: Sequence[str] = DEFAULT_PROVIDERS
+    rebuild_command: str = ""
+
+
+def quantize_artifact(fp32_onnx: Path, normals: FrameInput, anomalies: Optional[FrameInput] = None,
+                      options: Int8Options = Int8Options()) -> Int8Result:
     """Quantize, gate, and (if the gate passes or ``force``) write the INT8 graph + manifest atomically."""
+    o = options
+    out, max_frames, holdout, limits, force = o.out, o.max_frames, o.holdout, o.limits, o.force
+    method, batch, seed, providers, rebuild_command = o.method, o.batch, o.seed, o.providers, o.rebuild_command
     fp32_onnx = Path(fp32_onnx)
     manifest = load_manifest(fp32_onnx)
     check_artifact(manifest)

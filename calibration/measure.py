@@ -67,7 +67,7 @@ def main(backbone: str, size: int, frames: int, holdout: int, method: str, repea
     from aaclip.train.synth import draw_product
 
     from .inputs import folder_input
-    from .int8 import quantize_artifact
+    from .int8 import Int8Options, quantize_artifact
 
     setup_logging(0, True)
     with tempfile.TemporaryDirectory(prefix="aaclip-measure-") as tmp:
@@ -79,8 +79,8 @@ def main(backbone: str, size: int, frames: int, holdout: int, method: str, repea
         (root / "good").mkdir()
         for i in range(frames):
             cv2.imwrite(str(root / "good" / f"{i:04d}.png"), draw_product("disk", rng, size))
-        result = quantize_artifact(fp32, folder_input(root / "good", 0), holdout=holdout, method=method,
-                                   max_frames=frames, force=True)
+        result = quantize_artifact(fp32, folder_input(root / "good", 0),
+                                   options=Int8Options(holdout=holdout, method=method, max_frames=frames, force=True))
         g = result.gate
         frame = draw_product("disk", np.random.default_rng(99), size)
         ms32 = cpu_latency_ms(fp32, frame, threads, repeats)

@@ -21,7 +21,7 @@ from aaclip.contract.score import ScoreParams, image_score
 from aaclip.runtime.backends import open_runner
 
 from . import thresholds
-from .inference import FrameOutputs, run_items
+from .inference import Collect, FrameOutputs, run_items
 from .inputs import FrameInput, SetHash
 
 log = logging.getLogger(__name__)
@@ -46,23 +46,35 @@ def infer_input(manifest: Manifest, frames: FrameInput, backend: str, batch: int
              batch)
     runner = open_runner(manifest, backend)
     with runner:
-        return run_items(runner, manifest, frames.items(), batch, pixel_samples=pixel_samples,
-                         on_item=hasher.update if hasher else None)
+        return run_items(runner, manifest, frames.items(), Collect(batch, pixel_samples=pixel_samples,
+                                                                   on_item=hasher.update if hasher else None))
 
 
-def calibrate_artifact(artifact: Path, normals: FrameInput, anomalies: Optional[FrameInput] = None, *,
-                       far: float = thresholds.DEFAULT_FAR, pixel_far: float = thresholds.DEFAULT_PIXEL_FAR,
-                       backend: str = "auto", batch: int = 1, pixel_samples: int = DEFAULT_PIXEL_SAMPLES,
-                       dry_run: bool = False) -> ThresholdResult:
+@dataclass(frozen=True)
+class ThresholdOptions:
+    """``aaclip-calibrate threshold``'s settings: false-alarm rates, backend and batch as the runtime will use
+    them, pixel samples per frame, and ``dry_run`` (write nothing)."""
+
+    far: float = thresholds.DEFAULT_FAR
+    pixel_far: float = thresholds.DEFAULT_PIXEL_FAR
+    backend: str = "auto"
+    batch: int = 1
+    pixel_samples: int = DEFAULT_PIXEL_SAMPLES
+    dry_run: bool = False
+
+
+def calibrate_artifact(artifact: Path, normals: FrameInput, anomalies: Optional[FrameInput] = None,
+                       options: ThresholdOptions = ThresholdOptions()) -> ThresholdResult:
     """Calibrate ``artifact``'s score block on ``normals``; write it into the manifest unless ``dry_run``.
 
     ``anomalies`` (labelled defects) are scored for the report only; they never move the threshold.
     """
+    far, pixel_far, backend, batch = options.far, options.pixel_far, options.backend, options.batch
     artifact = Path(artifact)
     manifest = load_manifest(artifact)
     check_artifact(manifest)
     hasher = SetHash()
-    out = infer_input(manifest, normals, backend, batch, pixel_samples, hasher)
+    out = infer_input(manifest, normals, backend, batch, options.pixel_samples, hasher)
     if len(out) < 2:
         raise UserError(f"only {len(out)} normal frame(s) could be read from {normals.description}; "
                         "calibration needs many (thousands for a 0.001 false-alarm rate)")
@@ -87,7 +99,7 @@ def calibrate_artifact(artifact: Path, normals: FrameInput, anomalies: Optional[
         evaluation = thresholds.evaluate_threshold(normal_scores, anomaly_scores, params.threshold)
 
     path = None
-    if not dry_run:
+    if not options.dry_run:
         path = write_score_block(artifact, block)
     return ThresholdResult(block, normal_scores, anomaly_scores, evaluation, path)
 

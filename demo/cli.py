@@ -105,12 +105,12 @@ def run_demo(out: Path, seed: int = 0) -> dict:
 
     _step(4, total, "export: FP32 and FP16 ONNX graphs with manifests, verified against PyTorch")
     from aaclip.export.onnx_export import export_onnx
-    from aaclip.export.verify import TOLERANCES, verify_artifact
+    from aaclip.export.verify import TOLERANCES, VerifyOptions, verify_artifact
 
     summary["export"] = {}
     for precision in ("fp32", "fp16"):
         res = export_onnx(ckpt, out / "export" / f"model.{precision}.onnx", precision=precision, model=model)
-        parity = verify_artifact(res.path, ckpt, frames=8, tolerances=TOLERANCES[precision])
+        parity = verify_artifact(res.path, ckpt, VerifyOptions(frames=8, tolerances=TOLERANCES[precision]))
         summary["export"][precision] = {"artifact": str(res.path), "manifest": str(res.manifest),
                                         "parity_passed": parity.passed, "parity": parity.lines()}
         if not parity.passed:
@@ -138,13 +138,13 @@ def calibrate_demo(artifact: Path, clean_video: Path, test_jsonl: Path, out: Pat
     camera's class are scored for information only (they never move the threshold)."""
     from aaclip.calibration.inputs import camera_input, data_inputs
     from aaclip.calibration.plot import save_score_histogram
-    from aaclip.calibration.score_calibration import calibrate_artifact
+    from aaclip.calibration.score_calibration import ThresholdOptions, calibrate_artifact
     from aaclip.contract.manifest import load_manifest
 
     manifest = load_manifest(artifact)
     normals = camera_input(str(clean_video), CALIBRATION_FRAMES, manifest.class_index(CAMERA_CLASS))
     _, anomalies = data_inputs(test_jsonl, manifest, CAMERA_CLASS)
-    res = calibrate_artifact(artifact, normals, anomalies, far=CALIBRATION_FAR, backend="onnxruntime")
+    res = calibrate_artifact(artifact, normals, anomalies, ThresholdOptions(far=CALIBRATION_FAR, backend="onnxruntime"))
     plotted = save_score_histogram(out / "scores.png", res.normal_scores, res.score["threshold"], res.anomaly_scores)
     cal = res.score["calibration"]
     return {"manifest": str(res.manifest_path), "threshold": res.score["threshold"], "method": cal["method"],

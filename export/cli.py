@@ -132,13 +132,14 @@ def verify_command(artifact: Path, ckpt: Optional[Path], images: Optional[Path],
                    min_iou: Optional[float], clip_weights: Optional[Path]) -> bool:
     from aaclip.contract.manifest import load_manifest
 
-    from .verify import TOLERANCES, verify_artifact
+    from .verify import TOLERANCES, VerifyOptions, verify_artifact
 
     manifest = load_manifest(artifact)
     precision = str(manifest.data.get("precision", "fp32"))
     tol = TOLERANCES.get(precision, TOLERANCES["fp16"]).replace(
         map_rel=map_tol, score_abs=score_tol, min_corr=min_corr, min_iou=min_iou)
-    report = verify_artifact(artifact, ckpt, images=images, frames=frames, tolerances=tol, clip_weights=clip_weights)
+    report = verify_artifact(artifact, ckpt, VerifyOptions(images=images, frames=frames, tolerances=tol,
+                                                           clip_weights=clip_weights))
     click.echo(f"{artifact} ({precision}) vs PyTorch:")
     for line in report.lines():
         click.echo(f"  {line}")

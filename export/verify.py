@@ -224,27 +224,30 @@ def _checkpoint_for(manifest: Manifest, ckpt: Optional[Path]) -> Path:
     return path
 
 
-def verify_artifact(
-    artifact: Path,
-    ckpt: Optional[Path] = None,
-    *,
-    images: Optional[Path] = None,
-    frames: int = 8,
-    batch: Optional[int] = None,
-    tolerances: Optional[Tolerances] = None,
-    clip_weights: Optional[Path] = None,
-    model=None,
-    seed: int = 0,
-) -> ParityReport:
-    """Compare ``artifact`` with the PyTorch model of its checkpoint on the same frames."""
+@dataclass(frozen=True)
+class VerifyOptions:
+    """Which frames the gate runs (``images`` folder, else ``frames`` synthetic ones from ``seed``), in batches of
+    ``batch``, against ``tolerances`` (default: the artifact precision's); ``clip_weights`` when they moved."""
+
+    images: Optional[Path] = None
+    frames: int = 8
+    batch: Optional[int] = None
+    tolerances: Optional[Tolerances] = None
+    clip_weights: Optional[Path] = None
+    seed: int = 0
+
+
+def verify_artifact(artifact: Path, ckpt: Optional[Path] = None, options: VerifyOptions = VerifyOptions(),
+                    model=None) -> ParityReport:
+    """Compare ``artifact`` with the PyTorch model of its checkpoint (or ``model``) on the same frames."""
     from aaclip.train.checkpoint import load_checkpoint
 
     manifest = open_artifact(artifact)
     if model is None:
-        model = load_checkpoint(_checkpoint_for(manifest, ckpt), clip_weights=clip_weights)
-    tol = tolerances or TOLERANCES.get(manifest.precision, TOLERANCES["fp16"])
-    batch = max(1, min(batch or 4, manifest.batch_max or 4))
-    images_in, class_ids = verification_frames(manifest, images, frames, seed)
+        model = load_checkpoint(_checkpoint_for(manifest, ckpt), clip_weights=options.clip_weights)
+    tol = options.tolerances or TOLERANCES.get(manifest.precision, TOLERANCES["fp16"])
+    batch = max(1, min(options.batch or 4, manifest.batch_max or 4))
+    images_in, class_ids = verification_frames(manifest, options.images, options.frames, options.seed)
     with open_runner(manifest, REFERENCE_BACKEND, RunnerOptions(extra={"model": model})) as reference:
         ref = infer_frames(reference, manifest, images_in, class_ids, batch, OUTPUT_NAMES)
     with artifact_runner(manifest) as runner:
@@ -263,4 +266,5 @@ __all__ = [
     "artifact_runner",
     "verification_frames",
     "verify_artifact",
+    "VerifyOptions",
 ]

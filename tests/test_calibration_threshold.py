@@ -10,7 +10,7 @@ from aaclip.calibration import thresholds
 from aaclip.calibration.cli import cli, main
 from aaclip.calibration.inputs import Item, SetHash, folder_input, frame_payload
 from aaclip.calibration.plot import save_score_histogram
-from aaclip.calibration.score_calibration import calibrate_artifact
+from aaclip.calibration.score_calibration import ThresholdOptions, calibrate_artifact
 from aaclip.contract.feeds import fit_frame
 from aaclip.contract.files import sha256_file
 from aaclip.contract.manifest import load_manifest
@@ -129,7 +129,7 @@ def test_failed_write_leaves_old_manifest_and_no_temp_files(tmp_path, monkeypatc
 
     monkeypatch.setattr(fileio.os, "replace", broken_replace)
     with pytest.raises(OSError, match="disk full"):
-        calibrate_artifact(art, folder_input(tmp_path / "good", 0), pixel_samples=0)
+        calibrate_artifact(art, folder_input(tmp_path / "good", 0), options=ThresholdOptions(pixel_samples=0))
     monkeypatch.undo()
     assert mpath.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["good", "model.onnx", "model.onnx.manifest.json"]

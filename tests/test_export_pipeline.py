@@ -26,7 +26,7 @@ from aaclip.export import cli as export_cli  # noqa: E402
 from aaclip.export.graph import reference_preprocess  # noqa: E402
 from aaclip.export.manifest_builder import default_score  # noqa: E402
 from aaclip.export.onnx_export import compute_anchors, export_onnx, graph_problems  # noqa: E402
-from aaclip.export.verify import TOLERANCES, ParityReport, compare_outputs, top_iou, verify_artifact  # noqa: E402
+from aaclip.export.verify import TOLERANCES, ParityReport, VerifyOptions, compare_outputs, top_iou, verify_artifact  # noqa: E402
 from aaclip.runtime.backends.onnxruntime import OnnxRuntimeRunner  # noqa: E402
 from aaclip.train.checkpoint import checkpoint_sha256, load_checkpoint  # noqa: E402
 from model_fixtures import TINY_CLASSES, TINY_SIZE, make_tiny_checkpoint  # noqa: E402
@@ -305,7 +305,7 @@ def test_comparator_known_answers():
 
 # ---- verify --------------------------------------------------------------------------------------
 def test_verify_passes_and_the_gate_fails_beyond_tolerance(fp32_multi, model, capsys):
-    report = verify_artifact(fp32_multi.path, model=model, frames=6)
+    report = verify_artifact(fp32_multi.path, options=VerifyOptions(frames=6), model=model)
     assert report.passed and report.frames == 6 and report.map_rel < 1e-5
     with pytest.raises(SystemExit) as exc:
         export_cli.main(["--verify", str(fp32_multi.path), "--frames", "2"])
@@ -323,7 +323,7 @@ def test_verify_reads_an_image_folder(fp32_multi, model, frames, tmp_path):
     for i, c in enumerate(["disk", "wood", "wood"]):
         (tmp_path / c).mkdir(exist_ok=True)
         cv2.imwrite(str(tmp_path / c / f"{i}.png"), cv2.resize(frames[i], (90, 70)))  # fitted to 64x64
-    report = verify_artifact(fp32_multi.path, model=model, images=tmp_path)
+    report = verify_artifact(fp32_multi.path, options=VerifyOptions(images=tmp_path), model=model)
     assert report.passed and report.frames == 3
 
 
