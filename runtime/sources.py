@@ -27,7 +27,7 @@ from urllib.parse import parse_qs, urlsplit
 import cv2
 import numpy as np
 from aaclip.contract.errors import UserError
-from aaclip.contract.files import IMAGE_SUFFIXES
+from aaclip.contract.files import image_files, is_image_file
 
 log = logging.getLogger(__name__)
 
@@ -202,13 +202,10 @@ def parse_source(spec: str | int, loop: bool = False, open_timeout_ms: int = DEF
                         "file://, a device index, a path or a GStreamer pipeline")
     path = Path(spec[len("file://"):] if scheme == "file" else spec).expanduser()
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        if not files:
-            raise UserError(f"image folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
-        return ImageFolderSource(files, name=path.name or str(path), loop=loop)
+        return ImageFolderSource(image_files(path), name=path.name or str(path), loop=loop)
     if not path.exists():
         raise UserError(f"camera source {spec!r} not found: not a device index, URL, pipeline or existing path")
-    if path.suffix.lower() in IMAGE_SUFFIXES:
+    if is_image_file(path):
         return ImageFolderSource([path], name=path.name, loop=loop)
     return CaptureSource(str(path), name=path.name, is_live=False, loop=loop)
 

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 def main(ckpt, data, root, out, clip_weights, overlays, batch_size, device):
     """Per-class pixel AUROC/AP/F1-max, AUPRO, image AUROC/AP/F1-max and their mean -> metrics.json/.md.
 
-    Image scores use the paper's test-set min-max normalization (see docs/evaluation.md).
+    Image scores use the paper's test-set min-max normalization (docs/method-choices.md, "Evaluation normalization").
     """
     from aaclip.contract.metrics import markdown_table
 
