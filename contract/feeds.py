@@ -8,7 +8,7 @@ pixels are written exactly once on their way to the device.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterator, Optional, Protocol, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Optional, Sequence
 
 import cv2
 import numpy as np
@@ -16,18 +16,10 @@ import numpy as np
 from .errors import UserError
 from .tensors import CLASS_INPUT_NAME, INPUT_NAME
 
+if TYPE_CHECKING:
+    from .manifest import Manifest
+
 Allocate = Callable[[str, tuple, np.dtype], np.ndarray]
-
-
-class InputSpec(Protocol):
-    """What a feed builder needs to know of an artifact (a ``Manifest`` has all of it)."""
-
-    height: int
-    width: int
-    batch_min: int
-    batch_max: Optional[int]
-    class_input: Optional[str]
-    classes: tuple[str, ...]
 
 
 def fit_frame(frame: np.ndarray, height: int, width: int, out: Optional[np.ndarray] = None) -> np.ndarray:
@@ -61,7 +53,9 @@ def _zeros(_name: str, shape: tuple, dtype: np.dtype) -> np.ndarray:
 class FeedBuilder:
     """Preallocated inputs of one artifact for batches of up to ``batch`` frames."""
 
-    def __init__(self, spec: InputSpec, batch: int, allocate: Allocate = _zeros):
+    def __init__(self, spec: "Manifest", batch: int, allocate: Allocate = _zeros):
+        """``spec``: the artifact's manifest (what is read of it: height, width, batch_min, batch_max,
+        class_input, classes)."""
         if batch < 1:
             raise UserError(f"--batch must be >= 1, got {batch}")
         if spec.batch_max is not None and batch > spec.batch_max:
