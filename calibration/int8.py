@@ -28,7 +28,7 @@ from typing import Optional, Sequence
 import numpy as np
 from aaclip.contract.errors import UserError
 from aaclip.contract.feeds import fit_frame
-from aaclip.contract.files import sha256_file
+from aaclip.contract.files import remove_stale_temps, sha256_file, temp_prefix
 from aaclip.contract.manifest import Manifest, check_artifact, load_manifest, write_manifest
 from aaclip.contract.score import image_score
 from aaclip.runtime.backends import RunnerOptions, open_runner
@@ -318,7 +318,8 @@ def quantize_artifact(fp32_onnx: Path, normals: FrameInput, anomalies: Optional[
                                                    max(holdout, len(held)) * 4)
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".aaclip-int8-", dir=out.parent) as tmp:
+    remove_stale_temps(out.parent)
+    with tempfile.TemporaryDirectory(prefix=temp_prefix(out), dir=out.parent) as tmp:
         staged = Path(tmp) / out.name
         plan = quantize_graph(fp32_onnx, staged, frames, class_ids, manifest, method, batch)
         ref = _outputs(fp32_onnx, manifest, test_items, providers, batch)

@@ -53,14 +53,18 @@ def verbosity(f):
 
 
 class _ReportsErrors:
-    """Click mixin: a UserError becomes one ``error: ...`` line on stderr and exit status 2; Ctrl-C outside
-    the camera loop's own handling exits 130."""
+    """Click mixin: a UserError (or an OSError such as a full disk: it names the file) becomes one
+    ``error: ...`` line on stderr and exit status 2; Ctrl-C outside the camera loop's own handling exits 130."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except UserError as exc:
             click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        except OSError as exc:  # a full disk, a read-only folder, a vanished file: say which file and why
+            where = f" {exc.filename}" if exc.filename else ""
+            click.echo(f"error: cannot use{where}: {exc.strerror or exc}", err=True)
             sys.exit(2)
         except KeyboardInterrupt:
             click.echo("error: interrupted; outputs may be incomplete", err=True)

@@ -3,13 +3,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import re
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Union
 
 from .errors import UserError
+
+log = logging.getLogger(__name__)
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -42,7 +47,7 @@ def atomic_path(path: PathLike, suffix: str = "") -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=suffix or ".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -53,6 +58,53 @@ def atomic_path(path: PathLike, suffix: str = "") -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)~")
+
+
+def temp_prefix(path: PathLike) -> str:
+    """``.<name>.<pid>~``: temporary files and folders beside ``path`` carry the writer's process id, so a later
+    start can tell those of a killed writer (``remove_stale_temps``) from those of a running one."""
+    return f".{Path(path).name}.{os.getpid()}~"
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temps(folder: PathLike) -> int:
+    """Remove the temporary files/folders in ``folder`` left by writers that died (kill -9, power loss);
+    returns how many. Those of running processes are kept."""
+    folder = Path(folder)
+    removed = 0
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return 0
+    for entry in entries:
+        m = _TEMP_NAME.match(entry.name)
+        if not m or _alive(int(m["pid"])):
+            continue
+        try:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+            removed += 1
+        except OSError:
+            continue
+    if removed:
+        log.info("removed %d temporary file(s) of an interrupted earlier run in %s", removed, folder)
+    return removed
 
 
 def _umask() -> int:

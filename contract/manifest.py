@@ -422,3 +422,43 @@ def check_engine_compat(manifest: Manifest, flavour: str, version: str,
         raise ArtifactError(
             f"engine was built for GPU compute capability {want_cc} ({trt.get('gpu_name')}), this GPU is "
             f"{compute_capability}", rebuild)
+
+
+class ManifestWatch:
+    """Notices a manifest rewritten on disk (``aaclip-calibrate threshold`` while the loop runs) and hands out
+    its new score constants. Checked at most every ``every_s`` seconds (a ``stat`` call); a rewritten manifest
+    that is invalid or belongs to another artifact is logged once and ignored."""
+
+    def __init__(self, manifest: Manifest, every_s: float = 2.0):
+        self.manifest = manifest
+        self.every_s = every_s
+        self._next = 0.0
+        self._seen = self._identity()
+
+    def _identity(self) -> Optional[tuple]:
+        try:
+            st = self.manifest.path.stat()
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_size, st.st_ino
+
+    def changed_score(self, now: float) -> Optional[ScoreParams]:
+        """The new score constants when the manifest changed since the last call, else None."""
+        if self.every_s <= 0 or now < self._next:
+            return None
+        self._next = now + self.every_s
+        identity = self._identity()
+        if identity is None or identity == self._seen:
+            return None
+        self._seen = identity
+        try:
+            fresh = load_manifest(self.manifest.artifact_path)
+        except ArtifactError as exc:
+            log.error("manifest %s changed but cannot be used (%s); keeping the running score constants",
+                      self.manifest.path, exc)
+            return None
+        if fresh.sha256 != self.manifest.sha256:
+            log.error("manifest %s now describes another artifact (sha256 %s...); keeping the running score "
+                      "constants: restart the runtime to run the new artifact", self.manifest.path, fresh.sha256[:12])
+            return None
+        return fresh.score

@@ -21,22 +21,25 @@ from .sources import Source
 
 log = logging.getLogger(__name__)
 
-MAX_UNREADABLE_IN_A_ROW = 100  # a live source delivering only broken frames is treated as failed
+MAX_UNREADABLE_IN_A_ROW = 100  # a source delivering only broken frames: live -> reconnect, file -> ended
+MIN_DELAY_S = 0.05  # the shortest reconnect delay, whatever --reconnect-delay says: a dead source never spins
 
 
 @dataclass(frozen=True)
 class Backoff:
-    """Reconnect delays: ``initial``, then times ``factor`` each failed try, at most ``maximum`` seconds."""
+    """Reconnect delays: ``initial``, then times ``factor`` each failed try, at most ``maximum`` seconds
+    (never below ``MIN_DELAY_S``)."""
 
     initial: float = 0.5
     maximum: float = 10.0
     factor: float = 2.0
 
     def delays(self) -> Iterator[float]:
-        delay = self.initial
+        delay = max(self.initial, MIN_DELAY_S)
+        top = max(self.maximum, delay)
         while True:
             yield delay
-            delay = min(delay * self.factor, self.maximum)
+            delay = min(delay * max(self.factor, 1.0), top)
 
 
 @dataclass
@@ -62,6 +65,7 @@ class SourceReader:
         self.captured = 0
         self.unreadable = 0
         self.reconnects = 0
+        self.failed_reconnects = 0
         self.ended = False
 
     def next(self) -> Optional[CapturedFrame]:
@@ -78,8 +82,13 @@ class SourceReader:
                 self.unreadable += 1
                 broken_in_a_row += 1
                 log.debug("%s: unreadable frame skipped (%d so far)", self.source.name, self.unreadable)
-                if broken_in_a_row < MAX_UNREADABLE_IN_A_ROW or not self.source.is_live:
+                if broken_in_a_row < MAX_UNREADABLE_IN_A_ROW:
                     continue
+                if not self.source.is_live:  # e.g. a looping folder of broken files: nothing will ever come
+                    log.error("%s: %d unreadable frames in a row and none readable; giving up on this source",
+                              self.source.name, broken_in_a_row)
+                    self.ended = True
+                    return None
             if self.stop.is_set():
                 return None
             if not self.source.is_live:
@@ -94,6 +103,7 @@ class SourceReader:
         name = self.source.name
         log.warning("%s: no frame (unplugged or stalled); reconnecting", name)
         self.source.release()
+        last_logged = None
         for attempt, delay in enumerate(self.backoff.delays(), start=1):
             if self.stop.wait(delay):
                 return
@@ -101,8 +111,10 @@ class SourceReader:
                 self.reconnects += 1
                 log.warning("%s: reconnected (try %d)", name, attempt)
                 return
-            log.warning("%s: reconnect try %d failed; next in %.2g s", name, attempt,
-                        min(delay * self.backoff.factor, self.backoff.maximum))
+            self.failed_reconnects += 1
+            if delay != last_logged or attempt % 10 == 0:  # once per backoff step, then every 10th try
+                log.warning("%s: reconnect try %d failed; retrying every %.2g s or slower", name, attempt, delay)
+                last_logged = delay
 
 
 class _LatestFrameWorker(threading.Thread):

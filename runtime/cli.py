@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import logging
 import signal
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import click
-from aaclip.contract.cli import Command, setup_logging
+from aaclip.contract.cli import Command, FiniteFloat, setup_logging
 from aaclip.contract.errors import UserError
 from aaclip.contract.manifest import open_artifact
 
@@ -16,26 +17,38 @@ from .backends import AUTO, backend_names, open_runner
 from .capture import Backoff
 from .loop import CameraLoop, LoopConfig, Summary, source_classes
 from .sinks import EVIDENCE_FORMATS, AnnotatedVideo, DisplaySink, EventLog, EvidenceWriter, Sink
-from .sources import open_source
+from .sources import DEFAULT_OPEN_TIMEOUT_MS, open_source
 
 log = logging.getLogger(__name__)
 
 
-def _install_signal_handlers(loop: CameraLoop) -> dict:
-    """SIGINT/SIGTERM: finish the current frame, flush, summarize, exit 0. A second signal aborts.
-    Returns the previous handlers (to restore)."""
+class StopSignals:
+    """SIGINT/SIGTERM handlers, installed before any source opens (a signal during a stalled RTSP connect
+    ends the run cleanly once the connect returns): the first signal asks the loop to finish the current
+    frame, flush and summarize (exit 0); a second one aborts."""
 
-    def handler(signum: int, _frame) -> None:
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.reason: Optional[str] = None
+        self._previous: dict = {}
+
+    def __enter__(self) -> "StopSignals":
+        self._previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        for sig in self._previous:
+            signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, _frame) -> None:
         name = signal.Signals(signum).name
-        if loop.stop_event.is_set():
+        if self.event.is_set():
             raise KeyboardInterrupt
         log.info("%s received: finishing the current frame", name)
-        loop.stop(name)
+        self.reason = name
+        self.event.set()
 
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    for sig in previous:
-        signal.signal(sig, handler)
-    return previous
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 @dataclass
@@ -61,10 +74,12 @@ class RunConfig:
     stats_every: float = 10.0
     reconnect_delay: float = 0.5
     reconnect_max: float = 10.0
+    evidence_max: Optional[int] = None
+    open_timeout: float = DEFAULT_OPEN_TIMEOUT_MS / 1000.0
 
-    def loop_config(self) -> LoopConfig:
+    def loop_config(self, stop: Optional[threading.Event] = None) -> LoopConfig:
         return LoopConfig(batch=self.batch, drop=self.drop, threshold=self.threshold, debounce=self.debounce,
-                          max_frames=self.max_frames, stats_every=self.stats_every,
+                          max_frames=self.max_frames, stats_every=self.stats_every, stop_event=stop,
                           backoff=Backoff(initial=self.reconnect_delay,
                                           maximum=max(self.reconnect_max, self.reconnect_delay)))
 
@@ -78,7 +93,7 @@ def open_sinks(config: RunConfig, sources: list) -> list[Sink]:
         if config.events:
             sinks.append(EventLog(config.events))
         if config.evidence:
-            sinks.append(EvidenceWriter(config.evidence, config.evidence_format))
+            sinks.append(EvidenceWriter(config.evidence, config.evidence_format, max_files=config.evidence_max))
         if config.video:
             sinks.append(AnnotatedVideo(config.video, [config.video_fps or s.fps for s in sources]))
     except BaseException:
@@ -96,26 +111,38 @@ def run(config: RunConfig) -> Summary:
     if config.debounce < 1:
         raise UserError(f"--debounce must be >= 1, got {config.debounce}")
     class_ids = source_classes(manifest, config.classes, len(config.cameras))
-    sources = [open_source(c, loop=config.loop_files) for c in config.cameras]
+    if not manifest.calibrated:
+        log.warning("%s is not calibrated: its threshold is the export default, not fitted on this line's good "
+                    "parts; run aaclip-calibrate threshold %s --images GOOD_PARTS/ first", config.artifact.name,
+                    config.artifact)
+    sources: list = []
     sinks: list[Sink] = []
-    try:
-        sinks = open_sinks(config, sources)
-        with open_runner(manifest, config.backend) as runner:
-            loop = CameraLoop(runner, manifest, sources, class_ids, config.loop_config(), sinks)
-            previous = _install_signal_handlers(loop)
-            log.info("running %s (%s) on %s; threshold %.4g, debounce %d, %s mode", config.artifact.name,
-                     runner.name, ", ".join(s.name for s in sources), loop.params.threshold, config.debounce,
-                     "live (newest frame)" if config.drop else "offline (no drop)")
-            try:
-                return loop.run()
-            finally:
-                for sig, h in previous.items():
-                    signal.signal(sig, h)
-    finally:
-        for sink in sinks:  # the loop closed them already; this covers a failure before it ran
-            sink.close()
-        for s in sources:
-            s.release()
+    with StopSignals() as stop:
+        try:
+            timeout_ms = int(config.open_timeout * 1000)
+            for camera in config.cameras:
+                if stop.event.is_set():
+                    break
+                sources.append(open_source(camera, loop=config.loop_files, open_timeout_ms=timeout_ms,
+                                           read_timeout_ms=max(timeout_ms // 2, 1000)))
+            if stop.event.is_set():
+                log.info("stopped by %s before the loop started", stop.reason)
+                return Summary(stopped_by=stop.reason or "signal")
+            sinks = open_sinks(config, sources)
+            with open_runner(manifest, config.backend) as runner:
+                loop = CameraLoop(runner, manifest, sources, class_ids, config.loop_config(stop.event), sinks)
+                log.info("running %s (%s) on %s; threshold %.4g, debounce %d, %s mode, run %s", config.artifact.name,
+                         runner.name, ", ".join(s.name for s in sources), loop.params.threshold, config.debounce,
+                         "live (newest frame)" if config.drop else "offline (no drop)", loop.run_id)
+                summary = loop.run()
+                if stop.reason:
+                    summary.stopped_by = stop.reason
+                return summary
+        finally:
+            for sink in sinks:  # the loop closed them already; this covers a failure before it ran
+                sink.close()
+            for s in sources:
+                s.release()
 
 
 @click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
@@ -126,36 +153,41 @@ def run(config: RunConfig) -> Summary:
                    "(a string with '!').")
 @click.option("--backend", type=click.Choice(backend_names()), default=AUTO, show_default=True,
               help="auto: TensorRT for .engine, ONNX Runtime (CUDA, else CPU) for .onnx.")
-@click.option("--batch", type=int, default=1, show_default=True,
+@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
               help="Frames per inference call (groups frames of several cameras).")
 @click.option("--class", "classes", multiple=True, metavar="NAME",
               help="Class to inspect (multi-class artifacts): once for all cameras or once per camera.")
-@click.option("--threshold", type=float, default=None, help="Override the manifest's score threshold.")
-@click.option("--debounce", type=int, default=1, show_default=True,
+@click.option("--threshold", type=FiniteFloat(), default=None, help="Override the manifest's score threshold.")
+@click.option("--debounce", type=click.IntRange(min=1), default=1, show_default=True,
               help="Alarm only after N consecutive anomalous frames.")
 @click.option("--events", type=click.Path(path_type=Path, dir_okay=False), help="Append events as JSON lines here.")
 @click.option("--evidence", type=click.Path(path_type=Path, file_okay=False),
               help="Save alarm frames with their heat-map overlay into this folder.")
 @click.option("--evidence-format", type=click.Choice(EVIDENCE_FORMATS), default="jpg", show_default=True)
+@click.option("--evidence-max", type=click.IntRange(min=1), default=None,
+              help="Keep at most N evidence images (the oldest are deleted) [default: no limit].")
 @click.option("--video", type=click.Path(path_type=Path, dir_okay=False),
               help="Write an annotated video (.avi MJPG; one file per camera when several).")
-@click.option("--video-fps", type=float, default=None, help="Frame rate of --video (default: the source's, else 15).")
+@click.option("--video-fps", type=FiniteFloat(min=0.0, min_open=True), default=None, help="Frame rate of --video (default: the source's, else 15).")
 @click.option("--show", is_flag=True, help="Show annotated frames in a window (needs a display; q quits).")
 @click.option("--no-drop", is_flag=True, help="Process every frame (offline files) instead of only the newest.")
 @click.option("--loop", "loop_files", is_flag=True, help="Restart video files and image folders at their end.")
-@click.option("--max-frames", type=int, default=None, help="Stop after N processed frames.")
-@click.option("--stats-every", type=float, default=10.0, show_default=True,
+@click.option("--max-frames", type=click.IntRange(min=1), default=None, help="Stop after N processed frames.")
+@click.option("--stats-every", type=FiniteFloat(min=0.0), default=10.0, show_default=True,
               help="Seconds between stats lines (0: none).")
-@click.option("--reconnect-delay", type=float, default=0.5, show_default=True,
-              help="First reconnect delay in seconds (doubles on each failure).")
-@click.option("--reconnect-max", type=float, default=10.0, show_default=True, help="Longest reconnect delay (s).")
+@click.option("--reconnect-delay", type=FiniteFloat(min=0.0), default=0.5, show_default=True,
+              help="First reconnect delay in seconds (doubles on each failure; at least 0.05).")
+@click.option("--reconnect-max", type=FiniteFloat(min=0.0), default=10.0, show_default=True,
+              help="Longest reconnect delay (s).")
+@click.option("--open-timeout", type=FiniteFloat(min=0.1), default=DEFAULT_OPEN_TIMEOUT_MS / 1000.0,
+              show_default=True, help="Seconds a network camera may take to open (reads: half of it, >= 1 s).")
 @click.option("-v", "--verbose", count=True, help="More log output.")
 @click.option("-q", "--quiet", is_flag=True, help="Warnings and errors only.")
 def main(artifact: Path, cameras: tuple[str, ...], backend: str, batch: int, classes: tuple[str, ...],
          threshold: Optional[float], debounce: int, events: Optional[Path], evidence: Optional[Path],
-         evidence_format: str, video: Optional[Path], video_fps: Optional[float], show: bool, no_drop: bool,
-         loop_files: bool, max_frames: Optional[int], stats_every: float, reconnect_delay: float,
-         reconnect_max: float, verbose: int, quiet: bool) -> None:
+         evidence_format: str, evidence_max: Optional[int], video: Optional[Path], video_fps: Optional[float],
+         show: bool, no_drop: bool, loop_files: bool, max_frames: Optional[int], stats_every: float,
+         reconnect_delay: float, reconnect_max: float, open_timeout: float, verbose: int, quiet: bool) -> None:
     """Run ARTIFACT (model.onnx or model.engine, with its .manifest.json) on one or more cameras.
 
     Each frame gets a score (graph contract); an alarm fires after --debounce consecutive frames at or
@@ -167,7 +199,8 @@ def main(artifact: Path, cameras: tuple[str, ...], backend: str, batch: int, cla
         artifact=artifact, cameras=cameras, backend=backend, batch=batch, classes=classes, threshold=threshold,
         debounce=debounce, events=events, evidence=evidence, evidence_format=evidence_format, video=video,
         video_fps=video_fps, show=show, drop=not no_drop, loop_files=loop_files, max_frames=max_frames,
-        stats_every=stats_every, reconnect_delay=reconnect_delay, reconnect_max=reconnect_max))
+        stats_every=stats_every, reconnect_delay=reconnect_delay, reconnect_max=reconnect_max,
+        evidence_max=evidence_max, open_timeout=open_timeout))
     click.echo(summary.text())
 
 

@@ -60,6 +60,7 @@ class Decision:
     threshold: float
     wall_time: float      # time.time() at capture
     latency_s: float      # capture -> decision
+    run_id: str = ""      # the loop run this decision belongs to (events of several runs share a file)
     evidence: Optional[str] = None
 
     @property
@@ -78,7 +79,7 @@ class Decision:
             "score": _finite(self.score, 6), "decision": self.state, "anomalous": self.anomalous,
             "alarm": self.alarm, "map_max": _finite(self.map_max, 6), "cls_score": _finite(self.cls_score, 6),
             "threshold": _finite(self.threshold, 9), "latency_ms": round(self.latency_s * 1e3, 3),
-            "evidence": self.evidence,
+            "evidence": self.evidence, "run": self.run_id,
         }
 
 
@@ -89,8 +90,9 @@ def _finite(value: float, digits: int) -> Optional[float]:
 class Decider:
     """Scores a batch and keeps one debouncer per source."""
 
-    def __init__(self, params: ScoreParams, n_sources: int, debounce: int = 1):
+    def __init__(self, params: ScoreParams, n_sources: int, debounce: int = 1, run_id: str = ""):
         self.params = params
+        self.run_id = run_id
         self.debouncers = [Debouncer(debounce) for _ in range(n_sources)]
 
     @property
@@ -112,5 +114,5 @@ class Decider:
                 source=f.source_name, source_index=f.source_index, frame=f.index, class_name=class_names[i],
                 score=score, state=state, onset=state == ALARM and debouncer.onset, map_max=float(map_max[i]),
                 cls_score=float(cls_score[i]), threshold=self.params.threshold, wall_time=f.wall_time,
-                latency_s=t_done - f.t_capture))
+                latency_s=t_done - f.t_capture, run_id=self.run_id))
         return out

@@ -12,12 +12,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 from aaclip.contract.errors import UserError
 from aaclip.contract.feeds import FeedBuilder
-from aaclip.contract.manifest import Manifest
+from aaclip.contract.manifest import Manifest, ManifestWatch
 from aaclip.contract.tensors import MAP_OUTPUT, SCORE_OUTPUTS
 
 from .backends.base import Runner
@@ -40,6 +41,8 @@ class LoopConfig:
     stats_every: float = 10.0       # seconds between stats lines; 0 = none
     backoff: Backoff = field(default_factory=Backoff)
     poll_s: float = 0.1             # how often an idle loop checks for a stop
+    stop_event: Optional[threading.Event] = None  # set by signal handlers installed before the sources open
+    reload_every_s: float = 2.0     # how often the manifest is checked for new score constants; 0 = never
 
 
 @dataclass
@@ -53,6 +56,9 @@ class Summary:
     unreadable: int = 0
     reconnects: int = 0
     evidence: int = 0
+    write_failures: int = 0  # events, evidence or video frames a sink could not write (disk full, read-only)
+    reloads: int = 0         # times new score constants were taken from a recalibrated manifest
+    run_id: str = ""
     elapsed_s: float = 0.0
     p50_ms: float = float("nan")
     p95_ms: float = float("nan")
@@ -72,8 +78,9 @@ class Summary:
         return (f"summary: {self.frames} frames in {self.elapsed_s:.1f} s ({self.infer_fps:.1f} fps), "
                 f"{self.anomalous} anomalous, {self.alarms} alarms ({self.alarm_frames} alarm frames), "
                 f"captured {self.captured}, dropped {self.dropped}, unreadable {self.unreadable}, "
-                f"reconnects {self.reconnects}, evidence {self.evidence}, latency p50 {self.p50_ms:.1f} ms "
-                f"p95 {self.p95_ms:.1f} ms, stopped by {self.stopped_by}")
+                f"reconnects {self.reconnects}, evidence {self.evidence}, write failures {self.write_failures}, "
+                f"latency p50 {self.p50_ms:.1f} ms p95 {self.p95_ms:.1f} ms, stopped by {self.stopped_by}, "
+                f"run {self.run_id}")
 
 
 def source_classes(manifest: Manifest, names: Sequence[str], n_sources: int) -> list[int]:
@@ -107,11 +114,13 @@ class CameraLoop:
         self.config = config
         self.sinks = sorted(sinks, key=lambda s: s.order)
         self.params = manifest.score.with_threshold(config.threshold)
-        self.decider = Decider(self.params, len(self.sources), config.debounce)
+        self.run_id = uuid.uuid4().hex[:12]
+        self.decider = Decider(self.params, len(self.sources), config.debounce, self.run_id)
+        self._reload = ManifestWatch(manifest, config.reload_every_s)
         self.feeds = FeedBuilder(manifest, config.batch, allocate=runner.lend_input)
-        self.stop_event = threading.Event()
+        self.stop_event = config.stop_event or threading.Event()
         self.stop_reason = "end"
-        self.summary = Summary()
+        self.summary = Summary(run_id=self.run_id)
         self.stats = StatsReporter(config.stats_every)
         self._wanted = SCORE_OUTPUTS + ((MAP_OUTPUT,) if any(s.needs_maps for s in self.sinks) else ())
 
@@ -136,13 +145,13 @@ class CameraLoop:
                         self.stop("max-frames")
                         break
                 frames = hub.gather(want, cfg.poll_s)
-                if not frames:
-                    if hub.all_ended:
-                        break
-                    continue
-                self._process(frames)
-                self.stats.maybe_report(time.perf_counter(), hub.captured, hub.dropped, hub.unreadable,
-                                        hub.reconnects)
+                if frames:
+                    self._process(frames)
+                elif hub.all_ended:
+                    break
+                now = time.perf_counter()
+                self.stats.maybe_report(now, hub.captured, hub.dropped, hub.unreadable, hub.reconnects)
+                self._reload_score(now)
         finally:
             hub.close()
             self._close_sinks()
@@ -150,9 +159,23 @@ class CameraLoop:
             s.captured, s.dropped = hub.captured, hub.dropped
             s.unreadable, s.reconnects = hub.unreadable, hub.reconnects
             s.alarms = self.decider.alarms
+            s.write_failures = sum(getattr(sink, "failures", 0) for sink in self.sinks)
             s.p50_ms, s.p95_ms = self.stats.percentiles_ms()
             s.stopped_by = self.stop_reason
         return s
+
+    def _reload_score(self, now: float) -> None:
+        """Take new score constants when the manifest was recalibrated on disk (no restart needed)."""
+        score = self._reload.changed_score(now)
+        if score is None:
+            return
+        params = score.with_threshold(self.config.threshold)
+        if params != self.params:
+            log.warning("manifest %s changed: score constants reloaded (threshold %.6g -> %.6g%s)",
+                        self.manifest.path.name, self.params.threshold, params.threshold,
+                        ", --threshold still overrides it" if self.config.threshold is not None else "")
+            self.params = self.decider.params = params
+            self.summary.reloads += 1
 
     def _process(self, frames: list[CapturedFrame]) -> list[Decision]:
         """One batch: write, infer, decide, then render and emit each decision."""

@@ -11,13 +11,14 @@ import logging
 import os
 import re
 import sys
+from collections import deque
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import cv2
 import numpy as np
 from aaclip.contract.errors import UserError
-from aaclip.contract.files import PathLike, atomic_path
+from aaclip.contract.files import PathLike, atomic_path, remove_stale_temps
 
 from .decide import ALARM, Decision
 from .overlay import View, evidence_image
@@ -35,11 +36,21 @@ def slug(name: str, limit: int = 60) -> str:
 
 
 class Sink:
-    """Consumes decisions. ``order``: sinks with pixels run first (evidence paths reach the event log)."""
+    """Consumes decisions. ``order``: sinks with pixels run first (evidence paths reach the event log).
+
+    A sink never stops the loop by failing to write: it counts the failure (``failures``, in the summary),
+    logs the first one and every 100th, and goes on; the loop keeps deciding and alarming.
+    """
 
     needs_maps = False
     order = 0
     stop_reason: Optional[str] = None  # set when the sink asks the loop to stop (the window's q key)
+    failures = 0
+
+    def failed(self, what: str, exc: BaseException) -> None:
+        self.failures += 1
+        if self.failures == 1 or self.failures % 100 == 0:
+            log.error("%s (%s); %d write failure(s) so far, inspection goes on", what, _reason(exc), self.failures)
 
     def wants_view(self, decision: Decision) -> bool:
         return False
@@ -51,30 +62,60 @@ class Sink:
         pass
 
 
+def _reason(exc: BaseException) -> str:
+    return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+
+
+def open_output(path: Path, flags: int) -> int:
+    """``os.open`` of an output file; a UserError naming the file and why when it cannot be opened."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(path, flags, 0o644)
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {_reason(exc)}") from None
+
+
 class EventLog(Sink):
-    """Events as JSON lines, appended and flushed one whole line at a time."""
+    """Events as strict JSON lines, appended one whole line per ``write`` system call.
+
+    A write the disk refuses (full, read-only, I/O error) is counted and its partial bytes are cut off
+    again, so the file never holds a half line.
+    """
 
     order = 10
 
     def __init__(self, path: PathLike):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._f = open(self.path, "a", encoding="utf-8")
+        self._fd: Optional[int] = open_output(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         self.count = 0
 
     def write(self, event: dict[str, Any]) -> None:
-        self._f.write(json.dumps(event, separators=(",", ":"), allow_nan=False) + "\n")
-        self._f.flush()
+        data = (json.dumps(event, separators=(",", ":"), allow_nan=False) + "\n").encode("utf-8")
+        start = os.lseek(self._fd, 0, os.SEEK_END)
+        try:
+            written = os.write(self._fd, data)
+            if written != len(data):
+                raise OSError(28, f"short write ({written} of {len(data)} bytes)")
+        except OSError as exc:
+            try:
+                os.ftruncate(self._fd, start)
+            except OSError:
+                pass
+            self.failed(f"event not written to {self.path}", exc)
+            return
         self.count += 1
 
     def emit(self, decision: Decision, view: Optional[View]) -> None:
         self.write(decision.event())
 
     def close(self) -> None:
-        if not self._f.closed:
-            self._f.flush()
-            os.fsync(self._f.fileno())
-            self._f.close()
+        if self._fd is not None:
+            try:
+                os.fsync(self._fd)
+            except OSError as exc:
+                self.failed(f"events of {self.path} not synced to disk", exc)
+            os.close(self._fd)
+            self._fd = None
 
 
 class EvidenceWriter(Sink):
@@ -83,15 +124,27 @@ class EvidenceWriter(Sink):
 
     needs_maps = True
 
-    def __init__(self, directory: PathLike, fmt: str = "jpg", jpeg_quality: int = 92):
+    def __init__(self, directory: PathLike, fmt: str = "jpg", jpeg_quality: int = 92,
+                 max_files: Optional[int] = None):
         if fmt not in EVIDENCE_FORMATS:
             raise UserError(f"unknown evidence format {fmt!r}; choose {' or '.join(EVIDENCE_FORMATS)}")
+        if max_files is not None and max_files < 1:
+            raise UserError(f"--evidence-max must be >= 1, got {max_files}")
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"cannot write evidence into {self.directory}: {_reason(exc)}") from None
+        remove_stale_temps(self.directory)
         self.fmt = fmt
         self.params = [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality] if fmt == "jpg" else []
         self.count = 0
         self.failures = 0
+        self.rotated = 0
+        self.max_files = max_files
+        # oldest first: what is already there (an earlier run's evidence counts against the cap too)
+        self._kept = deque(sorted((p for p in self.directory.glob(f"*.{fmt}") if p.is_file()),
+                                  key=lambda p: p.stat().st_mtime))
 
     def save(self, image: np.ndarray, source_name: str, frame_index: int, score: float) -> Optional[Path]:
         """Write one evidence image; returns its path, or None (logged) when the disk refuses it."""
@@ -101,10 +154,19 @@ class EvidenceWriter(Sink):
                 if not cv2.imwrite(str(tmp), image, self.params):
                     raise OSError(f"cv2.imwrite could not write {tmp}")
         except (OSError, cv2.error) as e:
-            self.failures += 1
-            log.error("evidence %s not written: %s", path.name, e)
+            self.failed(f"evidence {path} not written", e)
             return None
         self.count += 1
+        self._kept.append(path)
+        while self.max_files is not None and len(self._kept) > self.max_files:
+            old = self._kept.popleft()
+            try:
+                old.unlink()
+                self.rotated += 1
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                self.failed(f"old evidence {old} not removed", exc)
         return path
 
     def wants_view(self, decision: Decision) -> bool:
@@ -170,18 +232,38 @@ class AnnotatedVideo(Sink):
     needs_maps = True
 
     def __init__(self, path: PathLike, fps_per_source: Sequence[Optional[float]]):
-        self.videos = [VideoSink(p, fps) for p, fps in zip(video_paths(path, len(fps_per_source)), fps_per_source)]
+        paths = video_paths(path, len(fps_per_source))
+        for p in paths:
+            try:
+                p.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise UserError(f"cannot write video {p}: {_reason(exc)}") from None
+            if not os.access(p.parent, os.W_OK):
+                raise UserError(f"cannot write video {p}: its folder is not writable")
+            remove_stale_temps(p.parent)
+        self.videos: list[Optional[VideoSink]] = [VideoSink(p, fps) for p, fps in zip(paths, fps_per_source)]
 
     def wants_view(self, decision: Decision) -> bool:
         return True
 
     def emit(self, decision: Decision, view: Optional[View]) -> None:
-        if view is not None:
-            self.videos[decision.source_index].write(view.overlay)
+        video = self.videos[decision.source_index]
+        if view is None or video is None:
+            return
+        try:
+            video.write(view.overlay)
+        except (OSError, UserError, cv2.error) as exc:
+            self.failed(f"video {video.path} stopped", exc)
+            self.videos[decision.source_index] = None  # the other sinks and the decisions go on
 
     def close(self) -> None:
         for video in self.videos:
-            video.close()
+            if video is None:
+                continue
+            try:
+                video.close()
+            except OSError as exc:
+                self.failed(f"video {video.path} not completed", exc)
 
 
 def video_paths(path: PathLike, n_sources: int) -> list[Path]:
@@ -234,15 +316,52 @@ class DisplaySink(Sink):
                 pass
 
 
+class LatencyHistogram:
+    """A streaming latency histogram: log-spaced bins (100 per decade, 10 us .. 1000 s), so percentiles
+    cover a whole run of any length in constant memory, to within 1.2 % of the value."""
+
+    LOW_S, DECADES, PER_DECADE = 1e-5, 8, 100
+
+    def __init__(self) -> None:
+        self.counts = np.zeros(self.DECADES * self.PER_DECADE + 2, dtype=np.int64)  # + underflow, overflow
+        self.total = 0
+
+    def add(self, seconds: float) -> None:
+        if not seconds > 0:  # 0, negative clocks and NaN fall into the lowest bin
+            i = 0
+        else:
+            i = int(np.floor(np.log10(seconds / self.LOW_S) * self.PER_DECADE)) + 1
+            i = min(max(i, 0), self.counts.size - 1)
+        self.counts[i] += 1
+        self.total += 1
+
+    def merge(self, other: "LatencyHistogram") -> None:
+        self.counts += other.counts
+        self.total += other.total
+
+    def percentile_s(self, q: float) -> float:
+        """The nearest-rank ``q`` percentile (0..100): the bin holding the ceil(q/100 * n)-th value, at its
+        geometric centre; NaN when empty."""
+        if self.total == 0:
+            return float("nan")
+        rank = max(1, int(np.ceil(q / 100.0 * self.total)))
+        i = int(np.searchsorted(np.cumsum(self.counts), rank))
+        if i == 0:
+            return self.LOW_S
+        return self.LOW_S * 10 ** ((i - 0.5) / self.PER_DECADE)
+
+
 class StatsReporter:
     """Periodic stats line (capture FPS, inference FPS, dropped, p50/p95 latency) and run totals.
 
-    Latencies (capture to decision) go into a preallocated ring of ``window`` values.
+    Latencies (capture to decision) go into two streaming histograms: the whole run's and the current
+    interval's (reset at every stats line).
     """
 
-    def __init__(self, every_s: float = 10.0, window: int = 4096, start: float = 0.0):
+    def __init__(self, every_s: float = 10.0, start: float = 0.0):
         self.every_s = every_s
-        self._lat = np.zeros(window, dtype=np.float64)
+        self.run = LatencyHistogram()
+        self.interval = LatencyHistogram()
         self.frames = 0
         self._last_t = start
         self._last_frames = 0
@@ -254,29 +373,29 @@ class StatsReporter:
         self.start = self._last_t = start
 
     def record(self, latency_s: float) -> None:
-        self._lat[self.frames % self._lat.size] = latency_s
+        self.interval.add(latency_s)
         self.frames += 1
 
-    def percentiles_ms(self, last: Optional[int] = None) -> tuple[float, float]:
-        """p50 and p95 latency in ms over the ``last`` recorded frames (default: the whole window)."""
-        n = min(self.frames, self._lat.size, self.frames if last is None else last)
-        if n <= 0:
-            return float("nan"), float("nan")
-        end = self.frames % self._lat.size
-        idx = (np.arange(end - n, end)) % self._lat.size
-        p50, p95 = np.percentile(self._lat[idx], [50, 95])
-        return float(p50) * 1e3, float(p95) * 1e3
+    def percentiles_ms(self) -> tuple[float, float]:
+        """p50 and p95 latency in ms over the whole run."""
+        run = LatencyHistogram()
+        run.merge(self.run)
+        run.merge(self.interval)
+        return run.percentile_s(50) * 1e3, run.percentile_s(95) * 1e3
 
     def maybe_report(self, now: float, captured: int, dropped: int, unreadable: int,
                      reconnects: int) -> Optional[str]:
-        """Log and return a stats line when ``every_s`` has passed since the last one."""
+        """Log and return a stats line when ``every_s`` has passed since the last one (also while no frame
+        comes: a stalled camera shows as 0 fps)."""
         if self.every_s <= 0 or now - self._last_t < self.every_s:
             return None
         dt = max(now - self._last_t, 1e-9)
-        p50, p95 = self.percentiles_ms(self.frames - self._last_frames)
+        p50, p95 = self.interval.percentile_s(50) * 1e3, self.interval.percentile_s(95) * 1e3
         line = (f"capture {(captured - self._last_captured) / dt:.1f} fps | infer "
                 f"{(self.frames - self._last_frames) / dt:.1f} fps | dropped {dropped} | unreadable {unreadable} "
                 f"| reconnects {reconnects} | latency p50 {p50:.1f} ms p95 {p95:.1f} ms")
         log.info("%s", line)
+        self.run.merge(self.interval)
+        self.interval = LatencyHistogram()
         self._last_t, self._last_frames, self._last_captured = now, self.frames, captured
         return line

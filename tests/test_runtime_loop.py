@@ -241,7 +241,7 @@ def test_reconnect_after_failure_mid_stream(tmp_path, caplog):
     assert [e["frame"] for e in read_events(events)] == list(range(7))
     text = caplog.text
     assert "flaky: no frame (unplugged or stalled); reconnecting" in text
-    assert "flaky: reconnect try 1 failed; next in 0.02 s" in text and "flaky: reconnected (try 2)" in text
+    assert "flaky: reconnect try 1 failed; retrying every 0.05 s or slower" in text and "flaky: reconnected (try 2)" in text
 
 
 def test_reconnect_in_live_mode_thread(tmp_path):
@@ -255,6 +255,8 @@ def test_reconnect_in_live_mode_thread(tmp_path):
 def test_backoff_delays():
     it = Backoff(initial=0.5, maximum=3.0, factor=2.0).delays()
     assert [next(it) for _ in range(5)] == [0.5, 1.0, 2.0, 3.0, 3.0]
+    it = Backoff(initial=0.0, maximum=0.0).delays()  # --reconnect-delay 0 never spins
+    assert [next(it) for _ in range(3)] == [0.05, 0.05, 0.05]
 
 
 def test_image_folder_unreadable_counted_and_stop(tmp_path):

@@ -1,25 +1,45 @@
 """Outputs: stats line numbers, event log appending, atomic evidence and video files."""
 import json
+import re
 
 import cv2
 import numpy as np
+import pytest
 from aaclip.contract.score import ScoreParams
 from aaclip.runtime.overlay import heat_overlay
-from aaclip.runtime.sinks import EventLog, EvidenceWriter, StatsReporter, VideoSink, slug, video_paths
+from aaclip.runtime.sinks import EventLog, EvidenceWriter, LatencyHistogram, StatsReporter, VideoSink, slug, video_paths
 
 
 def test_stats_line_known_numbers():
-    stats = StatsReporter(every_s=2.0, window=8, start=100.0)
+    stats = StatsReporter(every_s=2.0, start=100.0)
     for ms in (10, 20, 30, 40):
         stats.record(ms / 1e3)
     assert stats.maybe_report(101.0, captured=10, dropped=6, unreadable=0, reconnects=0) is None  # too early
     line = stats.maybe_report(102.0, captured=10, dropped=6, unreadable=1, reconnects=2)
-    assert line == ("capture 5.0 fps | infer 2.0 fps | dropped 6 | unreadable 1 | reconnects 2 | "
-                    "latency p50 25.0 ms p95 38.5 ms")
-    for _ in range(10):  # ring buffer keeps the last 8
-        stats.record(0.001)
-    assert stats.percentiles_ms() == (1.0, 1.0)
-    assert stats.percentiles_ms(last=12) == (1.0, 1.0)
+    m = re.fullmatch(r"capture 5.0 fps \| infer 2.0 fps \| dropped 6 \| unreadable 1 \| reconnects 2 \| "
+                     r"latency p50 ([\d.]+) ms p95 ([\d.]+) ms", line)
+    assert m and float(m[1]) == pytest.approx(20.0, rel=0.012) and float(m[2]) == pytest.approx(40.0, rel=0.012)
+    # an interval without frames (a stalled camera) still reports, at 0 fps and no latency
+    assert stats.maybe_report(104.0, captured=10, dropped=6, unreadable=1, reconnects=2).startswith(
+        "capture 0.0 fps | infer 0.0 fps")
+
+
+def test_latency_percentiles_cover_the_whole_run():
+    """Not a window of the last frames: 10,000 fast frames after 10,000 slow ones keep p95 slow."""
+    stats = StatsReporter(every_s=1.0)
+    for i in range(20000):
+        stats.record(0.200 if i < 10000 else 0.010)
+        if i % 3000 == 0:
+            stats.maybe_report(float(i), captured=i, dropped=0, unreadable=0, reconnects=0)
+    p50, p95 = stats.percentiles_ms()
+    assert p50 == pytest.approx(10.0, rel=0.012) and p95 == pytest.approx(200.0, rel=0.012)
+    values = np.random.default_rng(0).lognormal(np.log(0.03), 0.5, 5000)
+    h = LatencyHistogram()
+    for v in values:
+        h.add(float(v))
+    for q in (50, 95, 99):
+        exact = np.sort(values)[int(np.ceil(q / 100 * values.size)) - 1]
+        assert h.percentile_s(q) == pytest.approx(exact, rel=0.012)
 
 
 def test_event_log_appends_whole_lines(tmp_path):
