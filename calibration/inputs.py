@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
 
-import cv2
 import numpy as np
 from aaclip.contract.errors import UserError
 from aaclip.contract.files import image_files
+from aaclip.contract.images import ImageError, SkippedImages, read_image
 from aaclip.contract.manifest import Manifest
 from aaclip.runtime.sources import open_source
 
@@ -82,21 +82,27 @@ def class_id_for(manifest: Manifest, class_name: Optional[str]) -> int:
 
 
 # ---- files -----------------------------------------------------------------------------------------
-def _file_items(paths: Sequence[Path], class_ids: Sequence[int]) -> Iterator[Item]:
-    for path, cid in zip(paths, class_ids):
-        data = Path(path).read_bytes()
-        frame = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-        if frame is None:
-            log.warning("cannot decode image %s, skipped", path)
-            continue
-        yield Item(frame, int(cid), data)
+def _file_items(paths: Sequence[Path], class_ids: Sequence[int], description: str) -> Iterator[Item]:
+    """Decoded images; empty, truncated, oversized, non-image files, folders and broken links are skipped,
+    counted and reported in one warning line at the end."""
+    skipped = SkippedImages(description)
+    try:
+        for path, cid in zip(paths, class_ids):
+            try:
+                frame, data = read_image(path)
+            except ImageError as exc:
+                skipped.skip(exc)
+                continue
+            yield Item(frame, int(cid), data)
+    finally:
+        skipped.report()
 
 
 def file_input(paths: Sequence[Path], class_ids: Sequence[int], description: str) -> FrameInput:
     paths, class_ids = list(paths), list(class_ids)
     if len(paths) != len(class_ids):
         raise ValueError("one class id per file")
-    return FrameInput(description, lambda: _file_items(paths, class_ids), len(paths))
+    return FrameInput(description, lambda: _file_items(paths, class_ids, description), len(paths))
 
 
 def folder_input(folder: Path, class_id: int) -> FrameInput:

@@ -32,7 +32,8 @@ def image_files(folder: PathLike, recursive: bool = False) -> list[Path]:
     if not folder.is_dir():
         raise UserError(f"image folder {folder} not found (or not a folder)")
     found = folder.rglob("*") if recursive else folder.iterdir()
-    files = sorted(p for p in found if is_image_file(p) and p.is_file())
+    # by name only: folders, broken links and bad files named like images are the readers' to skip and count
+    files = sorted(p for p in found if is_image_file(p))
     if not files:
         raise UserError(f"image folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
     return files

@@ -16,7 +16,8 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 from aaclip.contract.errors import UserError
 from aaclip.contract.feeds import fit_frame
-from aaclip.contract.files import IMAGE_SUFFIXES
+from aaclip.contract.files import image_files
+from aaclip.contract.images import ImageError, SkippedImages, read_image
 from aaclip.contract.manifest import Manifest, open_artifact
 from aaclip.contract.tensors import OUTPUT_NAMES
 from aaclip.runtime.backends import RunnerOptions, open_runner
@@ -175,22 +176,23 @@ def _synthetic_frames(classes: Sequence[str], n: int, hw: tuple[int, int], seed:
 
 
 def _folder_frames(folder: Path, classes: Sequence[str], n: int, hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    import cv2
 
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise UserError(f"--images {folder} is not a folder of images")
-    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[:n]
-    if not paths:
-        raise UserError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
     frames, ids = [], []
-    for i, p in enumerate(paths):
-        img = cv2.imread(str(p), cv2.IMREAD_COLOR)
-        if img is None:
-            raise UserError(f"cannot decode image {p}: the file is corrupt or not an image")
+    skipped = SkippedImages(f"--images {folder}")
+    for p in image_files(folder, recursive=True):
+        if len(frames) == n:
+            break
+        try:
+            img, _ = read_image(p)
+        except ImageError as exc:
+            skipped.skip(exc)
+            continue
         frames.append(fit_frame(img, hw[0], hw[1]).copy())
         # DIR/<class>/image.png uses that class; other images take the classes in turn
-        ids.append(classes.index(p.parent.name) if p.parent.name in classes else i % len(classes))
+        ids.append(classes.index(p.parent.name) if p.parent.name in classes else len(ids) % len(classes))
+    skipped.report()
+    if not frames:
+        raise UserError(f"no usable image in {folder} ({len(skipped)} skipped)")
     return np.stack(frames), np.asarray(ids, np.int64)
 
 

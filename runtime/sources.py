@@ -28,6 +28,7 @@ import cv2
 import numpy as np
 from aaclip.contract.errors import UserError
 from aaclip.contract.files import image_files, is_image_file
+from aaclip.contract.images import ImageError, read_image
 
 log = logging.getLogger(__name__)
 
@@ -125,9 +126,10 @@ class ImageFolderSource(Source):
             self._next = 0
         path = self.files[self._next]
         self._next += 1
-        frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if frame is None:
-            log.warning("%s: cannot read image %s, skipped", self.name, path.name)
+        try:
+            frame, _ = read_image(path)
+        except ImageError as exc:  # counted as an unreadable frame by the reader
+            log.debug("%s: %s", self.name, exc)
             return True, None
         return True, frame
 

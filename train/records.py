@@ -116,8 +116,13 @@ def read_records(path: PathLike, root: PathLike | None = None, check_files: bool
     root = Path(root) if root is not None else path.parent
     records: list[Record] = []
     extra_seen: set[str] = set()
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}:{line_no}: not UTF-8 text (byte {e.start + 1}); save the file as UTF-8") \
+                    from None
             if not line.strip():
                 continue
             try:
