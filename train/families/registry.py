@@ -118,5 +118,5 @@ def check_method(actual: str, requested: Optional[str], what: str) -> None:
         return
     get_family(requested)
     if requested != actual:
-        raise UserError(f"{what} is a {actual!r} model, not {requested!r}: drop --method or pass a {requested} "
-                        "checkpoint")
+        raise UserError(f"{what} holds a model of method {actual!r}, not {requested!r}: drop --method or pass a "
+                        f"checkpoint of method {requested!r}")
