@@ -155,3 +155,32 @@ def test_export_refuses_a_checkpoint_of_another_method(tmp_path):
                                       "'other-test': drop --method or pass a checkpoint of method 'other-test'")
     finally:
         unregister_family("other-test")
+
+
+def test_pretrained_tag_is_resized_with_the_backbones_mode(monkeypatch):
+    """A pretrained tag with a non-default resize mode: the weights load at their native size and are
+    resized with the config's mode (OpenCLIP alone would resize them bicubic+antialias)."""
+    import open_clip
+    from aaclip.train import backbone as bb
+
+    real = open_clip.create_model
+    natives = []
+
+    def fake_create(name, pretrained=None, **kw):
+        if pretrained == "fake-tag":  # stands in for a download: seeded weights at the native size
+            assert "force_image_size" not in kw
+            torch.manual_seed(7)
+            natives.append(real(name, pretrained=None, **kw))
+            return natives[-1]
+        return real(name, pretrained=pretrained, **kw)
+
+    monkeypatch.setattr(bb.open_clip, "create_model", fake_create)
+    config = AAClipConfig(backbone=BackboneConfig(name=TINY, pretrained="fake-tag", pos_embed_resize="bilinear"),
+                          image_size=TINY_SIZE)
+    clip, _ = bb.build_clip(config)
+    native = natives[0].visual.positional_embedding.detach()
+    grid = native[1:].reshape(1, 6, 6, -1).permute(0, 3, 1, 2)
+    expected = F.interpolate(grid, size=(8, 8), mode="bilinear", align_corners=False)
+    expected = torch.cat([native[:1], expected.permute(0, 2, 3, 1).reshape(64, -1)])
+    assert torch.allclose(clip.visual.positional_embedding, expected, atol=1e-6)
+    assert torch.equal(clip.visual.conv1.weight, natives[0].visual.conv1.weight)
