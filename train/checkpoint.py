@@ -128,7 +128,8 @@ class RandomSpec:
     ``weights_file``: where the random CLIP weights are written (relative: inside the checkpoint folder;
     absolute: anywhere) and referenced by the config; None: the config records ``init_seed`` and loading
     re-creates the same weights (nothing written). ``trainable_seed`` seeds the family's trainable weights
-    (None: ``seed + 1``; see ``init_checkpoint``). ``fields``: family-specific config fields (e.g. ``{"relu": True}``).
+    (None: ``seed + 1``); without a weights file the backbone's ``init_seed`` re-seeds the RNG before
+    they are drawn, so they follow ``seed`` alone (see ``init_checkpoint``). ``fields``: family-specific config fields (e.g. ``{"relu": True}``).
     """
 
     method: str = DEFAULT_METHOD
