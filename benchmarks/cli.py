@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import logging
+import tempfile
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Optional
 
@@ -13,12 +15,38 @@ from .rows import BACKENDS, PRECISIONS, parse_batches, parse_list
 log = logging.getLogger(__name__)
 
 
+def resolve_model(ckpt: Optional[Path], tiny: bool, shape: Optional[str], method: Optional[str],
+                  work_dir: Optional[Path], seed: int, stack: ExitStack) -> Path:
+    """The checkpoint to benchmark: ``ckpt`` (its family checked against ``method``), or the random
+    ``--tiny`` / ``--shape`` checkpoint of family ``method`` built in ``work_dir`` (else a temporary
+    folder that ``stack`` removes)."""
+    from aaclip.train.checkpoint import checkpoint_config
+    from aaclip.train.families import DEFAULT_METHOD, check_method, get_family
+
+    from .models import prepare_checkpoint
+
+    if method is not None:
+        get_family(method)  # an unknown name fails before anything is built
+    if ckpt is not None and not tiny and not shape:
+        path, _ = prepare_checkpoint(ckpt, False, None, Path("."), seed)
+        check_method(checkpoint_config(path).method, method, f"checkpoint {path}")
+        return path
+    base = Path(work_dir) if work_dir is not None else Path(stack.enter_context(
+        tempfile.TemporaryDirectory(prefix="aaclip-bench-ckpt-")))
+    path, description = prepare_checkpoint(ckpt, tiny, shape, base, seed, method or DEFAULT_METHOD)
+    log.info("benchmarking %s", description)
+    return path
+
+
 @click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--ckpt", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Checkpoint directory to benchmark (aaclip-train output).")
 @click.option("--tiny", is_flag=True, help="A tiny random model (seconds; for smoke tests of the benchmark).")
 @click.option("--shape", metavar="NAME@SIZE", default=None,
               help="The real architecture with random weights, no download, e.g. ViT-L-14-336@518.")
+@click.option("--method", metavar="NAME", default=None,
+              help="Model family of the --tiny/--shape random checkpoint [default: aa-clip]; with --ckpt it only "
+                   "checks the checkpoint's.")
 @click.option("--backends", default=",".join(BACKENDS), show_default=True,
               help=f"Comma-separated: {', '.join(BACKENDS)}.")
 @click.option("--precisions", default="fp32,fp16", show_default=True,
@@ -47,7 +75,7 @@ log = logging.getLogger(__name__)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights and frames.")
 @click.option("-v", "--verbose", count=True, help="More log output.")
 @click.option("-q", "--quiet", is_flag=True, help="Warnings and errors only.")
-def main(ckpt: Optional[Path], tiny: bool, shape: Optional[str], backends: str, precisions: str, batches: str,
+def main(ckpt: Optional[Path], tiny: bool, shape: Optional[str], method: Optional[str], backends: str, precisions: str, batches: str,
          reps: int, warmup: int, out_dir: Path, loop: bool, overlay: bool, frames: int, parity_frames: int,
          int8: Optional[Path], engines: tuple[Path, ...], work_dir: Optional[Path], peak_tflops: Optional[float],
          no_plot: bool, seed: int, verbose: int, quiet: bool) -> None:
@@ -61,14 +89,16 @@ def main(ckpt: Optional[Path], tiny: bool, shape: Optional[str], backends: str, 
     setup_logging(verbose, quiet)
     from .suite import BenchConfig, run_benchmark
 
-    cfg = BenchConfig(
-        out_dir=out_dir, ckpt=ckpt, tiny=tiny, shape=shape,
-        backends=parse_list(backends, BACKENDS, "--backends"),
-        precisions=parse_list(precisions, PRECISIONS, "--precisions"), batches=parse_batches(batches),
-        reps=reps, warmup=warmup, loop=loop, overlay=overlay, frames=frames, parity_frames=parity_frames,
-        int8=int8, engines=engines, work_dir=work_dir, peak_tflops=peak_tflops, seed=seed, plot=not no_plot,
-    )
-    result, files = run_benchmark(cfg)
+    with ExitStack() as stack:
+        ckpt = resolve_model(ckpt, tiny, shape, method, work_dir, seed, stack)
+        cfg = BenchConfig(
+            out_dir=out_dir, ckpt=ckpt,
+            backends=parse_list(backends, BACKENDS, "--backends"),
+            precisions=parse_list(precisions, PRECISIONS, "--precisions"), batches=parse_batches(batches),
+            reps=reps, warmup=warmup, loop=loop, overlay=overlay, frames=frames, parity_frames=parity_frames,
+            int8=int8, engines=engines, work_dir=work_dir, peak_tflops=peak_tflops, seed=seed, plot=not no_plot,
+        )
+        result, files = run_benchmark(cfg)
     counts: dict[str, int] = {}
     for row in result["rows"]:
         counts[row["status"]] = counts.get(row["status"], 0) + 1

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Optional
 
 from aaclip.contract.errors import UserError
-from aaclip.contract.manifest import load_manifest
+from aaclip.contract.manifest import DEFAULT_METHOD, load_manifest
 
 log = logging.getLogger(__name__)
 
@@ -34,26 +34,22 @@ def parse_shape(text: str) -> tuple[str, int]:
     return name, value
 
 
-def random_checkpoint(out_dir: Path, backbone: str, image_size: int, seed: int = 0) -> Path:
-    """A checkpoint of ``backbone`` at ``image_size`` with seeded random CLIP weights and adapters.
+def describe_checkpoint(ckpt: Path) -> str:
+    """A short description: ``NAME@SIZE (random weights[, method])`` for a random checkpoint."""
+    from aaclip.train.checkpoint import checkpoint_config
 
-    The CLIP weights are not written: the config records ``init_seed`` and loading re-creates them; the
-    adapters keep their seeded default initialization.
-    """
-    from aaclip.train.checkpoint import build_model, save_checkpoint
-    from aaclip.train.config import AAClipConfig, BackboneConfig
-
-    config = AAClipConfig(backbone=BackboneConfig(name=backbone, init_seed=seed), image_size=int(image_size),
-                          classes=dict(BENCH_CLASSES))
-    model = build_model(config)
-    if model.patch_size * model.grid != int(image_size):
-        raise UserError(f"image size {image_size} is not a multiple of {backbone}'s patch size {model.patch_size}")
-    return save_checkpoint(model, Path(out_dir))
+    config = checkpoint_config(ckpt)
+    b = config.backbone
+    if b.init_seed is None or b.weights is not None or b.pretrained is not None:
+        return f"checkpoint {ckpt}" + ("" if config.method == DEFAULT_METHOD else f" ({config.method})")
+    method = "" if config.method == DEFAULT_METHOD else f", {config.method}"
+    return f"{b.name}@{config.image_size} (random weights{method})"
 
 
 def prepare_checkpoint(ckpt: Optional[Path], tiny: bool, shape: Optional[str], work_dir: Path,
-                       seed: int = 0) -> tuple[Path, str]:
-    """(checkpoint directory, a short description) for exactly one of ``ckpt`` / ``tiny`` / ``shape``."""
+                       seed: int = 0, method: str = DEFAULT_METHOD) -> tuple[Path, str]:
+    """(checkpoint directory, a short description) for exactly one of ``ckpt`` / ``tiny`` / ``shape``;
+    the random checkpoints of ``tiny`` / ``shape`` are of family ``method``."""
     given = [n for n, v in (("--ckpt", ckpt), ("--tiny", tiny), ("--shape", shape)) if v]
     if len(given) != 1:
         raise UserError("choose the model with exactly one of --ckpt DIR, --tiny or --shape NAME@SIZE"
@@ -61,13 +57,16 @@ def prepare_checkpoint(ckpt: Optional[Path], tiny: bool, shape: Optional[str], w
     if ckpt:
         if not Path(ckpt).is_dir():
             raise UserError(f"checkpoint directory not found: {ckpt}")
-        return Path(ckpt), f"checkpoint {ckpt}"
-    if tiny:
-        path = random_checkpoint(Path(work_dir) / "ckpt", TINY_BACKBONE, TINY_SIZE, seed)
-        return path, f"{TINY_BACKBONE}@{TINY_SIZE} (random weights)"
-    name, size = parse_shape(shape)
-    log.info("building %s at %d px with random weights (no download)", name, size)
-    return random_checkpoint(Path(work_dir) / "ckpt", name, size, seed), f"{name}@{size} (random weights)"
+        return Path(ckpt), describe_checkpoint(Path(ckpt))
+    from aaclip.train.checkpoint import random_checkpoint
+
+    name, size = (TINY_BACKBONE, TINY_SIZE) if tiny else parse_shape(shape)
+    if not tiny:
+        log.info("building %s at %d px with random weights (no download)", name, size)
+    # CLIP weights not written: the config records init_seed and loading re-creates them
+    path = random_checkpoint(Path(work_dir) / "ckpt", method=method, backbone=name, image_size=size,
+                             classes=dict(BENCH_CLASSES), seed=seed, weights_file=None)
+    return path, describe_checkpoint(path)
 
 
 @dataclass(frozen=True)
@@ -133,5 +132,5 @@ def build_engine_for(onnx: Artifact, batches: tuple[int, int, int], out_dir: Pat
     return Artifact(engine, onnx.precision, artifact_size(engine))
 
 
-__all__ = ["parse_shape", "random_checkpoint", "prepare_checkpoint", "Artifact", "artifact_size", "export_graph",
+__all__ = ["parse_shape", "describe_checkpoint", "prepare_checkpoint", "Artifact", "artifact_size", "export_graph",
            "external_artifact", "build_engine_for", "TINY_BACKBONE", "TINY_SIZE", "BENCH_CLASSES"]

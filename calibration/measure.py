@@ -23,19 +23,6 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
-def make_checkpoint(out_dir: Path, backbone: str, size: int, seed: int = 0) -> Path:
-    import torch
-    from aaclip.train.backbone import write_random_weights
-    from aaclip.train.checkpoint import build_model, save_checkpoint
-    from aaclip.train.config import AAClipConfig, BackboneConfig
-
-    write_random_weights(backbone, out_dir / "clip.safetensors", seed=seed)
-    config = AAClipConfig(backbone=BackboneConfig(name=backbone, weights="clip.safetensors"), image_size=size,
-                          classes={"disk": "metal disk"})
-    torch.manual_seed(seed + 1)
-    return save_checkpoint(build_model(config, base_dir=out_dir), out_dir)
-
-
 def cpu_latency_ms(path: Path, frame: np.ndarray, threads: int, repeats: int) -> float:
     import onnxruntime as ort
 
@@ -64,6 +51,7 @@ def cpu_latency_ms(path: Path, frame: np.ndarray, threads: int, repeats: int) ->
 def main(backbone: str, size: int, frames: int, holdout: int, method: str, repeats: int, threads: int) -> None:
     from aaclip.contract.cli import setup_logging
     from aaclip.export.onnx_export import export_onnx
+    from aaclip.train.checkpoint import random_checkpoint
     from aaclip.train.synth import draw_product
 
     from .inputs import folder_input
@@ -73,7 +61,7 @@ def main(backbone: str, size: int, frames: int, holdout: int, method: str, repea
     with tempfile.TemporaryDirectory(prefix="aaclip-measure-") as tmp:
         root = Path(tmp)
         t0 = time.perf_counter()
-        make_checkpoint(root / "ckpt", backbone, size)
+        random_checkpoint(root / "ckpt", backbone=backbone, image_size=size)
         fp32 = export_onnx(root / "ckpt", root / "model.onnx", classes=["disk"]).path
         rng = np.random.default_rng(11)
         (root / "good").mkdir()

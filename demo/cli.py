@@ -66,9 +66,7 @@ def run_demo(out: Path, seed: int = 0) -> dict:
     """Run every stage into ``out``; returns a summary dict (also written to out/summary.json)."""
     from aaclip.contract.files import atomic_write_json, atomic_write_text
     from aaclip.contract.metrics import markdown_table
-    from aaclip.train.backbone import write_random_weights
-    from aaclip.train.checkpoint import build_model
-    from aaclip.train.config import AAClipConfig, BackboneConfig
+    from aaclip.train.checkpoint import load_checkpoint, random_checkpoint
     from aaclip.train.evaluate import evaluate
     from aaclip.train.records import read_records
     from aaclip.train.synth import generate_dataset
@@ -81,16 +79,17 @@ def run_demo(out: Path, seed: int = 0) -> dict:
     _step(1, total, "synthetic dataset (5 products, 5 defect kinds) and random tiny CLIP weights")
     paths = generate_dataset(out / "data", image_size=DATA_SIZE, n_train_normal=8, n_train_anomalous=8,
                              n_test_normal=8, n_test_anomalous=8, seed=seed)
-    weights = write_random_weights(BACKBONE, out / "clip" / f"{BACKBONE}.safetensors", seed=seed)
+    ckpt = out / "checkpoint"
+    # untrained checkpoint; its CLIP weights live outside it, as real ones would; classes come from the data
+    random_checkpoint(ckpt, backbone=BACKBONE, image_size=IMAGE_SIZE, classes={}, seed=seed,
+                      weights_file=str((out / "clip" / f"{BACKBONE}.safetensors").resolve()))
     summary["data"] = {k: str(v) for k, v in paths.items()}
 
     _step(2, total, "two-stage training (text adapters, then image adapters)")
-    config = AAClipConfig(backbone=BackboneConfig(name=BACKBONE, weights=str(weights)), image_size=IMAGE_SIZE)
-    model = build_model(config)
+    model = load_checkpoint(ckpt)
     train = read_records(paths["train"])
     test = read_records(paths["test"])
     untrained, _ = evaluate(model, test, paths["test"].parent)
-    ckpt = out / "checkpoint"
     Trainer(model, train, paths["train"].parent, ckpt, TrainOptions(seed=seed, **TRAIN)).run()
 
     _step(3, total, "evaluation (SPEC section 7 metrics)")

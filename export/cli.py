@@ -43,6 +43,22 @@ def _check_suffix(out: Optional[Path], fmt: str) -> None:
         raise UserError(f"--out {out} looks like an engine but --format is onnx: add --format engine or use .onnx")
 
 
+def check_method(path: Path, method: Optional[str]) -> None:
+    """``--method``: the model family of the checkpoint (or artifact) at ``path`` must be ``method``."""
+    if method is None:
+        return
+    from aaclip.train.families import check_method as check
+
+    if Path(path).is_dir():
+        from aaclip.train.checkpoint import checkpoint_config
+
+        check(checkpoint_config(path).method, method, f"checkpoint {path}")
+    else:
+        from aaclip.contract.manifest import load_manifest
+
+        check(load_manifest(path).method, method, f"artifact {path}")
+
+
 def engine_from_onnx(onnx_path: Path, out: Optional[Path], batch: str, workspace_mb: int,
                      timing_cache: Optional[Path], flavour: str) -> Path:
     """Build an engine from an exported graph + manifest; needs TensorRT, not PyTorch (e.g. on a Jetson)."""
@@ -170,6 +186,8 @@ def verify_command(artifact: Path, ckpt: Optional[Path], images: Optional[Path],
               help="tensorrt: build on the target GPU (Jetson). tensorrt-rtx: ahead-of-time, no GPU.")
 @click.option("--clip-weights", type=click.Path(dir_okay=False, path_type=Path),
               help="CLIP weights file, when not where the checkpoint's config says.")
+@click.option("--method", metavar="NAME",
+              help="Model family the checkpoint must be (it is read from the checkpoint; this only checks it).")
 @click.option("--external-data/--no-external-data", default=None,
               help="Store tensors in <out>.data beside the graph [default: only when larger than 1.8 GB].")
 @click.option("--verify", "verify", type=click.Path(path_type=Path), metavar="ARTIFACT",
@@ -187,18 +205,21 @@ def verify_command(artifact: Path, ckpt: Optional[Path], images: Optional[Path],
 @click.option("-v", "--verbose", count=True, help="More log output.")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
 def cli(ckpt, out, fmt, precision, classes, input_size, opset, batch, workspace_mb, timing_cache, flavour,
-        clip_weights, external_data, verify, verify_ckpt, images, frames, map_tol, score_tol, min_corr, min_iou,
-        verbose, quiet):
-    """Export an AA-CLIP checkpoint CKPT to a deployable ONNX graph or TensorRT engine (+ manifest),
+        clip_weights, method, external_data, verify, verify_ckpt, images, frames, map_tol, score_tol, min_corr,
+        min_iou, verbose, quiet):
+    """Export a checkpoint CKPT (any model family) to a deployable ONNX graph or TensorRT engine (+ manifest),
     build an engine from an exported MODEL.onnx (--format engine; needs TensorRT, not PyTorch), or check
     an exported ARTIFACT against PyTorch with --verify. See docs/export.md."""
     setup_logging(verbose, quiet)
     if verify is not None:
+        check_method(verify, method)
         ok = verify_command(verify, verify_ckpt or ckpt, images, frames, map_tol, score_tol, min_corr, min_iou,
                             clip_weights)
         sys.exit(0 if ok else 1)
     if ckpt is None:
         raise UserError("give a checkpoint directory to export (aaclip-export CKPT) or --verify ARTIFACT")
+    if ckpt.exists():
+        check_method(ckpt, method)
     if ckpt.is_file() and ckpt.suffix == ".onnx":
         if fmt != "engine":
             raise UserError(f"{ckpt} is already an ONNX graph: add --format engine to build a TensorRT engine from it")

@@ -24,8 +24,7 @@ from typing import Any, Optional, Sequence
 from aaclip.contract.errors import UserError
 from aaclip.contract.files import atomic_write_bytes
 from aaclip.contract.manifest import TRT_FLAVOURS
-
-from .manifest_builder import CLASS_INPUT_NAME, INPUT_NAME
+from aaclip.contract.tensors import CLASS_INPUT_NAME, INPUT_NAME
 
 log = logging.getLogger(__name__)
 

@@ -20,11 +20,11 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 from aaclip.contract.errors import UserError
-from aaclip.contract.files import sha256_file
-from aaclip.contract.manifest import manifest_path, write_manifest
+from aaclip.contract.manifest import manifest_for, manifest_path, write_manifest
+from aaclip.contract.tensors import CLASS_INPUT_NAME, INPUT_NAME, OUTPUT_NAMES
 
 from .graph import PRECISIONS, DeployGraph
-from .manifest_builder import CLASS_INPUT_NAME, INPUT_NAME, OUTPUT_NAMES, build_manifest
+from .manifest_builder import export_draft
 
 log = logging.getLogger(__name__)
 
@@ -111,9 +111,13 @@ def rebuild_command(ckpt_dir: Path, out: Path, fmt: str, precision: str, classes
 
 # ---- the graph ---------------------------------------------------------------------------------------
 def compute_anchors(model, object_names: Sequence[str]) -> torch.Tensor:
-    """Text anchors (C, E, 2), float32, computed once with the adapted text tower."""
+    """The per-class constants (C, ...) of any family model, float32 on the CPU, computed once.
+
+    The one entry point for them (export, verification, benchmarks): ``model.class_constants``; for
+    AA-CLIP the text anchors (C, E, 2) of the adapted text tower.
+    """
     with torch.no_grad():
-        return model.text_anchors(list(object_names)).detach().float().cpu()
+        return model.class_constants(list(object_names)).detach().float().cpu()
 
 
 def graph_problems(proto, opset_range: tuple[int, int] = (OPSET_MIN, OPSET_MAX)) -> list[str]:
@@ -209,7 +213,7 @@ def export_onnx(
 ) -> ExportResult:
     """Export the checkpoint at ``ckpt_dir`` to an ONNX graph + manifest; returns what was written.
 
-    ``model`` (an ``AAClip`` already loaded from ``ckpt_dir``) skips loading; ``external_data`` None
+    ``model`` (a family model already loaded from ``ckpt_dir``) skips loading; ``external_data`` None
     decides by size; ``rebuild`` overrides the manifest's ``rebuild_command``.
     """
     import onnx
@@ -226,8 +230,8 @@ def export_onnx(
     size = int(config.image_size)
     input_hw = tuple(input_size) if input_size else (size, size)
 
-    anchors = compute_anchors(model, [obj for _, obj in class_table])
-    graph = DeployGraph(model, anchors, input_hw=input_hw, precision=precision).eval()
+    constants = compute_anchors(model, [obj for _, obj in class_table])
+    graph = DeployGraph(model, constants, input_hw=input_hw, precision=precision).eval()
     log.info("exporting %s (%s, %d class%s, input %dx%d, opset %d)", out.name, precision, len(class_table),
              "" if len(class_table) == 1 else "es", input_hw[0], input_hw[1], opset)
     with tempfile.TemporaryDirectory(prefix="aaclip-export-") as tmp:
@@ -239,20 +243,17 @@ def export_onnx(
         raise RuntimeError(f"the exported graph breaks the contract: {'; '.join(problems)}")
     if _proto_bytes(proto) <= EXTERNAL_DATA_AUTO_BYTES:
         proto = onnx.shape_inference.infer_shapes(proto, strict_mode=True)  # explicit types on every tensor
-    proto.doc_string = f"aaclip-edge AA-CLIP graph ({precision}); the contract is docs/graph-contract.md"
+    proto.doc_string = f"aaclip-edge {config.method} graph ({precision}); the contract is docs/graph-contract.md"
     external = save_onnx(proto, out, external_data)
     del proto
 
-    sha = sha256_file(out)
     names = [n for n, _ in class_table]
     command = rebuild or rebuild_command(ckpt_dir, out, "onnx", precision, names, classes is None,
                                          tuple(input_size) if input_size else None, opset)
-    manifest = build_manifest(
-        artifact=out, artifact_format="onnx", sha256=sha, precision=precision, checkpoint=ckpt_dir,
-        checkpoint_sha256=checkpoint_sha256(ckpt_dir), backbone=config.backbone.name, image_size=size,
-        domain=config.domain, n_levels=len(model.levels), classes=class_table, input_hw=input_hw, opset=opset,
-        rebuild_command=command, external_data=external,
-    )
+    draft = export_draft(model, precision, class_table, input_hw, opset, command, ckpt_dir,
+                         checkpoint_sha256(ckpt_dir))
+    manifest = manifest_for(out, "onnx", draft, external)
+    sha = manifest["artifact"]["sha256"]
     mpath = write_manifest(out, manifest)
     log.info("wrote %s (%.1f MB) and %s", out, out.stat().st_size / 1e6, mpath.name)
     return ExportResult(out, mpath, sha, tuple(external), tuple(class_table))

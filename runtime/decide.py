@@ -78,13 +78,15 @@ class Decision:
             "source": self.source, "frame": self.frame, "class": self.class_name,
             "score": _finite(self.score, 6), "decision": self.state, "anomalous": self.anomalous,
             "alarm": self.alarm, "map_max": _finite(self.map_max, 6), "cls_score": _finite(self.cls_score, 6),
-            "threshold": _finite(self.threshold, 9), "latency_ms": round(self.latency_s * 1e3, 3),
+            "threshold": _finite(self.threshold), "latency_ms": round(self.latency_s * 1e3, 3),
             "evidence": self.evidence, "run": self.run_id,
         }
 
 
-def _finite(value: float, digits: int) -> Optional[float]:
-    return round(float(value), digits) if math.isfinite(value) else None
+def _finite(value: float, digits: Optional[int] = None) -> Optional[float]:
+    if not math.isfinite(value):
+        return None
+    return float(value) if digits is None else round(float(value), digits)
 
 
 class Decider:

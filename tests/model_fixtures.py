@@ -17,15 +17,9 @@ def tiny_config(weights: str | None = None, seed: int = 0, **overrides):
     return AAClipConfig(**fields)
 
 
-def make_tiny_checkpoint(out_dir: Path, seed: int = 0, adapter_seed: int = 1, **overrides) -> Path:
+def make_tiny_checkpoint(out_dir: Path, seed: int = 0, adapter_seed: int = 1, **fields) -> Path:
     """A checkpoint directory whose CLIP weights file (random) lives beside the adapters."""
-    import torch
-    from aaclip.train.backbone import write_random_weights
-    from aaclip.train.checkpoint import build_model, save_checkpoint
+    from aaclip.train.checkpoint import random_checkpoint
 
-    out_dir = Path(out_dir)
-    write_random_weights(TINY, out_dir / "clip.safetensors", seed=seed)
-    config = tiny_config(weights="clip.safetensors", **overrides)
-    torch.manual_seed(adapter_seed)
-    model = build_model(config, base_dir=out_dir)
-    return save_checkpoint(model, out_dir)
+    return random_checkpoint(out_dir, backbone=TINY, image_size=TINY_SIZE, classes=dict(TINY_CLASSES), seed=seed,
+                             trainable_seed=adapter_seed, fields=fields)

@@ -24,7 +24,6 @@ from aaclip.contract.files import sha256_file  # noqa: E402
 from aaclip.contract.manifest import check_artifact, check_engine_compat, load_manifest  # noqa: E402
 from aaclip.export import cli as export_cli  # noqa: E402
 from aaclip.export.graph import reference_preprocess  # noqa: E402
-from aaclip.export.manifest_builder import default_score  # noqa: E402
 from aaclip.export.onnx_export import compute_anchors, export_onnx, graph_problems  # noqa: E402
 from aaclip.export.verify import TOLERANCES, ParityReport, VerifyOptions, compare_outputs, top_iou, verify_artifact  # noqa: E402
 from aaclip.runtime.backends.onnxruntime import OnnxRuntimeRunner  # noqa: E402
@@ -262,7 +261,9 @@ def test_manifest_round_trip(fp32_multi, fp32_single, ckpt):
     assert d["outputs"][0]["shape"] == ["B", 64, 64]
     assert d["score"] == {"map_lo": 2.0, "map_hi": 6.0, "cls_lo": 0.5, "cls_hi": 1.0, "map_weight": 0.5,
                           "threshold": 0.5, "pixel_threshold": 0.5, "source": "default", "calibration": None}
-    assert d["score"] == default_score(4, "industrial")
+    from aaclip.train.families.aaclip import default_score
+
+    assert d["score"] == default_score(4, "industrial").to_block("default")
     assert d["tools"]["opset"] == 17 and d["tools"]["torch"] == torch.__version__
     assert d["tensorrt"] is None
     assert d["rebuild_command"].startswith(f"aaclip-export {ckpt} --format onnx --precision fp32 --out ")

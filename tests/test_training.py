@@ -5,7 +5,8 @@ import pytest
 import torch
 from aaclip.contract.errors import UserError
 from aaclip.train import losses
-from aaclip.train.checkpoint import build_model, import_official, load_checkpoint, save_checkpoint
+from aaclip.train.aaclip_official import import_official
+from aaclip.train.checkpoint import build_model, load_checkpoint, save_checkpoint
 from aaclip.train.config import ADAPTERS_FILE
 from aaclip.train.evaluate import evaluate
 from aaclip.train.records import read_records
@@ -73,10 +74,10 @@ def test_each_stage_reduces_its_loss(tmp_path, synth):
 def test_only_the_stage_parameters_change(tmp_path, synth):
     data, root = synth
     model = _fresh_model(tmp_path)
-    before = model.adapter_state_dict()
+    before = model.trainable_state_dict()
     clip_before = {k: v.clone() for k, v in model.clip.state_dict().items()}
     Trainer(model, data["train"], root, tmp_path / "run", _options(stages=(1,), stage1_epochs=1)).run()
-    after = model.adapter_state_dict()
+    after = model.trainable_state_dict()
     assert not torch.equal(before["text_proj.fc.weight"], after["text_proj.fc.weight"])
     assert torch.equal(before["det_proj.fc.weight"], after["det_proj.fc.weight"])
     assert all(torch.equal(v, model.clip.state_dict()[k]) for k, v in clip_before.items())
@@ -91,7 +92,7 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path, synth):
     Trainer(part, data["train"], root, tmp_path / "part", _options(**dict(opts, stage2_epochs=1))).run()
     resumed = load_checkpoint(tmp_path / "part")
     Trainer(resumed, data["train"], root, tmp_path / "part", _options(**opts)).run()
-    a, b = full.adapter_state_dict(), resumed.adapter_state_dict()
+    a, b = full.trainable_state_dict(), resumed.trainable_state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert [h["epoch"] for h in read_history(tmp_path / "part")] == [1, 1, 2]
 
@@ -156,7 +157,7 @@ def _to_official(state, relu=False):
 def test_import_official_round_trip(tmp_path, relu):
     ckpt = make_tiny_checkpoint(tmp_path / "ours", relu=relu)
     ours = load_checkpoint(ckpt)
-    text, image = _to_official(ours.adapter_state_dict(), relu)
+    text, image = _to_official(ours.trainable_state_dict(), relu)
     src = tmp_path / "official"
     src.mkdir()
     torch.save({"epoch": 5, "text_adapter": {k: v.half() for k, v in text.items()}}, src / "text_adapter.pth")
@@ -166,11 +167,11 @@ def test_import_official_round_trip(tmp_path, relu):
     out = import_official(src, tmp_path / "imported", cfg)
     imported = load_checkpoint(out)
     assert imported.config.relu is relu
-    a, b = ours.adapter_state_dict(), imported.adapter_state_dict()
+    a, b = ours.trainable_state_dict(), imported.trainable_state_dict()
     assert set(a) == set(b)
     assert all(torch.allclose(a[k].half().float() if k.startswith("text") else a[k], b[k]) for k in a)
     older = load_checkpoint(import_official(src, tmp_path / "older", cfg, epoch=1))
-    assert older.adapter_state_dict()["det_proj.fc.weight"].abs().sum() == 0
+    assert older.trainable_state_dict()["det_proj.fc.weight"].abs().sum() == 0
 
 
 def test_import_official_refuses_pickled_code_and_bad_layout(tmp_path):

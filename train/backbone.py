@@ -3,8 +3,9 @@
 Weights come from an OpenCLIP pretrained tag (network, real users), a local checkpoint file
 (safetensors, a state dict read with ``torch.load(weights_only=True)``), or a seeded random
 initialization (tests and the demo). The visual position embedding is resized to the configured
-resolution by OpenCLIP's ``resize_pos_embed`` (class slot kept, bicubic, antialias=True,
-align_corners=False), which is exactly what SPEC section 1 prescribes.
+resolution by OpenCLIP's ``resize_pos_embed`` (class slot kept, align_corners=False) with the mode the
+config's backbone records (``pos_embed_resize``): AA-CLIP's bicubic with antialias (SPEC section 1),
+or another family's (Res2CLIP: bilinear). The activation (GELU or QuickGELU) is recorded there too.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from aaclip.contract.errors import UserError
 from aaclip.contract.files import sha256_file
 from open_clip.model import resize_pos_embed
 
-from .config import AAClipConfig, BackboneConfig
+from .config import BackboneConfig, ModelConfig
 
 log = logging.getLogger(__name__)
 _CONFIG_DIR = Path(__file__).parent / "model_configs"
@@ -47,11 +48,21 @@ def _quiet_random_init(record: logging.LogRecord) -> bool:
 
 
 def _create(backbone: BackboneConfig, image_size: int) -> torch.nn.Module:
+    quick = backbone.activation == "quickgelu"
+    if backbone.pretrained is not None and backbone.resize_mode != ("bicubic", True):
+        # OpenCLIP resizes a pretrained tag's position embedding bicubic+antialias: load the weights at
+        # their native size and resize them with this backbone's mode instead.
+        native = open_clip.create_model(backbone.name, pretrained=backbone.pretrained, force_quick_gelu=quick,
+                                        device="cpu")
+        model = open_clip.create_model(backbone.name, force_image_size=image_size, force_quick_gelu=quick,
+                                       device="cpu")
+        load_state(model, native.state_dict(), backbone, f"pretrained {backbone.pretrained}")
+        return model
     return open_clip.create_model(
         backbone.name,
         pretrained=backbone.pretrained,
         force_image_size=image_size,
-        force_quick_gelu=backbone.activation == "quickgelu",
+        force_quick_gelu=quick,
         device="cpu",
     )
 
@@ -85,15 +96,20 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_clip_weights(model: torch.nn.Module, path: Path) -> None:
-    state = read_state_dict(path)
-    resize_pos_embed(state, model, interpolation="bicubic", antialias=True)
+def load_state(model: torch.nn.Module, state: dict, backbone: BackboneConfig, origin: str) -> None:
+    """Load CLIP weights into ``model``, resizing the position embedding with the backbone's mode."""
+    interpolation, antialias = backbone.resize_mode
+    resize_pos_embed(state, model, interpolation=interpolation, antialias=antialias)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise UserError(
-            f"CLIP weights {path} do not fit the model: {len(missing)} missing keys (e.g. {missing[:3]}), "
+            f"CLIP weights {origin} do not fit the model: {len(missing)} missing keys (e.g. {missing[:3]}), "
             f"{len(unexpected)} unexpected (e.g. {unexpected[:3]}); is --backbone the right model name?"
         )
+
+
+def load_clip_weights(model: torch.nn.Module, path: Path, backbone: BackboneConfig) -> None:
+    load_state(model, read_state_dict(path), backbone, str(path))
 
 
 def resolve_weights(backbone: BackboneConfig, base_dir: Optional[Path]) -> Optional[Path]:
@@ -105,7 +121,7 @@ def resolve_weights(backbone: BackboneConfig, base_dir: Optional[Path]) -> Optio
     return path
 
 
-def build_clip(config: AAClipConfig, base_dir: Optional[Path] = None, check_hash: bool = True):
+def build_clip(config: ModelConfig, base_dir: Optional[Path] = None, check_hash: bool = True):
     """The frozen CLIP model (eval mode, no gradients) and its tokenizer."""
     backbone = config.backbone
     if backbone.pretrained is None and backbone.weights is None and backbone.init_seed is None:
@@ -120,7 +136,7 @@ def build_clip(config: AAClipConfig, base_dir: Optional[Path] = None, check_hash
                     f"CLIP weights {weights} (sha256 {digest[:12]}) are not those the adapters were trained "
                     f"with (sha256 {backbone.weights_sha256[:12]}): pass the training-time file"
                 )
-        load_clip_weights(model, weights)
+        load_clip_weights(model, weights, backbone)
         log.info("loaded CLIP weights %s", weights)
     model.eval().requires_grad_(False)
     tokenizer = open_clip.get_tokenizer(backbone.name)

@@ -1,46 +1,56 @@
-"""Adapter checkpoints: ``config.json`` + ``adapters.safetensors`` in one directory (no CLIP weights).
+"""Checkpoint folders of every model family: ``config.json`` + ``adapters.safetensors`` (no CLIP weights).
 
-Also imports checkpoints written by the AA-CLIP reference code (``text_adapter.pth``,
-``image_adapter_<epoch>.pth``), read with ``torch.load(weights_only=True)``. The format is documented
-in docs/checkpoint-format.md.
+``config.json``'s ``method`` picks the family (``aaclip.train.families``); ``load_checkpoint`` builds the
+frozen OpenCLIP backbone the config describes, the family's model on it, and loads its trainable
+weights. ``init_checkpoint`` writes the folder of a model that is not trained (a training-free family,
+or a trainable one before training) and ``random_checkpoint`` the one source of random tiny checkpoints
+for tests, the demo, calibration measurements and benchmarks. The format is documented in
+docs/checkpoint-format.md.
 """
 from __future__ import annotations
 
 import copy
 import hashlib
 import logging
-import re
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 from aaclip.contract.errors import UserError
 from aaclip.contract.files import atomic_path
+from aaclip.contract.manifest import DEFAULT_METHOD
 
 from .backbone import build_clip, resolve_weights
-from .config import ADAPTERS_FILE, CONFIG_FILE, AAClipConfig
-from .model import AAClip
+from .config import ADAPTERS_FILE, CONFIG_FILE, BackboneConfig, ModelConfig, load_config
+from .families import get_family
 
 log = logging.getLogger(__name__)
 
+STATE_FILE = "train_state.pt"  # a trainer's resume state; its presence means "a run to continue"
+HISTORY_FILE = "history.jsonl"  # one JSON line per finished epoch
 
-def build_model(config: AAClipConfig, base_dir: Optional[Path] = None, check_hash: bool = True) -> AAClip:
+
+def build_model(config: ModelConfig, base_dir: Optional[Path] = None, check_hash: bool = True):
+    """The family model of ``config`` on its frozen backbone (trainable weights: fresh initialization)."""
+    family = get_family(config.method)
     clip, tokenizer = build_clip(config, base_dir=base_dir, check_hash=check_hash)
     weights = resolve_weights(config.backbone, base_dir)
     if weights is not None:  # absolute from here on, so the config can be saved anywhere
         config.backbone.weights = str(weights.resolve())
-    return AAClip(clip, tokenizer, config)
+    return family.build(clip, tokenizer, config)
 
 
-def save_checkpoint(model: AAClip, out_dir: Path) -> Path:
-    """Write the adapters and config atomically; returns the directory."""
+def save_checkpoint(model, out_dir: Path) -> Path:
+    """Write the trainable weights and the config atomically; returns the directory."""
     from safetensors.torch import save_file
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    state = {k: v.contiguous().cpu() for k, v in model.adapter_state_dict().items()}
+    state = {k: v.contiguous().cpu() for k, v in model.trainable_state_dict().items()}
     with atomic_path(out_dir / ADAPTERS_FILE, suffix=".safetensors") as tmp:
-        save_file(state, str(tmp), metadata={"format": "aaclip-adapters", "version": "1"})
+        save_file(state, str(tmp), metadata={"format": "aaclip-adapters", "version": "1",
+                                             "method": model.config.method})
     config = copy.deepcopy(model.config)
     if config.backbone.weights is not None:  # relative when the weights live inside the checkpoint
         weights = Path(config.backbone.weights).resolve()
@@ -63,98 +73,92 @@ def read_adapters(ckpt_dir: Path) -> dict[str, torch.Tensor]:
         raise UserError(f"{path} is corrupt ({exc}): re-run training or re-import the checkpoint") from exc
 
 
-def load_checkpoint(ckpt_dir: Path, clip_weights: Optional[Path] = None, check_hash: bool = True) -> AAClip:
-    """The AA-CLIP model of a checkpoint directory, in eval mode on the CPU."""
+def checkpoint_config(ckpt_dir: Path) -> ModelConfig:
+    """The config of a checkpoint directory (its family's config class), without building anything."""
     ckpt_dir = Path(ckpt_dir)
     if not ckpt_dir.is_dir():
         raise UserError(f"checkpoint directory not found: {ckpt_dir}")
-    config = AAClipConfig.load(ckpt_dir / CONFIG_FILE)
+    return load_config(ckpt_dir / CONFIG_FILE)
+
+
+def load_checkpoint(ckpt_dir: Path, clip_weights: Optional[Path] = None, check_hash: bool = True):
+    """The model of a checkpoint directory (the family its config's ``method`` names), eval mode, CPU."""
+    ckpt_dir = Path(ckpt_dir)
+    config = checkpoint_config(ckpt_dir)
     if clip_weights is not None:
         config.backbone.weights = str(Path(clip_weights).resolve())
     model = build_model(config, base_dir=ckpt_dir, check_hash=check_hash)
     try:
-        model.load_adapter_state_dict(read_adapters(ckpt_dir))
+        model.load_trainable_state_dict(read_adapters(ckpt_dir))
     except ValueError as exc:
         raise UserError(f"{ckpt_dir}: {exc}") from exc
     return model.eval()
 
 
 def checkpoint_sha256(ckpt_dir: Path) -> str:
-    """One hash over the config and the adapter weights (what the manifest records as the source)."""
+    """One hash over the config and the trainable weights (what the manifest records as the source)."""
     h = hashlib.sha256()
     for name in (CONFIG_FILE, ADAPTERS_FILE):
         h.update((Path(ckpt_dir) / name).read_bytes())
     return h.hexdigest()
 
 
-# ---- import from the AA-CLIP reference implementation --------------------------------------------
-def _load_official(path: Path, key: str) -> dict[str, torch.Tensor]:
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise UserError(f"cannot read {path} safely ({exc.__class__.__name__}): is it an AA-CLIP checkpoint?") from exc
-    if not isinstance(data, dict) or key not in data:
-        raise UserError(f"{path} has no '{key}' entry: expected a checkpoint saved by the AA-CLIP reference code")
-    return data[key]
+# ---- checkpoints of models that are not trained ------------------------------------------------------
+def init_checkpoint(out_dir: Path, config: ModelConfig, seed: int = 0) -> Path:
+    """Build ``config``'s model and write its checkpoint folder (``aaclip-train init``).
 
+    The torch RNG is seeded with ``seed`` before the backbone is built, so the family's trainable weights
+    are reproducible (a backbone with ``init_seed`` re-seeds with that first).
+    """
+    from .backbone import vision_geometry
 
-def _count(state: dict, pattern: str) -> int:
-    found = {int(m.group(1)) for k in state for m in [re.match(pattern, k)] if m}
-    return len(found)
-
-
-def official_to_state(text_sd: dict, image_sd: dict) -> tuple[dict[str, torch.Tensor], dict]:
-    """Map reference key names onto ours; returns (state dict, config fields inferred from the keys)."""
-    n_text = _count(text_sd, r"^(\d+)\.fc\.0\.weight$") - 1  # last entry is the projection P_T
-    n_image = _count(image_sd, r"^layer_adapters\.(\d+)\.fc\.0\.weight$")
-    n_levels = _count(image_sd, r"^seg_proj\.(\d+)\.fc\.(?:0\.)?weight$")
-    if n_text < 1 or n_image < 1 or n_levels < 1:
-        raise UserError("unexpected key layout: not the text_adapter/image_adapter state dicts of AA-CLIP")
-    relu = "det_proj.fc.0.weight" in image_sd
-    sub = "fc.0.weight" if relu else "fc.weight"
-    state = {f"text_adapters.{i}.fc.weight": text_sd[f"{i}.fc.0.weight"] for i in range(n_text)}
-    state["text_proj.fc.weight"] = text_sd[f"{n_text}.fc.0.weight"]
-    for i in range(n_image):
-        state[f"image_adapters.{i}.fc.weight"] = image_sd[f"layer_adapters.{i}.fc.0.weight"]
-    for i in range(n_levels):
-        state[f"seg_proj.{i}.fc.weight"] = image_sd[f"seg_proj.{i}.{sub}"]
-    state["det_proj.fc.weight"] = image_sd[f"det_proj.{sub}"]
-    fields = {"text_adapter_depth": n_text, "image_adapter_depth": n_image, "relu": relu}
-    return {k: v.float() for k, v in state.items()}, fields
-
-
-def find_official_files(src: Path, epoch: Optional[int] = None) -> tuple[Path, Path]:
-    src = Path(src)
-    text = src / "text_adapter.pth"
-    if not text.is_file():
-        raise UserError(f"no text_adapter.pth in {src}: point at the reference code's output directory")
-    images = {int(m.group(1)): p for p in src.glob("image_adapter_*.pth") for m in [re.match(r"image_adapter_(\d+)\.pth$", p.name)] if m}
-    if not images:
-        raise UserError(f"no image_adapter_<epoch>.pth in {src}: was stage 2 run?")
-    if epoch is None:
-        epoch = max(images)
-    if epoch not in images:
-        raise UserError(f"no image_adapter_{epoch}.pth in {src}; available epochs: {sorted(images)}")
-    return text, images[epoch]
-
-
-def import_official(src: Path, out_dir: Path, config: AAClipConfig, epoch: Optional[int] = None) -> Path:
-    """Convert reference checkpoints into an aaclip-edge checkpoint directory (weights checked by shape)."""
-    text_path, image_path = find_official_files(src, epoch)
-    state, fields = official_to_state(_load_official(text_path, "text_adapter"), _load_official(image_path, "image_adapter"))
-    for key, value in fields.items():
-        setattr(config, key, value)
+    torch.manual_seed(seed)
     model = build_model(config, base_dir=Path(out_dir))
-    expected = model.adapter_state_dict()
-    bad = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
-    if bad:
-        raise UserError(
-            f"imported weights do not fit backbone {config.backbone.name}: {bad[0]} is "
-            f"{tuple(state[bad[0]].shape)}, expected {tuple(expected[bad[0]].shape)}"
-        )
-    try:
-        model.load_adapter_state_dict(state)
-    except ValueError as exc:
-        raise UserError(f"{src}: {exc}") from exc
-    log.info("imported %s and %s", text_path.name, image_path.name)
+    _, patch, grid = vision_geometry(model.clip)
+    if patch * grid != config.image_size:
+        raise UserError(f"image size {config.image_size} is not a multiple of {config.backbone.name}'s patch "
+                        f"size {patch}")
     return save_checkpoint(model, out_dir)
+
+
+@dataclass
+class RandomSpec:
+    """A checkpoint with random CLIP weights (tests, demo, measurements; it detects nothing real).
+
+    ``weights_file``: where the random CLIP weights are written (relative: inside the checkpoint folder;
+    absolute: anywhere) and referenced by the config; None: the config records ``init_seed`` and loading
+    re-creates the same weights (nothing written). ``trainable_seed`` seeds the family's trainable weights
+    (None: ``seed + 1``); without a weights file the backbone's ``init_seed`` re-seeds the RNG before
+    they are drawn, so they follow ``seed`` alone (see ``init_checkpoint``). ``fields``: family-specific config fields (e.g. ``{"relu": True}``).
+    """
+
+    method: str = DEFAULT_METHOD
+    backbone: str = "aaclip-tiny"
+    image_size: int = 64
+    classes: dict[str, str] = field(default_factory=lambda: {"disk": "metal disk"})
+    domain: str = "industrial"
+    seed: int = 0
+    trainable_seed: Optional[int] = None
+    weights_file: Optional[str] = "clip.safetensors"
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+def random_checkpoint(out_dir: Path, spec: Optional[RandomSpec] = None, **changes: Any) -> Path:
+    """Write a random checkpoint of ``spec`` (with ``changes`` applied) into ``out_dir``; returns it."""
+    from .backbone import write_random_weights
+
+    spec = replace(spec or RandomSpec(), **changes)
+    out_dir = Path(out_dir)
+    family = get_family(spec.method)
+    backbone = BackboneConfig(name=spec.backbone)
+    if spec.weights_file is None:
+        backbone.init_seed = spec.seed
+    else:
+        path = Path(spec.weights_file)
+        path = path if path.is_absolute() else out_dir / path
+        write_random_weights(spec.backbone, path, seed=spec.seed)
+        backbone.weights = str(path)
+    config = family.config_class(backbone=backbone, image_size=spec.image_size, domain=spec.domain,
+                                 classes=dict(spec.classes), **spec.fields)
+    seed = spec.seed + 1 if spec.trainable_seed is None else spec.trainable_seed
+    return init_checkpoint(out_dir, config, seed)

@@ -1,4 +1,4 @@
-"""`aaclip-eval`: SPEC section 7 metrics of a checkpoint on a JSON-lines test set."""
+"""`aaclip-eval`: SPEC section 7 metrics of a checkpoint (any model family) on a JSON-lines test set."""
 from __future__ import annotations
 
 import json
@@ -19,22 +19,26 @@ log = logging.getLogger(__name__)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Output folder (default: CKPT/eval).")
 @click.option("--clip-weights", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="CLIP weights file, if it moved since training.")
+@click.option("--method", metavar="NAME",
+              help="Model family the checkpoint must be (it is read from the checkpoint; this only checks it).")
 @click.option("--overlays", is_flag=True, help="Also save heat-map overlays of every test image.")
 @click.option("--batch-size", type=int, default=8, show_default=True)
 @click.option("--device", default="auto", show_default=True)
 @verbosity
-def main(ckpt, data, root, out, clip_weights, overlays, batch_size, device):
+def main(ckpt, data, root, out, clip_weights, method, overlays, batch_size, device):
     """Per-class pixel AUROC/AP/F1-max, AUPRO, image AUROC/AP/F1-max and their mean -> metrics.json/.md.
 
     Image scores use the paper's test-set min-max normalization (docs/method-choices.md, "Evaluation normalization").
     """
     from aaclip.contract.metrics import markdown_table
 
-    from .checkpoint import load_checkpoint
+    from .checkpoint import checkpoint_config, load_checkpoint
     from .evaluate import evaluate, save_overlays
+    from .families import check_method
     from .records import read_records
     from .trainer import pick_device
 
+    check_method(checkpoint_config(ckpt).method, method, f"checkpoint {ckpt}")
     records = read_records(data, root=root)
     root = root or data.parent
     out = out or Path(ckpt) / "eval"

@@ -23,7 +23,6 @@ from tqdm import tqdm
 
 from .constants import MAP_WEIGHT
 from .dataset import AnomalyDataset
-from .model import AAClip
 from .object_names import object_name
 from .records import Record
 
@@ -31,19 +30,22 @@ log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
-def predict_records(model: AAClip, records: Sequence[Record], root: Path, batch_size: int = 8,
+def predict_records(model, records: Sequence[Record], root: Path, batch_size: int = 8,
                     device: str | torch.device = "cpu") -> dict[str, dict[str, np.ndarray]]:
-    """Raw maps, cls scores, masks and labels per class: {class: {"maps","cls","masks","labels","paths"}}."""
+    """Raw maps, cls scores, masks and labels per class: {class: {"maps","cls","masks","labels","paths"}}.
+
+    Any family model (``aaclip.train.families.base``): per-class constants once, then ``predict``.
+    """
     model.eval().to(device)
     classes = sorted({r.class_name for r in records})
     names = [model.config.classes.get(c) or object_name(c) for c in classes]
-    anchors = model.text_anchors(names).to(device)
+    constants = model.class_constants(names).to(device)
     ds = AnomalyDataset(records, root, model.config.image_size, classes)
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0)
     out: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     for batch in tqdm(loader, desc="evaluate", leave=False, disable=None):
         idx = batch["class_index"].to(device)
-        amap, cls = model.predict(batch["image"].to(device), anchors[idx])
+        amap, cls = model.predict(batch["image"].to(device), constants[idx])
         for i, c in enumerate(idx.tolist()):
             entry = out[classes[c]]
             entry["maps"].append(amap[i].float().cpu().numpy())
@@ -71,7 +73,7 @@ def class_metrics(pred: dict[str, np.ndarray], domain: str) -> dict[str, Optiona
     return result
 
 
-def evaluate(model: AAClip, records: Sequence[Record], root: Path, batch_size: int = 8,
+def evaluate(model, records: Sequence[Record], root: Path, batch_size: int = 8,
              device: str | torch.device = "cpu") -> tuple[dict, dict]:
     """(report with per-class metrics and their mean, raw predictions per class)."""
     preds = predict_records(model, records, root, batch_size, device)

@@ -16,6 +16,7 @@ from . import maps
 from .adapters import Projection, ResidualAdapter, blend
 from .backbone import vision_geometry
 from .config import AAClipConfig
+from .families.base import FamilyModel
 from .prompts import prompt_sentences
 
 
@@ -33,14 +34,15 @@ def _run_blocks(transformer, x: torch.Tensor, attn_mask, hook) -> torch.Tensor:
     return x.transpose(0, 1) if seq_first else x
 
 
-class AAClip(nn.Module):
-    """Frozen CLIP + trainable text adapters/projection and image adapters/projections."""
+class AAClip(FamilyModel):
+    """Frozen CLIP + trainable text adapters/projection and image adapters/projections.
+
+    Its per-class constants are the text anchors T (C, E, 2) of the adapted text tower.
+    """
 
     def __init__(self, clip: nn.Module, tokenizer, config: AAClipConfig):
-        super().__init__()
-        self.clip = clip
+        super().__init__(clip, config)
         self.tokenizer = tokenizer
-        self.config = config
         depth, self.patch_size, self.grid = vision_geometry(clip)
         self.levels = config.resolved_levels(depth)
         self.lam = config.adapter_lambda
@@ -54,20 +56,7 @@ class AAClip(nn.Module):
         self.seg_proj = nn.ModuleList(Projection(width_v, embed, config.relu) for _ in self.levels)
         self.det_proj = Projection(width_v, embed, config.relu)
 
-    # ---- parameters -------------------------------------------------------------------------------
-    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().clone() for k, v in self.state_dict().items() if not k.startswith("clip.")}
-
-    def load_adapter_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        expected = set(self.adapter_state_dict())
-        got = set(state)
-        if expected != got:
-            raise ValueError(
-                f"adapter weights do not match the config: missing {sorted(expected - got)[:4]}, "
-                f"unexpected {sorted(got - expected)[:4]}"
-            )
-        self.load_state_dict(state, strict=False)
-
+    # ---- parameters (the trainable state dict is FamilyModel's: adapters and projections) -------------
     def text_parameters(self):
         return list(self.text_adapters.parameters()) + list(self.text_proj.parameters())
 
@@ -104,6 +93,9 @@ class AAClip(nn.Module):
             out.append(torch.stack(cols, dim=-1))
         return torch.stack(out)
 
+    def class_constants(self, object_names: Sequence[str]) -> torch.Tensor:
+        return self.text_anchors(object_names)
+
     # ---- image side (SPEC section 4) ---------------------------------------------------------------
     def encode_image(self, images: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Normalized images (B, 3, H, W) -> ([V_i (B, L, E) per level], d (B, E))."""
@@ -128,5 +120,5 @@ class AAClip(nn.Module):
     def predict(self, images: torch.Tensor, T: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Inference (SPEC section 5): raw anomaly map (B, H, W) and classification score (B,)."""
         V, d = self.encode_image(images)
-        size = (images.shape[-2], images.shape[-1])
+        size = (self.config.image_size, self.config.image_size)  # static in an exported graph
         return maps.anomaly_map(V, T, self.grid, size, self.config.domain), maps.cls_score(d, T)

@@ -1,31 +1,64 @@
-"""`aaclip-train`: two-stage AA-CLIP training, and import of reference AA-CLIP checkpoints."""
+"""`aaclip-train`: train a model family (default AA-CLIP), write the checkpoint of an untrained or
+training-free one (`init`), or import official checkpoints (`import-official`).
+
+Every subcommand takes ``--method NAME`` (default ``aa-clip``) and dispatches through the model-family
+registry (``aaclip.train.families``); ``aaclip-train methods`` lists the registered families.
+"""
 from __future__ import annotations
 
+import dataclasses
+import inspect
+import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import click
 from aaclip.contract.cli import DefaultGroup, verbosity
 from aaclip.contract.errors import UserError
+from aaclip.contract.manifest import DEFAULT_METHOD
 from aaclip.train.cli_common import parse_object_names
 
 log = logging.getLogger(__name__)
 
+COMMON_CONFIG_FIELDS = ("method", "backbone", "image_size", "domain", "classes", "format_version")
+# AA-CLIP's own `fit` flags -> fields of its TrainOptions (other families take --option KEY=VALUE).
+AACLIP_FLAGS = {"stage": "stages", "epochs1": "stage1_epochs", "epochs2": "stage2_epochs", "batch1": "stage1_batch",
+                "batch2": "stage2_batch", "lr1": "stage1_lr", "lr2": "stage2_lr", "stage1_levels": "stage1_levels",
+                "vv_mode": "vv_mode"}
+STAGES = {"1": (1,), "2": (2,), "both": (1, 2)}
+
+
+def _method_option(f):
+    return click.option("--method", default=DEFAULT_METHOD, show_default=True, metavar="NAME",
+                        help="Model family (`aaclip-train methods` lists the registered ones).")(f)
+
 
 def _backbone_options(f):
+    from .config import ACTIVATIONS, POS_EMBED_RESIZE
+
     f = click.option("--backbone", default="ViT-L-14-336", show_default=True, help="OpenCLIP model name.")(f)
     f = click.option("--clip-weights", type=click.Path(dir_okay=False, path_type=Path),
                      help="Local CLIP checkpoint (safetensors or state dict).")(f)
     f = click.option("--pretrained", help="OpenCLIP pretrained tag instead of a file, e.g. 'openai' (needs network).")(f)
     f = click.option("--random-init", type=int, metavar="SEED",
                      help="Random CLIP weights (tests and demos only: the model learns nothing transferable).")(f)
-    f = click.option("--activation", type=click.Choice(["gelu", "quickgelu"]), default="gelu", show_default=True,
-                     help="GELU flavour of both towers; 'gelu' reproduces the paper (SPEC section 1).")(f)
+    f = click.option("--activation", type=click.Choice(ACTIVATIONS),
+                     help="GELU flavour of both towers [default: the family's; aa-clip: gelu, as the paper].")(f)
+    f = click.option("--pos-embed-resize", type=click.Choice(list(POS_EMBED_RESIZE)),
+                     help="Position-embedding resize to --image-size [default: the family's; aa-clip: "
+                          "bicubic-antialias].")(f)
     f = click.option("--image-size", type=int, default=518, show_default=True, help="Training/inference resolution.")(f)
     return f
 
 
-def _backbone_config(backbone, clip_weights, pretrained, random_init, activation):
+def _set_option(f):
+    return click.option("--set", "config_fields", multiple=True, metavar="KEY=VALUE",
+                        help="A family-specific field of the new checkpoint's config, value in JSON "
+                             "(aa-clip: relu=true, levels=[6,12,18,24], adapter_lambda=0.1, ...).")(f)
+
+
+def _backbone_config(backbone, clip_weights, pretrained, random_init, activation, pos_embed_resize):
     from aaclip.contract.files import sha256_file
 
     from .config import BackboneConfig
@@ -42,66 +75,145 @@ def _backbone_config(backbone, clip_weights, pretrained, random_init, activation
         weights_sha256=sha256_file(clip_weights) if clip_weights else None,
         activation=activation,
         init_seed=random_init,
+        pos_embed_resize=pos_embed_resize,
     )
+
+
+def parse_pairs(values, flag: str) -> dict[str, Any]:
+    """``KEY=VALUE`` options -> {key: JSON value (plain strings stay strings)}."""
+    out: dict[str, Any] = {}
+    for text in values:
+        key, sep, raw = str(text).partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"{flag} expects KEY=VALUE, got {text!r}")
+        try:
+            out[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key.strip()] = raw
+    return out
+
+
+def new_config(family, backbone, image_size: int, domain: str, classes: dict[str, str], fields: dict[str, Any]):
+    """A new config of ``family`` with the common fields and family-specific ``fields`` (checked by name)."""
+    allowed = [f.name for f in dataclasses.fields(family.config_class) if f.name not in COMMON_CONFIG_FIELDS]
+    unknown = sorted(set(fields) - set(allowed))
+    if unknown:
+        raise UserError(f"--set {unknown[0]}: {family.name} configs have no such field; its fields: "
+                        f"{', '.join(allowed) or 'none'}")
+    return family.config_class(backbone=backbone, image_size=image_size, domain=domain, classes=classes, **fields)
+
+
+def make_options(family, values: dict[str, Any], explicit: dict[str, Any]):
+    """The family's training options: ``explicit`` (given by the user; every key must be an option of the
+    family) over ``values`` (command defaults, used where the family has such an option)."""
+    names = {f.name: f for f in dataclasses.fields(family.train_options)}
+    unknown = sorted(set(explicit) - set(names))
+    if unknown:
+        raise UserError(f"{family.name} training has no option {unknown[0]!r}; its options: {', '.join(names)}")
+    kwargs = {k: v for k, v in {**values, **explicit}.items() if k in names}
+    for key, value in kwargs.items():  # JSON lists for tuple-valued options
+        if isinstance(value, list) and isinstance(_default(names[key]), tuple):
+            kwargs[key] = tuple(value)
+    try:
+        return family.train_options(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"{family.name} training options: {exc}") from exc
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+
+
+def _explicit(ctx: click.Context, names) -> list[str]:
+    return [n for n in names if ctx.get_parameter_source(n) not in (None, click.core.ParameterSource.DEFAULT)]
 
 
 @click.group(cls=DefaultGroup, default="fit",
              context_settings={"help_option_names": ["-h", "--help"]})
 def main():
-    """Train AA-CLIP adapters (default command `fit`) or import reference checkpoints.
+    """Train a model family (default command `fit`; default method aa-clip), write an untrained or
+    training-free checkpoint (`init`), or import official checkpoints.
 
     \b
     aaclip-train --data train.jsonl --clip-weights ViT-L-14-336.safetensors --out runs/visa
+    aaclip-train init --method aa-clip --clip-weights ViT-L-14-336.safetensors --classes bottle,cable --out runs/zero
     aaclip-train import-official AA-CLIP/ckpt/visa_full --pretrained openai --out runs/official
+    aaclip-train methods
     """
 
 
 @main.command("fit")
+@_method_option
 @click.option("--data", "data", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Training JSON-lines (see `aaclip-data`).")
 @click.option("--root", type=click.Path(file_okay=False, path_type=Path), help="Data root (default: the file's folder).")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Checkpoint directory; re-running with the same directory resumes.")
 @_backbone_options
-@click.option("--stage", type=click.Choice(["1", "2", "both"]), default="both", show_default=True)
 @click.option("--domain", type=click.Choice(["industrial", "medical"]), default="industrial", show_default=True)
 @click.option("--object-name", "object_names", multiple=True, metavar="CLASS=NAME",
               help="Prompt name of a class (repeatable); default: built-in tables, else the class name.")
-@click.option("--epochs1", type=int, default=5, show_default=True, help="Stage-1 epochs.")
-@click.option("--epochs2", type=int, default=20, show_default=True, help="Stage-2 epochs.")
-@click.option("--batch1", type=int, default=16, show_default=True)
-@click.option("--batch2", type=int, default=2, show_default=True)
-@click.option("--lr1", type=float, default=1e-5, show_default=True)
-@click.option("--lr2", type=float, default=5e-4, show_default=True)
-@click.option("--stage1-levels", type=click.Choice(["last", "all"]), default="last", show_default=True,
-              help="Levels back-propagated in stage 1: 'last' as the reference code does, 'all' as the paper says.")
-@click.option("--vv-mode", type=click.Choice(["reference", "tokens"]), default="reference", show_default=True,
-              help="Stage-1 V-V attention across the batch (reference code) or over tokens (paper intent).")
+@_set_option
+@click.option("--option", "train_options", multiple=True, metavar="KEY=VALUE",
+              help="A training option of the family (a field of its options class), value in JSON.")
+@click.option("--stage", type=click.Choice(list(STAGES)), help="(aa-clip) Stage 1, 2 or both [default: both].")
+@click.option("--epochs1", type=int, help="(aa-clip) Stage-1 epochs [default: 5].")
+@click.option("--epochs2", type=int, help="(aa-clip) Stage-2 epochs [default: 20].")
+@click.option("--batch1", type=int, help="(aa-clip) Stage-1 batch [default: 16].")
+@click.option("--batch2", type=int, help="(aa-clip) Stage-2 batch [default: 2].")
+@click.option("--lr1", type=float, help="(aa-clip) Stage-1 learning rate [default: 1e-5].")
+@click.option("--lr2", type=float, help="(aa-clip) Stage-2 learning rate [default: 5e-4].")
+@click.option("--stage1-levels", type=click.Choice(["last", "all"]),
+              help="(aa-clip) Levels back-propagated in stage 1: 'last' as the reference code does [default], "
+                   "'all' as the paper says.")
+@click.option("--vv-mode", type=click.Choice(["reference", "tokens"]),
+              help="(aa-clip) Stage-1 V-V attention across the batch (reference code) [default] or over tokens "
+                   "(paper intent).")
 @click.option("--max-steps", type=int, help="Cap on steps per epoch (quick runs).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
 @click.option("--amp", is_flag=True, help="bf16 autocast on CUDA.")
 @click.option("--no-resume", is_flag=True, help="Refuse to continue a run found in --out.")
 @verbosity
-def fit(data, root, out, backbone, clip_weights, pretrained, random_init, activation, image_size, stage, domain,
-        object_names, epochs1, epochs2, batch1, batch2, lr1, lr2, stage1_levels, vv_mode, max_steps, seed, device,
-        amp, no_resume):
-    """Run stage 1 (text adapters) and stage 2 (image adapters), writing checkpoints after every epoch."""
-    from .checkpoint import build_model, load_checkpoint
-    from .config import CONFIG_FILE, AAClipConfig
+@click.pass_context
+def fit(ctx, method, data, root, out, backbone, clip_weights, pretrained, random_init, activation, pos_embed_resize,
+        image_size, domain, object_names, config_fields, train_options, stage, epochs1, epochs2, batch1, batch2, lr1,
+        lr2, stage1_levels, vv_mode, max_steps, seed, device, amp, no_resume):
+    """Train the family's weights, writing the checkpoint after every epoch (AA-CLIP: stage 1 text adapters,
+    stage 2 image adapters)."""
+    from .checkpoint import STATE_FILE, build_model, load_checkpoint
+    from .config import CONFIG_FILE
+    from .families import check_method, get_family
     from .records import class_names, read_records
-    from .trainer import STATE_FILE, Trainer, TrainOptions
+
+    family = get_family(method)
+    if not family.trainable:
+        raise UserError(f"method {method!r} is training-free: write its checkpoint with `aaclip-train init --method "
+                        f"{method} --clip-weights FILE --classes ... --out DIR`")
+    params = ctx.params
+    explicit = {AACLIP_FLAGS[n]: params[n] for n in _explicit(ctx, AACLIP_FLAGS)}
+    if "stages" in explicit:
+        explicit["stages"] = STAGES[explicit["stages"]]
+    explicit.update(parse_pairs(train_options, "--option"))
+    explicit.update({k: params[n] for n, k in (("amp", "amp"), ("max_steps", "max_steps_per_epoch"))
+                     if n in _explicit(ctx, ("amp", "max_steps"))})
+    options = make_options(family, {"seed": seed, "device": device}, explicit)
+    fields = parse_pairs(config_fields, "--set")
 
     records = read_records(data, root=root)
     root = root or data.parent
     out.mkdir(parents=True, exist_ok=True)
-    if (out / STATE_FILE).exists():
-        if no_resume:
-            raise UserError(f"{out} already holds a training run: choose another --out or drop --no-resume")
-        model = load_checkpoint(out)
+    continuing = (out / STATE_FILE).exists() or (stage == "2" and (out / CONFIG_FILE).exists())
+    if (out / STATE_FILE).exists() and no_resume:
+        raise UserError(f"{out} already holds a training run: choose another --out or drop --no-resume")
+    if continuing:
+        if fields:
+            raise UserError(f"--set applies to a new checkpoint; {out} already holds one")
+        model = load_checkpoint(out)  # resume, or stage 2 on top of a stage-1 checkpoint in the same directory
+        check_method(model.config.method, method, f"the checkpoint in {out}")
         log.info("continuing the run in %s", out)
-    elif stage == "2" and (out / CONFIG_FILE).exists():
-        model = load_checkpoint(out)  # stage 2 on top of a stage-1 checkpoint in the same directory
     else:
         if stage == "2":
             raise UserError(f"--stage 2 needs a stage-1 checkpoint in {out}: run --stage 1 first")
@@ -111,44 +223,97 @@ def fit(data, root, out, backbone, clip_weights, pretrained, random_init, activa
             raise UserError(f"--object-name for classes not in the data: {unknown}")
         from .object_names import object_name
 
-        config = AAClipConfig(
-            backbone=_backbone_config(backbone, clip_weights, pretrained, random_init, activation),
-            image_size=image_size, domain=domain,
-            classes={c: object_name(c, names) for c in class_names(records)},
-        )
+        config = new_config(
+            family, _backbone_config(backbone, clip_weights, pretrained, random_init, activation, pos_embed_resize),
+            image_size, domain, {c: object_name(c, names) for c in class_names(records)}, fields)
         model = build_model(config)
-    options = TrainOptions(
-        stage1_epochs=epochs1, stage2_epochs=epochs2, stage1_batch=batch1, stage2_batch=batch2,
-        stage1_lr=lr1, stage2_lr=lr2, stage1_levels=stage1_levels, vv_mode=vv_mode,
-        stages=(1, 2) if stage == "both" else (int(stage),), seed=seed, device=device, amp=amp,
-        max_steps_per_epoch=max_steps,
-    )
-    Trainer(model, records, root, out, options).run()
+    family.trainer(model, records, root, out, options).run()
+    click.echo(f"checkpoint: {out}")
+
+
+@main.command("init")
+@_method_option
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Checkpoint directory.")
+@_backbone_options
+@click.option("--classes", required=True, help="Comma-separated class names the checkpoint serves.")
+@click.option("--object-name", "object_names", multiple=True, metavar="CLASS=NAME",
+              help="Prompt name of a class (repeatable); default: built-in tables, else the class name.")
+@click.option("--domain", type=click.Choice(["industrial", "medical"]), default="industrial", show_default=True)
+@_set_option
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the trainable weights' initialization.")
+@click.option("--force", is_flag=True, help="Overwrite a checkpoint already in --out.")
+@verbosity
+def init(method, out, backbone, clip_weights, pretrained, random_init, activation, pos_embed_resize, image_size,
+         classes, object_names, domain, config_fields, seed, force):
+    """Write the checkpoint folder (config, weights) of a training-free family, or of a trainable one
+    before training (zero-shot use, tests): what export, eval, calibration and benchmarks take."""
+    from .checkpoint import STATE_FILE, init_checkpoint
+    from .config import CONFIG_FILE
+    from .families import get_family
+    from .object_names import object_name
+
+    family = get_family(method)
+    names = [c.strip() for c in classes.split(",") if c.strip()]
+    if not names:
+        raise UserError("--classes is empty: give class names separated by commas")
+    prompts = parse_object_names(object_names)
+    unknown = sorted(set(prompts) - set(names))
+    if unknown:
+        raise UserError(f"--object-name for classes not in --classes: {unknown}")
+    if ((out / CONFIG_FILE).exists() or (out / STATE_FILE).exists()) and not force:
+        raise UserError(f"{out} already holds a checkpoint: choose another --out or add --force")
+    config = new_config(
+        family, _backbone_config(backbone, clip_weights, pretrained, random_init, activation, pos_embed_resize),
+        image_size, domain, {c: object_name(c, prompts) for c in names}, parse_pairs(config_fields, "--set"))
+    init_checkpoint(out, config, seed)
     click.echo(f"checkpoint: {out}")
 
 
 @main.command("import-official")
-@click.argument("src", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("src", type=click.Path(exists=True, path_type=Path))
+@_method_option
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
 @_backbone_options
-@click.option("--epoch", type=int, help="Which image_adapter_<epoch>.pth (default: the latest).")
+@click.option("--epoch", type=int, help="(aa-clip) Which image_adapter_<epoch>.pth [default: the latest].")
+@click.option("--option", "import_options", multiple=True, metavar="KEY=VALUE",
+              help="An option of the family's importer, value in JSON.")
 @click.option("--domain", type=click.Choice(["industrial", "medical"]), default="industrial", show_default=True)
 @click.option("--classes", help="Comma-separated class names to record (object names from the built-in tables).")
 @verbosity
-def import_official(src, out, backbone, clip_weights, pretrained, random_init, activation, image_size, epoch,
-                    domain, classes):
-    """Convert text_adapter.pth + image_adapter_<epoch>.pth from the AA-CLIP reference code."""
-    from .checkpoint import import_official as do_import
-    from .config import AAClipConfig
+def import_official(src, method, out, backbone, clip_weights, pretrained, random_init, activation, pos_embed_resize,
+                    image_size, epoch, import_options, domain, classes):
+    """Convert a method's official checkpoint (AA-CLIP: text_adapter.pth + image_adapter_<epoch>.pth of
+    the reference code) into a checkpoint folder."""
+    from .families import get_family
     from .object_names import object_name
 
-    config = AAClipConfig(
-        backbone=_backbone_config(backbone, clip_weights, pretrained, random_init, activation),
-        image_size=image_size, domain=domain,
-        classes={c: object_name(c) for c in (classes.split(",") if classes else [])},
-    )
-    do_import(src, out, config, epoch)
+    family = get_family(method)
+    if family.import_official is None:
+        raise UserError(f"method {method!r} has no importer of official checkpoints")
+    options = parse_pairs(import_options, "--option")
+    if epoch is not None:
+        options["epoch"] = epoch
+    config = new_config(
+        family, _backbone_config(backbone, clip_weights, pretrained, random_init, activation, pos_embed_resize),
+        image_size, domain, {c: object_name(c) for c in (classes.split(",") if classes else [])}, {})
+    try:
+        inspect.signature(family.import_official).bind(src, out, config, **options)
+    except TypeError as exc:
+        raise UserError(f"{method} importer: {exc} (options given: {', '.join(options) or 'none'})") from exc
+    family.import_official(src, out, config, **options)
     click.echo(f"checkpoint: {out}")
+
+
+@main.command("methods")
+def methods():
+    """List the registered model families."""
+    from .families import family_names, get_family
+
+    for name in family_names():
+        f = get_family(name)
+        kind = "trainable" if f.trainable else "training-free"
+        extra = ", import-official" if f.import_official else ""
+        click.echo(f"{name}\t{kind}{extra}\t{f.summary}")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from . import maps
-from .checkpoint import save_checkpoint
+from .checkpoint import HISTORY_FILE, STATE_FILE, save_checkpoint
 from .constants import default_vv_blocks
 from .dataset import AnomalyDataset
 from .losses import DISENTANGLE_WEIGHT, classification_loss, disentangle_loss, segmentation_loss
@@ -33,8 +33,6 @@ from .records import Record
 from .vv_attention import VV_MODES, stage1_visual_features
 
 log = logging.getLogger(__name__)
-STATE_FILE = "train_state.pt"
-HISTORY_FILE = "history.jsonl"
 
 
 @dataclass
@@ -198,7 +196,7 @@ class Trainer:
         state = {
             "stage": stage,
             "epoch": epoch,
-            "adapters": {k: v.cpu() for k, v in self.model.adapter_state_dict().items()},
+            "adapters": {k: v.cpu() for k, v in self.model.trainable_state_dict().items()},
             "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict(),
             "options": json.dumps(asdict(self.options)),
@@ -215,7 +213,7 @@ class Trainer:
         if not path.exists():
             return None
         state = torch.load(path, map_location="cpu", weights_only=True)
-        self.model.load_adapter_state_dict(state["adapters"])
+        self.model.load_trainable_state_dict(state["adapters"])
         self.model.to(self.device)
         log.info("resuming from %s: stage %d, %d epoch(s) done", path, state["stage"], state["epoch"])
         return state

@@ -1,0 +1,112 @@
+"""FLOPs per image of the deployed AA-CLIP graph, counted analytically from the config (``Family.flops``).
+
+Convention (the one of ``torch.utils.flop_counter.FlopCounterMode``, fvcore x 2): one multiply-add is
+2 FLOPs, and only matrix multiplications and convolutions are counted. Element-wise work (LayerNorm,
+GELU, softmax, the adapters' norm rescaling, L2-normalizations, pixel normalization, bilinear
+up-sampling) is left out; it is well under 1% of the total for ViT-L.
+
+With ``W`` the visual width, ``p`` the patch size, ``G = image_size / p`` the grid, ``L = G*G`` patch
+tokens, ``N = L + 1`` tokens (class token), ``M = mlp_ratio * W``, ``E`` the embedding size, ``D`` blocks,
+``K`` image adapters, ``n`` feature levels and a ``k``-tap blur with reflect padding ``k // 2``:
+
+    patch embed (conv, no bias)  2 * L * (3 p^2) * W
+    per block:  QKV projection   2 * N * W * 3W
+                Q K^T            2 * N^2 * W          (summed over heads)
+                attention x V    2 * N^2 * W
+                out projection   2 * N * W * W
+                MLP              2 * N * W * M  +  2 * N * M * W
+    adapters                     K * 2 * N * W * W
+    projections                  n * 2 * L * W * E  (patch heads)  +  2 * L * W * E  (detection head)
+    post-processing              n * 2 * L * E * 2  (similarities)  +  2 * E * 2  (class score)
+                                 + n * (2 k G (G + 2 (k // 2)) + 2 k G^2)  (separable blur convs)
+
+All D blocks run (the deepest level taps the last block). The text tower is not in the graph: the text
+anchors are computed once at export time.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class VisionGeometry:
+    """What the FLOP count needs to know about the image tower and the heads."""
+
+    image_size: int
+    patch_size: int
+    width: int
+    layers: int
+    mlp_ratio: float
+    embed_dim: int
+    adapters: int
+    levels: int
+    blur_kernel: int
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.patch_size
+
+    @property
+    def patches(self) -> int:
+        return self.grid * self.grid
+
+    @property
+    def tokens(self) -> int:
+        return self.patches + 1
+
+
+def geometry_from_config(config) -> VisionGeometry:
+    """The ``VisionGeometry`` of an ``AAClipConfig`` (OpenCLIP model config; no model is built)."""
+    import open_clip
+    from aaclip.contract.errors import UserError
+
+    from . import backbone as _backbone  # noqa: F401 - registers the project's model configs
+    from .constants import BLUR
+
+    cfg = open_clip.get_model_config(config.backbone.name)
+    if cfg is None:
+        raise UserError(f"unknown OpenCLIP model {config.backbone.name!r}: see open_clip.list_models()")
+    vision, text = cfg["vision_cfg"], cfg["text_cfg"]
+    if not isinstance(vision.get("layers"), int) or "patch_size" not in vision:
+        raise UserError(f"{config.backbone.name} is not a plain ViT image tower; FLOPs are counted for ViTs only")
+    layers = int(vision["layers"])
+    _, k_i = config.resolved_depths(int(text["layers"]), layers)
+    return VisionGeometry(
+        image_size=int(config.image_size), patch_size=int(vision["patch_size"]), width=int(vision["width"]),
+        layers=layers, mlp_ratio=float(vision.get("mlp_ratio", 4.0)), embed_dim=int(cfg["embed_dim"]),
+        adapters=int(k_i), levels=len(config.resolved_levels(layers)), blur_kernel=int(BLUR[config.domain][0]),
+    )
+
+
+def flops_breakdown(g: VisionGeometry) -> dict[str, int]:
+    """FLOPs per image by part (see the module docstring); ``total`` is their sum."""
+    W, N, L, E, k, G = g.width, g.tokens, g.patches, g.embed_dim, g.blur_kernel, g.grid
+    M = int(round(g.mlp_ratio * W))
+    pad = k // 2
+    parts = {
+        "patch_embed": 2 * L * 3 * g.patch_size ** 2 * W,
+        "qkv": g.layers * 2 * N * W * 3 * W,
+        "attention": g.layers * 2 * (2 * N * N * W),
+        "out_proj": g.layers * 2 * N * W * W,
+        "mlp": g.layers * 2 * (2 * N * W * M),
+        "adapters": g.adapters * 2 * N * W * W,
+        "projections": (g.levels + 1) * 2 * L * W * E,
+        "post_processing": g.levels * (2 * L * E * 2 + 2 * k * G * (G + 2 * pad) + 2 * k * G * G) + 2 * E * 2,
+    }
+    parts["total"] = sum(parts.values())
+    return parts
+
+
+def model_flops(config) -> int:
+    """FLOPs per image of the deployed graph for an ``AAClipConfig`` (multiply-add = 2 FLOPs)."""
+    return flops_breakdown(geometry_from_config(config))["total"]
+
+
+def flops_report(config) -> dict:
+    """Geometry, breakdown and total, for the benchmark's JSON."""
+    g = geometry_from_config(config)
+    return {"geometry": asdict(g), "tokens": g.tokens, "breakdown": flops_breakdown(g),
+            "convention": "2 FLOPs per multiply-add; matmuls and convolutions only (FlopCounterMode convention)"}
+
+
+__all__ = ["VisionGeometry", "geometry_from_config", "flops_breakdown", "model_flops", "flops_report"]
