@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from aaclip.contract.errors import UserError
 from aaclip.train.families import get_family
-from aaclip.train.flops import VisionGeometry, flops_breakdown, geometry_from_config, model_flops
 
 
 def flops_report(config) -> dict:
@@ -18,4 +17,4 @@ def flops_report(config) -> dict:
     return family.flops(config)
 
 
-__all__ = ["VisionGeometry", "geometry_from_config", "flops_breakdown", "model_flops", "flops_report"]
+__all__ = ["flops_report"]

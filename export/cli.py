@@ -11,12 +11,17 @@ from __future__ import annotations
 import logging
 import shlex
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import click
 from aaclip.contract.cli import Command, setup_logging
 from aaclip.contract.errors import UserError
+
+if TYPE_CHECKING:
+    from .onnx_export import ExportOptions
+    from .verify import VerifyOptions
 
 log = logging.getLogger(__name__)
 
@@ -59,15 +64,25 @@ def check_method(path: Path, method: Optional[str]) -> None:
         check(load_manifest(path).method, method, f"artifact {path}")
 
 
-def engine_from_onnx(onnx_path: Path, out: Optional[Path], batch: str, workspace_mb: int,
-                     timing_cache: Optional[Path], flavour: str) -> Path:
+@dataclass(frozen=True)
+class EngineOptions:
+    """How ``--format engine`` builds: batch profile ``MIN:OPT:MAX``, builder workspace, timing cache, flavour."""
+
+    batch: str = "1:4:8"
+    workspace_mb: int = 2048
+    timing_cache: Optional[Path] = None
+    flavour: str = "tensorrt"
+
+
+def engine_from_onnx(onnx_path: Path, out: Optional[Path], options: EngineOptions) -> Path:
     """Build an engine from an exported graph + manifest; needs TensorRT, not PyTorch (e.g. on a Jetson)."""
     from aaclip.contract.files import sha256_file
     from aaclip.contract.manifest import check_artifact, load_manifest, write_manifest
 
     from .engine import build_engine, engine_manifest, load_flavour, parse_batch
 
-    profile = parse_batch(batch)
+    flavour, workspace_mb, timing_cache = options.flavour, options.workspace_mb, options.timing_cache
+    profile = parse_batch(options.batch)
     _check_suffix(out, "engine")
     load_flavour(flavour)
     manifest = load_manifest(onnx_path)
@@ -87,29 +102,18 @@ def engine_from_onnx(onnx_path: Path, out: Optional[Path], batch: str, workspace
     return engine_path
 
 
-def export_command(ckpt: Path, out: Optional[Path], fmt: str, precision: str, classes: Optional[str],
-                   input_size: Optional[str], opset: int, batch: str, workspace_mb: int,
-                   timing_cache: Optional[Path], flavour: str, clip_weights: Optional[Path],
-                   external_data: Optional[bool]) -> Path:
+def export_command(ckpt: Path, out: Optional[Path], fmt: str, options: "ExportOptions",
+                   engine: EngineOptions) -> Path:
     """Export one artifact (for ``engine``: write or reuse the ONNX graph first); returns its path."""
-    from .onnx_export import (
-        check_opset,
-        check_precision,
-        default_output,
-        export_onnx,
-        parse_input_size,
-        rebuild_command,
-        resolve_classes,
-    )
+    from .onnx_export import check_opset, check_precision, default_output, export_onnx, rebuild_command, resolve_classes
 
-    check_opset(opset)
-    check_precision(precision)
-    input_hw = parse_input_size(input_size)
-    names = _split_classes(classes)
+    check_opset(options.opset)
+    check_precision(options.precision)
+    precision, input_hw, opset = options.precision, options.input_size, options.opset
+    flavour, workspace_mb, timing_cache = engine.flavour, engine.workspace_mb, engine.timing_cache
     _check_suffix(out, fmt)
     if fmt == "onnx":
-        return export_onnx(ckpt, out, precision=precision, classes=names, input_size=input_hw, opset=opset,
-                           external_data=external_data, clip_weights=clip_weights).path
+        return export_onnx(ckpt, out, options).path
 
     from aaclip.contract.files import sha256_file
     from aaclip.contract.manifest import load_manifest, write_manifest
@@ -117,23 +121,21 @@ def export_command(ckpt: Path, out: Optional[Path], fmt: str, precision: str, cl
 
     from .engine import build_engine, engine_manifest, load_flavour, parse_batch, reusable_onnx
 
-    profile = parse_batch(batch)
+    profile = parse_batch(engine.batch)
     load_flavour(flavour)  # fail before the (slow) ONNX export when the flavour is missing
     engine_path = Path(out) if out is not None else default_output(ckpt, precision, input_hw, ".engine")
     onnx_path = engine_path.with_suffix(".onnx")
-    model = load_checkpoint(ckpt, clip_weights=clip_weights)
-    table = resolve_classes(model.config.classes, names)
+    model = load_checkpoint(ckpt, clip_weights=options.clip_weights)
+    table = resolve_classes(model.config.classes, options.classes)
     size = int(model.config.image_size)
     hw = input_hw or (size, size)
     if reusable_onnx(onnx_path, checkpoint_sha256(ckpt), precision, [n for n, _ in table], hw, opset):
         log.info("reusing %s", onnx_path)
     else:
-        export_onnx(ckpt, onnx_path, precision=precision, classes=names, input_size=input_hw, opset=opset,
-                    external_data=external_data, model=model)
+        export_onnx(ckpt, onnx_path, options, model=model)
     del model
     extra = ["--batch", ":".join(map(str, profile)), "--trt-flavour", flavour, "--workspace-mb", str(workspace_mb)]
-    command = rebuild_command(ckpt, engine_path, "engine", precision, [n for n, _ in table], names is None, input_hw,
-                              opset, extra)
+    command = rebuild_command(ckpt, engine_path, "engine", options, extra)
     info = build_engine(onnx_path, engine_path, flavour=flavour, batch=profile, workspace_mb=workspace_mb,
                         timing_cache=timing_cache, fp16_flag=precision == "fp16")
     onnx_manifest = load_manifest(onnx_path)
@@ -143,19 +145,17 @@ def export_command(ckpt: Path, out: Optional[Path], fmt: str, precision: str, cl
     return engine_path
 
 
-def verify_command(artifact: Path, ckpt: Optional[Path], images: Optional[Path], frames: int,
-                   map_tol: Optional[float], score_tol: Optional[float], min_corr: Optional[float],
-                   min_iou: Optional[float], clip_weights: Optional[Path]) -> bool:
+def verify_command(artifact: Path, ckpt: Optional[Path], options: "VerifyOptions", limits: dict) -> bool:
+    """``--verify``: the parity report against PyTorch; ``limits`` override the precision's tolerances."""
+    import dataclasses
+
     from aaclip.contract.manifest import load_manifest
 
-    from .verify import TOLERANCES, VerifyOptions, verify_artifact
+    from .verify import TOLERANCES, verify_artifact
 
-    manifest = load_manifest(artifact)
-    precision = str(manifest.data.get("precision", "fp32"))
-    tol = TOLERANCES.get(precision, TOLERANCES["fp16"]).replace(
-        map_rel=map_tol, score_abs=score_tol, min_corr=min_corr, min_iou=min_iou)
-    report = verify_artifact(artifact, ckpt, VerifyOptions(images=images, frames=frames, tolerances=tol,
-                                                           clip_weights=clip_weights))
+    precision = load_manifest(artifact).precision
+    tol = TOLERANCES.get(precision, TOLERANCES["fp16"]).replace(**limits)
+    report = verify_artifact(artifact, ckpt, dataclasses.replace(options, tolerances=tol))
     click.echo(f"{artifact} ({precision}) vs PyTorch:")
     for line in report.lines():
         click.echo(f"  {line}")
@@ -211,10 +211,14 @@ def cli(ckpt, out, fmt, precision, classes, input_size, opset, batch, workspace_
     build an engine from an exported MODEL.onnx (--format engine; needs TensorRT, not PyTorch), or check
     an exported ARTIFACT against PyTorch with --verify. See docs/export.md."""
     setup_logging(verbose, quiet)
+    engine = EngineOptions(batch=batch, workspace_mb=workspace_mb, timing_cache=timing_cache, flavour=flavour)
     if verify is not None:
         check_method(verify, method)
-        ok = verify_command(verify, verify_ckpt or ckpt, images, frames, map_tol, score_tol, min_corr, min_iou,
-                            clip_weights)
+        from .verify import VerifyOptions
+
+        ok = verify_command(verify, verify_ckpt or ckpt, VerifyOptions(images=images, frames=frames,
+                                                                        clip_weights=clip_weights),
+                            dict(map_rel=map_tol, score_abs=score_tol, min_corr=min_corr, min_iou=min_iou))
         sys.exit(0 if ok else 1)
     if ckpt is None:
         raise UserError("give a checkpoint directory to export (aaclip-export CKPT) or --verify ARTIFACT")
@@ -227,10 +231,14 @@ def cli(ckpt, out, fmt, precision, classes, input_size, opset, batch, workspace_
                                           ("--input-size", input_size), ("--clip-weights", clip_weights)) if value]
         if fixed:
             raise UserError(f"{', '.join(fixed)} cannot change an exported graph: re-export from the checkpoint")
-        path = engine_from_onnx(ckpt, out, batch, workspace_mb, timing_cache, flavour)
+        path = engine_from_onnx(ckpt, out, engine)
     else:
-        path = export_command(ckpt, out, fmt, precision or "fp32", classes, input_size, opset, batch, workspace_mb,
-                              timing_cache, flavour, clip_weights, external_data)
+        from .onnx_export import ExportOptions, parse_input_size
+
+        options = ExportOptions(precision=precision or "fp32", classes=_split_classes(classes),
+                                input_size=parse_input_size(input_size), opset=opset, external_data=external_data,
+                                clip_weights=clip_weights)
+        path = export_command(ckpt, out, fmt, options, engine)
     click.echo(str(path))
     log.info("next: aaclip-export --verify %s", shlex.quote(str(path)))
 

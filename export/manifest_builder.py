@@ -14,7 +14,6 @@ from aaclip.contract.manifest import ManifestDraft
 
 # Re-exported for modules not yet ported (export/verify.py, benchmarks/suite.py and rows.py import them
 # from here); they are defined in aaclip.contract.tensors only.
-from aaclip.contract.tensors import CLASS_INPUT_NAME, INPUT_NAME, OUTPUT_NAMES
 from aaclip.train.families import get_family
 
 
@@ -79,7 +78,4 @@ __all__ = [
     "tool_versions",
     "aaclip_version",
     "package_version",
-    "INPUT_NAME",
-    "CLASS_INPUT_NAME",
-    "OUTPUT_NAMES",
 ]

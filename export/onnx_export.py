@@ -9,6 +9,7 @@ batch 2, so the dynamic batch axis is exercised while tracing; tests run batches
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import tempfile
@@ -94,18 +95,32 @@ def default_output(ckpt_dir: Path, precision: str, input_hw: Optional[tuple[int,
     return Path(ckpt_dir) / f"aaclip-{precision}{size}{suffix}"
 
 
-def rebuild_command(ckpt_dir: Path, out: Path, fmt: str, precision: str, classes: Sequence[str],
-                    all_classes: bool, input_hw: Optional[tuple[int, int]], opset: int,
-                    extra: Sequence[str] = ()) -> str:
+@dataclass(frozen=True)
+class ExportOptions:
+    """What ``aaclip-export`` writes: ``precision``, ``classes`` (None: all of the checkpoint's), the camera
+    resolution baked into the graph (``input_size`` (H, W), None: the model's), ``opset``, ``external_data``
+    (None: by size), ``clip_weights`` when they moved, and a ``rebuild`` command overriding the derived one."""
+
+    precision: str = "fp32"
+    classes: Optional[Sequence[str]] = None
+    input_size: Optional[tuple[int, int]] = None
+    opset: int = DEFAULT_OPSET
+    external_data: Optional[bool] = None
+    clip_weights: Optional[Path] = None
+    rebuild: Optional[str] = None
+
+
+def rebuild_command(ckpt_dir: Path, out: Path, fmt: str, options: ExportOptions, extra: Sequence[str] = ()) -> str:
+    """The ``aaclip-export`` command line that writes ``out`` again (recorded in the manifest)."""
     import shlex
 
-    args = ["aaclip-export", str(ckpt_dir), "--format", fmt, "--precision", precision, "--out", str(out)]
-    if not all_classes:
-        args += ["--classes", ",".join(classes)]
-    if input_hw:
-        args += ["--input-size", f"{input_hw[0]}x{input_hw[1]}"]
-    if opset != DEFAULT_OPSET:
-        args += ["--opset", str(opset)]
+    args = ["aaclip-export", str(ckpt_dir), "--format", fmt, "--precision", options.precision, "--out", str(out)]
+    if options.classes is not None:
+        args += ["--classes", ",".join(options.classes)]
+    if options.input_size:
+        args += ["--input-size", f"{options.input_size[0]}x{options.input_size[1]}"]
+    if options.opset != DEFAULT_OPSET:
+        args += ["--opset", str(options.opset)]
     return shlex.join(list(args) + list(extra))
 
 
@@ -198,32 +213,23 @@ def save_onnx(proto, out: Path, external_data: Optional[bool]) -> tuple[str, ...
     return (data_name,) if use_external else ()
 
 
-def export_onnx(
-    ckpt_dir: Path,
-    out: Optional[Path] = None,
-    *,
-    precision: str = "fp32",
-    classes: Optional[Sequence[str]] = None,
-    input_size: Optional[tuple[int, int]] = None,
-    opset: int = DEFAULT_OPSET,
-    external_data: Optional[bool] = None,
-    clip_weights: Optional[Path] = None,
-    model=None,
-    rebuild: Optional[str] = None,
-) -> ExportResult:
+def export_onnx(ckpt_dir: Path, out: Optional[Path] = None, options: Optional[ExportOptions] = None, model=None,
+                **changes) -> ExportResult:
     """Export the checkpoint at ``ckpt_dir`` to an ONNX graph + manifest; returns what was written.
 
-    ``model`` (a family model already loaded from ``ckpt_dir``) skips loading; ``external_data`` None
-    decides by size; ``rebuild`` overrides the manifest's ``rebuild_command``.
+    ``options`` (or keyword ``changes`` of its fields, e.g. ``precision="fp16"``) say what to write; ``model``
+    (a family model already loaded from ``ckpt_dir``) skips loading.
     """
     import onnx
     from aaclip.train.checkpoint import checkpoint_sha256, load_checkpoint
 
+    options = dataclasses.replace(options or ExportOptions(), **changes)
+    precision, classes, input_size, opset = options.precision, options.classes, options.input_size, options.opset
     ckpt_dir = Path(ckpt_dir)
     check_opset(opset)
     check_precision(precision)
     if model is None:
-        model = load_checkpoint(ckpt_dir, clip_weights=clip_weights)
+        model = load_checkpoint(ckpt_dir, clip_weights=options.clip_weights)
     config = model.config
     class_table = resolve_classes(config.classes, classes)
     out = Path(out) if out is not None else default_output(ckpt_dir, precision, input_size, ".onnx")
@@ -244,12 +250,10 @@ def export_onnx(
     if _proto_bytes(proto) <= EXTERNAL_DATA_AUTO_BYTES:
         proto = onnx.shape_inference.infer_shapes(proto, strict_mode=True)  # explicit types on every tensor
     proto.doc_string = f"aaclip-edge {config.method} graph ({precision}); the contract is docs/graph-contract.md"
-    external = save_onnx(proto, out, external_data)
+    external = save_onnx(proto, out, options.external_data)
     del proto
 
-    names = [n for n, _ in class_table]
-    command = rebuild or rebuild_command(ckpt_dir, out, "onnx", precision, names, classes is None,
-                                         tuple(input_size) if input_size else None, opset)
+    command = options.rebuild or rebuild_command(ckpt_dir, out, "onnx", options)
     draft = export_draft(model, precision, class_table, input_hw, opset, command, ckpt_dir,
                          checkpoint_sha256(ckpt_dir))
     manifest = manifest_for(out, "onnx", draft, external)
@@ -261,6 +265,7 @@ def export_onnx(
 
 __all__ = [
     "ExportResult",
+    "ExportOptions",
     "export_onnx",
     "check_opset",
     "check_precision",

@@ -1,7 +1,7 @@
 """INT8 vs FP32: gate metrics and ONNX Runtime CPU latency of a randomly initialized AA-CLIP (docs/calibration.md).
 
-    python -m aaclip.calibration.measure --backbone aaclip-tiny --size 64
-    python -m aaclip.calibration.measure --backbone ViT-B-16 --size 224 --frames 64 --repeats 10
+    python -m aaclip.benchmarks.int8_measure --backbone aaclip-tiny --size 64
+    python -m aaclip.benchmarks.int8_measure --backbone ViT-B-16 --size 224 --frames 64 --repeats 10
 
 Builds a checkpoint with random CLIP weights (no download), exports FP32 ONNX, quantizes it with the same
 code as ``aaclip-calibrate int8`` (synthetic normal products, synthetic defects for the gate), then times
@@ -49,13 +49,12 @@ def cpu_latency_ms(path: Path, frame: np.ndarray, threads: int, repeats: int) ->
 @click.option("--repeats", type=int, default=20, show_default=True)
 @click.option("--threads", type=int, default=2, show_default=True, help="ONNX Runtime intra-op threads.")
 def main(backbone: str, size: int, frames: int, holdout: int, method: str, repeats: int, threads: int) -> None:
+    from aaclip.calibration.inputs import folder_input
+    from aaclip.calibration.int8 import Int8Options, quantize_artifact
     from aaclip.contract.cli import setup_logging
     from aaclip.export.onnx_export import export_onnx
     from aaclip.train.checkpoint import random_checkpoint
     from aaclip.train.synth import draw_product
-
-    from .inputs import folder_input
-    from .int8 import Int8Options, quantize_artifact
 
     setup_logging(0, True)
     with tempfile.TemporaryDirectory(prefix="aaclip-measure-") as tmp:
