@@ -61,12 +61,19 @@ class RunConfig:
     stats_every: float = 10.0
     reconnect_delay: float = 0.5
     reconnect_max: float = 10.0
+    http: Optional[str] = None          # [HOST]:PORT of the line view, /metrics and /healthz
+    view_fps: float = 5.0
+    health_timeout: float = 10.0
+    mqtt: Optional[str] = None          # mqtt://HOST[:PORT]/PREFIX
+    webhook: Optional[str] = None       # http(s) URL receiving alarm events
+
+    @property
+    def backoff(self) -> Backoff:
+        return Backoff(initial=self.reconnect_delay, maximum=max(self.reconnect_max, self.reconnect_delay))
 
     def loop_config(self) -> LoopConfig:
         return LoopConfig(batch=self.batch, drop=self.drop, threshold=self.threshold, debounce=self.debounce,
-                          max_frames=self.max_frames, stats_every=self.stats_every,
-                          backoff=Backoff(initial=self.reconnect_delay,
-                                          maximum=max(self.reconnect_max, self.reconnect_delay)))
+                          max_frames=self.max_frames, stats_every=self.stats_every, backoff=self.backoff)
 
 
 def open_sinks(config: RunConfig, sources: list) -> list[Sink]:
@@ -81,6 +88,32 @@ def open_sinks(config: RunConfig, sources: list) -> list[Sink]:
             sinks.append(EvidenceWriter(config.evidence, config.evidence_format))
         if config.video:
             sinks.append(AnnotatedVideo(config.video, [config.video_fps or s.fps for s in sources]))
+        sinks.extend(open_line_sinks(config))
+    except BaseException:
+        for sink in sinks:
+            sink.close()
+        raise
+    return sinks
+
+
+def open_line_sinks(config: RunConfig) -> list[Sink]:
+    """The line outputs asked for (``--http``, ``--mqtt``, ``--webhook``); their modules load only then."""
+    sinks: list[Sink] = []
+    try:
+        if config.http is not None:
+            if not config.view_fps > 0 or not config.health_timeout > 0:
+                raise UserError("--view-fps and --health-timeout must be > 0")
+            from .web import LineView
+
+            sinks.append(LineView(config.http, view_fps=config.view_fps, health_timeout_s=config.health_timeout))
+        if config.mqtt:
+            from .mqtt import MqttSink
+
+            sinks.append(MqttSink(config.mqtt, backoff=config.backoff))
+        if config.webhook:
+            from .webhook import WebhookSink
+
+            sinks.append(WebhookSink(config.webhook))
     except BaseException:
         for sink in sinks:
             sink.close()
@@ -149,13 +182,25 @@ def run(config: RunConfig) -> Summary:
 @click.option("--reconnect-delay", type=float, default=0.5, show_default=True,
               help="First reconnect delay in seconds (doubles on each failure).")
 @click.option("--reconnect-max", type=float, default=10.0, show_default=True, help="Longest reconnect delay (s).")
+@click.option("--http", metavar="[HOST]:PORT", default=None,
+              help="Serve the live line view, /metrics and /healthz: ':8080' on all interfaces, "
+                   "'127.0.0.1:8080' on this machine only. Nothing listens without it.")
+@click.option("--view-fps", type=float, default=5.0, show_default=True,
+              help="Most frames per second rendered for the line view (only while someone watches).")
+@click.option("--health-timeout", type=float, default=10.0, show_default=True,
+              help="/healthz turns unhealthy when a camera delivered no frame for this many seconds.")
+@click.option("--mqtt", metavar="URL", default=None,
+              help="Publish alarms (QoS 1) to mqtt://[USER:PASS@]HOST[:PORT]/PREFIX on PREFIX/CAMERA/alarm; "
+                   "?decisions=1 adds every decision, ?queue=N bounds the outage queue (default 1000).")
+@click.option("--webhook", metavar="URL", default=None, help="POST each alarm event (JSON) to this http(s) URL.")
 @click.option("-v", "--verbose", count=True, help="More log output.")
 @click.option("-q", "--quiet", is_flag=True, help="Warnings and errors only.")
 def main(artifact: Path, cameras: tuple[str, ...], backend: str, batch: int, classes: tuple[str, ...],
          threshold: Optional[float], debounce: int, events: Optional[Path], evidence: Optional[Path],
          evidence_format: str, video: Optional[Path], video_fps: Optional[float], show: bool, no_drop: bool,
          loop_files: bool, max_frames: Optional[int], stats_every: float, reconnect_delay: float,
-         reconnect_max: float, verbose: int, quiet: bool) -> None:
+         reconnect_max: float, http: Optional[str], view_fps: float, health_timeout: float, mqtt: Optional[str],
+         webhook: Optional[str], verbose: int, quiet: bool) -> None:
     """Run ARTIFACT (model.onnx or model.engine, with its .manifest.json) on one or more cameras.
 
     Each frame gets a score (graph contract); an alarm fires after --debounce consecutive frames at or
@@ -167,7 +212,8 @@ def main(artifact: Path, cameras: tuple[str, ...], backend: str, batch: int, cla
         artifact=artifact, cameras=cameras, backend=backend, batch=batch, classes=classes, threshold=threshold,
         debounce=debounce, events=events, evidence=evidence, evidence_format=evidence_format, video=video,
         video_fps=video_fps, show=show, drop=not no_drop, loop_files=loop_files, max_frames=max_frames,
-        stats_every=stats_every, reconnect_delay=reconnect_delay, reconnect_max=reconnect_max))
+        stats_every=stats_every, reconnect_delay=reconnect_delay, reconnect_max=reconnect_max, http=http,
+        view_fps=view_fps, health_timeout=health_timeout, mqtt=mqtt, webhook=webhook))
     click.echo(summary.text())
 
 
