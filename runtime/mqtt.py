@@ -99,6 +99,7 @@ class MqttSink(Sink):
         self.delivered = 0  # acknowledged by the broker (QoS 1) or written (QoS 0)
         self.failures = 0   # dropped: queue full, QoS 0 while disconnected, unacknowledged at close
         self.connected = threading.Event()
+        self._closing = False
         self._topics: list[str] = []
         t = self.target
         client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=t.client_id, clean_session=True)
@@ -125,7 +126,7 @@ class MqttSink(Sink):
         log.info("MQTT connected to %s", self.target.display)
 
     def _on_disconnect(self, client, userdata, flags, reason, properties) -> None:
-        if self.connected.is_set():
+        if self.connected.is_set() and not self._closing:
             log.warning("MQTT broker %s lost (%s); reconnecting, alarms queued (at most %d)", self.target.display,
                         reason, self.target.queue)
         self.connected.clear()
@@ -138,11 +139,13 @@ class MqttSink(Sink):
         self._topics = [f"{self.target.prefix}/{slug(n)}" for n in context.source_names]
 
     def emit(self, decision: Decision, view) -> None:
-        topic = self._topics[decision.source_index]
+        if not (decision.onset or self.target.decisions):
+            return
+        topic, payload = self._topics[decision.source_index], encode_event(decision.event())
         if decision.onset:
-            self._publish(f"{topic}/alarm", encode_event(decision.event()), ALARM_QOS)
+            self._publish(f"{topic}/alarm", payload, ALARM_QOS)
         if self.target.decisions:
-            self._publish(f"{topic}/decision", encode_event(decision.event()), DECISION_QOS)
+            self._publish(f"{topic}/decision", payload, DECISION_QOS)
 
     def _publish(self, topic: str, payload: str, qos: int) -> None:
         rc = self.client.publish(topic, payload, qos).rc
@@ -171,6 +174,7 @@ class MqttSink(Sink):
             log.warning("MQTT: %d message(s) not acknowledged by %s at exit; counted as dropped", self.pending,
                         self.target.display)
             self.accepted = self.delivered
+        self._closing = True
         self.client.disconnect()
         self.client.loop_stop()
         self.client = None

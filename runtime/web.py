@@ -20,6 +20,7 @@ import json
 import logging
 import re
 import socket
+import sys
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -66,6 +67,14 @@ class _Server(ThreadingHTTPServer):
         self.monitor = monitor
         self.page = page_html()
         super().__init__(address, _Handler)
+
+    def handle_error(self, request, client_address) -> None:
+        """A client that went away mid-request is routine (debug); anything else is logged with its traceback."""
+        error = sys.exc_info()[1]
+        if isinstance(error, (ConnectionError, TimeoutError)):
+            log.debug("line view: client %s went away: %s", client_address, error)
+        else:
+            log.exception("line view: request from %s failed", client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -148,7 +148,8 @@ def test_stream_renders_only_while_watched_and_stalled_clients_never_slow_the_lo
         elapsed = time.monotonic() - t0
         images = [cv2.imdecode(np.frombuffer(p, np.uint8), cv2.IMREAD_COLOR) for p in parts]
         assert all(im.shape == (240, 320, 3) for im in images)  # the annotated frame (narrower than 640)
-        assert all(np.abs(a.astype(int) - b).max() > 20 for a, b in pairwise(images))  # new frames
+        # new frames (the conveyor has 8 positions, so two parts may show the same one)
+        assert max(np.abs(a.astype(int) - b).max() for a, b in pairwise(images)) > 20
         assert elapsed >= 0.35  # at most --view-fps 10: parts 2..5 need at least 4 x 0.1 s less jitter
         wait_until(lambda: cam.watchers == 0, what="the viewer to leave")
         rendered = view.views
@@ -163,11 +164,11 @@ def test_stream_renders_only_while_watched_and_stalled_clients_never_slow_the_lo
         stalled.connect(("127.0.0.1", view.port))
         stalled.sendall(b"GET /cam/0/stream.mjpg HTTP/1.1\r\nHost: x\r\n\r\n")
         wait_until(lambda: cam.watchers == 1, what="the stalled viewer")
-        done0, t0 = cam.inspected, time.monotonic()
+        done0, pushed0 = cam.inspected, camera.pushed
         wait_until(lambda: cam.watchers == 0, timeout=5.0, what="the stalled client to be dropped")
         stalled.close()
-        fed = feeder.period and (time.monotonic() - t0) / feeder.period
-        assert cam.inspected - done0 >= 0.7 * fed  # frames kept flowing at the camera's rate meanwhile
+        assert camera.pushed - pushed0 >= 10  # the stall lasted a while (0.5 s timeout at 50 frames/s)
+        assert cam.inspected - done0 >= 0.8 * (camera.pushed - pushed0)  # the loop kept inspecting meanwhile
         assert view.views > rendered
     feeder.halt.set()
 
@@ -191,10 +192,11 @@ def test_page_in_headless_chromium(tmp_path):
             frame = driver.find_element(By.ID, "frame")
             wait_until(lambda: driver.execute_script("return arguments[0].naturalWidth", frame) == 320, 10.0,
                        "the stream in the <img>")
-            shots = [cv2.imdecode(np.frombuffer(frame.screenshot_as_png, np.uint8), cv2.IMREAD_COLOR)]
-            time.sleep(0.4)
-            shots.append(cv2.imdecode(np.frombuffer(frame.screenshot_as_png, np.uint8), cv2.IMREAD_COLOR))
-            assert shots[0].shape == shots[1].shape and np.abs(shots[0].astype(int) - shots[1]).max() > 20
+            shots = []
+            for _ in range(4):  # the image updates: at least two different frames among four shots
+                shots.append(cv2.imdecode(np.frombuffer(frame.screenshot_as_png, np.uint8), cv2.IMREAD_COLOR))
+                time.sleep(0.15)
+            assert max(np.abs(a.astype(int) - b).max() for a, b in pairwise(shots)) > 20
 
             first = int(text("inspected"))
             wait_until(lambda: int(text("inspected")) > first, 5.0, "the inspected counter to move")
