@@ -1,8 +1,9 @@
 """``/metrics`` in the Prometheus text format (prometheus_client, the ``metrics`` extra; imported lazily).
 
-Counters the loop and the capture threads already keep (frames inspected, dropped, alarms, reconnects,
-sink failures) are read at scrape time by a collector, so the loop pays nothing for them and they equal
-the run's summary. Latencies are prometheus_client histograms observed per frame on the loop's thread.
+Everything is read at scrape time by a collector: the counters the loop and the capture threads already
+keep (frames inspected, dropped, alarms, reconnects, sink failures), so they equal the run's summary, and
+the latency histograms' bucket counts the monitor fills (``monitor.BucketCounts``, about a microsecond per
+frame; prometheus_client's own ``Histogram`` takes a lock per bucket and costs several).
 Names follow the Prometheus conventions: the ``aaclip_`` prefix, base units, ``_total`` counters, a
 ``camera`` label; the model is described once by ``aaclip_model_info``.
 """
@@ -13,12 +14,10 @@ import time
 from typing import TYPE_CHECKING, Iterator, Optional
 
 if TYPE_CHECKING:
-    from .decide import Decision
     from .monitor import LineMonitor
 
 log = logging.getLogger(__name__)
 
-LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0)
 INSTALL_HINT = "pip install 'aaclip-edge[metrics]'"
 
 
@@ -33,28 +32,14 @@ def open_metrics(monitor: "LineMonitor") -> Optional["LineMetrics"]:
 
 
 class LineMetrics:
-    """A registry with the latency histograms and a collector for the monitor's counters."""
+    """A registry holding the collector of ``monitor``'s numbers, and their text exposition."""
 
     def __init__(self, monitor: "LineMonitor"):
-        from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram
+        from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 
         self.content_type = CONTENT_TYPE_LATEST
         self.registry = CollectorRegistry(auto_describe=True)
-        self.latency = Histogram("aaclip_latency_seconds", "Capture of a frame to its decision (end to end).",
-                                 ["camera"], buckets=LATENCY_BUCKETS_S, registry=self.registry)
-        self.inference = Histogram("aaclip_inference_seconds", "The backend call that scored a frame (per frame; "
-                                   "a batch's call counts once for each of its frames).", ["camera"],
-                                   buckets=LATENCY_BUCKETS_S, registry=self.registry)
         self.registry.register(_Collector(monitor))
-        self._children: list = []
-
-    def start(self, camera_labels: list[str]) -> None:
-        self._children = [(self.latency.labels(c), self.inference.labels(c)) for c in camera_labels]
-
-    def observe(self, decision: "Decision") -> None:
-        latency, inference = self._children[decision.source_index]
-        latency.observe(decision.latency_s)
-        inference.observe(decision.inference_s)
 
     def text(self) -> bytes:
         from prometheus_client import generate_latest
@@ -72,7 +57,12 @@ class _Collector:
         return []  # unknown until the loop starts: no up-front description
 
     def collect(self) -> Iterator:
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+            InfoMetricFamily,
+        )
 
         m = self.monitor
         if not m.started.is_set():
@@ -94,6 +84,11 @@ class _Collector:
             "reconnects": CounterMetricFamily("aaclip_source_reconnects", "Reconnections of the camera.",
                                               labels=["camera"]),
         }
+        latency = HistogramMetricFamily("aaclip_latency_seconds", "Capture of a frame to its decision (end to end).",
+                                        labels=["camera"])
+        inference = HistogramMetricFamily("aaclip_inference_seconds", "The backend call that scored a frame (per "
+                                          "frame; a batch's call counts once for each of its frames).",
+                                          labels=["camera"])
         score = GaugeMetricFamily("aaclip_score", "The camera's last image score.", labels=["camera"])
         age = GaugeMetricFamily("aaclip_last_frame_age_seconds", "Seconds since the camera's last decided frame.",
                                 labels=["camera"])
@@ -106,7 +101,12 @@ class _Collector:
             if last is not None:
                 score.add_metric([cam.label], last.score)
             age.add_metric([cam.label], now - cam.last_t)
+            with cam.cond:
+                for family, counts in ((latency, cam.latency_buckets), (inference, cam.inference_buckets)):
+                    family.add_metric([cam.label], counts.cumulative(), counts.sum)
         yield from counters.values()
+        yield latency
+        yield inference
         yield score
         yield age
         yield GaugeMetricFamily("aaclip_score_threshold", "The image-score threshold in use.",

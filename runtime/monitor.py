@@ -9,6 +9,7 @@ stalled browser therefore holds neither a frame buffer nor the loop.
 """
 from __future__ import annotations
 
+import bisect
 import logging
 import math
 import threading
@@ -33,6 +34,7 @@ FPS_WINDOW_S = 5.0      # frames per second over this many recent seconds
 ALARMS_KEPT = 20        # last alarms listed per camera
 THUMBNAIL_WIDTH = 240
 JPEG_QUALITY = 80
+LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
 def encode_jpeg(image: np.ndarray, max_width: int, quality: int = JPEG_QUALITY) -> bytes:
@@ -72,6 +74,28 @@ class AlarmRecord:
                 "thumbnail": f"/cam/{camera}/alarm/{self.seq}.jpg" if self.thumbnail else None}
 
 
+class BucketCounts:
+    """A histogram's counts (Prometheus ``le`` buckets), filled on the loop's thread at about a
+    microsecond per value and read by ``/metrics`` (under the camera's lock)."""
+
+    def __init__(self, bounds: tuple[float, ...] = LATENCY_BUCKETS_S):
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one: above every bound (+Inf)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        """(upper bound, values at or below it) pairs, ending with ``+Inf``: the exposition's buckets."""
+        out, total = [], 0
+        for bound, n in zip((*map(str, self.bounds), "+Inf"), self.counts):
+            total += n
+            out.append((bound, total))
+        return out
+
+
 class CameraState:
     """One camera's counters, histories and latest JPEG. ``cond``'s lock guards everything; waiting on
     ``cond`` wakes when a new JPEG is stored or the monitor closes."""
@@ -86,6 +110,8 @@ class CameraState:
         self.latencies: deque = deque(maxlen=LATENCY_WINDOW)  # seconds
         self.times: deque = deque(maxlen=LATENCY_WINDOW)      # perf_counter of decisions
         self.recent_alarms: deque = deque(maxlen=ALARMS_KEPT)  # newest first
+        self.latency_buckets = BucketCounts()    # capture -> decision
+        self.inference_buckets = BucketCounts()  # the backend call
         self.jpeg: Optional[bytes] = None
         self.jpeg_seq = 0
         self.watchers = 0
@@ -101,6 +127,8 @@ class CameraState:
         self.scores.append((d.wall_time, d.score))
         self.latencies.append(d.latency_s)
         self.times.append(now)
+        self.latency_buckets.observe(d.latency_s)
+        self.inference_buckets.observe(d.inference_s)
 
     def fps(self, now: float) -> float:
         """Decisions per second over the last ``FPS_WINDOW_S`` seconds (caller holds ``cond``)."""
@@ -151,6 +179,7 @@ class LineMonitor(Sink):
         self.started = threading.Event()
         self.closed = threading.Event()
         self.views = 0  # JPEGs encoded for the live view
+        self.failures = 0
         self.metrics = None
         if metrics:
             from .metrics import open_metrics
@@ -164,8 +193,6 @@ class LineMonitor(Sink):
         self.cameras = [CameraState(i, n, labels[i], now) for i, n in enumerate(context.source_names)]
         self.context = context
         self.identity = model_identity(context)
-        if self.metrics is not None:
-            self.metrics.start(labels)
         self.started.set()
 
     def _view_due(self, cam: CameraState, now: float) -> bool:
@@ -179,11 +206,15 @@ class LineMonitor(Sink):
         now = time.perf_counter()
         jpeg = thumbnail = None
         if view is not None:  # encoded here, outside the lock; server threads get finished bytes
-            if self._view_due(cam, now):
-                cam.next_view = now + self.view_period
-                jpeg = encode_jpeg(view.overlay, self.view_width)
-            if decision.onset:
-                thumbnail = encode_jpeg(view.overlay, THUMBNAIL_WIDTH)
+            try:
+                if self._view_due(cam, now):
+                    cam.next_view = now + self.view_period
+                    jpeg = encode_jpeg(view.overlay, self.view_width)
+                if decision.onset:
+                    thumbnail = encode_jpeg(view.overlay, THUMBNAIL_WIDTH)
+            except (cv2.error, ValueError) as e:  # a view the page cannot show never stops the loop
+                self.failures += 1
+                log.error("line view: frame %d of %s not encoded: %s", decision.frame, cam.name, e)
         with cam.cond:
             cam.record(decision, now)
             if decision.onset:
@@ -194,8 +225,6 @@ class LineMonitor(Sink):
                 cam.jpeg, cam.jpeg_seq = jpeg, cam.jpeg_seq + 1
                 self.views += 1
                 cam.cond.notify_all()
-        if self.metrics is not None:
-            self.metrics.observe(decision)
 
     def close(self) -> None:
         self.closed.set()

@@ -57,6 +57,16 @@ def test_parse_address():
             parse_address(bad)
 
 
+def test_histogram_buckets_are_prometheus_le_buckets():
+    from aaclip.runtime.monitor import BucketCounts
+
+    h = BucketCounts((0.001, 0.005, 0.01))
+    for v in (0.0005, 0.001, 0.003, 0.01, 0.02, 7.0):
+        h.observe(v)
+    assert h.cumulative() == [("0.001", 2), ("0.005", 3), ("0.01", 4), ("+Inf", 6)]  # a bound counts as "le"
+    assert h.sum == pytest.approx(7.0345)
+
+
 def test_busy_port_is_a_user_error():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -103,6 +113,8 @@ def test_metrics_equal_the_summary_and_healthz_turns_unhealthy(tmp_path):
         assert value(name, camera="line1") == expected, name
     assert value("aaclip_latency_seconds", "aaclip_latency_seconds_count", camera="line1") == s.frames
     assert value("aaclip_inference_seconds", "aaclip_inference_seconds_count", camera="line1") == s.frames
+    assert value("aaclip_latency_seconds", "aaclip_latency_seconds_bucket", camera="line1", le="+Inf") == s.frames
+    assert 0 < value("aaclip_latency_seconds", "aaclip_latency_seconds_sum", camera="line1") < s.frames * 5.0
     assert value("aaclip_sink_failures", sink="web") == 0
     assert value("aaclip_score_threshold", "aaclip_score_threshold") == 0.5
     info = metrics["aaclip_model_info"].samples[0]
