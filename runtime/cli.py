@@ -204,8 +204,9 @@ def main(artifact: Path, cameras: tuple[str, ...], backend: str, batch: int, cla
     """Run ARTIFACT (model.onnx or model.engine, with its .manifest.json) on one or more cameras.
 
     Each frame gets a score (graph contract); an alarm fires after --debounce consecutive frames at or
-    above the threshold. Ctrl-C or SIGTERM finishes the current frame, flushes outputs, prints a summary
-    and exits 0.
+    above the threshold. --http serves a live page, /metrics and /healthz; --mqtt and --webhook send
+    alarms to the line's systems. Ctrl-C or SIGTERM finishes the current frame, flushes outputs, prints a
+    summary and exits 0.
     """
     setup_logging(verbose, quiet)
     summary = run(RunConfig(
