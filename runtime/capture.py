@@ -42,6 +42,16 @@ class Backoff:
             delay = min(delay * max(self.factor, 1.0), top)
 
 
+@dataclass(frozen=True)
+class SourceCounts:
+    """One camera's capture counters so far."""
+
+    captured: int
+    dropped: int
+    unreadable: int
+    reconnects: int
+
+
 @dataclass
 class CapturedFrame:
     """One frame as read from a source, with where and when it came from."""
@@ -208,6 +218,12 @@ class CaptureHub:
         return frames
 
     # --- counters ---------------------------------------------------------------------------------
+    def source_counts(self, i: int) -> SourceCounts:
+        """Counters of source ``i`` (read from any thread: plain integers)."""
+        r = self.readers[i]
+        return SourceCounts(r.captured, self._workers[i].dropped if self._workers else 0, r.unreadable,
+                            r.reconnects)
+
     @property
     def captured(self) -> int:
         return sum(r.captured for r in self.readers)

@@ -76,12 +76,20 @@ class RunConfig:
     reconnect_max: float = 10.0
     evidence_max: Optional[int] = None
     open_timeout: float = DEFAULT_OPEN_TIMEOUT_MS / 1000.0
+    http: Optional[str] = None          # [HOST]:PORT of the line view, /metrics and /healthz
+    view_fps: float = 5.0
+    health_timeout: float = 10.0
+    mqtt: Optional[str] = None          # mqtt://HOST[:PORT]/PREFIX
+    webhook: Optional[str] = None       # http(s) URL receiving alarm events
+
+    @property
+    def backoff(self) -> Backoff:
+        return Backoff(initial=self.reconnect_delay, maximum=max(self.reconnect_max, self.reconnect_delay))
 
     def loop_config(self, stop: Optional[threading.Event] = None) -> LoopConfig:
         return LoopConfig(batch=self.batch, drop=self.drop, threshold=self.threshold, debounce=self.debounce,
                           max_frames=self.max_frames, stats_every=self.stats_every, stop_event=stop,
-                          backoff=Backoff(initial=self.reconnect_delay,
-                                          maximum=max(self.reconnect_max, self.reconnect_delay)))
+                          backoff=self.backoff)
 
 
 def open_sinks(config: RunConfig, sources: list) -> list[Sink]:
@@ -96,6 +104,32 @@ def open_sinks(config: RunConfig, sources: list) -> list[Sink]:
             sinks.append(EvidenceWriter(config.evidence, config.evidence_format, max_files=config.evidence_max))
         if config.video:
             sinks.append(AnnotatedVideo(config.video, [config.video_fps or s.fps for s in sources]))
+        sinks.extend(open_line_sinks(config))
+    except BaseException:
+        for sink in sinks:
+            sink.close()
+        raise
+    return sinks
+
+
+def open_line_sinks(config: RunConfig) -> list[Sink]:
+    """The line outputs asked for (``--http``, ``--mqtt``, ``--webhook``); their modules load only then."""
+    sinks: list[Sink] = []
+    try:
+        if config.http is not None:
+            if not config.view_fps > 0 or not config.health_timeout > 0:
+                raise UserError("--view-fps and --health-timeout must be > 0")
+            from .web import LineView
+
+            sinks.append(LineView(config.http, view_fps=config.view_fps, health_timeout_s=config.health_timeout))
+        if config.mqtt:
+            from .mqtt import MqttSink
+
+            sinks.append(MqttSink(config.mqtt, backoff=config.backoff))
+        if config.webhook:
+            from .webhook import WebhookSink
+
+            sinks.append(WebhookSink(config.webhook))
     except BaseException:
         for sink in sinks:
             sink.close()
@@ -111,10 +145,6 @@ def run(config: RunConfig) -> Summary:
     if config.debounce < 1:
         raise UserError(f"--debounce must be >= 1, got {config.debounce}")
     class_ids = source_classes(manifest, config.classes, len(config.cameras))
-    if not manifest.calibrated:
-        log.warning("%s is not calibrated: its threshold is the export default, not fitted on this line's good "
-                    "parts; run aaclip-calibrate threshold %s --images GOOD_PARTS/ first", config.artifact.name,
-                    config.artifact)
     sources: list = []
     sinks: list[Sink] = []
     with StopSignals() as stop:
@@ -131,6 +161,10 @@ def run(config: RunConfig) -> Summary:
             sinks = open_sinks(config, sources)
             with open_runner(manifest, config.backend) as runner:
                 loop = CameraLoop(runner, manifest, sources, class_ids, config.loop_config(stop.event), sinks)
+                if not manifest.calibrated:
+                    log.warning("%s is not calibrated: its threshold is the export default, not fitted on this "
+                                "line's good parts; run aaclip-calibrate threshold %s --images GOOD_PARTS/ first",
+                                config.artifact.name, config.artifact)
                 log.info("running %s (%s) on %s; threshold %.4g, debounce %d, %s mode, run %s", config.artifact.name,
                          runner.name, ", ".join(s.name for s in sources), loop.params.threshold, config.debounce,
                          "live (newest frame)" if config.drop else "offline (no drop)", loop.run_id)
@@ -181,18 +215,31 @@ def run(config: RunConfig) -> Summary:
               help="Longest reconnect delay (s).")
 @click.option("--open-timeout", type=FiniteFloat(min=0.1), default=DEFAULT_OPEN_TIMEOUT_MS / 1000.0,
               show_default=True, help="Seconds a network camera may take to open (reads: half of it, >= 1 s).")
+@click.option("--http", metavar="[HOST]:PORT", default=None,
+              help="Serve the live line view, /metrics and /healthz: ':8080' on all interfaces, "
+                   "'127.0.0.1:8080' on this machine only. Nothing listens without it.")
+@click.option("--view-fps", type=FiniteFloat(min=0.0, min_open=True), default=5.0, show_default=True,
+              help="Most frames per second rendered for the line view (only while someone watches).")
+@click.option("--health-timeout", type=FiniteFloat(min=0.0, min_open=True), default=10.0, show_default=True,
+              help="/healthz turns unhealthy when a camera delivered no frame for this many seconds.")
+@click.option("--mqtt", metavar="URL", default=None,
+              help="Publish alarms (QoS 1) to mqtt://[USER:PASS@]HOST[:PORT]/PREFIX on PREFIX/CAMERA/alarm; "
+                   "?decisions=1 adds every decision, ?queue=N bounds the outage queue (default 1000).")
+@click.option("--webhook", metavar="URL", default=None, help="POST each alarm event (JSON) to this http(s) URL.")
 @click.option("-v", "--verbose", count=True, help="More log output.")
 @click.option("-q", "--quiet", is_flag=True, help="Warnings and errors only.")
 def main(artifact: Path, cameras: tuple[str, ...], backend: str, batch: int, classes: tuple[str, ...],
          threshold: Optional[float], debounce: int, events: Optional[Path], evidence: Optional[Path],
          evidence_format: str, evidence_max: Optional[int], video: Optional[Path], video_fps: Optional[float],
          show: bool, no_drop: bool, loop_files: bool, max_frames: Optional[int], stats_every: float,
-         reconnect_delay: float, reconnect_max: float, open_timeout: float, verbose: int, quiet: bool) -> None:
+         reconnect_delay: float, reconnect_max: float, open_timeout: float, http: Optional[str], view_fps: float,
+         health_timeout: float, mqtt: Optional[str], webhook: Optional[str], verbose: int, quiet: bool) -> None:
     """Run ARTIFACT (model.onnx or model.engine, with its .manifest.json) on one or more cameras.
 
     Each frame gets a score (graph contract); an alarm fires after --debounce consecutive frames at or
-    above the threshold. Ctrl-C or SIGTERM finishes the current frame, flushes outputs, prints a summary
-    and exits 0.
+    above the threshold. --http serves a live page, /metrics and /healthz; --mqtt and --webhook send
+    alarms to the line's systems. Ctrl-C or SIGTERM finishes the current frame, flushes outputs, prints a
+    summary and exits 0.
     """
     setup_logging(verbose, quiet)
     summary = run(RunConfig(
@@ -200,7 +247,8 @@ def main(artifact: Path, cameras: tuple[str, ...], backend: str, batch: int, cla
         debounce=debounce, events=events, evidence=evidence, evidence_format=evidence_format, video=video,
         video_fps=video_fps, show=show, drop=not no_drop, loop_files=loop_files, max_frames=max_frames,
         stats_every=stats_every, reconnect_delay=reconnect_delay, reconnect_max=reconnect_max,
-        evidence_max=evidence_max, open_timeout=open_timeout))
+        evidence_max=evidence_max, open_timeout=open_timeout, http=http, view_fps=view_fps,
+        health_timeout=health_timeout, mqtt=mqtt, webhook=webhook))
     click.echo(summary.text())
 
 

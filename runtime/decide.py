@@ -2,6 +2,7 @@
 debounced per source into alarms, as one ``Decision`` record that every sink consumes."""
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -62,6 +63,7 @@ class Decision:
     latency_s: float      # capture -> decision
     run_id: str = ""      # the loop run this decision belongs to (events of several runs share a file)
     evidence: Optional[str] = None
+    inference_s: float = 0.0  # the backend call that scored this frame (its whole batch)
 
     @property
     def anomalous(self) -> bool:
@@ -83,6 +85,11 @@ class Decision:
         }
 
 
+def encode_event(event: dict[str, Any]) -> str:
+    """One event as compact strict JSON: the event-log line, the MQTT payload and the webhook body."""
+    return json.dumps(event, separators=(",", ":"), allow_nan=False)
+
+
 def _finite(value: float, digits: Optional[int] = None) -> Optional[float]:
     if not math.isfinite(value):
         return None
@@ -102,8 +109,9 @@ class Decider:
         return sum(d.alarms for d in self.debouncers)
 
     def decide(self, frames: Sequence, class_names: Sequence[str], scores: dict[str, np.ndarray],
-               t_done: float) -> list[Decision]:
-        """One decision per captured frame of the batch (``scores``: the runner's map_max and cls_score)."""
+               t_done: float, inference_s: float = 0.0) -> list[Decision]:
+        """One decision per captured frame of the batch (``scores``: the runner's map_max and cls_score;
+        ``inference_s``: how long the backend call took)."""
         map_max, cls_score = scores["map_max"], scores["cls_score"]
         values = image_score(map_max[: len(frames)], cls_score[: len(frames)], self.params)
         out = []
@@ -116,5 +124,5 @@ class Decider:
                 source=f.source_name, source_index=f.source_index, frame=f.index, class_name=class_names[i],
                 score=score, state=state, onset=state == ALARM and debouncer.onset, map_max=float(map_max[i]),
                 cls_score=float(cls_score[i]), threshold=self.params.threshold, wall_time=f.wall_time,
-                latency_s=t_done - f.t_capture, run_id=self.run_id))
+                latency_s=t_done - f.t_capture, inference_s=inference_s, run_id=self.run_id))
         return out

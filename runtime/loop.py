@@ -25,7 +25,7 @@ from .backends.base import Runner
 from .capture import Backoff, CapturedFrame, CaptureHub
 from .decide import ALARM, Decider, Decision
 from .overlay import render
-from .sinks import Sink, StatsReporter
+from .sinks import LoopContext, Sink, StatsReporter
 from .sources import Source
 
 log = logging.getLogger(__name__)
@@ -133,6 +133,14 @@ class CameraLoop:
     def run(self) -> Summary:
         cfg, s = self.config, self.summary
         hub = CaptureHub(self.sources, drop=cfg.drop, backoff=cfg.backoff, stop=self.stop_event)
+        context = LoopContext(self.manifest, self.params, self.runner.name,
+                              tuple(src.name for src in self.sources), hub, tuple(self.sinks))
+        try:  # before any thread runs: a sink that cannot start leaves nothing running
+            for sink in self.sinks:
+                sink.start(context)
+        except BaseException:
+            self._close_sinks()
+            raise
         t0 = time.perf_counter()
         self.stats.restart(t0)
         hub.start()
@@ -181,9 +189,11 @@ class CameraLoop:
         """One batch: write, infer, decide, then render and emit each decision."""
         for i, f in enumerate(frames):
             self.feeds.put(i, f.image, self.class_ids[f.source_index])
+        t_infer = time.perf_counter()
         out = self.runner.infer(self.feeds.feeds(len(frames)), self._wanted)
+        t_done = time.perf_counter()
         names = [self.manifest.classes[self.class_ids[f.source_index]] for f in frames]
-        decisions = self.decider.decide(frames, names, out, time.perf_counter())
+        decisions = self.decider.decide(frames, names, out, t_done, t_done - t_infer)
         maps = out.get(MAP_OUTPUT)
         for i, (frame, decision) in enumerate(zip(frames, decisions)):
             self._emit(decision, frame, None if maps is None else maps[i])

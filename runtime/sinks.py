@@ -2,16 +2,19 @@
 
 A sink consumes ``Decision`` records (``emit``). Sinks that show pixels say so: ``needs_maps`` makes the
 loop fetch anomaly maps at all, ``wants_view(decision)`` asks for the rendered overlay of one decision;
-the loop renders a frame only when some sink wants it. ``StatsReporter`` is the periodic stats line.
+the loop renders a frame only when some sink wants it. ``start(context)`` hands each sink what the loop
+runs with (manifest, threshold, cameras, capture counters) when it starts. ``StatsReporter`` is the
+periodic stats line. The line outputs (web view, metrics, MQTT, webhook) live in ``monitor``, ``web``,
+``metrics``, ``mqtt`` and ``webhook``.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
 import sys
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -19,8 +22,11 @@ import cv2
 import numpy as np
 from aaclip.contract.errors import UserError
 from aaclip.contract.files import PathLike, atomic_path, remove_stale_temps
+from aaclip.contract.manifest import Manifest
+from aaclip.contract.score import ScoreParams
 
-from .decide import ALARM, Decision
+from .capture import CaptureHub
+from .decide import ALARM, Decision, encode_event
 from .overlay import View, evidence_image
 
 log = logging.getLogger(__name__)
@@ -35,22 +41,39 @@ def slug(name: str, limit: int = 60) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")[:limit] or "source"
 
 
+@dataclass(frozen=True)
+class LoopContext:
+    """What a running loop tells its sinks when it starts (``Sink.start``)."""
+
+    manifest: Manifest
+    params: ScoreParams          # the score parameters in use (threshold override applied)
+    backend: str                 # the runner's name
+    source_names: tuple[str, ...]
+    capture: CaptureHub          # live per-camera counters (``capture.source_counts(i)``)
+    sinks: tuple["Sink", ...]
+
+
 class Sink:
     """Consumes decisions. ``order``: sinks with pixels run first (evidence paths reach the event log).
+    ``name`` labels the sink in metrics.
 
-    A sink never stops the loop by failing to write: it counts the failure (``failures``, in the summary),
-    logs the first one and every 100th, and goes on; the loop keeps deciding and alarming.
+    A sink never stops the loop by failing to write: it counts the failure (``failures``, in the summary and
+    in /metrics), logs the first one and every 100th, and goes on; the loop keeps deciding and alarming.
     """
 
+    name = "sink"
     needs_maps = False
     order = 0
-    stop_reason: Optional[str] = None  # set when the sink asks the loop to stop (the window's q key)
     failures = 0
+    stop_reason: Optional[str] = None  # set when the sink asks the loop to stop (the window's q key)
 
     def failed(self, what: str, exc: BaseException) -> None:
         self.failures += 1
         if self.failures == 1 or self.failures % 100 == 0:
             log.error("%s (%s); %d write failure(s) so far, inspection goes on", what, _reason(exc), self.failures)
+
+    def start(self, context: LoopContext) -> None:
+        """Called once by the loop before the first frame."""
 
     def wants_view(self, decision: Decision) -> bool:
         return False
@@ -82,6 +105,7 @@ class EventLog(Sink):
     again, so the file never holds a half line.
     """
 
+    name = "events"
     order = 10
 
     def __init__(self, path: PathLike):
@@ -90,7 +114,7 @@ class EventLog(Sink):
         self.count = 0
 
     def write(self, event: dict[str, Any]) -> None:
-        data = (json.dumps(event, separators=(",", ":"), allow_nan=False) + "\n").encode("utf-8")
+        data = (encode_event(event) + "\n").encode("utf-8")
         start = os.lseek(self._fd, 0, os.SEEK_END)
         try:
             written = os.write(self._fd, data)
@@ -122,6 +146,7 @@ class EvidenceWriter(Sink):
     """Saves the frame and its overlay of every alarm frame atomically (temp file + rename: never a half
     file) as PNG or JPG; the path goes into the decision (and so into its event)."""
 
+    name = "evidence"
     needs_maps = True
 
     def __init__(self, directory: PathLike, fmt: str = "jpg", jpeg_quality: int = 92,
@@ -229,6 +254,7 @@ class VideoSink:
 class AnnotatedVideo(Sink):
     """Every decision's overlay written to a video, one file per source (``video_paths``)."""
 
+    name = "video"
     needs_maps = True
 
     def __init__(self, path: PathLike, fps_per_source: Sequence[Optional[float]]):
@@ -283,6 +309,7 @@ def display_available() -> bool:
 class DisplaySink(Sink):
     """On-screen windows, one per source; q or Esc asks the loop to stop."""
 
+    name = "display"
     needs_maps = True
 
     def __init__(self) -> None:
