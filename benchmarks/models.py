@@ -116,19 +116,11 @@ def external_artifact(path: Path, precision: str) -> Artifact:
 
 def build_engine_for(onnx: Artifact, batches: tuple[int, int, int], out_dir: Path) -> Artifact:
     """A TensorRT engine (+ manifest) from an exported graph, for the GPU this runs on."""
-    import json
-
-    from aaclip.contract.files import sha256_file
-    from aaclip.contract.manifest import manifest_path, write_manifest
-    from aaclip.export.engine import build_engine, engine_manifest
+    from aaclip.export.engine import EngineOptions, build_engine_artifact
 
     engine = Path(out_dir) / f"{onnx.path.stem}.engine"
-    trt = build_engine(onnx.path, engine, flavour="tensorrt", batch=batches, timing_cache=Path(out_dir) / "timing.cache",
-                       fp16_flag=onnx.precision == "fp16")
-    data = json.loads(manifest_path(onnx.path).read_text())
-    manifest = engine_manifest(data, engine, sha256_file(engine), sha256_file(onnx.path), batches, trt,
-                               f"aaclip-bench (engine built from {onnx.path.name})")
-    write_manifest(engine, manifest)
+    options = EngineOptions(batch=batches, timing_cache=Path(out_dir) / "timing.cache", discard_calibration=True)
+    build_engine_artifact(onnx.path, engine, options, f"aaclip-bench (engine built from {onnx.path.name})")
     return Artifact(engine, onnx.precision, artifact_size(engine))
 
 

@@ -170,6 +170,8 @@ def threshold(artifact: Path, images, data, camera, anomalies, class_name, verbo
 @click.option("--max-auroc-change", type=float, default=MAX_AUROC_CHANGE, show_default=True,
               help="Gate: largest |AUROC(INT8) - AUROC(FP32)| on the held-out labels.")
 @click.option("--force", is_flag=True, help="Write the INT8 graph even when the gate fails (recorded in the manifest).")
+@click.option("--discard-calibration", is_flag=True,
+              help="Replace a calibrated INT8 graph at --out whose outputs change (its thresholds are lost).")
 @click.option("--batch", type=click.IntRange(min=1), default=8, show_default=True, help="Frames per inference call.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the synthetic held-out set.")
 @click.option("--engine", type=click.Path(path_type=Path, dir_okay=False),
@@ -178,7 +180,8 @@ def threshold(artifact: Path, images, data, camera, anomalies, class_name, verbo
               show_default=True, help="(--engine) tensorrt: build on the target GPU. tensorrt-rtx: ahead of time.")
 @click.option("--engine-batch", default="1:4:8", show_default=True, help="(--engine) batch profile MIN:OPT:MAX.")
 def int8(fp32_onnx: Path, images, data, camera, anomalies, class_name, verbose, quiet, frames, out, holdout, method,
-         min_map_corr, min_rank_corr, max_auroc_change, force, batch, seed, engine, flavour, engine_batch) -> None:
+         min_map_corr, min_rank_corr, max_auroc_change, force, discard_calibration, batch, seed, engine, flavour,
+         engine_batch) -> None:
     """Quantize FP32_ONNX to an INT8 Q/DQ graph calibrated on normal frames, gated against FP32.
 
     The gate compares INT8 with FP32 on held-out frames (held-out normal frames plus synthetic products,
@@ -207,7 +210,7 @@ def int8(fp32_onnx: Path, images, data, camera, anomalies, class_name, verbose, 
     limits = GateLimits(min_map_corr, min_rank_corr, max_auroc_change)
     result = quantize_artifact(fp32_onnx, normals, bad, Int8Options(
         out=out, max_frames=frames, holdout=holdout, limits=limits, force=force, method=method, batch=batch, seed=seed,
-        rebuild_command=command))
+        rebuild_command=command, discard_calibration=discard_calibration))
     click.echo(f"INT8 calibration: {result.calibration['frames']} frames ({result.calibration['input']}), "
                f"{len(result.plan.quantize)} nodes quantized, {len(result.plan.exclude)} kept FP32")
     click.echo(f"accuracy gate ({'passed' if result.gate.passed else 'FAILED'}):")

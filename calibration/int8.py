@@ -19,8 +19,6 @@ import copy
 import dataclasses
 import datetime as dt
 import logging
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -28,9 +26,10 @@ from typing import Optional, Sequence
 import numpy as np
 from aaclip.contract.errors import UserError
 from aaclip.contract.feeds import fit_frame
-from aaclip.contract.files import remove_stale_temps, sha256_file, temp_prefix
-from aaclip.contract.manifest import Manifest, check_artifact, load_manifest, write_manifest
+from aaclip.contract.files import sha256_file
+from aaclip.contract.manifest import Manifest, check_artifact, load_manifest
 from aaclip.contract.score import image_score
+from aaclip.export.replace import commit, keep_calibration, staging
 from aaclip.runtime.backends import RunnerOptions, open_runner
 from aaclip.runtime.backends.onnxruntime import import_onnxruntime
 
@@ -281,6 +280,7 @@ class Int8Options:
     seed: int = 0
     providers: Sequence[str] = DEFAULT_PROVIDERS
     rebuild_command: str = ""
+    discard_calibration: bool = False   # replace a calibrated INT8 artifact whose outputs change
 
 
 def quantize_artifact(fp32_onnx: Path, normals: FrameInput, anomalies: Optional[FrameInput] = None,
@@ -317,10 +317,8 @@ def quantize_artifact(fp32_onnx: Path, normals: FrameInput, anomalies: Optional[
     test_items, labels, holdout_desc = holdout_set(manifest, held, anomalies, holdout, seed,
                                                    max(holdout, len(held)) * 4)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(out.parent)
-    with tempfile.TemporaryDirectory(prefix=temp_prefix(out), dir=out.parent) as tmp:
-        staged = Path(tmp) / out.name
+    with staging(out) as tmp:  # graph and manifest replace an earlier INT8 pair together, or not at all
+        staged = tmp / out.name
         plan = quantize_graph(fp32_onnx, staged, frames, class_ids, manifest, method, batch)
         ref = _outputs(fp32_onnx, manifest, test_items, providers, batch)
         test = _outputs(staged, manifest, test_items, providers, batch)
@@ -331,11 +329,9 @@ def quantize_artifact(fp32_onnx: Path, normals: FrameInput, anomalies: Optional[
         gate.update({"forced": bool(force and not report.passed), "holdout": holdout_desc})
         if not (report.passed or force):
             return Int8Result(report, False, out, None, plan, calibration)
-        sha = sha256_file(staged)
-        os.replace(staged, out)
-    data = int8_manifest(manifest, out, sha, plan, calibration, gate, method,
-                         rebuild_command or f"aaclip-calibrate int8 {fp32_onnx} --out {out}")
-    mpath = write_manifest(out, data)
+        data = int8_manifest(manifest, staged, sha256_file(staged), plan, calibration, gate, method,
+                             rebuild_command or f"aaclip-calibrate int8 {fp32_onnx} --out {out}")
+        mpath = commit(tmp, out, (), keep_calibration(out, data, o.discard_calibration))
     if (manifest.data.get("score") or {}).get("source") == "calibration":
         log.warning("the score constants were copied from the FP32 graph; INT8 shifts raw outputs slightly: "
                     "run aaclip-calibrate threshold %s on normal frames", out)
@@ -345,11 +341,7 @@ def quantize_artifact(fp32_onnx: Path, normals: FrameInput, anomalies: Optional[
 def build_int8_engine(int8_onnx: Path, engine: Path, flavour: str, batch: tuple[int, int, int],
                       rebuild_command: str, workspace_mb: int = 2048) -> Path:
     """The INT8 graph through the export package's engine build (strongly typed: Q/DQ set the precision)."""
-    from aaclip.export.engine import build_engine, engine_manifest
+    from aaclip.export.engine import EngineOptions, build_engine_artifact
 
-    info = build_engine(int8_onnx, engine, flavour=flavour, batch=batch, workspace_mb=workspace_mb)
-    onnx_manifest = load_manifest(int8_onnx)
-    data = engine_manifest(onnx_manifest.data, engine, sha256_file(engine), onnx_manifest.sha256, batch, info,
-                           rebuild_command)
-    write_manifest(engine, data)
-    return engine
+    return build_engine_artifact(int8_onnx, engine, EngineOptions(batch=batch, workspace_mb=workspace_mb,
+                                                                  flavour=flavour), rebuild_command)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import shlex
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
@@ -20,6 +19,7 @@ from aaclip.contract.cli import Command, setup_logging
 from aaclip.contract.errors import UserError
 
 if TYPE_CHECKING:
+    from .engine import EngineOptions
     from .onnx_export import ExportOptions
     from .verify import VerifyOptions
 
@@ -64,24 +64,13 @@ def check_method(path: Path, method: Optional[str]) -> None:
         check(load_manifest(path).method, method, f"artifact {path}")
 
 
-@dataclass(frozen=True)
-class EngineOptions:
-    """How ``--format engine`` builds: batch profile ``MIN:OPT:MAX``, builder workspace, timing cache, flavour."""
-
-    batch: str = "1:4:8"
-    workspace_mb: int = 2048
-    timing_cache: Optional[Path] = None
-    flavour: str = "tensorrt"
-
-
-def engine_from_onnx(onnx_path: Path, out: Optional[Path], options: EngineOptions) -> Path:
+def engine_from_onnx(onnx_path: Path, out: Optional[Path], options: "EngineOptions") -> Path:
     """Build an engine from an exported graph + manifest; needs TensorRT, not PyTorch (e.g. on a Jetson)."""
-    from aaclip.contract.files import sha256_file
-    from aaclip.contract.manifest import check_artifact, load_manifest, write_manifest
+    from aaclip.contract.manifest import check_artifact, load_manifest
 
-    from .engine import build_engine, engine_manifest, load_flavour, parse_batch
+    from .engine import build_engine_artifact, load_flavour, parse_batch
 
-    flavour, workspace_mb, timing_cache = options.flavour, options.workspace_mb, options.timing_cache
+    flavour, workspace_mb = options.flavour, options.workspace_mb
     profile = parse_batch(options.batch)
     _check_suffix(out, "engine")
     load_flavour(flavour)
@@ -90,36 +79,29 @@ def engine_from_onnx(onnx_path: Path, out: Optional[Path], options: EngineOption
     if manifest.artifact_format != "onnx":
         raise UserError(f"{onnx_path} is a {manifest.artifact_format} artifact: give an exported .onnx graph")
     engine_path = Path(out) if out is not None else Path(onnx_path).with_suffix(".engine")
-    precision = str(manifest.data.get("precision", "fp32"))
     command = shlex.join(["aaclip-export", str(onnx_path), "--format", "engine", "--out", str(engine_path),
-                           "--batch", ":".join(map(str, profile)), "--trt-flavour", flavour,
-                           "--workspace-mb", str(workspace_mb)])
-    info = build_engine(onnx_path, engine_path, flavour=flavour, batch=profile, workspace_mb=workspace_mb,
-                        timing_cache=timing_cache, fp16_flag=precision == "fp16")
-    data = engine_manifest(manifest.data, engine_path, sha256_file(engine_path), manifest.sha256, profile, info,
-                           command)
-    write_manifest(engine_path, data)
+                          "--batch", ":".join(map(str, profile)), "--trt-flavour", flavour,
+                          "--workspace-mb", str(workspace_mb)])
+    build_engine_artifact(onnx_path, engine_path, options, command)
     return engine_path
 
 
 def export_command(ckpt: Path, out: Optional[Path], fmt: str, options: "ExportOptions",
-                   engine: EngineOptions) -> Path:
+                   engine: "EngineOptions") -> Path:
     """Export one artifact (for ``engine``: write or reuse the ONNX graph first); returns its path."""
     from .onnx_export import check_opset, check_precision, default_output, export_onnx, rebuild_command, resolve_classes
 
     check_opset(options.opset)
     check_precision(options.precision)
     precision, input_hw, opset = options.precision, options.input_size, options.opset
-    flavour, workspace_mb, timing_cache = engine.flavour, engine.workspace_mb, engine.timing_cache
+    flavour, workspace_mb = engine.flavour, engine.workspace_mb
     _check_suffix(out, fmt)
     if fmt == "onnx":
         return export_onnx(ckpt, out, options).path
 
-    from aaclip.contract.files import sha256_file
-    from aaclip.contract.manifest import load_manifest, write_manifest
     from aaclip.train.checkpoint import checkpoint_sha256, load_checkpoint
 
-    from .engine import build_engine, engine_manifest, load_flavour, parse_batch, reusable_onnx
+    from .engine import build_engine_artifact, load_flavour, parse_batch, reusable_onnx
 
     profile = parse_batch(engine.batch)
     load_flavour(flavour)  # fail before the (slow) ONNX export when the flavour is missing
@@ -136,13 +118,7 @@ def export_command(ckpt: Path, out: Optional[Path], fmt: str, options: "ExportOp
     del model
     extra = ["--batch", ":".join(map(str, profile)), "--trt-flavour", flavour, "--workspace-mb", str(workspace_mb)]
     command = rebuild_command(ckpt, engine_path, "engine", options, extra)
-    info = build_engine(onnx_path, engine_path, flavour=flavour, batch=profile, workspace_mb=workspace_mb,
-                        timing_cache=timing_cache, fp16_flag=precision == "fp16")
-    onnx_manifest = load_manifest(onnx_path)
-    data = engine_manifest(onnx_manifest.data, engine_path, sha256_file(engine_path), onnx_manifest.sha256, profile,
-                           info, command)
-    write_manifest(engine_path, data)
-    return engine_path
+    return build_engine_artifact(onnx_path, engine_path, engine, command)
 
 
 def verify_command(artifact: Path, ckpt: Optional[Path], options: "VerifyOptions", limits: dict) -> bool:
@@ -188,6 +164,9 @@ def verify_command(artifact: Path, ckpt: Optional[Path], options: "VerifyOptions
               help="CLIP weights file, when not where the checkpoint's config says.")
 @click.option("--method", metavar="NAME",
               help="Model family the checkpoint must be (it is read from the checkpoint; this only checks it).")
+@click.option("--discard-calibration", is_flag=True,
+              help="Replace a calibrated artifact even though the new one computes other outputs (its thresholds are "
+                   "then lost: recalibrate). Without it such a re-export is refused; an identical one keeps them.")
 @click.option("--external-data/--no-external-data", default=None,
               help="Store tensors in <out>.data beside the graph [default: only when larger than 1.8 GB].")
 @click.option("--verify", "verify", type=click.Path(path_type=Path), metavar="ARTIFACT",
@@ -205,13 +184,16 @@ def verify_command(artifact: Path, ckpt: Optional[Path], options: "VerifyOptions
 @click.option("-v", "--verbose", count=True, help="More log output.")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
 def cli(ckpt, out, fmt, precision, classes, input_size, opset, batch, workspace_mb, timing_cache, flavour,
-        clip_weights, method, external_data, verify, verify_ckpt, images, frames, map_tol, score_tol, min_corr,
-        min_iou, verbose, quiet):
+        clip_weights, method, discard_calibration, external_data, verify, verify_ckpt, images, frames, map_tol,
+        score_tol, min_corr, min_iou, verbose, quiet):
     """Export a checkpoint CKPT (any model family) to a deployable ONNX graph or TensorRT engine (+ manifest),
     build an engine from an exported MODEL.onnx (--format engine; needs TensorRT, not PyTorch), or check
     an exported ARTIFACT against PyTorch with --verify. See docs/export.md."""
     setup_logging(verbose, quiet)
-    engine = EngineOptions(batch=batch, workspace_mb=workspace_mb, timing_cache=timing_cache, flavour=flavour)
+    from .engine import EngineOptions
+
+    engine = EngineOptions(batch=batch, workspace_mb=workspace_mb, timing_cache=timing_cache, flavour=flavour,
+                           discard_calibration=discard_calibration)
     if verify is not None:
         check_method(verify, method)
         from .verify import VerifyOptions
@@ -237,7 +219,7 @@ def cli(ckpt, out, fmt, precision, classes, input_size, opset, batch, workspace_
 
         options = ExportOptions(precision=precision or "fp32", classes=_split_classes(classes),
                                 input_size=parse_input_size(input_size), opset=opset, external_data=external_data,
-                                clip_weights=clip_weights)
+                                clip_weights=clip_weights, discard_calibration=discard_calibration)
         path = export_command(ckpt, out, fmt, options, engine)
     click.echo(str(path))
     log.info("next: aaclip-export --verify %s", shlex.quote(str(path)))

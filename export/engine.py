@@ -267,6 +267,37 @@ def engine_manifest(onnx_manifest: dict, engine_path: Path, sha256: str, onnx_sh
     return data
 
 
-__all__ = ["reusable_onnx", "engine_manifest", "Flavour", "load_flavour", "parse_batch", "gpu_info", "build_engine",
+@dataclass(frozen=True)
+class EngineOptions:
+    """How ``--format engine`` builds: batch profile ``MIN:OPT:MAX``, builder workspace, timing cache, flavour."""
+
+    batch: "str | Sequence[int]" = "1:4:8"
+    workspace_mb: int = 2048
+    timing_cache: Optional[Path] = None
+    flavour: str = "tensorrt"
+    discard_calibration: bool = False
+
+
+def build_engine_artifact(onnx_path: Path, engine_path: Path, options: EngineOptions, command: str) -> Path:
+    """Build ``engine_path`` from an exported graph and write its manifest; both replace the previous pair
+    together, or not at all (``replace``)."""
+    from aaclip.contract.files import sha256_file
+    from aaclip.contract.manifest import open_artifact
+
+    from .replace import commit, keep_calibration, staging
+
+    graph = open_artifact(onnx_path)
+    profile = parse_batch(options.batch)
+    with staging(engine_path) as tmp:
+        staged = tmp / Path(engine_path).name
+        info = build_engine(onnx_path, staged, flavour=options.flavour, batch=profile,
+                            workspace_mb=options.workspace_mb, timing_cache=options.timing_cache,
+                            fp16_flag=graph.precision == "fp16")
+        data = engine_manifest(graph.data, staged, sha256_file(staged), graph.sha256, profile, info, command)
+        commit(tmp, Path(engine_path), (), keep_calibration(Path(engine_path), data, options.discard_calibration))
+    return Path(engine_path)
+
+
+__all__ = ["EngineOptions", "build_engine_artifact", "reusable_onnx", "engine_manifest", "Flavour", "load_flavour", "parse_batch", "gpu_info", "build_engine",
            "FLAVOURS", "DEFAULT_BATCH",
            "DEFAULT_WORKSPACE_MB"]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -21,11 +20,12 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 from aaclip.contract.errors import UserError
-from aaclip.contract.manifest import manifest_for, manifest_path, write_manifest
+from aaclip.contract.manifest import manifest_for, manifest_path
 from aaclip.contract.tensors import CLASS_INPUT_NAME, INPUT_NAME, OUTPUT_NAMES
 
 from .graph import PRECISIONS, DeployGraph
 from .manifest_builder import export_draft
+from .replace import commit, keep_calibration, staging
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,7 @@ class ExportOptions:
     external_data: Optional[bool] = None
     clip_weights: Optional[Path] = None
     rebuild: Optional[str] = None
+    discard_calibration: bool = False  # replace a calibrated artifact whose outputs change (else refused)
 
 
 def rebuild_command(ckpt_dir: Path, out: Path, fmt: str, options: ExportOptions, extra: Sequence[str] = ()) -> str:
@@ -186,30 +187,19 @@ def _proto_bytes(proto) -> int:
         return EXTERNAL_DATA_AUTO_BYTES + 1
 
 
-def save_onnx(proto, out: Path, external_data: Optional[bool]) -> tuple[str, ...]:
-    """Save ``proto`` at ``out`` atomically; tensors go to ``<out>.data`` when asked or too large.
-
-    Returns the external data file names (relative to ``out``'s folder). Both files are written in a
-    temporary folder beside ``out`` and renamed into place (data first, graph last).
-    """
+def save_onnx(proto, staged: Path, external_data: Optional[bool]) -> tuple[str, ...]:
+    """Save ``proto`` at ``staged`` (a path in a staging folder, see ``replace.staging``); tensors go to
+    ``<name>.data`` beside it when asked or too large. Returns the external data file names."""
     import onnx
 
     use_external = external_data if external_data is not None else _proto_bytes(proto) > EXTERNAL_DATA_AUTO_BYTES
-    data_name = out.name + EXTERNAL_DATA_SUFFIX
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
-        staged = Path(tmp) / out.name
-        if use_external:
-            onnx.save_model(proto, str(staged), save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=data_name, size_threshold=1024)
-        else:
-            onnx.save_model(proto, str(staged))
-        onnx.checker.check_model(str(staged))  # path form: works beyond 2 GiB and checks the data file
-        if use_external:
-            os.replace(Path(tmp) / data_name, out.parent / data_name)
-        elif (out.parent / data_name).exists():
-            (out.parent / data_name).unlink()  # stale tensors of an earlier external-data export
-        os.replace(staged, out)
+    data_name = staged.name + EXTERNAL_DATA_SUFFIX
+    if use_external:
+        onnx.save_model(proto, str(staged), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data_name, size_threshold=1024)
+    else:
+        onnx.save_model(proto, str(staged))
+    onnx.checker.check_model(str(staged))  # path form: works beyond 2 GiB and checks the data file
     return (data_name,) if use_external else ()
 
 
@@ -250,15 +240,16 @@ def export_onnx(ckpt_dir: Path, out: Optional[Path] = None, options: Optional[Ex
     if _proto_bytes(proto) <= EXTERNAL_DATA_AUTO_BYTES:
         proto = onnx.shape_inference.infer_shapes(proto, strict_mode=True)  # explicit types on every tensor
     proto.doc_string = f"aaclip-edge {config.method} graph ({precision}); the contract is docs/graph-contract.md"
-    external = save_onnx(proto, out, options.external_data)
-    del proto
-
     command = options.rebuild or rebuild_command(ckpt_dir, out, "onnx", options)
     draft = export_draft(model, precision, class_table, input_hw, opset, command, ckpt_dir,
                          checkpoint_sha256(ckpt_dir))
-    manifest = manifest_for(out, "onnx", draft, external)
+    with staging(out) as tmp:  # graph, data and manifest replace the previous ones as a set, or not at all
+        external = save_onnx(proto, tmp / out.name, options.external_data)
+        del proto
+        manifest = keep_calibration(out, manifest_for(tmp / out.name, "onnx", draft, external),
+                                    options.discard_calibration)
+        mpath = commit(tmp, out, external, manifest)
     sha = manifest["artifact"]["sha256"]
-    mpath = write_manifest(out, manifest)
     log.info("wrote %s (%.1f MB) and %s", out, out.stat().st_size / 1e6, mpath.name)
     return ExportResult(out, mpath, sha, tuple(external), tuple(class_table))
 
