@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any, Optional
 
 import torch
 from aaclip.contract.errors import UserError
-from aaclip.contract.files import atomic_path
+from aaclip.contract.files import atomic_path, atomic_write_json
 from aaclip.contract.manifest import DEFAULT_METHOD
 
 from .backbone import build_clip, resolve_weights
@@ -39,6 +40,45 @@ def build_model(config: ModelConfig, base_dir: Optional[Path] = None, check_hash
     if weights is not None:  # absolute from here on, so the config can be saved anywhere
         config.backbone.weights = str(weights.resolve())
     return family.build(clip, tokenizer, config)
+
+
+def read_train_state(out_dir: Path) -> Optional[dict]:
+    """The resume state of a training run in ``out_dir`` (None when there is none); a damaged file (empty,
+    truncated by a kill or a full disk) is a clear error with the way out."""
+    path = Path(out_dir) / STATE_FILE
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict) or not {"stage", "epoch", "adapters"} <= set(state):
+            raise ValueError("not a training state")
+    except Exception as exc:  # noqa: BLE001 - torch raises many kinds for damaged files
+        raise UserError(f"{path} is damaged ({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
+                        f"): delete it to restart training (the weights of the last finished epoch stay in "
+                        f"{ADAPTERS_FILE}), or train into another --out") from None
+    return state
+
+
+RUN_FILE = "run.json"
+
+
+def check_same_run(out_dir: Path, run: dict) -> None:
+    """Refuse to continue the run in ``out_dir`` when it was started on other data or another model config
+    (``run``: what identifies this one); record ``run`` for a new one."""
+    path = Path(out_dir) / RUN_FILE
+    if path.exists():
+        try:
+            previous = json.loads(path.read_text())
+        except (OSError, ValueError):
+            previous = None
+        if previous is not None and previous != run:
+            differs = sorted(k for k in set(run) | set(previous) if run.get(k) != previous.get(k))
+            raise UserError(f"{out_dir} holds another training run (different {', '.join(differs)}); it would be "
+                            "resumed with the wrong data or model: choose another --out, or delete that folder to "
+                            "start over")
+        if previous is not None:
+            return
+    atomic_write_json(path, run)
 
 
 def save_checkpoint(model, out_dir: Path) -> Path:

@@ -183,7 +183,9 @@ def fit(ctx, method, data, root, out, backbone, clip_weights, pretrained, random
         lr2, stage1_levels, vv_mode, max_steps, seed, device, amp, no_resume):
     """Train the family's weights, writing the checkpoint after every epoch (AA-CLIP: stage 1 text adapters,
     stage 2 image adapters)."""
-    from .checkpoint import STATE_FILE, build_model, load_checkpoint
+    import torch
+
+    from .checkpoint import STATE_FILE, build_model, check_same_run, load_checkpoint, read_train_state
     from .config import CONFIG_FILE
     from .families import check_method, get_family
     from .records import class_names, read_records
@@ -211,6 +213,7 @@ def fit(ctx, method, data, root, out, backbone, clip_weights, pretrained, random
     if continuing:
         if fields:
             raise UserError(f"--set applies to a new checkpoint; {out} already holds one")
+        read_train_state(out)  # a damaged resume state is one clear error, before anything loads
         model = load_checkpoint(out)  # resume, or stage 2 on top of a stage-1 checkpoint in the same directory
         check_method(model.config.method, method, f"the checkpoint in {out}")
         log.info("continuing the run in %s", out)
@@ -226,9 +229,21 @@ def fit(ctx, method, data, root, out, backbone, clip_weights, pretrained, random
         config = new_config(
             family, _backbone_config(backbone, clip_weights, pretrained, random_init, activation, pos_embed_resize),
             image_size, domain, {c: object_name(c, names) for c in class_names(records)}, fields)
+        torch.manual_seed(seed)  # the trainable weights' initialization: same seed, same run
         model = build_model(config)
+    check_same_run(out, run_identity(data, root, model.config, seed))
     family.trainer(model, records, root, out, options).run()
     click.echo(f"checkpoint: {out}")
+
+
+def run_identity(data: Path, root: Path, config, seed: int) -> dict:
+    """What makes a training run this run: the data (content), the model config, the seed. A run continued
+    with more epochs is the same run; one on other data or another model is not."""
+    from aaclip.contract.files import sha256_file
+
+    described = config.to_dict()
+    described["backbone"] = {k: v for k, v in described["backbone"].items() if k != "weights"}  # paths may move
+    return {"data_sha256": sha256_file(data), "root": str(Path(root).resolve()), "config": described, "seed": seed}
 
 
 @main.command("init")

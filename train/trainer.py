@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from . import maps
-from .checkpoint import HISTORY_FILE, STATE_FILE, save_checkpoint
+from .checkpoint import HISTORY_FILE, STATE_FILE, read_train_state, save_checkpoint
 from .constants import default_vv_blocks
 from .dataset import AnomalyDataset
 from .losses import DISENTANGLE_WEIGHT, classification_loss, disentangle_loss, segmentation_loss
@@ -209,10 +209,10 @@ class Trainer:
         atomic_write_text(path, previous + json.dumps(self.history[-1]) + "\n")
 
     def _load_state(self) -> Optional[dict]:
-        path = self.out_dir / STATE_FILE
-        if not path.exists():
+        state = read_train_state(self.out_dir)
+        if state is None:
             return None
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        path = self.out_dir / STATE_FILE
         self.model.load_trainable_state_dict(state["adapters"])
         self.model.to(self.device)
         log.info("resuming from %s: stage %d, %d epoch(s) done", path, state["stage"], state["epoch"])
