@@ -90,3 +90,22 @@ def test_jsonl_problems_name_the_line(tmp_path):
     (tmp_path / "broken.jsonl").write_text(good + good + '{"image_path": \n')
     with pytest.raises(UserError, match=r"broken.jsonl:3: invalid JSON"):
         read_records(tmp_path / "broken.jsonl")
+
+
+def test_evaluation_skips_records_with_bad_files(tmp_path, caplog):
+    """One truncated test image must not abort an evaluation after its inference: it is skipped and counted."""
+    from aaclip.train.checkpoint import load_checkpoint
+    from aaclip.train.evaluate import predict_records
+    from aaclip.train.synth import generate_dataset
+    from model_fixtures import make_tiny_checkpoint
+
+    paths = generate_dataset(tmp_path / "data", classes=["disk"], image_size=64, n_train_normal=1,
+                             n_train_anomalous=1, n_test_normal=3, n_test_anomalous=3, seed=2)
+    records = read_records(paths["test"])
+    broken = paths["test"].parent / records[0].image_path
+    broken.write_bytes(broken.read_bytes()[:40])
+    model = load_checkpoint(make_tiny_checkpoint(tmp_path / "ckpt"))
+    with caplog.at_level(logging.WARNING):
+        preds = predict_records(model, records, paths["test"].parent)
+    assert len(preds["disk"]["maps"]) == len(records) - 1
+    assert "skipped 1 unusable image file(s)" in caplog.text and records[0].image_path in caplog.text

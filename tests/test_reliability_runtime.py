@@ -293,3 +293,19 @@ def test_temporary_files_of_a_killed_run_are_removed_at_the_next_start(tmp_path)
                   stats_every=0))
     assert not stale_video.exists() and not stale_evidence.exists() and alive.exists()
     assert (tmp_path / "out.avi").stat().st_size > 0
+
+
+def test_manifest_whose_input_size_differs_from_the_graph_is_refused(tmp_path):
+    """A manifest copied beside another export (sha256 updated by hand) still cannot lie about the frame size."""
+    from runtime_fixtures import build_darkness_onnx
+
+    art = make_onnx_artifact(tmp_path)
+    build_darkness_onnx(art, height=32, width=48)  # the graph now takes 32x48 frames
+    data = json.loads(manifest_path(art).read_text())
+    from aaclip.contract.files import sha256_file
+
+    data["artifact"]["sha256"] = sha256_file(art)
+    data["artifact"]["size_bytes"] = art.stat().st_size
+    write_manifest(art, data)
+    r = cli(art, "--camera", write_video(tmp_path / "v.avi", 1))
+    assert r.exit_code == 2 and "the graph takes 32x48 frames but its manifest says 64x64" in r.stderr

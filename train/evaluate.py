@@ -29,6 +29,31 @@ from .records import Record
 log = logging.getLogger(__name__)
 
 
+def usable_records(records: Sequence[Record], root: Path) -> list[Record]:
+    """The records whose image (and mask) files are good images; the others are skipped, counted and reported
+    in one warning, so one bad file never aborts an evaluation."""
+    from aaclip.contract.errors import UserError
+    from aaclip.contract.images import ImageError, SkippedImages, read_image
+
+    from .records import resolve
+
+    skipped = SkippedImages(f"evaluation data ({root})")
+    kept = []
+    for r in records:
+        try:
+            for rel in (r.image_path, r.mask_path):
+                if rel is not None:
+                    read_image(resolve(root, rel))
+        except ImageError as exc:
+            skipped.skip(exc)
+            continue
+        kept.append(r)
+    skipped.report()
+    if not kept:
+        raise UserError(f"no usable image among the {len(records)} records ({len(skipped)} skipped)")
+    return kept
+
+
 @torch.no_grad()
 def predict_records(model, records: Sequence[Record], root: Path, batch_size: int = 8,
                     device: str | torch.device = "cpu") -> dict[str, dict[str, np.ndarray]]:
@@ -36,6 +61,7 @@ def predict_records(model, records: Sequence[Record], root: Path, batch_size: in
 
     Any family model (``aaclip.train.families.base``): per-class constants once, then ``predict``.
     """
+    records = usable_records(records, root)
     model.eval().to(device)
     classes = sorted({r.class_name for r in records})
     names = [model.config.classes.get(c) or object_name(c) for c in classes]

@@ -28,7 +28,8 @@ def _onnxruntime(manifest: Manifest, options: RunnerOptions) -> Runner:
     providers = options.extra.get("providers") or (CPU_PROVIDERS if options.device == "cpu" else DEFAULT_PROVIDERS)
     if options.device == "cuda":
         providers = ("CUDAExecutionProvider",)
-    return OnnxRuntimeRunner(manifest.artifact_path, providers=providers, intra_op_threads=options.threads)
+    return OnnxRuntimeRunner(manifest.artifact_path, providers=providers, intra_op_threads=options.threads,
+                             expected_hw=(manifest.height, manifest.width))
 
 
 def _tensorrt(manifest: Manifest, options: RunnerOptions) -> Runner:
@@ -41,7 +42,8 @@ def _tensorrt(manifest: Manifest, options: RunnerOptions) -> Runner:
     trt = options.extra.get("trt_module") or import_tensorrt(flavour)
     cuda = options.extra.get("cuda") or default_cuda_memory()
     check_engine_compat(manifest, flavour, getattr(trt, "__version__", ""), cuda.compute_capability())
-    return TensorRTRunner(manifest.artifact_path, flavour=flavour, max_batch=manifest.batch_max, trt=trt, cuda=cuda)
+    return TensorRTRunner(manifest.artifact_path, flavour=flavour, max_batch=manifest.batch_max, trt=trt, cuda=cuda,
+                          expected_hw=(manifest.height, manifest.width))
 
 
 register_backend(Backend(

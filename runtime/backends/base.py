@@ -39,6 +39,17 @@ class Runner(ABC):
             finally:
                 self.is_active = False
 
+    def check_input_size(self, shape: Sequence, expected_hw: Optional[tuple[int, int]]) -> None:
+        """Refuse an artifact whose graph takes another frame size than its manifest says (NHWC ``shape``)."""
+        if expected_hw is None or len(shape) != 4:
+            return
+        got = tuple(shape[1:3])
+        if all(isinstance(d, int) and d > 0 for d in got) and got != tuple(expected_hw):
+            from aaclip.contract.errors import ArtifactError
+
+            raise ArtifactError(f"{self.name}: the graph takes {got[0]}x{got[1]} frames but its manifest says "
+                                f"{expected_hw[0]}x{expected_hw[1]}: the manifest belongs to another export")
+
     def lend_input(self, name: str, shape: tuple, dtype: np.dtype) -> np.ndarray:
         """An array of ``shape``/``dtype`` to write input ``name`` into before ``infer`` (default: a new one)."""
         return np.zeros(shape, dtype)

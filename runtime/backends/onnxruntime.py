@@ -33,11 +33,12 @@ class OnnxRuntimeRunner(Runner):
     name = "onnxruntime"
 
     def __init__(self, path: str | Path, providers: Optional[Sequence[str]] = None,
-                 intra_op_threads: Optional[int] = None):
+                 intra_op_threads: Optional[int] = None, expected_hw: Optional[tuple[int, int]] = None):
         super().__init__()
         self.path = Path(path)
         self.providers = tuple(providers or DEFAULT_PROVIDERS)
         self.intra_op_threads = intra_op_threads
+        self.expected_hw = expected_hw
         self._session: Any = None
 
     def activate_impl(self) -> None:
@@ -53,6 +54,7 @@ class OnnxRuntimeRunner(Runner):
         self._session = ort.InferenceSession(str(self.path), options, providers=providers)
         self.input_names = tuple(i.name for i in self._session.get_inputs())
         self.output_names = tuple(o.name for o in self._session.get_outputs())
+        self.check_input_size(self._session.get_inputs()[0].shape, self.expected_hw)
         log.info("onnxruntime %s on %s", ort.__version__, ", ".join(self._session.get_providers()))
 
     def infer_impl(self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str]) -> dict[str, np.ndarray]:

@@ -14,6 +14,7 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 from aaclip.contract.errors import UserError
 from aaclip.contract.manifest import TRT_FLAVOURS
+from aaclip.contract.tensors import INPUT_NAME
 
 from .base import Runner
 from .cuda_memory import CudaMemory, default_cuda_memory
@@ -43,8 +44,9 @@ class TensorRTRunner(Runner):
     name = "tensorrt"
 
     def __init__(self, engine_path: str | Path, flavour: str = "tensorrt", max_batch: Optional[int] = None,
-                 trt: Any = None, cuda: Optional[CudaMemory] = None):
+                 trt: Any = None, cuda: Optional[CudaMemory] = None, expected_hw: Optional[tuple[int, int]] = None):
         super().__init__()
+        self.expected_hw = expected_hw
         self.engine_path = Path(engine_path)
         self.flavour = flavour
         self.max_batch = max_batch
@@ -76,6 +78,8 @@ class TensorRTRunner(Runner):
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         self.input_names = tuple(n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
         self.output_names = tuple(n for n in names if n not in self.input_names)
+        if INPUT_NAME in self.input_names:
+            self.check_input_size(tuple(engine.get_tensor_shape(INPUT_NAME)), self.expected_hw)
         if self.max_batch is None:
             self.max_batch = self._profile_max_batch()
 
