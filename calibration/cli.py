@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Optional
 
 import click
-from aaclip.contract.cli import Group, setup_logging
+from aaclip.contract.cli import FiniteFloat, Group, setup_logging
 from aaclip.contract.errors import UserError
 from aaclip.contract.files import image_files
 from aaclip.contract.manifest import Manifest, load_manifest
@@ -103,9 +103,9 @@ def cli() -> None:
 @_source_options
 @click.option("--frames", type=click.IntRange(min=2),
               help="Frames to record from --camera (required there); at most this many with --images/--data.")
-@click.option("--far", type=float, default=thresholds.DEFAULT_FAR, show_default=True,
+@click.option("--far", type=FiniteFloat(), default=thresholds.DEFAULT_FAR, show_default=True,
               help="False-alarm rate per normal frame the threshold aims at (0.001: one per 1000 good frames).")
-@click.option("--pixel-far", type=float, default=thresholds.DEFAULT_PIXEL_FAR, show_default=True,
+@click.option("--pixel-far", type=FiniteFloat(), default=thresholds.DEFAULT_PIXEL_FAR, show_default=True,
               help="False-alarm rate per normal pixel for the pixel (overlay) threshold.")
 @click.option("--pixel-samples", type=click.IntRange(min=0), default=4096, show_default=True,
               help="Anomaly-map pixels sampled per frame for the pixel threshold (0: derive it from map_max).")
@@ -163,11 +163,11 @@ def threshold(artifact: Path, images, data, camera, anomalies, class_name, verbo
               help="Synthetic products (and as many with synthetic defects) added to the gate's held-out set.")
 @click.option("--method", type=click.Choice(["minmax", "percentile"]), default="minmax", show_default=True,
               help="Activation range estimator (percentile: 99.999th, clips rare outliers).")
-@click.option("--min-map-corr", type=float, default=MIN_MAP_CORR, show_default=True,
+@click.option("--min-map-corr", type=FiniteFloat(min=-1.0, max=1.0), default=MIN_MAP_CORR, show_default=True,
               help="Gate: mean per-frame Pearson correlation of INT8 vs FP32 anomaly maps.")
-@click.option("--min-rank-corr", type=float, default=MIN_RANK_CORR, show_default=True,
+@click.option("--min-rank-corr", type=FiniteFloat(min=-1.0, max=1.0), default=MIN_RANK_CORR, show_default=True,
               help="Gate: Spearman correlation of INT8 vs FP32 image scores.")
-@click.option("--max-auroc-change", type=float, default=MAX_AUROC_CHANGE, show_default=True,
+@click.option("--max-auroc-change", type=FiniteFloat(min=0.0, max=1.0), default=MAX_AUROC_CHANGE, show_default=True,
               help="Gate: largest |AUROC(INT8) - AUROC(FP32)| on the held-out labels.")
 @click.option("--force", is_flag=True, help="Write the INT8 graph even when the gate fails (recorded in the manifest).")
 @click.option("--discard-calibration", is_flag=True,

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 import click
-from aaclip.contract.cli import Command, setup_logging
+from aaclip.contract.cli import Command, FiniteFloat, setup_logging
 from aaclip.contract.errors import UserError
 
 if TYPE_CHECKING:
@@ -176,11 +176,11 @@ def verify_command(artifact: Path, ckpt: Optional[Path], options: "VerifyOptions
 @click.option("--images", type=click.Path(path_type=Path),
               help="(--verify) folder of images (DIR/<class>/x.png picks the class) [default: synthetic frames].")
 @click.option("--frames", type=click.IntRange(min=1), default=8, show_default=True, help="(--verify) number of frames.")
-@click.option("--map-tol", type=float,
+@click.option("--map-tol", type=FiniteFloat(min=0.0),
               help="(--verify) max map error relative to the map range [fp32 1e-4, fp16 1e-2].")
-@click.option("--score-tol", type=float, help="(--verify) max cls_score error [fp32 1e-4, fp16 5e-3].")
-@click.option("--min-corr", type=float, help="(--verify) min per-image map correlation [fp32 0.99999, fp16 0.999].")
-@click.option("--min-iou", type=float, help="(--verify) min IoU of the top-1% pixels [fp32 0.9, fp16 0.8].")
+@click.option("--score-tol", type=FiniteFloat(min=0.0), help="(--verify) max cls_score error [fp32 1e-4, fp16 5e-3].")
+@click.option("--min-corr", type=FiniteFloat(min=-1.0, max=1.0), help="(--verify) min per-image map correlation [fp32 0.99999, fp16 0.999].")
+@click.option("--min-iou", type=FiniteFloat(min=0.0, max=1.0), help="(--verify) min IoU of the top-1% pixels [fp32 0.9, fp16 0.8].")
 @click.option("-v", "--verbose", count=True, help="More log output.")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
 def cli(ckpt, out, fmt, precision, classes, input_size, opset, batch, workspace_mb, timing_cache, flavour,

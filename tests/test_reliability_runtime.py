@@ -127,6 +127,22 @@ def test_numeric_options_refuse_nan_inf_and_out_of_range(tmp_path, option, value
     assert r.exit_code == 2 and message in r.output and "Traceback" not in r.output
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["threshold", "{art}", "--images", "{tmp}", "--far", "nan"], "'nan' is not a finite number"),
+    (["threshold", "{art}", "--images", "{tmp}", "--pixel-far", "inf"], "'inf' is not a finite number"),
+    (["int8", "{art}", "--images", "{tmp}", "--min-map-corr", "2"], "2 must be <= 1"),
+])
+def test_calibration_and_verify_options_refuse_nan_and_out_of_range(tmp_path, argv, message):
+    from aaclip.calibration.cli import cli as calibrate
+    from aaclip.export.cli import cli as export
+
+    art = make_onnx_artifact(tmp_path)
+    r = CliRunner().invoke(calibrate, [a.format(art=art, tmp=tmp_path) for a in argv])
+    assert r.exit_code == 2 and message in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(export, ["--verify", str(art), "--map-tol", "nan"])
+    assert r.exit_code == 2 and "'nan' is not a finite number" in r.output
+
+
 # ---- sources that never deliver ------------------------------------------------------------------
 def test_folder_of_broken_images_with_loop_ends_instead_of_spinning(tmp_path):
     art = make_onnx_artifact(tmp_path)
