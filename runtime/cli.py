@@ -1,18 +1,20 @@
-"""``aaclip-runtime``: run an exported artifact (ONNX or TensorRT engine + manifest) on cameras."""
+"""``aaclip-runtime``: run an exported artifact (ONNX or TensorRT engine + manifest), or a model served by Triton
+Inference Server (``grpc://HOST:8001/MODEL``), on cameras."""
 from __future__ import annotations
 
 import logging
 import signal
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 import click
 from aaclip.contract.cli import Command, setup_logging
 from aaclip.contract.errors import UserError
-from aaclip.contract.manifest import open_artifact
+from aaclip.contract.manifest import Manifest, open_artifact
 
-from .backends import AUTO, backend_names, open_runner
+from .backends import AUTO, RunnerOptions, backend_names, open_runner
+from .backends.triton import parse_endpoint
 from .capture import Backoff
 from .loop import CameraLoop, LoopConfig, Summary, source_classes
 from .sinks import EVIDENCE_FORMATS, AnnotatedVideo, DisplaySink, EventLog, EvidenceWriter, Sink
@@ -42,7 +44,7 @@ def _install_signal_handlers(loop: CameraLoop) -> dict:
 class RunConfig:
     """Everything ``aaclip-runtime`` is asked to do (one field per command-line option)."""
 
-    artifact: Path
+    artifact: Union[Path, str]  # a file, or a served model: grpc://HOST:8001/MODEL, http://HOST:8000/MODEL
     cameras: tuple[str, ...]
     backend: str = AUTO
     batch: int = 1
@@ -61,10 +63,14 @@ class RunConfig:
     stats_every: float = 10.0
     reconnect_delay: float = 0.5
     reconnect_max: float = 10.0
+    in_flight: Optional[int] = None  # batches on a server at once (None: one per camera, at least 2)
 
     def loop_config(self) -> LoopConfig:
+        if self.in_flight is not None and self.in_flight < 1:
+            raise UserError(f"--in-flight must be >= 1, got {self.in_flight}")
         return LoopConfig(batch=self.batch, drop=self.drop, threshold=self.threshold, debounce=self.debounce,
                           max_frames=self.max_frames, stats_every=self.stats_every,
+                          in_flight=self.in_flight or max(2, len(self.cameras)),
                           backoff=Backoff(initial=self.reconnect_delay,
                                           maximum=max(self.reconnect_max, self.reconnect_delay)))
 
@@ -88,9 +94,22 @@ def open_sinks(config: RunConfig, sources: list) -> list[Sink]:
     return sinks
 
 
+def open_model(config: RunConfig) -> tuple[Manifest, str, Optional[RunnerOptions]]:
+    """(manifest, backend, runner options) of the artifact: a local file's manifest, or the manifest a Triton
+    server publishes for its model (validated and checked against the served tensors)."""
+    if parse_endpoint(config.artifact) is None:
+        return open_artifact(config.artifact), config.backend, None
+    if config.backend not in (AUTO, "triton"):
+        raise UserError(f"{config.artifact} is a served model: it runs on the triton backend, not {config.backend}")
+    from .backends.triton import served_manifest
+
+    manifest = served_manifest(config.artifact, config.batch)
+    return manifest, "triton", RunnerOptions(extra={"endpoint": str(config.artifact)})
+
+
 def run(config: RunConfig) -> Summary:
     """Run the camera loop as configured; returns its summary (also on SIGINT/SIGTERM)."""
-    manifest = open_artifact(config.artifact)
+    manifest, backend, options = open_model(config)
     if not config.cameras:
         raise UserError("no camera given; pass --camera (device index, path, URL, csi://0 or a pipeline)")
     if config.debounce < 1:
@@ -100,10 +119,10 @@ def run(config: RunConfig) -> Summary:
     sinks: list[Sink] = []
     try:
         sinks = open_sinks(config, sources)
-        with open_runner(manifest, config.backend) as runner:
+        with open_runner(manifest, backend, options) as runner:
             loop = CameraLoop(runner, manifest, sources, class_ids, config.loop_config(), sinks)
             previous = _install_signal_handlers(loop)
-            log.info("running %s (%s) on %s; threshold %.4g, debounce %d, %s mode", config.artifact.name,
+            log.info("running %s (%s) on %s; threshold %.4g, debounce %d, %s mode", manifest.artifact_path.name,
                      runner.name, ", ".join(s.name for s in sources), loop.params.threshold, config.debounce,
                      "live (newest frame)" if config.drop else "offline (no drop)")
             try:
@@ -119,7 +138,7 @@ def run(config: RunConfig) -> Summary:
 
 
 @click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("artifact", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("artifact", metavar="ARTIFACT|grpc://HOST:8001/MODEL")
 @click.option("--camera", "cameras", multiple=True, metavar="SPEC",
               help="Source, repeatable: device index (0), /dev/video0, v4l2:///dev/video0, csi://0, rtsp://..., "
                    "http(s)://..., video file (file://x.mp4 or x.mp4), image folder, or a GStreamer pipeline "
@@ -149,14 +168,18 @@ def run(config: RunConfig) -> Summary:
 @click.option("--reconnect-delay", type=float, default=0.5, show_default=True,
               help="First reconnect delay in seconds (doubles on each failure).")
 @click.option("--reconnect-max", type=float, default=10.0, show_default=True, help="Longest reconnect delay (s).")
+@click.option("--in-flight", type=int, default=None,
+              help="Served model: batches on the server at once [default: one per camera, at least 2].")
 @click.option("-v", "--verbose", count=True, help="More log output.")
 @click.option("-q", "--quiet", is_flag=True, help="Warnings and errors only.")
-def main(artifact: Path, cameras: tuple[str, ...], backend: str, batch: int, classes: tuple[str, ...],
+def main(artifact: str, cameras: tuple[str, ...], backend: str, batch: int, classes: tuple[str, ...],
          threshold: Optional[float], debounce: int, events: Optional[Path], evidence: Optional[Path],
          evidence_format: str, video: Optional[Path], video_fps: Optional[float], show: bool, no_drop: bool,
          loop_files: bool, max_frames: Optional[int], stats_every: float, reconnect_delay: float,
-         reconnect_max: float, verbose: int, quiet: bool) -> None:
-    """Run ARTIFACT (model.onnx or model.engine, with its .manifest.json) on one or more cameras.
+         reconnect_max: float, in_flight: Optional[int], verbose: int, quiet: bool) -> None:
+    """Run ARTIFACT (model.onnx or model.engine, with its .manifest.json) on one or more cameras, or a model
+    served by Triton Inference Server (grpc://HOST:8001/MODEL or http://HOST:8000/MODEL; its manifest comes
+    from the server, and a lost server is reconnected to like a lost camera).
 
     Each frame gets a score (graph contract); an alarm fires after --debounce consecutive frames at or
     above the threshold. Ctrl-C or SIGTERM finishes the current frame, flushes outputs, prints a summary
@@ -164,10 +187,10 @@ def main(artifact: Path, cameras: tuple[str, ...], backend: str, batch: int, cla
     """
     setup_logging(verbose, quiet)
     summary = run(RunConfig(
-        artifact=artifact, cameras=cameras, backend=backend, batch=batch, classes=classes, threshold=threshold,
+        artifact=artifact if parse_endpoint(artifact) else Path(artifact), cameras=cameras, backend=backend, batch=batch, classes=classes, threshold=threshold,
         debounce=debounce, events=events, evidence=evidence, evidence_format=evidence_format, video=video,
         video_fps=video_fps, show=show, drop=not no_drop, loop_files=loop_files, max_frames=max_frames,
-        stats_every=stats_every, reconnect_delay=reconnect_delay, reconnect_max=reconnect_max))
+        stats_every=stats_every, reconnect_delay=reconnect_delay, reconnect_max=reconnect_max, in_flight=in_flight))
     click.echo(summary.text())
 
 
