@@ -214,3 +214,23 @@ def test_model_repository_of_the_tiny_model_loads_in_the_server(tmp_path):
         assert got[name].shape == want[name].shape
         np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6)
     assert not np.allclose(got["cls_score"][0], got["cls_score"][1])  # real, varying outputs
+
+
+def test_bench_triton_rows_per_number_of_clients(tmp_path):
+    from aaclip.benchmarks.suite import BenchConfig, run_benchmark
+
+    cfg = BenchConfig(out_dir=tmp_path / "out", tiny=True, backends=("triton",), precisions=("fp32",), batches=(1,),
+                      reps=6, warmup=1, loop=False, plot=False, clients=(1, 3), serve_python=SERVE_PYTHON,
+                      work_dir=tmp_path / "work")
+    result, files = run_benchmark(cfg)
+    rows = {r["key"]: r for r in result["rows"]}
+    assert sorted(rows) == ["triton/cpu/fp32/c1", "triton/cpu/fp32/c3"]
+    for n, row in ((1, rows["triton/cpu/fp32/c1"]), (3, rows["triton/cpu/fp32/c3"])):
+        assert row["status"] == "ok" and row["clients"] == n and row["parity_passed"], row
+        assert row["images_per_s"] > 0 and row["latency_p50_ms"] > 0
+        assert row["server_queue_ms"] >= 0 and row["server_compute_ms"] > 0
+        assert 1.0 <= row["server_batch_mean"] <= n
+    assert rows["triton/cpu/fp32/c1"]["server_batch_mean"] == 1.0  # one client never waits for another
+    text = files["markdown"].read_text()
+    assert "## Served by Triton Inference Server (concurrent clients)" in text
+    assert "| Triton (aaclip-serve) | cpu | fp32 | 3 |" in text
