@@ -111,6 +111,24 @@ def test_four_camera_clients_are_batched_by_the_server(served, tmp_path):
     assert scores[0] == scores[2] and scores[1] == scores[3] and scores[0] != scores[1]  # class per client kept
 
 
+def test_one_station_with_four_cameras_keeps_the_batcher_fed(served, tmp_path):
+    """aaclip-runtime with four cameras keeps a request per camera on the server (asynchronous loop)."""
+    art, server = served
+    videos = tuple(str(write_video(tmp_path / f"cam{i}.avi", 20, defect_frames=[7])) for i in range(4))
+    with open_runner(served_manifest(server.grpc_url), "triton",
+                     RunnerOptions(extra={"endpoint": server.grpc_url})) as probe:
+        before = probe.statistics()
+        summary = run(RunConfig(artifact=server.grpc_url, cameras=videos, classes=("bottle",), drop=False,
+                                stats_every=0, events=tmp_path / "ev.jsonl"))
+        window = probe.statistics().minus(before)
+    assert (summary.frames, summary.lost, summary.alarms) == (80, 0, 4)
+    assert window.inferences == 80 and window.mean_batch > 1.0 and max(b for b, _ in window.batches) > 1, window
+    per_camera = {}
+    for e in read_events(tmp_path / "ev.jsonl"):
+        per_camera.setdefault(e["source"], []).append(e["frame"])
+    assert per_camera == {f"cam{i}.avi": list(range(20)) for i in range(4)}  # every frame, in order per camera
+
+
 class PacedSource(Source):
     """Frames of a video, looped, one every ``period_s`` (a camera's pace) without being live (no drop)."""
 
