@@ -67,6 +67,7 @@ class Listen:
     grpc_port: int = DEFAULT_GRPC_PORT
     http_port: int = DEFAULT_HTTP_PORT
     metrics_port: int = DEFAULT_METRICS_PORT
+    workspace: Optional[Path] = None  # PyTriton's model store and server copy (None: a temporary folder)
 
 
 # ---- what to serve -------------------------------------------------------------------------------------
@@ -200,7 +201,7 @@ def serve(plan: ServePlan, listen: Listen) -> None:
     # statistics stay readable without PyTriton's access token, as in NVIDIA's container: clients and
     # aaclip-bench read the server's queue/compute split there; model control and shared memory stay restricted
     security = TritonSecurityConfig(restricted_endpoints=[e for e in DEFAULT_PROTECTED_ENDPOINTS if e != "statistics"])
-    triton = Triton(config=config, security_config=security)
+    triton = Triton(config=config, security_config=security, workspace=listen.workspace)
     try:
         triton.bind(model_name=plan.model_name, infer_func=[infer_function(r, manifest) for r in runners],
                     inputs=_tensors(served_inputs(manifest)), outputs=_tensors(served_outputs(manifest)),
@@ -239,12 +240,14 @@ def serve(plan: ServePlan, listen: Listen) -> None:
 @click.option("--backend", default="auto", show_default=True, help="Runner behind the server: auto, onnxruntime, tensorrt.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--threads", type=int, default=None, help="Intra-op threads per instance (ONNX Runtime).")
+@click.option("--workspace", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="PyTriton's workspace (its model store) [default: a temporary folder, removed at exit].")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv: the server's own log).")
 @click.option("-q", "--quiet", is_flag=True, help="Warnings and errors only.")
 def main(artifact: Path, model_name: Optional[str], host: str, grpc_port: int, http_port: int, metrics_port: int,
          max_batch: Optional[int], preferred_batch: Optional[str], max_queue_delay_us: Optional[int],
-         instances: Optional[int], backend: str, device: str, threads: Optional[int], verbose: int,
-         quiet: bool) -> None:
+         instances: Optional[int], backend: str, device: str, threads: Optional[int], workspace: Optional[Path],
+         verbose: int, quiet: bool) -> None:
     """Serve ARTIFACT (model.onnx / model.engine with its manifest, or a model repository folder) with Triton
     Inference Server until Ctrl-C or SIGTERM."""
     setup_logging(verbose, quiet)
@@ -261,7 +264,7 @@ def main(artifact: Path, model_name: Optional[str], host: str, grpc_port: int, h
         plan = plan_from_repository(artifact, overrides)
     else:
         plan = ServePlan(artifact=artifact, **{k: v for k, v in overrides.items() if v is not None})
-    serve(plan, Listen(host, grpc_port, http_port, metrics_port))
+    serve(plan, Listen(host, grpc_port, http_port, metrics_port, workspace))
 
 
 if __name__ == "__main__":

@@ -6,11 +6,14 @@ so stopping or killing it takes PyTriton's ``tritonserver`` child along.
 """
 from __future__ import annotations
 
+import glob
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -60,6 +63,7 @@ class ServerProcess:
     ports: Ports
     model: str
     log_path: Path
+    workspace: Optional[Path] = None  # PyTriton's workspace, removed once the server is gone
 
     @property
     def grpc_url(self) -> str:
@@ -112,12 +116,20 @@ class ServerProcess:
         return self.process.returncode
 
     def kill(self) -> None:
-        """SIGKILL the server and everything it started (a crash, as far as clients can tell)."""
+        """SIGKILL the server and everything it started (a crash, as far as clients can tell), then remove the
+        shared-memory blocks PyTriton names after that process (nobody else will)."""
         self._signal_group(signal.SIGKILL)
         try:
             self.process.wait(10)
         except subprocess.TimeoutExpired:
-            pass
+            return
+        for path in glob.glob(f"/dev/shm/pytrtion{self.process.pid}-*"):  # PyTriton's spelling
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+        if self.workspace is not None:
+            shutil.rmtree(self.workspace, ignore_errors=True)
 
 
 def start_server(python: Path, artifact: Path, args: Sequence[str] = (), model: str = "aaclip",
@@ -126,15 +138,17 @@ def start_server(python: Path, artifact: Path, args: Sequence[str] = (), model: 
     (``.wait_ready()``)."""
     ports = ports or Ports()
     log_path = Path(log_path) if log_path else Path(artifact).with_name(f"serve-{ports.grpc}.log")
+    # a short path of our own (PyTriton puts unix sockets there: at most 107 bytes), removed after a kill too
+    workspace = Path(tempfile.mkdtemp(prefix="aaclip-serve-"))
     cmd = [str(python), "-m", "aaclip.serve.cli", str(artifact), "--model-name", model, "--host", LOOPBACK,
            "--grpc-port", str(ports.grpc), "--http-port", str(ports.http), "--metrics-port", str(ports.metrics),
-           *args]
+           "--workspace", str(workspace / "pytriton"), *args]
     with open(log_path, "ab") as out:
         process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    start_new_session=True)
     log.info("started aaclip-serve (pid %d) for %s on gRPC %d / HTTP %d", process.pid, artifact, ports.grpc,
              ports.http)
-    return ServerProcess(process, ports, model, log_path)
+    return ServerProcess(process, ports, model, log_path, workspace)
 
 
 __all__ = ["serve_python", "free_port", "Ports", "ServerProcess", "start_server", "SERVE_PYTHON_ENV", "SERVE_VENV"]
