@@ -194,16 +194,13 @@ class CameraLoop:
     def _submit(self, frames: list[CapturedFrame]) -> Optional[Pending]:
         for i, f in enumerate(frames):
             self.feeds.put(i, f.image, self.class_ids[f.source_index])
-        if self._backend_down:
-            self._lose(frames, None)
-            return None
         try:
             return self.runner.submit(self.feeds.feeds(len(frames)), self._wanted)
         except BackendUnavailable as exc:
             self._lose(frames, exc)
             return None
 
-    def _lose(self, frames: list[CapturedFrame], exc: Optional[BaseException]) -> None:
+    def _lose(self, frames: list[CapturedFrame], exc: BaseException) -> None:
         self.summary.lost += len(frames)
         if not self._backend_down:
             log.warning("%s backend unavailable (%s): %d frame(s) lost; reconnecting", self.runner.name, exc,

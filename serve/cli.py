@@ -99,8 +99,11 @@ def plan_from_repository(path: Path, overrides: dict) -> ServePlan:
         if sorted(have, key=lambda t: t.name) != sorted(want, key=lambda t: t.name):
             raise UserError(f"{config_path}: its {kind}s {have} differ from what {model_file.name}'s manifest "
                             f"describes {list(want)}; re-export the repository with aaclip-export --format triton")
+    if config.max_batch_size < 1:
+        raise UserError(f"{config_path}: max_batch_size {config.max_batch_size}; the runtime sends batches, so the "
+                        "model must batch (re-export with aaclip-export --format triton)")
     fields = dict(artifact=model_file, model_name=config.name or config_path.parent.name,
-                  max_batch=config.max_batch_size or None,
+                  max_batch=config.max_batch_size,
                   preferred_batches=tuple(config.dynamic_batching.preferred_batch_size),
                   max_queue_delay_us=int(config.dynamic_batching.max_queue_delay_microseconds),
                   instances=sum(g.count or 1 for g in config.instance_group) or 1)
@@ -115,7 +118,7 @@ def check_plan(plan: ServePlan, manifest: Manifest) -> ServePlan:
     if manifest.batch_min > 1:
         raise UserError(f"{manifest.artifact_path.name}'s batch profile starts at {manifest.batch_min}, but Triton's "
                         "batcher sends batches from 1: rebuild the engine with --batch 1:OPT:MAX")
-    top = plan.max_batch or manifest.batch_max or DEFAULT_MAX_BATCH
+    top = plan.max_batch if plan.max_batch is not None else (manifest.batch_max or DEFAULT_MAX_BATCH)
     if manifest.batch_max is not None and top > manifest.batch_max:
         raise UserError(f"--max-batch {top} exceeds {manifest.artifact_path.name}'s batch profile (max "
                         f"{manifest.batch_max})")
