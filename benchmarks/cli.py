@@ -10,7 +10,7 @@ from typing import Optional
 import click
 from aaclip.contract.cli import Command, setup_logging
 
-from .rows import BACKENDS, PRECISIONS, parse_batches, parse_list
+from .rows import BACKENDS, DEFAULT_BACKENDS, PRECISIONS, parse_batches, parse_list
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +47,8 @@ def resolve_model(ckpt: Optional[Path], tiny: bool, shape: Optional[str], method
 @click.option("--method", metavar="NAME", default=None,
               help="Model family of the --tiny/--shape random checkpoint [default: aa-clip]; with --ckpt it only "
                    "checks the checkpoint's.")
-@click.option("--backends", default=",".join(BACKENDS), show_default=True,
-              help=f"Comma-separated: {', '.join(BACKENDS)}.")
+@click.option("--backends", default=",".join(DEFAULT_BACKENDS), show_default=True,
+              help=f"Comma-separated: {', '.join(BACKENDS)} (triton: the graph served by Triton, per --clients).")
 @click.option("--precisions", default="fp32,fp16", show_default=True,
               help=f"Comma-separated: {', '.join(PRECISIONS)} (int8 needs --int8 or an INT8 --engine).")
 @click.option("--batches", default="1,2,4", show_default=True, help="Comma-separated batch sizes.")
@@ -73,12 +73,19 @@ def resolve_model(ckpt: Optional[Path], tiny: bool, shape: Optional[str], method
               help="Peak TFLOP/s of the device for the fraction-of-peak column (overrides the built-in table).")
 @click.option("--no-plot", is_flag=True, help="Skip the PNG plot.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights and frames.")
+@click.option("--clients", default="1,2,4", show_default=True,
+              help="(triton) numbers of concurrent clients, one frame per request each.")
+@click.option("--server", default=None, metavar="grpc://HOST:8001/MODEL",
+              help="(triton) a running server that serves this model [default: start aaclip-serve on loopback].")
+@click.option("--serve-python", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="(triton) Python of aaclip-serve's environment [default: $AACLIP_SERVE_PYTHON, else .venv-serve].")
 @click.option("-v", "--verbose", count=True, help="More log output.")
 @click.option("-q", "--quiet", is_flag=True, help="Warnings and errors only.")
 def main(ckpt: Optional[Path], tiny: bool, shape: Optional[str], method: Optional[str], backends: str, precisions: str, batches: str,
          reps: int, warmup: int, out_dir: Path, loop: bool, overlay: bool, frames: int, parity_frames: int,
          int8: Optional[Path], engines: tuple[Path, ...], work_dir: Optional[Path], peak_tflops: Optional[float],
-         no_plot: bool, seed: int, verbose: int, quiet: bool) -> None:
+         no_plot: bool, seed: int, clients: str, server: Optional[str], serve_python: Optional[Path], verbose: int,
+         quiet: bool) -> None:
     """Benchmark a model the way a production engineer measures it.
 
     Rows: backend x precision x batch (PyTorch eager, ONNX Runtime CPU/CUDA, TensorRT); rows that cannot
@@ -97,6 +104,7 @@ def main(ckpt: Optional[Path], tiny: bool, shape: Optional[str], method: Optiona
             precisions=parse_list(precisions, PRECISIONS, "--precisions"), batches=parse_batches(batches),
             reps=reps, warmup=warmup, loop=loop, overlay=overlay, frames=frames, parity_frames=parity_frames,
             int8=int8, engines=engines, work_dir=work_dir, peak_tflops=peak_tflops, seed=seed, plot=not no_plot,
+            clients=parse_batches(clients, "--clients"), server=server, serve_python=serve_python,
         )
         result, files = run_benchmark(cfg)
     counts: dict[str, int] = {}

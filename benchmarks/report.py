@@ -27,6 +27,7 @@ ROW_COLUMNS = (
     "loop_non_inference_share",
     "loop_latency_p50_ms", "loop_latency_p95_ms", "loop_latency_p99_ms",
     *(f"loop_{s}_ms_per_image" for s in STAGES),
+    "clients", "server_queue_ms", "server_compute_ms", "server_batch_mean",
 )
 FILE_NAMES = {"json": "benchmark.json", "csv": "benchmark.csv", "markdown": "benchmark.md", "plot": "benchmark.png"}
 
@@ -75,6 +76,26 @@ def _parity(row: dict) -> str:
     if row.get("parity") is None:
         return "-"
     return row["parity"]
+
+
+def _served(row: dict) -> bool:
+    return bool(row.get("clients"))
+
+
+def served_table(rows: Sequence[dict]) -> list[str]:
+    head = ("| Backend | Server device | Precision | Clients | FPS (all clients) | p50 (ms) | p95 (ms) | p99 (ms) "
+            "| Server queue (ms) | Server compute (ms) | Mean server batch | Parity vs FP32 |")
+    lines = [head, "|" + "---|" * head.count(" |")]
+    for r in rows:
+        if r["status"] != "ok":
+            continue
+        lines.append("| " + " | ".join([
+            r["backend_label"], r["device"], r["precision"], str(r["clients"]), _num(r["images_per_s"]),
+            _num(r["latency_p50_ms"]), _num(r["latency_p95_ms"]), _num(r["latency_p99_ms"]),
+            _num(r.get("server_queue_ms")), _num(r.get("server_compute_ms")), _num(r.get("server_batch_mean")),
+            _parity(r),
+        ]) + " |")
+    return lines
 
 
 def results_table(rows: Sequence[dict]) -> list[str]:
@@ -128,8 +149,16 @@ def markdown_text(result: dict) -> str:
         "", "## Backends", "",
         "Parity vs FP32: the export verifier's comparison with the FP32 PyTorch reference on "
         f"{settings['parity_frames']} frames; map = max |anomaly map error| / map range, cls = max |cls_score "
-        "error|; PASS/FAIL against the precision's tolerances.", "", *results_table(rows),
+        "error|; PASS/FAIL against the precision's tolerances.", "",
+        *results_table([r for r in rows if not _served(r)]),
     ]
+    served = [r for r in rows if _served(r)]
+    if any(r["status"] == "ok" for r in served):
+        lines += ["", "## Served by Triton Inference Server (concurrent clients)", "",
+                  "N clients (threads, one triton runner each) send one frame per request like N cameras; FPS = all "
+                  "timed frames / wall time, latency per request as a client sees it; queue and compute are the "
+                  "server's own mean per request over the same window (statistics endpoint), mean batch = "
+                  "images / executions of the model.", "", *served_table(served)]
     looped = [r for r in rows if r.get("loop_status") == "ok"]
     if looped:
         lines += ["", "## End-to-end runtime loop (video file, offline no-drop mode)", "",
@@ -155,7 +184,7 @@ def markdown_text(result: dict) -> str:
 # ---- plot ----------------------------------------------------------------------------------------
 def write_plot(rows: Sequence[dict], path: Path, title: str) -> Optional[Path]:
     """Throughput and p95 latency against batch size, one line per backend/device/precision."""
-    ok = [r for r in rows if r["status"] == "ok"]
+    ok = [r for r in rows if r["status"] == "ok" and not _served(r)]
     if not ok:
         return None
     import matplotlib
@@ -200,5 +229,5 @@ def write_outputs(result: dict, out_dir: Path, plot: bool = True) -> dict[str, P
     return written
 
 
-__all__ = ["ROW_COLUMNS", "FILE_NAMES", "empty_row", "csv_text", "results_table", "loop_table", "markdown_text",
+__all__ = ["ROW_COLUMNS", "FILE_NAMES", "empty_row", "csv_text", "results_table", "served_table", "loop_table", "markdown_text",
            "write_plot", "write_outputs"]

@@ -3,7 +3,8 @@ labels the report uses.
 
 Backends as the CLI names them: ``torch`` (PyTorch eager, the registry's ``pytorch`` reference runner:
 host-side pre-processing, then the checkpoint's ``predict`` on normalized tensors), ``onnxruntime`` (the exported
-graph; CPU, and CUDA when the CUDA execution provider exists) and ``tensorrt`` (an engine on a GPU).
+graph; CPU, and CUDA when the CUDA execution provider exists), ``tensorrt`` (an engine on a GPU) and
+``triton`` (the graph served by Triton Inference Server, rows per number of concurrent clients: ``served``).
 """
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ from typing import Optional, Sequence
 
 from aaclip.contract.errors import UserError
 
-BACKENDS = ("torch", "onnxruntime", "tensorrt")
+DEFAULT_BACKENDS = ("torch", "onnxruntime", "tensorrt")
+BACKENDS = DEFAULT_BACKENDS + ("triton",)
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
-BACKEND_LABELS = {"torch": "PyTorch eager", "onnxruntime": "ONNX Runtime", "tensorrt": "TensorRT"}
+BACKEND_LABELS = {"torch": "PyTorch eager", "onnxruntime": "ONNX Runtime", "tensorrt": "TensorRT",
+                  "triton": "Triton (aaclip-serve)"}
 
 
 @dataclass(frozen=True)
@@ -24,9 +27,12 @@ class RowSpec:
     device: str  # "cpu" | "cuda"
     precision: str
     batch: int
+    clients: int = 0  # served rows: concurrent clients (one frame per request each)
 
     @property
     def key(self) -> str:
+        if self.clients:
+            return f"{self.backend}/{self.device}/{self.precision}/c{self.clients}"
         return f"{self.backend}/{self.device}/{self.precision}/b{self.batch}"
 
 
@@ -67,19 +73,22 @@ def parse_list(text: str, allowed: Sequence[str], option: str) -> list[str]:
     return list(dict.fromkeys(items))
 
 
-def parse_batches(text: str) -> list[int]:
+def parse_batches(text: str, option: str = "--batches") -> list[int]:
     try:
         values = [int(t) for t in str(text).split(",") if t.strip()]
     except ValueError:
         values = []
     if not values or min(values) < 1:
-        raise UserError(f"--batches {text!r}: use positive integers separated by commas, e.g. 1,2,4")
+        raise UserError(f"{option} {text!r}: use positive integers separated by commas, e.g. 1,2,4")
     return sorted(set(values))
 
 
 def row_devices(backend: str, precision: str, caps: Capabilities) -> list[str]:
     """Devices a backend's rows run on: PyTorch FP32 on the GPU when there is one (else the CPU) and
-    reduced precision on the GPU only; ONNX Runtime on the CPU and CUDA; TensorRT on CUDA."""
+    reduced precision on the GPU only; ONNX Runtime on the CPU and CUDA; TensorRT on CUDA. Served rows
+    (``triton``) are not batch rows: ``served`` makes them per number of clients."""
+    if backend == "triton":
+        return []
     if backend == "torch":
         return ["cuda"] if precision != "fp32" or caps.cuda else ["cpu"]
     if backend == "onnxruntime":
@@ -123,5 +132,5 @@ def skip_reason(spec: RowSpec, caps: Capabilities) -> Optional[str]:
     return None
 
 
-__all__ = ["BACKENDS", "PRECISIONS", "BACKEND_LABELS", "RowSpec", "Capabilities", "detect_capabilities",
+__all__ = ["BACKENDS", "DEFAULT_BACKENDS", "PRECISIONS", "BACKEND_LABELS", "RowSpec", "Capabilities", "detect_capabilities",
            "parse_list", "parse_batches", "row_devices", "expand_rows", "skip_reason"]

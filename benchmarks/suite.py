@@ -49,7 +49,7 @@ class BenchConfig:
     ckpt: Optional[Path] = None
     tiny: bool = False
     shape: Optional[str] = None
-    backends: Sequence[str] = R.BACKENDS
+    backends: Sequence[str] = R.DEFAULT_BACKENDS
     precisions: Sequence[str] = ("fp32", "fp16")
     batches: Sequence[int] = (1, 2, 4)
     reps: int = 10
@@ -64,6 +64,9 @@ class BenchConfig:
     peak_tflops: Optional[float] = None
     seed: int = 0
     plot: bool = True
+    clients: Sequence[int] = (1, 2, 4)   # served rows: concurrent clients
+    server: Optional[str] = None         # served rows: a running server's grpc://HOST:PORT/MODEL (else aaclip-serve)
+    serve_python: Optional[Path] = None  # served rows: the Python of aaclip-serve's environment
     command: str = field(default_factory=lambda: shlex.join(["aaclip-bench", *sys.argv[1:]]))
 
     def check(self) -> None:
@@ -81,6 +84,8 @@ class BenchConfig:
                 raise UserError(f"unknown precision {p!r}: use {', '.join(R.PRECISIONS)}")
         if not self.batches or min(self.batches) < 1:
             raise UserError("--batches must be positive integers")
+        if not self.clients or min(self.clients) < 1:
+            raise UserError("--clients must be positive integers")
         if self.int8 is not None and not Path(self.int8).is_file():
             raise UserError(f"--int8 {self.int8} does not exist: pass the INT8 (QDQ) ONNX graph")
 
@@ -248,7 +253,8 @@ def loop_fields(ctx: _Context, spec: R.RowSpec, runner, manifest, raw_ips: float
 def _base_row(spec: R.RowSpec, cfg: BenchConfig) -> dict:
     row = empty_row()
     row.update(key=spec.key, backend=spec.backend, backend_label=R.BACKEND_LABELS[spec.backend], device=spec.device,
-               precision=spec.precision, batch=spec.batch, reps=cfg.reps, warmup=cfg.warmup)
+               precision=spec.precision, batch=spec.batch, reps=cfg.reps, warmup=cfg.warmup,
+               clients=spec.clients or None)
     return row
 
 
@@ -328,6 +334,13 @@ def run_benchmark(cfg: BenchConfig, progress: Optional[Callable[[str], None]] = 
                 progress(f"{group[0].backend}/{group[0].device}/{group[0].precision}")
             for row in run_group(ctx, group):
                 rows_by_key[row["key"]] = row
+        served: list[dict] = []
+        if "triton" in cfg.backends:
+            from .served import served_rows
+
+            if progress:
+                progress("triton")
+            served = served_rows(ctx, precisions, _base_row, parity_fields)
         result = {
             "format": RESULT_FORMAT, "format_version": RESULT_VERSION,
             "model": {"description": ctx.description, "backbone": ctx.model.config.backbone.name,
@@ -336,9 +349,10 @@ def run_benchmark(cfg: BenchConfig, progress: Optional[Callable[[str], None]] = 
             "settings": {"command": cfg.command, "backends": list(cfg.backends), "precisions": precisions,
                          "batches": list(cfg.batches), "reps": cfg.reps, "warmup": cfg.warmup, "loop": cfg.loop,
                          "overlay": cfg.overlay, "frames": cfg.frames, "parity_frames": cfg.parity_frames,
-                         "loop_batches_per_row": f"{max(1, cfg.warmup)} warm-up + {cfg.reps} timed", "int8": str(cfg.int8) if cfg.int8 else None},
+                         "loop_batches_per_row": f"{max(1, cfg.warmup)} warm-up + {cfg.reps} timed", "int8": str(cfg.int8) if cfg.int8 else None,
+                         "clients": list(cfg.clients)},
             "environment": env,
-            "rows": [rows_by_key[s.key] for s in specs],
+            "rows": [rows_by_key[s.key] for s in specs] + served,
         }
     return result, write_outputs(result, cfg.out_dir, cfg.plot)
 

@@ -4,6 +4,7 @@
     aaclip-export CKPT --precision fp16 --classes bottle --input-size 1080x1920
     aaclip-export CKPT --format engine --precision fp16 --batch 1:4:8 --trt-flavour tensorrt
     aaclip-export aaclip-fp16.onnx --format engine               # on the Jetson, from a copied graph
+    aaclip-export CKPT --format triton --out models/ --batch 1:4:8   # a Triton model repository (docs/deploy-triton.md)
     aaclip-export --verify runs/demo/ckpt/aaclip-fp32.onnx [--ckpt CKPT] [--images DIR]
 """
 from __future__ import annotations
@@ -11,8 +12,9 @@ from __future__ import annotations
 import logging
 import shlex
 import sys
+import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import click
 from aaclip.contract.cli import Command, FiniteFloat, setup_logging
@@ -25,7 +27,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("onnx", "engine")
+FORMATS = ("onnx", "engine", "triton")
 
 
 def _split_classes(text: Optional[str]) -> Optional[list[str]]:
@@ -44,6 +46,8 @@ def _check_suffix(out: Optional[Path], fmt: str) -> None:
     if fmt == "engine" and suffix == ".onnx":
         raise UserError(f"--out {out} ends in .onnx but --format engine writes an engine (and its graph beside it as "
                         ".onnx): use e.g. --out model.engine")
+    if fmt in ("onnx", "engine") and Path(out).is_dir():
+        raise UserError(f"--out {out} is a folder; --format {fmt} writes one file (--format triton writes a folder)")
     if fmt == "onnx" and suffix in (".engine", ".plan", ".trt"):
         raise UserError(f"--out {out} looks like an engine but --format is onnx: add --format engine or use .onnx")
 
@@ -62,6 +66,24 @@ def check_method(path: Path, method: Optional[str]) -> None:
         from aaclip.contract.manifest import load_manifest
 
         check(load_manifest(path).method, method, f"artifact {path}")
+
+
+def triton_repository(source: Path, out: Optional[Path], options, export_graph: Callable[[Path], Path]) -> Path:
+    """``--format triton``: a Triton model repository in ``out`` from an exported graph or engine (copied), or
+    from a checkpoint (``export_graph(path)`` writes the ONNX graph into a temporary folder, then it is moved)."""
+    from .triton_repo import check_version_free, write_model_repository
+
+    if out is None:
+        raise UserError("--format triton writes a model repository: give its folder with --out REPO")
+    if Path(out).suffix.lower() in (".onnx", ".engine", ".plan", ".trt"):
+        raise UserError(f"--out {out} looks like a file, but --format triton writes a model repository folder")
+    check_version_free(out, options)
+    if Path(source).is_file():
+        return write_model_repository(source, out, options)
+    Path(out).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".aaclip-triton-", dir=out) as tmp:
+        graph = export_graph(Path(tmp) / "model.onnx")
+        return write_model_repository(graph, out, options, move=True)
 
 
 def engine_from_onnx(onnx_path: Path, out: Optional[Path], options: "EngineOptions") -> Path:
@@ -140,10 +162,12 @@ def verify_command(artifact: Path, ckpt: Optional[Path], options: "VerifyOptions
 
 @click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.argument("ckpt", metavar="CKPT|MODEL.onnx", required=False, type=click.Path(path_type=Path))
-@click.option("--out", "-o", type=click.Path(dir_okay=False, path_type=Path),
-              help="Artifact path [default: CKPT/aaclip-<precision>[-HxW].onnx|.engine].")
+@click.option("--out", "-o", type=click.Path(path_type=Path),
+              help="Artifact path [default: CKPT/aaclip-<precision>[-HxW].onnx|.engine]; --format triton: the "
+                   "model repository folder.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default="onnx", show_default=True,
-              help="onnx: portable graph (ONNX Runtime, TensorRT parser). engine: TensorRT engine built from it.")
+              help="onnx: portable graph (ONNX Runtime, TensorRT parser). engine: TensorRT engine built from it. "
+                   "triton: a Triton model repository from CKPT, MODEL.onnx or MODEL.engine.")
 @click.option("--precision", type=click.Choice(["fp32", "fp16"]),
               help="fp16: FP16 transformer compute, FP32 LayerNorm/softmax/normalizations/post-processing "
                    "[default: fp32].")
@@ -152,7 +176,9 @@ def verify_command(artifact: Path, ckpt: Optional[Path], options: "VerifyOptions
 @click.option("--input-size", help="Camera resolution HxW (e.g. 1080x1920): the graph resizes (PIL bicubic) "
                                    "inside [default: model resolution].")
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset, 17..20 (TensorRT 10.3: <= 20).")
-@click.option("--batch", default="1:4:8", show_default=True, help="Engine batch profile MIN:OPT:MAX.")
+@click.option("--batch", default="1:4:8", show_default=True,
+              help="Engine batch profile MIN:OPT:MAX; --format triton from ONNX: max_batch_size MAX, preferred "
+                   "batch sizes OPT and MAX.")
 @click.option("--workspace-mb", type=click.IntRange(min=16), default=2048, show_default=True,
               help="TensorRT builder workspace limit.")
 @click.option("--timing-cache", type=click.Path(dir_okay=False, path_type=Path),
@@ -169,6 +195,17 @@ def verify_command(artifact: Path, ckpt: Optional[Path], options: "VerifyOptions
                    "then lost: recalibrate). Without it such a re-export is refused; an identical one keeps them.")
 @click.option("--external-data/--no-external-data", default=None,
               help="Store tensors in <out>.data beside the graph [default: only when larger than 1.8 GB].")
+@click.option("--model-name", default="aaclip", show_default=True, help="(triton) the served model's name.")
+@click.option("--model-version", type=int, default=1, show_default=True, help="(triton) version folder.")
+@click.option("--max-queue-delay-us", type=int, default=1000, show_default=True,
+              help="(triton) how long the dynamic batcher waits to fill a batch, in microseconds.")
+@click.option("--instances", type=int, default=1, show_default=True,
+              help="(triton) model instances per device (instance_group count).")
+@click.option("--instance-kind", type=click.Choice(["gpu", "cpu"]), default="gpu", show_default=True,
+              help="(triton) KIND_GPU or KIND_CPU instances (ONNX only for cpu).")
+@click.option("--gpus", default=None, metavar="0,1", help="(triton) GPUs of the instance group [default: all].")
+@click.option("--tensorrt-accelerator", type=click.Choice(["fp32", "fp16"]), default=None,
+              help="(triton, ONNX) run the graph through ONNX Runtime's TensorRT execution accelerator.")
 @click.option("--verify", "verify", type=click.Path(path_type=Path), metavar="ARTIFACT",
               help="Parity gate: run ARTIFACT and the PyTorch model on the same frames, exit 1 beyond tolerances.")
 @click.option("--ckpt", "verify_ckpt", type=click.Path(path_type=Path),
@@ -184,8 +221,9 @@ def verify_command(artifact: Path, ckpt: Optional[Path], options: "VerifyOptions
 @click.option("-v", "--verbose", count=True, help="More log output.")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
 def cli(ckpt, out, fmt, precision, classes, input_size, opset, batch, workspace_mb, timing_cache, flavour,
-        clip_weights, method, discard_calibration, external_data, verify, verify_ckpt, images, frames, map_tol,
-        score_tol, min_corr, min_iou, verbose, quiet):
+        clip_weights, method, discard_calibration, external_data, model_name, model_version, max_queue_delay_us,
+        instances, instance_kind, gpus, tensorrt_accelerator, verify, verify_ckpt, images, frames, map_tol, score_tol,
+        min_corr, min_iou, verbose, quiet):
     """Export a checkpoint CKPT (any model family) to a deployable ONNX graph or TensorRT engine (+ manifest),
     build an engine from an exported MODEL.onnx (--format engine; needs TensorRT, not PyTorch), or check
     an exported ARTIFACT against PyTorch with --verify. See docs/export.md."""
@@ -206,11 +244,38 @@ def cli(ckpt, out, fmt, precision, classes, input_size, opset, batch, workspace_
         raise UserError("give a checkpoint directory to export (aaclip-export CKPT) or --verify ARTIFACT")
     if ckpt.exists():
         check_method(ckpt, method)
+    fixed = [name for name, value in (("--precision", precision), ("--classes", classes),
+                                      ("--input-size", input_size), ("--clip-weights", clip_weights)) if value]
+    if fmt == "triton":
+        from .engine import parse_batch
+        from .triton_repo import TritonRepoOptions
+
+        if ckpt.is_file() and fixed:
+            raise UserError(f"{', '.join(fixed)} cannot change an exported artifact: re-export from the checkpoint")
+        _, opt, top = parse_batch(batch)
+        options = TritonRepoOptions(
+            model_name=model_name, version=model_version, max_batch=top, preferred_batches=tuple(sorted({opt, top})),
+            max_queue_delay_us=max_queue_delay_us, instances=instances, instance_kind=instance_kind,
+            gpus=_gpu_list(gpus), tensorrt_accelerator=tensorrt_accelerator)
+
+        def export_graph(graph: Path) -> Path:
+            from .onnx_export import ExportOptions, check_opset, export_onnx, parse_input_size, rebuild_command
+
+            check_opset(opset)
+            graph_options = ExportOptions(precision=precision or "fp32", classes=_split_classes(classes),
+                                          input_size=parse_input_size(input_size), opset=opset,
+                                          external_data=external_data, clip_weights=clip_weights)
+            command = rebuild_command(ckpt, out, "triton", graph_options, ["--batch", batch, "--model-name", model_name])
+            return export_onnx(ckpt, graph, graph_options, rebuild=command).path
+
+        path = triton_repository(ckpt, out, options, export_graph)
+        click.echo(str(path))
+        log.info("next: aaclip-serve %s, or NVIDIA's Triton container (docs/deploy-triton.md)",
+                 shlex.quote(str(path)))
+        return
     if ckpt.is_file() and ckpt.suffix == ".onnx":
         if fmt != "engine":
             raise UserError(f"{ckpt} is already an ONNX graph: add --format engine to build a TensorRT engine from it")
-        fixed = [name for name, value in (("--precision", precision), ("--classes", classes),
-                                          ("--input-size", input_size), ("--clip-weights", clip_weights)) if value]
         if fixed:
             raise UserError(f"{', '.join(fixed)} cannot change an exported graph: re-export from the checkpoint")
         path = engine_from_onnx(ckpt, out, engine)
@@ -223,6 +288,15 @@ def cli(ckpt, out, fmt, precision, classes, input_size, opset, batch, workspace_
         path = export_command(ckpt, out, fmt, options, engine)
     click.echo(str(path))
     log.info("next: aaclip-export --verify %s", shlex.quote(str(path)))
+
+
+def _gpu_list(text: Optional[str]) -> tuple[int, ...]:
+    if not text:
+        return ()
+    try:
+        return tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise UserError(f"--gpus {text!r}: give GPU indices separated by commas, e.g. 0,1") from None
 
 
 def main(argv: Optional[list[str]] = None) -> None:

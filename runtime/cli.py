@@ -1,4 +1,5 @@
-"""``aaclip-runtime``: run an exported artifact (ONNX or TensorRT engine + manifest) on cameras."""
+"""``aaclip-runtime``: run an exported artifact (ONNX or TensorRT engine + manifest), or a model served by Triton
+Inference Server (``grpc://HOST:8001/MODEL``), on cameras."""
 from __future__ import annotations
 
 import logging
@@ -6,14 +7,15 @@ import signal
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 import click
 from aaclip.contract.cli import Command, FiniteFloat, setup_logging
 from aaclip.contract.errors import UserError
-from aaclip.contract.manifest import open_artifact
+from aaclip.contract.manifest import Manifest, open_artifact
 
-from .backends import AUTO, backend_names, open_runner
+from .backends import AUTO, RunnerOptions, backend_names, open_runner
+from .backends.triton import parse_endpoint
 from .capture import Backoff
 from .loop import CameraLoop, LoopConfig, Summary, source_classes
 from .sinks import EVIDENCE_FORMATS, AnnotatedVideo, DisplaySink, EventLog, EvidenceWriter, Sink
@@ -55,7 +57,7 @@ class StopSignals:
 class RunConfig:
     """Everything ``aaclip-runtime`` is asked to do (one field per command-line option)."""
 
-    artifact: Path
+    artifact: Union[Path, str]  # a file, or a served model: grpc://HOST:8001/MODEL, http://HOST:8000/MODEL
     cameras: tuple[str, ...]
     backend: str = AUTO
     batch: int = 1
@@ -86,10 +88,12 @@ class RunConfig:
     def backoff(self) -> Backoff:
         return Backoff(initial=self.reconnect_delay, maximum=max(self.reconnect_max, self.reconnect_delay))
 
+    in_flight: Optional[int] = None  # batches on a server at once (None: one per camera, at least 2)
+
     def loop_config(self, stop: Optional[threading.Event] = None) -> LoopConfig:
         return LoopConfig(batch=self.batch, drop=self.drop, threshold=self.threshold, debounce=self.debounce,
                           max_frames=self.max_frames, stats_every=self.stats_every, stop_event=stop,
-                          backoff=self.backoff)
+                          in_flight=self.in_flight or max(2, len(self.cameras)), backoff=self.backoff)
 
 
 def open_sinks(config: RunConfig, sources: list) -> list[Sink]:
@@ -137,9 +141,22 @@ def open_line_sinks(config: RunConfig) -> list[Sink]:
     return sinks
 
 
+def open_model(config: RunConfig) -> tuple[Manifest, str, Optional[RunnerOptions]]:
+    """(manifest, backend, runner options) of the artifact: a local file's manifest, or the manifest a Triton
+    server publishes for its model (validated and checked against the served tensors)."""
+    if parse_endpoint(config.artifact) is None:
+        return open_artifact(config.artifact), config.backend, None
+    if config.backend not in (AUTO, "triton"):
+        raise UserError(f"{config.artifact} is a served model: it runs on the triton backend, not {config.backend}")
+    from .backends.triton import served_manifest
+
+    manifest = served_manifest(config.artifact, config.batch)
+    return manifest, "triton", RunnerOptions(extra={"endpoint": str(config.artifact)})
+
+
 def run(config: RunConfig) -> Summary:
     """Run the camera loop as configured; returns its summary (also on SIGINT/SIGTERM)."""
-    manifest = open_artifact(config.artifact)
+    manifest, backend, options = open_model(config)
     if not config.cameras:
         raise UserError("no camera given; pass --camera (device index, path, URL, csi://0 or a pipeline)")
     if config.debounce < 1:
@@ -159,13 +176,14 @@ def run(config: RunConfig) -> Summary:
                 log.info("stopped by %s before the loop started", stop.reason)
                 return Summary(stopped_by=stop.reason or "signal")
             sinks = open_sinks(config, sources)
-            with open_runner(manifest, config.backend) as runner:
+            with open_runner(manifest, backend, options) as runner:
                 loop = CameraLoop(runner, manifest, sources, class_ids, config.loop_config(stop.event), sinks)
                 if not manifest.calibrated:
                     log.warning("%s is not calibrated: its threshold is the export default, not fitted on this "
                                 "line's good parts; run aaclip-calibrate threshold %s --images GOOD_PARTS/ first",
-                                config.artifact.name, config.artifact)
-                log.info("running %s (%s) on %s; threshold %.4g, debounce %d, %s mode, run %s", config.artifact.name,
+                                manifest.artifact_path.name, config.artifact)
+                log.info("running %s (%s) on %s; threshold %.4g, debounce %d, %s mode, run %s",
+                         manifest.artifact_path.name,
                          runner.name, ", ".join(s.name for s in sources), loop.params.threshold, config.debounce,
                          "live (newest frame)" if config.drop else "offline (no drop)", loop.run_id)
                 summary = loop.run()
@@ -180,7 +198,7 @@ def run(config: RunConfig) -> Summary:
 
 
 @click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("artifact", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("artifact", metavar="ARTIFACT|grpc://HOST:8001/MODEL")
 @click.option("--camera", "cameras", multiple=True, metavar="SPEC",
               help="Source, repeatable: device index (0), /dev/video0, v4l2:///dev/video0, csi://0, rtsp://..., "
                    "http(s)://..., video file (file://x.mp4 or x.mp4), image folder, or a GStreamer pipeline "
@@ -226,15 +244,20 @@ def run(config: RunConfig) -> Summary:
               help="Publish alarms (QoS 1) to mqtt://[USER:PASS@]HOST[:PORT]/PREFIX on PREFIX/CAMERA/alarm; "
                    "?decisions=1 adds every decision, ?queue=N bounds the outage queue (default 1000).")
 @click.option("--webhook", metavar="URL", default=None, help="POST each alarm event (JSON) to this http(s) URL.")
+@click.option("--in-flight", type=click.IntRange(min=1), default=None,
+              help="Served model: batches on the server at once [default: one per camera, at least 2].")
 @click.option("-v", "--verbose", count=True, help="More log output.")
 @click.option("-q", "--quiet", is_flag=True, help="Warnings and errors only.")
-def main(artifact: Path, cameras: tuple[str, ...], backend: str, batch: int, classes: tuple[str, ...],
+def main(artifact: str, cameras: tuple[str, ...], backend: str, batch: int, classes: tuple[str, ...],
          threshold: Optional[float], debounce: int, events: Optional[Path], evidence: Optional[Path],
          evidence_format: str, evidence_max: Optional[int], video: Optional[Path], video_fps: Optional[float],
          show: bool, no_drop: bool, loop_files: bool, max_frames: Optional[int], stats_every: float,
          reconnect_delay: float, reconnect_max: float, open_timeout: float, http: Optional[str], view_fps: float,
-         health_timeout: float, mqtt: Optional[str], webhook: Optional[str], verbose: int, quiet: bool) -> None:
-    """Run ARTIFACT (model.onnx or model.engine, with its .manifest.json) on one or more cameras.
+         health_timeout: float, mqtt: Optional[str], webhook: Optional[str], in_flight: Optional[int], verbose: int,
+         quiet: bool) -> None:
+    """Run ARTIFACT (model.onnx or model.engine, with its .manifest.json) on one or more cameras, or a model
+    served by Triton Inference Server (grpc://HOST:8001/MODEL or http://HOST:8000/MODEL; its manifest comes
+    from the server, and a lost server is reconnected to like a lost camera).
 
     Each frame gets a score (graph contract); an alarm fires after --debounce consecutive frames at or
     above the threshold. --http serves a live page, /metrics and /healthz; --mqtt and --webhook send
@@ -243,12 +266,12 @@ def main(artifact: Path, cameras: tuple[str, ...], backend: str, batch: int, cla
     """
     setup_logging(verbose, quiet)
     summary = run(RunConfig(
-        artifact=artifact, cameras=cameras, backend=backend, batch=batch, classes=classes, threshold=threshold,
+        artifact=artifact if parse_endpoint(artifact) else Path(artifact), cameras=cameras, backend=backend, batch=batch, classes=classes, threshold=threshold,
         debounce=debounce, events=events, evidence=evidence, evidence_format=evidence_format, video=video,
         video_fps=video_fps, show=show, drop=not no_drop, loop_files=loop_files, max_frames=max_frames,
         stats_every=stats_every, reconnect_delay=reconnect_delay, reconnect_max=reconnect_max,
         evidence_max=evidence_max, open_timeout=open_timeout, http=http, view_fps=view_fps,
-        health_timeout=health_timeout, mqtt=mqtt, webhook=webhook))
+        health_timeout=health_timeout, mqtt=mqtt, webhook=webhook, in_flight=in_flight))
     click.echo(summary.text())
 
 

@@ -6,6 +6,11 @@ buffer (``aaclip.contract.feeds.FeedBuilder``) and runs the batch, ``decide`` tu
 ``cls_score`` into one ``Decision`` per frame. Anomaly maps are fetched only when a sink shows pixels, and
 a frame is rendered only when a sink wants that decision's view. Runs with any ``Runner`` and ``Source``
 (tests inject fakes).
+
+On an asynchronous backend (a Triton server) the loop keeps up to ``in_flight`` batches on the server and
+decides them in order as their results arrive, so several cameras keep the server's batcher fed. A lost
+server is handled like a lost camera: the frames of the failed batches are counted as lost, the loop waits
+for the server with the reconnect backoff and goes on.
 """
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ import logging
 import threading
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
@@ -21,7 +27,7 @@ from aaclip.contract.feeds import FeedBuilder
 from aaclip.contract.manifest import Manifest, ManifestWatch
 from aaclip.contract.tensors import MAP_OUTPUT, SCORE_OUTPUTS
 
-from .backends.base import Runner
+from .backends.base import BackendUnavailable, Pending, Runner
 from .capture import Backoff, CapturedFrame, CaptureHub
 from .decide import ALARM, Decider, Decision
 from .overlay import render
@@ -43,6 +49,7 @@ class LoopConfig:
     poll_s: float = 0.1             # how often an idle loop checks for a stop
     stop_event: Optional[threading.Event] = None  # set by signal handlers installed before the sources open
     reload_every_s: float = 2.0     # how often the manifest is checked for new score constants; 0 = never
+    in_flight: int = 1              # batches an asynchronous backend (a server) holds before the oldest is awaited
 
 
 @dataclass
@@ -63,6 +70,8 @@ class Summary:
     p50_ms: float = float("nan")
     p95_ms: float = float("nan")
     stopped_by: str = "end"
+    lost: int = 0                # frames whose inference was lost with the backend (server down)
+    backend_reconnects: int = 0  # times the loop got the backend back after losing it
 
     @property
     def infer_fps(self) -> float:
@@ -80,7 +89,7 @@ class Summary:
                 f"captured {self.captured}, dropped {self.dropped}, unreadable {self.unreadable}, "
                 f"reconnects {self.reconnects}, evidence {self.evidence}, write failures {self.write_failures}, "
                 f"latency p50 {self.p50_ms:.1f} ms p95 {self.p95_ms:.1f} ms, stopped by {self.stopped_by}, "
-                f"run {self.run_id}")
+                f"lost {self.lost}, backend reconnects {self.backend_reconnects}, run {self.run_id}")
 
 
 def source_classes(manifest: Manifest, names: Sequence[str], n_sources: int) -> list[int]:
@@ -123,6 +132,9 @@ class CameraLoop:
         self.summary = Summary(run_id=self.run_id)
         self.stats = StatsReporter(config.stats_every)
         self._wanted = SCORE_OUTPUTS + ((MAP_OUTPUT,) if any(s.needs_maps for s in self.sinks) else ())
+        self.depth = max(1, config.in_flight) if runner.asynchronous else 1
+        self._pending: deque[tuple[list[CapturedFrame], Optional[tuple[Pending, float]]]] = deque()
+        self._backend_down = False
 
     def stop(self, reason: str = "signal") -> None:
         """Ask the loop to stop after the batch in progress (safe from a signal handler)."""
@@ -146,21 +158,28 @@ class CameraLoop:
         hub.start()
         try:
             while not self.stop_event.is_set():
+                if self._backend_down:
+                    self._reconnect_backend()
+                    continue
                 want = cfg.batch
                 if cfg.max_frames is not None:
-                    want = min(want, cfg.max_frames - s.frames)
-                    if want <= 0:
+                    want = min(want, cfg.max_frames - s.frames - sum(len(f) for f, _ in self._pending))
+                    if want <= 0 and not self._pending:
                         self.stop("max-frames")
                         break
-                frames = hub.gather(want, cfg.poll_s)
-                if frames:
-                    self._process(frames)
+                frames = hub.gather(want, cfg.poll_s if not self._pending else 0.002) if want > 0 else []
+                if frames or self._pending:
+                    if self.depth == 1:
+                        self._process(frames)
+                    else:
+                        self._pipeline(frames)
                 elif hub.all_ended:
                     break
                 now = time.perf_counter()
                 self.stats.maybe_report(now, hub.captured, hub.dropped, hub.unreadable, hub.reconnects)
                 self._reload_score(now)
         finally:
+            self._drain()
             hub.close()
             self._close_sinks()
             s.elapsed_s = time.perf_counter() - t0
@@ -187,13 +206,59 @@ class CameraLoop:
 
     def _process(self, frames: list[CapturedFrame]) -> list[Decision]:
         """One batch: write, infer, decide, then render and emit each decision."""
+        return self._finish(frames, self._submit(frames)) if frames else []
+
+    def _pipeline(self, frames: list[CapturedFrame]) -> None:
+        """Asynchronous backend: submit ``frames``, then decide every batch whose result is in (in order),
+        waiting for the oldest when ``depth`` batches are out or nothing new came."""
+        if frames:
+            self._pending.append((frames, self._submit(frames)))
+        while self._pending and (len(self._pending) >= self.depth or not frames or self._pending[0][1] is None
+                                 or self._pending[0][1][0].done()):
+            self._finish(*self._pending.popleft())
+
+    def _drain(self) -> None:
+        while self._pending:
+            self._finish(*self._pending.popleft())
+
+    def _submit(self, frames: list[CapturedFrame]) -> Optional[tuple[Pending, float]]:
         for i, f in enumerate(frames):
             self.feeds.put(i, f.image, self.class_ids[f.source_index])
-        t_infer = time.perf_counter()
-        out = self.runner.infer(self.feeds.feeds(len(frames)), self._wanted)
+        t_submit = time.perf_counter()
+        try:
+            return self.runner.submit(self.feeds.feeds(len(frames)), self._wanted), t_submit
+        except BackendUnavailable as exc:
+            self._lose(frames, exc)
+            return None
+
+    def _lose(self, frames: list[CapturedFrame], exc: BaseException) -> None:
+        self.summary.lost += len(frames)
+        if not self._backend_down:
+            log.warning("%s backend unavailable (%s): %d frame(s) lost; reconnecting", self.runner.name, exc,
+                        len(frames))
+        self._backend_down = True
+
+    def _reconnect_backend(self) -> None:
+        """Like a camera loss: in-flight batches end (lost or decided), then wait for the backend with backoff."""
+        self._drain()
+        if self.runner.reconnect(self.stop_event, self.config.backoff.delays()):
+            self.summary.backend_reconnects += 1
+            self._backend_down = False
+            log.warning("%s backend is back after %d lost frame(s) so far", self.runner.name, self.summary.lost)
+
+    def _finish(self, frames: list[CapturedFrame], submitted: Optional[tuple[Pending, float]]) -> list[Decision]:
+        """Decide a submitted batch (its frames count as lost when the backend failed)."""
+        if submitted is None:
+            return []
+        pending, t_submit = submitted
+        try:
+            out = pending.result()
+        except BackendUnavailable as exc:
+            self._lose(frames, exc)
+            return []
         t_done = time.perf_counter()
         names = [self.manifest.classes[self.class_ids[f.source_index]] for f in frames]
-        decisions = self.decider.decide(frames, names, out, t_done, t_done - t_infer)
+        decisions = self.decider.decide(frames, names, out, t_done, t_done - t_submit)
         maps = out.get(MAP_OUTPUT)
         for i, (frame, decision) in enumerate(zip(frames, decisions)):
             self._emit(decision, frame, None if maps is None else maps[i])

@@ -5,14 +5,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-LAYERS = ("contract", "runtime", "train", "export", "calibration", "benchmarks", "demo")
+LAYERS = ("contract", "runtime", "serve", "train", "export", "calibration", "benchmarks", "demo")
 MAY_IMPORT = {  # aaclip packages each layer may import (besides itself)
     "contract": set(),
     "runtime": {"contract"},
+    "serve": {"contract", "runtime"},
     "train": {"contract", "runtime"},
     "export": {"contract", "runtime", "train"},
     "calibration": {"contract", "runtime", "export"},
-    "benchmarks": {"contract", "runtime", "train", "export", "calibration"},
+    "benchmarks": {"contract", "runtime", "serve", "train", "export", "calibration"},
     "demo": {"contract", "runtime", "train", "export", "calibration"},
 }
 # calibration runs on a bare Jetson: of train/ it may use only these torch-free data tools
@@ -20,7 +21,7 @@ TORCH_FREE_TRAIN_MODULES = {"aaclip.train.records", "aaclip.train.synth", "aacli
 # contract: at module level (a lazy import inside a function is fine: scikit-learn for the metrics)
 TOP_LEVEL_FORBIDDEN = {"contract": {"torch", "open_clip", "torchvision", "onnx", "onnxruntime", "tensorrt", "sklearn",
                                     "scipy"}}
-FORBIDDEN = {"runtime": {"torch", "open_clip", "torchvision"}}  # anywhere, lazily too
+FORBIDDEN = {"runtime": {"torch", "open_clip", "torchvision"}, "serve": {"torch", "open_clip", "torchvision"}}
 MAX_PARAMETERS = 8
 
 

@@ -1,8 +1,9 @@
 """Backends: runners for artifacts (activate / infer / deactivate), obtained by name from one registry.
 
-Registered here: ``onnxruntime`` (ONNX graphs; CUDA execution provider when present, else CPU) and
+Registered here: ``onnxruntime`` (ONNX graphs; CUDA execution provider when present, else CPU),
 ``tensorrt`` (engines, standard TensorRT or TensorRT-RTX; refuses one built for another TensorRT or GPU
-before loading it). See ``registry`` for ``open_runner`` and how other packages add backends.
+before loading it) and ``triton`` (a model served by Triton Inference Server; never chosen by ``auto``:
+``aaclip-runtime grpc://HOST:8001/MODEL`` picks it). See ``registry`` for ``open_runner`` and how other packages add backends.
 """
 from __future__ import annotations
 
@@ -50,10 +51,20 @@ register_backend(Backend(
     name="onnxruntime", formats=("onnx",), create=_onnxruntime, installed=module_installed("onnxruntime"),
     install_hint="pip install onnxruntime (onnxruntime-gpu on an x86 GPU machine)", auto_rank=50,
     description="ONNX Runtime: CUDA execution provider when present, else CPU"))
+def _triton(manifest: Manifest, options: RunnerOptions) -> Runner:
+    from .triton import make_triton_runner
+
+    return make_triton_runner(manifest, options)
+
+
 register_backend(Backend(
     name="tensorrt", formats=("engine",), create=_tensorrt, installed=module_installed("tensorrt", "tensorrt_rtx"),
     install_hint="TensorRT comes with JetPack; elsewhere pip install tensorrt-cu12 or tensorrt-rtx-cu13", auto_rank=10,
     description="TensorRT engines (standard or TensorRT-RTX) with pycuda or cuda-python"))
+register_backend(Backend(
+    name="triton", formats=("onnx", "engine"), create=_triton, installed=module_installed("tritonclient"),
+    install_hint="pip install 'aaclip-edge[triton]' (tritonclient[grpc,http])", auto_rank=1000,
+    description="a model served by Triton Inference Server (grpc:// or http:// artifact), KServe v2"))
 
 __all__ = ["AUTO", "Backend", "Runner", "RunnerOptions", "backend_names", "choose_backend", "get_backend",
            "module_installed", "open_runner", "register_backend"]

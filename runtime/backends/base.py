@@ -1,10 +1,37 @@
 """The one runner interface every backend implements (the shape of Polygraphy's runners)."""
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
-from typing import Mapping, Optional, Sequence
+from typing import Iterator, Mapping, Optional, Protocol, Sequence
 
 import numpy as np
+
+
+class BackendUnavailable(RuntimeError):
+    """A remote backend (an inference server) cannot be reached or lost a request. The camera loop treats it
+    like a camera loss: the batch's frames are counted as lost, then ``Runner.reconnect`` waits with backoff."""
+
+
+class Pending(Protocol):
+    """A submitted batch: ``done()`` without waiting, ``result()`` waits for ``infer``'s outputs (or raises)."""
+
+    def done(self) -> bool: ...
+
+    def result(self) -> dict[str, np.ndarray]: ...
+
+
+class Done:
+    """A batch computed at submission (every local backend)."""
+
+    def __init__(self, outputs: dict[str, np.ndarray]):
+        self._outputs = outputs
+
+    def done(self) -> bool:
+        return True
+
+    def result(self) -> dict[str, np.ndarray]:
+        return self._outputs
 
 
 class Runner(ABC):
@@ -18,9 +45,15 @@ class Runner(ABC):
     Buffers: ``lend_input`` gives the caller the array an input should be written into (TensorRT: its
     page-locked host buffer), so a frame is written once on its way to the device. The returned outputs
     may likewise be views of the runner's own buffers, valid until the next ``infer``: copy what you keep.
+
+    Asynchronous backends (``asynchronous = True``: a server) also take ``submit(feeds)``, which returns at
+    once with a ``Pending`` result, so a caller keeps several batches in flight; the feeds may be overwritten
+    as soon as ``submit`` returns. Losing the server raises ``BackendUnavailable``; ``reconnect`` then waits
+    for it to serve again.
     """
 
     name = "runner"
+    asynchronous = False
 
     def __init__(self) -> None:
         self.is_active = False
@@ -57,6 +90,21 @@ class Runner(ABC):
     def infer(self, feeds: Mapping[str, np.ndarray],
               outputs: Optional[Sequence[str]] = None) -> dict[str, np.ndarray]:
         """Run one batch; returns the requested outputs (all when ``outputs`` is None)."""
+        return self.infer_impl(feeds, self.check_call(feeds, outputs))
+
+    def submit(self, feeds: Mapping[str, np.ndarray], outputs: Optional[Sequence[str]] = None) -> Pending:
+        """Start one batch; its outputs come from ``result()`` of the returned handle. Local backends compute
+        here (the handle is done); asynchronous ones send the batch and return at once."""
+        return Done(self.infer(feeds, outputs))
+
+    def reconnect(self, stop: threading.Event, delays: Iterator[float]) -> bool:
+        """After ``BackendUnavailable``: wait (``delays`` between tries) until the backend serves again (True),
+        or until ``stop`` is set (False). Local backends have nothing to reconnect to."""
+        return not stop.is_set()
+
+    def check_call(self, feeds: Mapping[str, np.ndarray], outputs: Optional[Sequence[str]]) -> tuple[str, ...]:
+        """The output names an ``infer``/``submit`` call asks for, after checking the runner is active and
+        every input is there."""
         if not self.is_active:
             raise RuntimeError(f"{self.name} runner used before activate()")
         missing = [n for n in self.input_names if n not in feeds]
@@ -66,7 +114,7 @@ class Runner(ABC):
         unknown = [n for n in names if n not in self.output_names]
         if unknown:
             raise ValueError(f"{self.name}: unknown output(s) {unknown}; the artifact has {list(self.output_names)}")
-        return self.infer_impl(feeds, names)
+        return names
 
     def __enter__(self) -> "Runner":
         self.activate()
