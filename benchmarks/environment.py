@@ -10,7 +10,8 @@ from typing import Optional
 
 from .peaks import cpu_info, cpu_peak, jetson_model
 
-LIBRARIES = ("aaclip", "numpy", "torch", "open_clip", "onnx", "onnxruntime", "cv2", "tensorrt", "tensorrt_rtx")
+LIBRARIES = ("aaclip", "numpy", "torch", "open_clip", "onnx", "onnxruntime", "openvino", "cv2", "tensorrt",
+             "tensorrt_rtx")
 
 
 def library_versions() -> dict[str, Optional[str]]:
@@ -79,6 +80,7 @@ def thread_settings() -> dict:
     except Exception:  # noqa: BLE001
         pass
     out["onnxruntime_intra_op"] = "0 (onnxruntime default: one per physical core)"
+    out["openvino_threads"] = "openvino default (LATENCY hint: one stream on all cores)"
     return out
 
 

@@ -1,15 +1,23 @@
-"""Peak arithmetic throughput of known devices, to state achieved FLOP/s as a fraction of peak.
+"""Peak arithmetic throughput, to state achieved FLOP/s as a fraction of peak.
 
-Dense (no structured sparsity) peaks in TFLOP/s (TOPS for int8), per precision: ``fp16``/``bf16`` and
-``int8`` on tensor cores, ``fp32`` on CUDA cores (no TF32). Every entry names its source; a derived value
-says how it was derived. A device not in the table has an unknown peak (the fraction is then left
-empty) unless ``--peak-tflops`` gives one. A CPU's peak is unknown too: ``cpu_peak`` gives a nominal
-estimate from /proc/cpuinfo for the environment record, not for the fraction.
+GPUs: dense (no structured sparsity) datasheet peaks in TFLOP/s (TOPS for int8), per precision:
+``fp16``/``bf16`` and ``int8`` on tensor cores, ``fp32`` on CUDA cores (no TF32). Every entry names its
+source; a derived value says how it was derived. A GPU not in the table has an unknown peak unless
+``--peak-tflops`` gives one.
+
+CPUs: **measured** once per benchmark run (``measure_cpu_peaks``): a short matrix-multiply probe of the
+shape the model's MLP runs (M x K @ K x N = 1024 x 1024 @ 1024 x 4096, the best of a few repetitions) in
+FP32 with numpy's BLAS and, where installed, OpenVINO's CPU plugin in FP32, BF16 (when the CPU has it) and
+INT8 (FakeQuantize on both operands: VNNI/AMX integer kernels). The peak of a precision is the best rate any
+probe reached on this machine, now: a rate the machine demonstrably delivers to a GEMM, not a datasheet
+bound. ``cpu_peak`` keeps the nominal /proc/cpuinfo estimate for the environment record only.
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -104,16 +112,112 @@ def cpu_peak(precision: str, info: Optional[dict] = None) -> Optional[Peak]:
                                   "assumed) from /proc/cpuinfo")
 
 
+PROBE_SHAPE = (1024, 1024, 4096)  # M, K, N: one image's worth of a ViT MLP matmul (M tokens x width -> 4 x width)
+PROBE_REPS = 5
+CPU_PEAK_PRECISION = {"fp32": "fp32", "fp16": "fp32", "bf16": "bf16", "int8": "int8"}
+"""Which measured peak a CPU row is held against: FP16 graphs run their matmuls in FP32 on CPUs (ONNX
+Runtime's CPU provider casts around them), so fp16 rows use the FP32 peak."""
+
+log = logging.getLogger(__name__)
+
+
+def _best_rate(fn, flops: float, reps: int) -> float:
+    fn()  # warm-up (first-touch, kernel selection)
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return flops / best / 1e12
+
+
+def _numpy_probe(m: int, k: int, n: int, reps: int) -> dict[str, float]:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((m, k), np.float32), rng.standard_normal((k, n), np.float32)
+    return {"fp32": _best_rate(lambda: a @ b, 2.0 * m * k * n, reps)}
+
+
+def _openvino_probe(m: int, k: int, n: int, reps: int, threads: Optional[int]) -> dict[str, float]:
+    import numpy as np
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    core = ov.Core()
+    caps = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    rng = np.random.default_rng(0)
+    weights = rng.standard_normal((k, n)).astype(np.float32)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    rates = {}
+    for precision in ("fp32", "bf16", "int8"):
+        if (precision == "bf16" and "BF16" not in caps) or (precision == "int8" and "INT8" not in caps):
+            continue
+        param = ops.parameter([m, k], np.float32, name="x")
+        a, w = param.output(0), ops.constant(weights).output(0)
+        if precision == "int8":  # symmetric per-tensor FakeQuantize on both operands: integer kernels
+            lim = [ops.constant(np.float32(v)) for v in (-4.0, 4.0)]
+            a = ops.fake_quantize(a, *lim, *lim, 256).output(0)
+            wl = [ops.constant(np.float32(v)) for v in (-4.0, 4.0)]
+            w = ops.fake_quantize(w, *wl, *wl, 255).output(0)
+        model = ov.Model([ops.matmul(a, w, False, False)], [param], f"probe-{precision}")
+        config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32", "PERFORMANCE_HINT": "LATENCY"}
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        request = core.compile_model(model, "CPU", config).create_infer_request()
+        rates[precision] = _best_rate(lambda: request.infer({0: x}), 2.0 * m * k * n, reps)
+    return rates
+
+
+def measure_cpu_peaks(shape: tuple[int, int, int] = PROBE_SHAPE, reps: int = PROBE_REPS,
+                      threads: Optional[int] = None) -> dict:
+    """Measured CPU matmul peaks: ``{"peaks": {precision: TFLOP/s}, "probes": {"numpy fp32": ..., ...},
+    "shape": [M, K, N], "seconds": probe wall time}``. Probes that cannot run are left out (logged)."""
+    m, k, n = shape
+    t0 = time.perf_counter()
+    probes: dict[str, float] = {}
+    for name, probe in (("numpy", lambda: _numpy_probe(m, k, n, reps)),
+                        ("openvino", lambda: _openvino_probe(m, k, n, reps, threads))):
+        try:
+            probes.update({f"{name} {p}": r for p, r in probe().items()})
+        except Exception as exc:  # noqa: BLE001 - a missing library or device: that probe is left out
+            log.info("matmul probe %s skipped: %s", name, exc)
+    peaks: dict[str, float] = {}
+    for key, rate in probes.items():
+        precision = key.split()[-1]
+        peaks[precision] = max(peaks.get(precision, 0.0), rate)
+    return {"peaks": peaks, "probes": probes, "shape": [m, k, n], "reps": reps,
+            "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def measured_cpu_peak(precision: str, measured: Optional[dict]) -> Optional[Peak]:
+    """The measured peak a CPU row of ``precision`` is compared with (``CPU_PEAK_PRECISION``)."""
+    if not measured:
+        return None
+    want = CPU_PEAK_PRECISION.get(precision, precision)
+    tflops = measured["peaks"].get(want)
+    if not tflops:
+        return None
+    best = max((k for k in measured["probes"] if k.endswith(" " + want)), key=lambda k: measured["probes"][k])
+    m, k, n = measured["shape"]
+    return Peak(round(tflops, 4), f"measured: best of {measured['reps']} {m}x{k}x{n} {want.upper()} matmuls "
+                                  f"({best}) on this machine during this run")
+
+
 def device_peak(device: str, device_name: str, precision: str, override_tflops: Optional[float] = None,
-                cpu_estimate: bool = False) -> Optional[Peak]:
-    """Peak for a row: ``override_tflops`` if given, else the GPU table; a CPU's peak is unknown (None)
-    unless ``cpu_estimate`` asks for the nominal estimate."""
+                cpu_estimate: bool = False, cpu_measured: Optional[dict] = None) -> Optional[Peak]:
+    """Peak for a row: ``override_tflops`` if given, else a CPU's measured peak (``measure_cpu_peaks``; the
+    nominal estimate only when ``cpu_estimate`` asks for it and nothing was measured), else the GPU table."""
     if override_tflops:
         return Peak(float(override_tflops), "given with --peak-tflops")
     if device == "cpu":
-        return cpu_peak(precision) if cpu_estimate else None
+        peak = measured_cpu_peak(precision, cpu_measured)
+        if peak is None and cpu_estimate:
+            return cpu_peak(precision)
+        return peak
     jetson = jetson_model() or ""
     return gpu_peak(jetson if "jetson" in jetson.lower() else device_name, precision)
 
 
-__all__ = ["Peak", "GPU_PEAKS", "gpu_peak", "cpu_info", "cpu_peak", "device_peak", "jetson_model"]
+__all__ = ["Peak", "GPU_PEAKS", "gpu_peak", "cpu_info", "cpu_peak", "device_peak", "jetson_model",
+           "measure_cpu_peaks", "measured_cpu_peak", "PROBE_SHAPE", "CPU_PEAK_PRECISION"]

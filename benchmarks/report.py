@@ -98,18 +98,36 @@ def served_table(rows: Sequence[dict]) -> list[str]:
     return lines
 
 
+BASELINE = ("onnxruntime", "cpu", "fp32")
+"""The row every CPU row's speed is compared with (same batch): ONNX Runtime FP32 on the CPU."""
+
+
+def speedup(row: dict, rows: Sequence[dict]) -> Optional[float]:
+    """Median latency of the baseline row (same batch) over this row's; None without a baseline."""
+    if row.get("status") != "ok" or row.get("device") != BASELINE[1]:
+        return None
+    for r in rows:
+        if (r["backend"], r["device"], r["precision"]) == BASELINE and r["batch"] == row["batch"] \
+                and r["status"] == "ok" and row.get("latency_p50_ms"):
+            return r["latency_p50_ms"] / row["latency_p50_ms"]
+    return None
+
+
 def results_table(rows: Sequence[dict]) -> list[str]:
     head = ("| Backend | Device | Precision | Batch | Status | Size (MB) | Parity vs FP32 | ms/image | FPS "
-            "| p50 (ms) | p95 (ms) | p99 (ms) | TFLOP/s (of peak) | Host RSS peak (MB) | Device mem (MB) |")
+            "| min (ms) | median (ms) | p95 (ms) | p99 (ms) | vs ORT FP32 | TFLOP/s (of peak) | Host RSS peak (MB) "
+            "| Device mem (MB) |")
     lines = [head, "|" + "---|" * head.count(" |")]
     for r in rows:
         ok = r["status"] == "ok"
+        ratio = speedup(r, rows)
         lines.append("| " + " | ".join([
             r["backend_label"], r["device"], r["precision"], str(r["batch"]), r["status"],
             _num(r.get("artifact_size_mb"), 1), _parity(r) if ok else "-",
             _num(r.get("ms_per_image")) if ok else "-", _num(r.get("images_per_s")) if ok else "-",
+            _num(r.get("latency_min_ms")) if ok else "-",
             _num(r.get("latency_p50_ms")) if ok else "-", _num(r.get("latency_p95_ms")) if ok else "-",
-            _num(r.get("latency_p99_ms")) if ok else "-", _tflops(r) if ok else "-",
+            _num(r.get("latency_p99_ms")) if ok else "-", f"{_num(ratio)}x" if ratio else "-", _tflops(r) if ok else "-",
             _num(r.get("host_peak_rss_mb"), 0) if ok else "-", _num(r.get("device_mem_mb"), 0) if ok else "-",
         ]) + " |")
     return lines
@@ -143,8 +161,9 @@ def markdown_text(result: dict) -> str:
         f"- CPU: {env['cpu']['name']} ({env['cpu']['logical_cores']} logical cores); "
         f"GPU: {gpu['name'] or 'none'}" + (f" (driver {gpu['driver']})" if gpu.get("driver") else ""),
         "- libraries: " + ", ".join(f"{k} {v}" for k, v in env["libraries"].items() if v),
-        f"- {settings['reps']} timed repetitions after {settings['warmup']} warm-up calls per row; "
-        f"latencies are per call (one batch), FPS = batch / mean latency",
+        f"- rows timed interleaved: {settings['warmup']} warm-up then {settings['reps']} timed round-robin rounds, "
+        "one call per row per round; latencies are per call (one batch), FPS = batch / mean latency; "
+        "vs ORT FP32 = median latency of ONNX Runtime CPU FP32 (same batch) / the row's",
         f"- FLOPs per image: {model['flops_per_image'] / 1e9:.4g} GFLOP ({model['flops']['convention']})",
         "", "## Backends", "",
         "Parity vs FP32: the export verifier's comparison with the FP32 PyTorch reference on "
@@ -178,6 +197,11 @@ def markdown_text(result: dict) -> str:
     if peaks:
         lines += ["", "## Peaks used for the fraction of peak", ""]
         lines += [f"- {d} {p}: {t:g} TFLOP/s: {s}" for d, p, t, s in peaks]
+    probe = env.get("cpu_peaks")
+    if probe:
+        m, k, n = probe["shape"]
+        lines += ["", f"CPU matmul probe ({m}x{k} @ {k}x{n}, best of {probe['reps']}, {probe['seconds']} s): "
+                  + ", ".join(f"{name} {rate:.3g} TFLOP/s" for name, rate in probe["probes"].items())]
     return "\n".join(lines) + "\n"
 
 

@@ -3,7 +3,8 @@ labels the report uses.
 
 Backends as the CLI names them: ``torch`` (PyTorch eager, the registry's ``pytorch`` reference runner:
 host-side pre-processing, then the checkpoint's ``predict`` on normalized tensors), ``onnxruntime`` (the exported
-graph; CPU, and CUDA when the CUDA execution provider exists), ``tensorrt`` (an engine on a GPU) and
+graph; CPU, and CUDA when the CUDA execution provider exists), ``openvino`` (the same graph on the CPU:
+FP32, mixed BF16 where the CPU has BF16, the INT8 graph), ``tensorrt`` (an engine on a GPU) and
 ``triton`` (the graph served by Triton Inference Server, rows per number of concurrent clients: ``served``).
 """
 from __future__ import annotations
@@ -14,11 +15,11 @@ from typing import Optional, Sequence
 
 from aaclip.contract.errors import UserError
 
-DEFAULT_BACKENDS = ("torch", "onnxruntime", "tensorrt")
+DEFAULT_BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
 BACKENDS = DEFAULT_BACKENDS + ("triton",)
 PRECISIONS = ("fp32", "fp16", "bf16", "int8")
-BACKEND_LABELS = {"torch": "PyTorch eager", "onnxruntime": "ONNX Runtime", "tensorrt": "TensorRT",
-                  "triton": "Triton (aaclip-serve)"}
+BACKEND_LABELS = {"torch": "PyTorch eager", "onnxruntime": "ONNX Runtime", "openvino": "OpenVINO",
+                  "tensorrt": "TensorRT", "triton": "Triton (aaclip-serve)"}
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class Capabilities:
     tensorrt: bool
     int8_graph: bool
     engines: tuple[str, ...] = ()  # precisions of the TensorRT engines given with --engine
+    openvino: tuple[str, ...] = ()  # OpenVINO CPU optimization capabilities ("FP32", "BF16", "INT8"); () = none
 
 
 def detect_capabilities(int8_graph: bool, engine_precisions: Sequence[str] = ()) -> Capabilities:
@@ -61,7 +63,13 @@ def detect_capabilities(int8_graph: bool, engine_precisions: Sequence[str] = ())
     except Exception:  # noqa: BLE001
         providers = ()
     trt = any(importlib.util.find_spec(m) is not None for m in ("tensorrt", "tensorrt_rtx"))
-    return Capabilities(cuda, providers, trt, int8_graph, tuple(engine_precisions))
+    try:
+        import openvino
+
+        ov_caps = tuple(openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+    except Exception:  # noqa: BLE001 - not installed or no CPU plugin
+        ov_caps = ()
+    return Capabilities(cuda, providers, trt, int8_graph, tuple(engine_precisions), ov_caps)
 
 
 def parse_list(text: str, allowed: Sequence[str], option: str) -> list[str]:
@@ -85,14 +93,16 @@ def parse_batches(text: str, option: str = "--batches") -> list[int]:
 
 def row_devices(backend: str, precision: str, caps: Capabilities) -> list[str]:
     """Devices a backend's rows run on: PyTorch FP32 on the GPU when there is one (else the CPU) and
-    reduced precision on the GPU only; ONNX Runtime on the CPU and CUDA; TensorRT on CUDA. Served rows
-    (``triton``) are not batch rows: ``served`` makes them per number of clients."""
+    reduced precision on the GPU only; ONNX Runtime on the CPU and CUDA; OpenVINO on the CPU; TensorRT on CUDA.
+    Served rows (``triton``) are not batch rows: ``served`` makes them per number of clients."""
     if backend == "triton":
         return []
     if backend == "torch":
         return ["cuda"] if precision != "fp32" or caps.cuda else ["cpu"]
     if backend == "onnxruntime":
         return ["cpu", "cuda"]
+    if backend == "openvino":
+        return ["cpu"]
     return ["cuda"]
 
 
@@ -120,6 +130,16 @@ def skip_reason(spec: RowSpec, caps: Capabilities) -> Optional[str]:
             return "no INT8 graph given: pass --int8 PATH (a QDQ graph from aaclip-calibrate int8)"
         if spec.device == "cuda" and "CUDAExecutionProvider" not in caps.ort_providers:
             return "onnxruntime has no CUDAExecutionProvider here (install onnxruntime-gpu on a GPU machine)"
+        return None
+    if b == "openvino":
+        if not caps.openvino:
+            return "OpenVINO is not installed (pip install openvino)"
+        if p == "fp16":
+            return "OpenVINO on a CPU runs fp32, bf16 (mixed, from the FP32 graph) and int8 graphs; FP16 graphs are for GPUs"
+        if p == "bf16" and "BF16" not in caps.openvino:
+            return "this CPU has no BF16 (OpenVINO capabilities: " + ", ".join(caps.openvino) + ")"
+        if p == "int8" and not caps.int8_graph:
+            return "no INT8 graph given: pass --int8 PATH (a QDQ graph from aaclip-calibrate int8)"
         return None
     if not caps.cuda:
         return "no NVIDIA GPU visible: TensorRT engines run on a GPU (run aaclip-bench on the device)"

@@ -1,7 +1,11 @@
 """Running a benchmark: the model, its artifacts, every row (timed, parity-checked, looped), the result.
 
 Rows of one backend/device/precision share one runner (one ONNX Runtime session, one engine), activated
-once; each batch size is then timed with ``warmup`` untimed and ``reps`` timed calls on the same frames.
+once. Every runner is active at once and the rows are timed **interleaved**: ``warmup`` untimed rounds,
+then ``reps`` timed rounds, each round one call per row (round-robin, the starting row rotating), so
+load from other processes on a shared machine hits every row alike; rows report min and median with
+the mean-based throughput. A CPU's matmul peak is measured once per run (``peaks.measure_cpu_peaks``)
+and CPU rows report their fraction of it.
 Every runner comes from the backend registry; PyTorch rows and the parity reference are the ``pytorch``
 backend (``aaclip.export.reference``: training pre-processing + the checkpoint's ``predict``). Parity against
 FP32 uses the export verifier's comparator (``compare_outputs`` with the precision's tolerances), once per
@@ -13,6 +17,7 @@ import logging
 import shlex
 import sys
 import tempfile
+import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,16 +36,16 @@ from .environment import collect_environment, device_label
 from .flops import flops_report
 from .inputs import batch_of, bench_frames, write_video
 from .loop_timing import STAGES, run_timed_loop
-from .measure import DeviceMemory, HostMemory, latency_stats, time_calls
+from .measure import DeviceMemory, HostMemory, latency_stats
 from .models import Artifact, build_engine_for, export_graph, external_artifact, prepare_checkpoint
-from .peaks import device_peak
+from .peaks import device_peak, measure_cpu_peaks
 from .report import empty_row, write_outputs
 
 log = logging.getLogger(__name__)
 
 RESULT_FORMAT = "aaclip-benchmark"
 RESULT_VERSION = 1
-ARTIFACT_BACKENDS = ("onnxruntime", "tensorrt")
+ARTIFACT_BACKENDS = ("onnxruntime", "openvino", "tensorrt")
 
 
 @dataclass
@@ -112,6 +117,7 @@ class _Context:
         self._engines: dict[str, Artifact] = {}
         self._reference: Optional[dict] = None
         self._video: Optional[Path] = None
+        self.cpu_peaks: Optional[dict] = None  # measure_cpu_peaks(), once per run when CPU rows run
         for path in cfg.engines:
             from aaclip.contract.manifest import load_manifest
 
@@ -189,6 +195,12 @@ def row_runner(ctx: _Context, spec: R.RowSpec):
         manifest = open_artifact(ctx.graph("fp32").path)
         options = RunnerOptions(device=spec.device, extra={"model": ctx.model, "precision": spec.precision})
         return open_runner(manifest, REFERENCE_BACKEND, options), None, manifest
+    if spec.backend == "openvino":  # mixed BF16 runs the FP32 graph; measured here, so not behind the gate
+        artifact = ctx.graph("int8" if spec.precision == "int8" else "fp32")
+        extra = {"precision": "bf16" if spec.precision == "bf16" else "fp32", "ungated": True,
+                 "cache_dir": str(ctx.work / "openvino-cache")}
+        manifest = open_artifact(artifact.path)
+        return open_runner(manifest, "openvino", RunnerOptions(device=spec.device, extra=extra)), artifact, manifest
     artifact = ctx.graph(spec.precision) if spec.backend == "onnxruntime" else ctx.engine(spec.precision)
     manifest = open_artifact(artifact.path)
     return open_runner(manifest, spec.backend, RunnerOptions(device=spec.device)), artifact, manifest
@@ -196,15 +208,15 @@ def row_runner(ctx: _Context, spec: R.RowSpec):
 
 def _cuda_sync(spec: R.RowSpec) -> Optional[Callable[[], None]]:
     if spec.device != "cuda" or spec.backend != "torch":
-        return None  # onnxruntime and the TensorRT runner return host arrays: their calls are synchronous
+        return None  # onnxruntime, openvino and the TensorRT runner return host arrays: their calls are synchronous
     import torch
 
     return torch.cuda.synchronize
 
 
-def time_row(ctx: _Context, spec: R.RowSpec, runner, manifest) -> dict:
-    """Timing, memory and FLOP/s fields of one row with an active runner."""
-    cfg = ctx.cfg
+def row_call(ctx: _Context, spec: R.RowSpec, runner, manifest) -> Callable[[], None]:
+    """One timed call of a row: the next of its distinct input batches (filled once, up front) through ``runner``,
+    synchronized on CUDA."""
     builders = []  # one filled input set per distinct batch of frames
     for i in range(len(ctx.frames)):
         builder = FeedBuilder(manifest, spec.batch)
@@ -212,23 +224,27 @@ def time_row(ctx: _Context, spec: R.RowSpec, runner, manifest) -> dict:
             builder.put(k, frame)
         builders.append(builder.feeds(spec.batch))
     calls = iter(range(10**12))
+    sync = _cuda_sync(spec)
 
     def call() -> None:
         runner.infer(builders[next(calls) % len(builders)], OUTPUT_NAMES)
+        if sync:
+            sync()
 
-    with HostMemory() as host, DeviceMemory(torch_allocator=spec.backend == "torch") as dev:
-        times = time_calls(call, cfg.reps, cfg.warmup, _cuda_sync(spec))
+    return call
+
+
+def timing_fields(ctx: _Context, spec: R.RowSpec, times: Sequence[float]) -> dict:
+    """Latency, throughput and FLOP/s fields of a row from its per-call seconds."""
     fields = latency_stats(times, spec.batch)
     achieved = ctx.flops_per_image * fields["images_per_s"] / 1e12
     name = device_label(ctx.env, spec.device)
     gpu_name = (ctx.env["gpu"].get("name") or "") if spec.device == "cuda" else name
-    peak = device_peak(spec.device, gpu_name, spec.precision, cfg.peak_tflops)
+    peak = device_peak(spec.device, gpu_name, spec.precision, ctx.cfg.peak_tflops, cpu_measured=ctx.cpu_peaks)
     fields.update(
         device_name=name, flops_per_image=ctx.flops_per_image, achieved_tflops=achieved,
         peak_tflops=peak.tflops if peak else None, peak_source=peak.source if peak else None,
         fraction_of_peak=achieved / peak.tflops if peak else None,
-        host_peak_rss_mb=host.peak_mb, host_memory_method=host.method,
-        device_mem_mb=dev.peak_mb, device_memory_method=dev.method,
     )
     return fields
 
@@ -263,47 +279,116 @@ def _error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0][:300] if text else ''}"
 
 
-def run_group(ctx: _Context, specs: list[R.RowSpec]) -> list[dict]:
-    """Rows of one backend/device/precision: one runner, every batch size."""
-    rows = [_base_row(s, ctx.cfg) for s in specs]
+@dataclass
+class _Group:
+    """One backend/device/precision: one active runner shared by its batch sizes."""
+
+    specs: list[R.RowSpec]
+    rows: list[dict]
+    runner: object = None
+    artifact: Optional[Artifact] = None
+    manifest: object = None
+
+
+def open_group(ctx: _Context, specs: list[R.RowSpec]) -> _Group:
+    """Activate the group's runner; on failure its rows are marked failed (``runner`` stays None)."""
+    group = _Group(specs, [_base_row(s, ctx.cfg) for s in specs])
     first = specs[0]
     try:
         if not (first.backend == "torch" and first.precision == "fp32"):
             ctx.reference()  # before any runner moves the shared model to a GPU
-        runner, artifact, manifest = row_runner(ctx, first)
+        runner, group.artifact, group.manifest = row_runner(ctx, first)
+        log.info("activating %s/%s/%s", first.backend, first.device, first.precision)
         runner.activate()
+        group.runner = runner
     except Exception as exc:  # noqa: BLE001 - a row that cannot run is reported, the others go on
         log.warning("%s/%s/%s failed: %s", first.backend, first.device, first.precision, _error(exc))
-        for row in rows:
+        for row in group.rows:
             row.update(status="failed", reason=_error(exc))
-        return rows
+    return group
+
+
+def time_interleaved(ctx: _Context, groups: Sequence[_Group]) -> None:
+    """Time every runnable row round-robin: ``warmup`` untimed rounds, then ``reps`` timed rounds, each round one
+    call per row (the starting row rotates), so load from outside hits every row alike. Fills the rows."""
+    cfg = ctx.cfg
+    entries = []  # (group, spec, row, call)
+    for g in groups:
+        if g.runner is None:
+            continue
+        for spec, row in zip(g.specs, g.rows):
+            if g.artifact is not None:
+                row.update(artifact=str(g.artifact.path.name), artifact_size_mb=g.artifact.size_mb)
+            if g.manifest is not None and g.manifest.batch_max is not None and spec.batch > g.manifest.batch_max:
+                row.update(status="skipped", reason=f"the engine's batch profile ends at {g.manifest.batch_max}")
+                continue
+            entries.append((g, spec, row, row_call(ctx, spec, g.runner, g.manifest)))
+    times: dict[str, list[float]] = {spec.key: [] for _, spec, _, _ in entries}
+    failed: set[str] = set()
+    log.info("timing %d rows round-robin: %d warm-up + %d timed rounds", len(entries), cfg.warmup, cfg.reps)
+    torch_cuda = any(spec.backend == "torch" and spec.device == "cuda" for _, spec, _, _ in entries)
+    with HostMemory() as host, DeviceMemory(torch_allocator=torch_cuda) as dev:
+        for rnd in range(cfg.warmup + cfg.reps):
+            for i in range(len(entries)):
+                _, spec, row, call = entries[(rnd + i) % len(entries)]
+                if spec.key in failed:
+                    continue
+                try:
+                    t0 = time.perf_counter()
+                    call()
+                    dt = time.perf_counter() - t0
+                except Exception as exc:  # noqa: BLE001 - the row is reported failed, the others go on
+                    log.warning("%s failed: %s", spec.key, _error(exc))
+                    row.update(status="failed", reason=_error(exc))
+                    failed.add(spec.key)
+                    continue
+                if rnd >= cfg.warmup:
+                    times[spec.key].append(dt)
+            log.debug("round %d of %d done", rnd + 1, cfg.warmup + cfg.reps)
+    memory = {"host_peak_rss_mb": host.peak_mb, "host_memory_method": f"{host.method}, all runners active",
+              "device_mem_mb": dev.peak_mb, "device_memory_method": dev.method}
+    for _, spec, row, _ in entries:
+        if spec.key not in failed:
+            row.update(timing_fields(ctx, spec, times[spec.key]), **memory)
+            row["status"] = "ok"
+
+
+def finish_group(ctx: _Context, g: _Group) -> None:
+    """Parity (once per runner) and the end-to-end loop of the group's timed rows."""
     parity: Optional[dict] = None
+    for spec, row in zip(g.specs, g.rows):
+        if row["status"] != "ok":
+            continue
+        try:
+            if parity is None:
+                parity = parity_fields(ctx, spec, g.runner, g.manifest)
+            row.update(parity)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("%s parity failed: %s", spec.key, _error(exc))
+            row.update(status="failed", reason=_error(exc))
+            continue
+        try:
+            row.update(loop_fields(ctx, spec, g.runner, g.manifest, row["images_per_s"]))
+        except Exception as exc:  # noqa: BLE001
+            log.warning("%s loop failed: %s", spec.key, _error(exc))
+            row.update(loop_status="failed", loop_reason=_error(exc))
+
+
+def run_groups(ctx: _Context, specs_by_group: Sequence[list[R.RowSpec]]) -> list[dict]:
+    """Activate every group's runner, time all rows interleaved, then parity and loops; rows in group order."""
+    groups: list[_Group] = []
     try:
-        for spec, row in zip(specs, rows):
-            if artifact is not None:
-                row.update(artifact=str(artifact.path.name), artifact_size_mb=artifact.size_mb)
-            if manifest is not None and manifest.batch_max is not None and spec.batch > manifest.batch_max:
-                row.update(status="skipped", reason=f"the engine's batch profile ends at {manifest.batch_max}")
-                continue
-            try:
-                log.info("timing %s (%d warm-up + %d calls)", spec.key, ctx.cfg.warmup, ctx.cfg.reps)
-                row.update(time_row(ctx, spec, runner, manifest))
-                if parity is None:
-                    parity = parity_fields(ctx, spec, runner, manifest)
-                row.update(parity)
-                row["status"] = "ok"
-            except Exception as exc:  # noqa: BLE001
-                log.warning("%s failed: %s", spec.key, _error(exc))
-                row.update(status="failed", reason=_error(exc))
-                continue
-            try:
-                row.update(loop_fields(ctx, spec, runner, manifest, row["images_per_s"]))
-            except Exception as exc:  # noqa: BLE001
-                log.warning("%s loop failed: %s", spec.key, _error(exc))
-                row.update(loop_status="failed", loop_reason=_error(exc))
+        for specs in specs_by_group:
+            groups.append(open_group(ctx, specs))
+        time_interleaved(ctx, groups)
+        for g in groups:
+            if g.runner is not None:
+                finish_group(ctx, g)
     finally:
-        runner.deactivate()
-    return rows
+        for g in groups:
+            if g.runner is not None:
+                g.runner.deactivate()
+    return [row for g in groups for row in g.rows]
 
 
 def run_benchmark(cfg: BenchConfig, progress: Optional[Callable[[str], None]] = None) -> tuple[dict, dict[str, Path]]:
@@ -324,6 +409,7 @@ def run_benchmark(cfg: BenchConfig, progress: Optional[Callable[[str], None]] = 
         for spec in specs:
             groups.setdefault((spec.backend, spec.device, spec.precision), []).append(spec)
         rows_by_key: dict[str, dict] = {}
+        runnable = []
         for group in groups.values():
             reason = R.skip_reason(group[0], caps)
             if reason is not None:
@@ -332,8 +418,12 @@ def run_benchmark(cfg: BenchConfig, progress: Optional[Callable[[str], None]] = 
                 continue
             if progress:
                 progress(f"{group[0].backend}/{group[0].device}/{group[0].precision}")
-            for row in run_group(ctx, group):
-                rows_by_key[row["key"]] = row
+            runnable.append(group)
+        if any(g[0].device == "cpu" for g in runnable) and not cfg.peak_tflops:
+            ctx.cpu_peaks = measure_cpu_peaks()
+            log.info("measured CPU matmul peaks (TFLOP/s): %s", ctx.cpu_peaks["probes"])
+        for row in run_groups(ctx, runnable):
+            rows_by_key[row["key"]] = row
         served: list[dict] = []
         if "triton" in cfg.backends:
             from .served import served_rows
@@ -349,13 +439,13 @@ def run_benchmark(cfg: BenchConfig, progress: Optional[Callable[[str], None]] = 
             "settings": {"command": cfg.command, "backends": list(cfg.backends), "precisions": precisions,
                          "batches": list(cfg.batches), "reps": cfg.reps, "warmup": cfg.warmup, "loop": cfg.loop,
                          "overlay": cfg.overlay, "frames": cfg.frames, "parity_frames": cfg.parity_frames,
-                         "loop_batches_per_row": f"{max(1, cfg.warmup)} warm-up + {cfg.reps} timed", "int8": str(cfg.int8) if cfg.int8 else None,
-                         "clients": list(cfg.clients)},
-            "environment": env,
+                         "loop_batches_per_row": f"{max(1, cfg.warmup)} warm-up + {cfg.reps} timed",
+                         "int8": str(cfg.int8) if cfg.int8 else None, "clients": list(cfg.clients)},
+            "environment": dict(env, cpu_peaks=ctx.cpu_peaks),
             "rows": [rows_by_key[s.key] for s in specs] + served,
         }
     return result, write_outputs(result, cfg.out_dir, cfg.plot)
 
 
-__all__ = ["BenchConfig", "run_benchmark", "run_group", "run_frames", "row_runner", "time_row", "loop_fields", "parity_fields",
-           "RESULT_FORMAT", "RESULT_VERSION"]
+__all__ = ["BenchConfig", "run_benchmark", "run_groups", "run_frames", "row_runner", "time_interleaved",
+           "loop_fields", "parity_fields", "timing_fields", "RESULT_FORMAT", "RESULT_VERSION"]

@@ -22,9 +22,10 @@ from aaclip.contract.errors import UserError
 from aaclip.contract.files import image_files
 from aaclip.contract.manifest import Manifest, load_manifest
 from aaclip.runtime.backends import backend_names
+from aaclip.runtime.backends.options import backend_options, runner_options
 
 from . import thresholds
-from .gate import MAX_AUROC_CHANGE, MIN_MAP_CORR, MIN_RANK_CORR, GateLimits
+from .gate import MAX_AUROC_CHANGE, MAX_MAP_ERR, MIN_MAP_CORR, MIN_RANK_CORR, GateLimits
 from .inputs import FrameInput, camera_input, class_id_for, data_inputs, file_input, folder_input
 
 log = logging.getLogger(__name__)
@@ -90,9 +91,33 @@ def _source_options(f):
     return f
 
 
+def _gate_options(f):
+    for option in reversed([
+        click.option("--max-map-err", type=FiniteFloat(min=0.0), default=MAX_MAP_ERR, show_default=True,
+                     help="Gate: max |reduced - FP32| anomaly-map error over all held-out pixels, relative to the "
+                          "FP32 maps' range."),
+        click.option("--min-map-corr", type=FiniteFloat(min=-1.0, max=1.0), default=MIN_MAP_CORR, show_default=True,
+                     help="Gate: mean per-frame Pearson correlation of reduced-precision vs FP32 anomaly maps."),
+        click.option("--min-rank-corr", type=FiniteFloat(min=-1.0, max=1.0), default=MIN_RANK_CORR, show_default=True,
+                     help="Gate: Spearman correlation of reduced-precision vs FP32 image scores."),
+        click.option("--max-auroc-change", type=FiniteFloat(min=0.0, max=1.0), default=MAX_AUROC_CHANGE,
+                     show_default=True,
+                     help="Gate: largest |AUROC(reduced) - AUROC(FP32)| on the held-out labels."),
+    ]):
+        f = option(f)
+    return f
+
+
+def _print_gate(gate) -> None:
+    click.echo(f"accuracy gate ({'passed' if gate.passed else 'FAILED'}):")
+    for line in gate.lines():
+        click.echo(line)
+
+
 @click.group(cls=Group, context_settings=CONTEXT)
 def cli() -> None:
-    """Calibrate an exported artifact on normal frames: score thresholds (threshold) or INT8 (int8).
+    """Calibrate an exported artifact on normal frames: score thresholds (threshold), INT8 (int8) or
+    OpenVINO's mixed BF16 (bf16), the last two behind the accuracy gate.
 
     See docs/calibration.md.
     """
@@ -111,6 +136,7 @@ def cli() -> None:
               help="Anomaly-map pixels sampled per frame for the pixel threshold (0: derive it from map_max).")
 @click.option("--backend", type=click.Choice(backend_names()), default="auto", show_default=True,
               help="Backend that runs the frames; use the one the runtime will use.")
+@backend_options
 @click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
               help="Frames per inference call (as aaclip-runtime --batch).")
 @click.option("--plot", type=click.Path(path_type=Path, dir_okay=False),
@@ -118,7 +144,8 @@ def cli() -> None:
 @click.option("--no-plot", is_flag=True, help="Do not write the histogram.")
 @click.option("--dry-run", is_flag=True, help="Print the score block; write nothing.")
 def threshold(artifact: Path, images, data, camera, anomalies, class_name, verbose, quiet, frames, far, pixel_far,
-              pixel_samples, backend, batch, plot, no_plot, dry_run) -> None:
+              pixel_samples, backend, device, threads, precision_hint, perf_hint, cache_dir, batch, plot, no_plot,
+              dry_run) -> None:
     """Fit normalization constants and thresholds of ARTIFACT on normal frames; write them into its manifest.
 
     Only the manifest changes (atomically); the artifact and its sha256 stay as they are, and
@@ -136,7 +163,8 @@ def threshold(artifact: Path, images, data, camera, anomalies, class_name, verbo
     if camera is None:
         normals = _limit(normals, frames)
     result = calibrate_artifact(artifact, normals, bad, ThresholdOptions(
-        far=far, pixel_far=pixel_far, backend=backend, batch=batch, pixel_samples=pixel_samples, dry_run=dry_run))
+        far=far, pixel_far=pixel_far, backend=backend, batch=batch, pixel_samples=pixel_samples, dry_run=dry_run,
+        runner=runner_options(device, threads, precision_hint, perf_hint, cache_dir)))
     for line in summary_lines(result):
         click.echo(line)
     if dry_run:
@@ -163,12 +191,10 @@ def threshold(artifact: Path, images, data, camera, anomalies, class_name, verbo
               help="Synthetic products (and as many with synthetic defects) added to the gate's held-out set.")
 @click.option("--method", type=click.Choice(["minmax", "percentile"]), default="minmax", show_default=True,
               help="Activation range estimator (percentile: 99.999th, clips rare outliers).")
-@click.option("--min-map-corr", type=FiniteFloat(min=-1.0, max=1.0), default=MIN_MAP_CORR, show_default=True,
-              help="Gate: mean per-frame Pearson correlation of INT8 vs FP32 anomaly maps.")
-@click.option("--min-rank-corr", type=FiniteFloat(min=-1.0, max=1.0), default=MIN_RANK_CORR, show_default=True,
-              help="Gate: Spearman correlation of INT8 vs FP32 image scores.")
-@click.option("--max-auroc-change", type=FiniteFloat(min=0.0, max=1.0), default=MAX_AUROC_CHANGE, show_default=True,
-              help="Gate: largest |AUROC(INT8) - AUROC(FP32)| on the held-out labels.")
+@_gate_options
+@click.option("--backend", type=click.Choice(["onnxruntime", "openvino"]), default="onnxruntime", show_default=True,
+              help="Backend the gate runs FP32 and INT8 on: the one that will run the INT8 graph.")
+@backend_options
 @click.option("--force", is_flag=True, help="Write the INT8 graph even when the gate fails (recorded in the manifest).")
 @click.option("--discard-calibration", is_flag=True,
               help="Replace a calibrated INT8 graph at --out whose outputs change (its thresholds are lost).")
@@ -180,8 +206,8 @@ def threshold(artifact: Path, images, data, camera, anomalies, class_name, verbo
               show_default=True, help="(--engine) tensorrt: build on the target GPU. tensorrt-rtx: ahead of time.")
 @click.option("--engine-batch", default="1:4:8", show_default=True, help="(--engine) batch profile MIN:OPT:MAX.")
 def int8(fp32_onnx: Path, images, data, camera, anomalies, class_name, verbose, quiet, frames, out, holdout, method,
-         min_map_corr, min_rank_corr, max_auroc_change, force, discard_calibration, batch, seed, engine, flavour,
-         engine_batch) -> None:
+         max_map_err, min_map_corr, min_rank_corr, max_auroc_change, backend, device, threads, precision_hint,
+         perf_hint, cache_dir, force, discard_calibration, batch, seed, engine, flavour, engine_batch) -> None:
     """Quantize FP32_ONNX to an INT8 Q/DQ graph calibrated on normal frames, gated against FP32.
 
     The gate compares INT8 with FP32 on held-out frames (held-out normal frames plus synthetic products,
@@ -203,19 +229,19 @@ def int8(fp32_onnx: Path, images, data, camera, anomalies, class_name, verbose, 
               ["--camera", str(camera)])
     target = out or fp32_onnx.with_name(fp32_onnx.stem + ".int8.onnx")
     command = shlex.join(["aaclip-calibrate", "int8", str(fp32_onnx), *source, "--frames", str(frames),
-                          "--method", method, "--out", str(target)]
+                          "--method", method, "--out", str(target), "--backend", backend]
                          + (["--class", class_name] if class_name else [])
                          + (["--engine", str(engine), "--trt-flavour", flavour, "--engine-batch", engine_batch]
                             if engine else []))
-    limits = GateLimits(min_map_corr, min_rank_corr, max_auroc_change)
+    limits = GateLimits(max_map_err=max_map_err, min_map_corr=min_map_corr, min_rank_corr=min_rank_corr,
+                        max_auroc_change=max_auroc_change)
     result = quantize_artifact(fp32_onnx, normals, bad, Int8Options(
         out=out, max_frames=frames, holdout=holdout, limits=limits, force=force, method=method, batch=batch, seed=seed,
-        rebuild_command=command, discard_calibration=discard_calibration))
+        rebuild_command=command, discard_calibration=discard_calibration, backend=backend,
+        runner=runner_options(device, threads, precision_hint, perf_hint, cache_dir)))
     click.echo(f"INT8 calibration: {result.calibration['frames']} frames ({result.calibration['input']}), "
                f"{len(result.plan.quantize)} nodes quantized, {len(result.plan.exclude)} kept FP32")
-    click.echo(f"accuracy gate ({'passed' if result.gate.passed else 'FAILED'}):")
-    for line in result.gate.lines():
-        click.echo(line)
+    _print_gate(result.gate)
     if not result.written:
         click.echo("error: INT8 graph not written: the accuracy gate failed (see above); calibrate on more varied "
                    "normal frames, try --method percentile, or pass --force to write it anyway", err=True)
@@ -226,6 +252,51 @@ def int8(fp32_onnx: Path, images, data, camera, anomalies, class_name, verbose, 
     if engine is not None:
         path = build_int8_engine(result.out, engine, flavour, profile, command)
         click.echo(f"wrote {path} ({flavour})")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("fp32_onnx", type=click.Path(path_type=Path, dir_okay=False))
+@_source_options
+@click.option("--frames", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Normal frames to read (all are test frames: nothing is fitted).")
+@click.option("--holdout", type=click.IntRange(min=0), default=16, show_default=True,
+              help="Synthetic products (and as many with synthetic defects) added to the test frames.")
+@_gate_options
+@backend_options
+@click.option("--force", is_flag=True, help="Record BF16 as allowed even when the gate fails (marked forced).")
+@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True, help="Frames per inference call.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the synthetic test frames.")
+def bf16(fp32_onnx: Path, images, data, camera, anomalies, class_name, verbose, quiet, frames, holdout, max_map_err,
+         min_map_corr, min_rank_corr, max_auroc_change, device, threads, precision_hint, perf_hint, cache_dir, force,
+         batch, seed) -> None:
+    """Gate OpenVINO's mixed BF16 (transformer matmuls BF16, the rest FP32) on FP32_ONNX against FP32.
+
+    Runs the frames in FP32 and in mixed BF16 on OpenVINO (same device) and compares them with the
+    accuracy gate. When it passes, the manifest records it (precision_gates) and aaclip-runtime
+    --backend openvino --precision-hint bf16 runs the artifact; otherwise nothing is written (exit 1).
+    """
+    from .bf16 import PrecisionGateOptions, gate_precision
+
+    setup_logging(verbose, quiet)
+    if precision_hint not in (None, "bf16"):
+        raise UserError("aaclip-calibrate bf16 gates --precision-hint bf16; drop --precision-hint")
+    manifest = load_manifest(fp32_onnx)
+    normals, bad = resolve_inputs(manifest, images, data, camera, frames, anomalies, class_name)
+    if camera is None:
+        normals = _limit(normals, frames)
+    limits = GateLimits(max_map_err=max_map_err, min_map_corr=min_map_corr, min_rank_corr=min_rank_corr,
+                        max_auroc_change=max_auroc_change)
+    result = gate_precision(fp32_onnx, normals, bad, PrecisionGateOptions(
+        max_frames=frames, holdout=holdout, limits=limits, force=force, batch=batch, seed=seed,
+        runner=runner_options(device, threads, None, perf_hint, cache_dir)))
+    _print_gate(result.gate)
+    if not result.written:
+        click.echo("error: BF16 not allowed for this artifact: the accuracy gate failed (see above); run it in fp32 "
+                   "(or pass --force to allow it anyway)", err=True)
+        sys.exit(1)
+    if not result.gate.passed:
+        click.echo("warning: gate failed, recorded because of --force", err=True)
+    click.echo(f"wrote {result.manifest}: aaclip-runtime {fp32_onnx} --backend openvino --precision-hint bf16")
 
 
 def main(argv: Optional[list[str]] = None) -> None:

@@ -1,7 +1,11 @@
-"""The INT8 accuracy gate: an INT8 graph must agree with its FP32 original on held-out frames.
+"""The accuracy gate: a reduced-precision run (an INT8 graph, OpenVINO's mixed BF16) must agree with its FP32
+original on held-out frames.
 
-Three metrics, each with a documented limit (docs/calibration.md, "The accuracy gate"):
+Four metrics, each with a documented limit (docs/calibration.md, "The accuracy gate"):
 
+- ``map_err``: max |reduced - FP32| over every anomaly-map pixel of every held-out frame, relative to the
+  range of the FP32 maps (the export verifier's ``map_rel``; what an overlay's colours and a pixel
+  threshold see);
 - ``map_corr``: Pearson correlation of the INT8 and FP32 anomaly maps over all pixels, per frame,
   averaged over the held-out frames (the maps drive overlays and ``map_max``);
 - ``rank_corr``: Spearman correlation of the image scores (what decides alarms: the order of frames
@@ -20,10 +24,12 @@ from aaclip.contract.metrics import auroc, spearman
 MIN_MAP_CORR = 0.98
 MIN_RANK_CORR = 0.95
 MAX_AUROC_CHANGE = 0.02
+MAX_MAP_ERR = 0.01
 
 
 @dataclass(frozen=True)
 class GateLimits:
+    max_map_err: float = MAX_MAP_ERR
     min_map_corr: float = MIN_MAP_CORR
     min_rank_corr: float = MIN_RANK_CORR
     max_auroc_change: float = MAX_AUROC_CHANGE
@@ -31,6 +37,7 @@ class GateLimits:
 
 @dataclass
 class GateReport:
+    map_err: float
     map_corr: float
     map_corr_min: float
     rank_corr: float
@@ -46,7 +53,9 @@ class GateReport:
     def checks(self) -> list[tuple[str, float, str, float, bool]]:
         """(metric, value, relation, limit, passed) for each metric that could be measured."""
         lim = self.limits
-        rows = [("map correlation (mean Pearson)", self.map_corr, ">=", lim.min_map_corr,
+        rows = [("max map error / FP32 map range", self.map_err, "<=", lim.max_map_err,
+                 self.map_err <= lim.max_map_err),
+                ("map correlation (mean Pearson)", self.map_corr, ">=", lim.min_map_corr,
                  self.map_corr >= lim.min_map_corr),
                 ("image-score rank correlation (Spearman)", self.rank_corr, ">=", lim.min_rank_corr,
                  self.rank_corr >= lim.min_rank_corr)]
@@ -64,7 +73,7 @@ class GateReport:
         for name, value, rel, limit, ok in self.checks:
             out.append(f"  {'PASS' if ok else 'FAIL'}  {name}: {value:.4f} (limit {rel} {limit:g})")
         if self.auroc_fp32 is not None:
-            out.append(f"  AUROC fp32 {self.auroc_fp32:.4f}, int8 {self.auroc_int8:.4f}")
+            out.append(f"  AUROC fp32 {self.auroc_fp32:.4f}, reduced precision {self.auroc_int8:.4f}")
         out.append(f"  lowest per-frame map correlation {self.map_corr_min:.4f}")
         return out
 
@@ -91,16 +100,27 @@ def frame_correlations(ref_maps: np.ndarray, test_maps: np.ndarray) -> np.ndarra
     return out
 
 
+def map_error(ref_maps: np.ndarray, test_maps: np.ndarray) -> float:
+    """max |test - ref| / (max(ref) - min(ref)) over all pixels of all frames (0 when both are equal and flat)."""
+    ref = np.asarray(ref_maps, np.float64)
+    err = float(np.abs(np.asarray(test_maps, np.float64) - ref).max()) if ref.size else 0.0
+    span = float(ref.max() - ref.min()) if ref.size else 0.0
+    if span <= 0.0:
+        return 0.0 if err == 0.0 else float("inf")
+    return err / span
+
+
 def evaluate_gate(fp32_maps: np.ndarray, int8_maps: np.ndarray, fp32_scores: np.ndarray,
                   int8_scores: np.ndarray, labels: np.ndarray, limits: GateLimits = GateLimits()) -> GateReport:
-    """Compare INT8 with FP32 on the same held-out frames (``labels``: 0 normal, 1 anomalous)."""
+    """Compare a reduced precision (``int8_*``: an INT8 graph or BF16) with FP32 on the same held-out frames
+    (``labels``: 0 normal, 1 anomalous)."""
     labels = np.asarray(labels).astype(int)
     corr = frame_correlations(fp32_maps, int8_maps)
     has_both = bool((labels == 0).any() and (labels == 1).any())
     a32 = auroc(labels, fp32_scores) if has_both else None
     a8 = auroc(labels, int8_scores) if has_both else None
     return GateReport(
-        map_corr=float(corr.mean()), map_corr_min=float(corr.min()),
+        map_err=map_error(fp32_maps, int8_maps), map_corr=float(corr.mean()), map_corr_min=float(corr.min()),
         rank_corr=spearman(fp32_scores, int8_scores),
         auroc_fp32=a32, auroc_int8=a8, auroc_change=abs(a8 - a32) if has_both else None,
         frames=int(labels.size), normals=int((labels == 0).sum()), anomalies=int((labels == 1).sum()),

@@ -48,6 +48,8 @@ DEFAULT_HOLDOUT = 32
 HOLDOUT_EVERY = 4
 """Every 4th user frame is held out of the calibration set for the gate (when there are >= 8)."""
 CALIBRATION_BATCH = 8
+CALIBRATION_BUDGET_BYTES = 1_500_000_000
+"""Activations collected per calibration batch (the batch shrinks for large models; see calibration_batch)."""
 DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
 
 
@@ -99,6 +101,34 @@ def _name_nodes(model) -> None:
             used.add(name)
 
 
+def activation_bytes_per_frame(model, plan: QuantPlan) -> Optional[int]:
+    """Bytes of the quantized nodes' activation inputs for one frame, from the export's shape inference (a
+    proxy for the activation memory of one frame in the calibration session); None when a shape is unknown."""
+    shapes = {}
+    for info in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output):
+        dims = info.type.tensor_type.shape.dim
+        shapes[info.name] = [d.dim_value if d.HasField("dim_value") else 1 for d in dims]  # symbolic batch -> 1
+    quantized = set(plan.quantize)
+    total = 0
+    for node in model.graph.node:
+        if node.name in quantized:
+            dims = shapes.get(node.input[0])
+            if not dims:
+                return None
+            total += 4 * int(np.prod(dims))
+    return total
+
+
+def calibration_batch(model, plan: QuantPlan, batch: int) -> int:
+    """Frames per calibration batch: at most ``batch``, and few enough that one batch's activations stay
+    within ``CALIBRATION_BUDGET_BYTES`` (ViT-L-14-336 at 518: ~1 GB per frame, so batches of 1; its attention
+    matrices alone take 0.25 GB per frame and layer), which keeps calibration at ViT-L within 8 GB."""
+    per_frame = activation_bytes_per_frame(model, plan)
+    if per_frame is None:
+        return 1
+    return max(1, min(batch, CALIBRATION_BUDGET_BYTES // max(1, per_frame)))
+
+
 def _reader(frames: np.ndarray, class_ids: np.ndarray, manifest: Manifest, batch: int):
     from onnxruntime.quantization import CalibrationDataReader
 
@@ -133,14 +163,19 @@ def quantize_graph(fp32_path: Path, out_path: Path, frames: np.ndarray, class_id
     if method not in CALIBRATION_METHODS:
         raise UserError(f"unknown calibration method {method!r}; use one of {', '.join(CALIBRATION_METHODS)}")
     model = onnx.load(str(fp32_path))
+    named = all(node.name for node in model.graph.node)
     _name_nodes(model)
     plan = plan_quantization(model)
     if not plan.quantize:
         raise UserError(f"{fp32_path.name} has no transformer MatMul/Gemm/Conv with constant weights to quantize; "
                         "is it an aaclip-export FP32 graph?")
-    log.info("quantizing %d of %d MatMul/Gemm/Conv nodes (%d kept FP32) with %s ranges from %d frames",
-             len(plan.quantize), len(plan.quantize) + len(plan.exclude), len(plan.exclude), method, len(frames))
+    batch = calibration_batch(model, plan, batch)
+    log.info("quantizing %d of %d MatMul/Gemm/Conv nodes (%d kept FP32) with %s ranges from %d frames (batches of %d)",
+             len(plan.quantize), len(plan.quantize) + len(plan.exclude), len(plan.exclude), method, len(frames), batch)
     calib = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile}[method]
+    if named:  # the exporter names every node: ONNX Runtime reads the file itself, one copy fewer in memory
+        del model
+        model = str(fp32_path)
     extra = {
         "ActivationSymmetric": True,     # zero point 0: TensorRT's INT8 is symmetric
         "WeightSymmetric": True,
@@ -228,13 +263,21 @@ def holdout_set(manifest: Manifest, held_normals: Sequence[Item], anomalies: Opt
     return items, labels, desc
 
 
-def _outputs(path: Path, manifest: Manifest, items: Sequence[Item], providers: Sequence[str],
-             batch: int) -> FrameOutputs:
-    """Outputs of the graph at ``path`` (the FP32 original or the staged INT8 graph, same contract)."""
+def gate_runner_options(backend: str, providers: Sequence[str], runner: RunnerOptions) -> RunnerOptions:
+    """Runner options for the gate's runs: ONNX Runtime on ``providers``; other backends as given, ungated
+    (the gate is what measures them) and without a model cache (the staged graph is temporary)."""
+    if backend == "onnxruntime":
+        return dataclasses.replace(runner, extra={**runner.extra, "providers": tuple(providers)})
+    return dataclasses.replace(runner, extra={**runner.extra, "ungated": True, "cache_dir": "none"})
+
+
+def _outputs(path: Path, manifest: Manifest, items: Sequence[Item], o: "Int8Options") -> FrameOutputs:
+    """Outputs of the graph at ``path`` (the FP32 original or the staged INT8 graph, same contract) on the
+    gate's backend."""
     graph = dataclasses.replace(manifest, artifact_path=Path(path))
-    runner = open_runner(graph, "onnxruntime", RunnerOptions(extra={"providers": tuple(providers)}))
+    runner = open_runner(graph, o.backend, gate_runner_options(o.backend, o.providers, o.runner))
     with runner:
-        return run_items(runner, manifest, items, Collect(batch, keep_maps=True))
+        return run_items(runner, manifest, items, Collect(o.batch, keep_maps=True))
 
 
 def int8_manifest(fp32: Manifest, out: Path, sha256: str, plan: QuantPlan, calibration: dict, gate: dict,
@@ -281,6 +324,8 @@ class Int8Options:
     providers: Sequence[str] = DEFAULT_PROVIDERS
     rebuild_command: str = ""
     discard_calibration: bool = False   # replace a calibrated INT8 artifact whose outputs change
+    backend: str = "onnxruntime"        # the backend the gate runs FP32 and INT8 on (the one that will run it)
+    runner: RunnerOptions = RunnerOptions()  # its options (device, threads; openvino: precision hint)
 
 
 def quantize_artifact(fp32_onnx: Path, normals: FrameInput, anomalies: Optional[FrameInput] = None,
@@ -288,7 +333,7 @@ def quantize_artifact(fp32_onnx: Path, normals: FrameInput, anomalies: Optional[
     """Quantize, gate, and (if the gate passes or ``force``) write the INT8 graph + manifest atomically."""
     o = options
     out, max_frames, holdout, limits, force = o.out, o.max_frames, o.holdout, o.limits, o.force
-    method, batch, seed, providers, rebuild_command = o.method, o.batch, o.seed, o.providers, o.rebuild_command
+    method, batch, seed, rebuild_command = o.method, o.batch, o.seed, o.rebuild_command
     fp32_onnx = Path(fp32_onnx)
     manifest = load_manifest(fp32_onnx)
     check_artifact(manifest)
@@ -320,13 +365,15 @@ def quantize_artifact(fp32_onnx: Path, normals: FrameInput, anomalies: Optional[
     with staging(out) as tmp:  # graph and manifest replace an earlier INT8 pair together, or not at all
         staged = tmp / out.name
         plan = quantize_graph(fp32_onnx, staged, frames, class_ids, manifest, method, batch)
-        ref = _outputs(fp32_onnx, manifest, test_items, providers, batch)
-        test = _outputs(staged, manifest, test_items, providers, batch)
+        ref = _outputs(fp32_onnx, manifest, test_items, dataclasses.replace(o, runner=RunnerOptions(
+            o.runner.device, o.runner.threads, {k: v for k, v in o.runner.extra.items() if k != "precision"})))
+        test = _outputs(staged, manifest, test_items, o)
         p = manifest.score
         report = evaluate_gate(ref.maps, test.maps, image_score(ref.map_max, ref.cls_score, p).astype(np.float64),
                                image_score(test.map_max, test.cls_score, p).astype(np.float64), labels, limits)
         gate = report.to_dict()
-        gate.update({"forced": bool(force and not report.passed), "holdout": holdout_desc})
+        gate.update({"forced": bool(force and not report.passed), "holdout": holdout_desc, "backend": o.backend,
+                     "precision_hint": o.runner.extra.get("precision")})
         if not (report.passed or force):
             return Int8Result(report, False, out, None, plan, calibration)
         data = int8_manifest(manifest, staged, sha256_file(staged), plan, calibration, gate, method,

@@ -18,7 +18,7 @@ import numpy as np
 from aaclip.contract.errors import UserError
 from aaclip.contract.manifest import Manifest, check_artifact, load_manifest, write_manifest
 from aaclip.contract.score import ScoreParams, image_score
-from aaclip.runtime.backends import open_runner
+from aaclip.runtime.backends import RunnerOptions, open_runner
 
 from . import thresholds
 from .inference import Collect, FrameOutputs, run_items
@@ -40,11 +40,12 @@ class ThresholdResult:
 
 
 def infer_input(manifest: Manifest, frames: FrameInput, backend: str, batch: int, pixel_samples: int = 0,
-                hasher: Optional[SetHash] = None) -> FrameOutputs:
-    """Raw outputs of every frame of ``frames`` through the runtime's backend for ``manifest``."""
+                hasher: Optional[SetHash] = None, runner_options: Optional[RunnerOptions] = None) -> FrameOutputs:
+    """Raw outputs of every frame of ``frames`` through the runtime's backend for ``manifest`` (with the
+    runtime's ``runner_options``: device, threads, OpenVINO's precision hint)."""
     log.info("running %s on %s (%s backend, batch %d)", manifest.artifact_path.name, frames.description, backend,
              batch)
-    runner = open_runner(manifest, backend)
+    runner = open_runner(manifest, backend, runner_options)
     with runner:
         return run_items(runner, manifest, frames.items(), Collect(batch, pixel_samples=pixel_samples,
                                                                    on_item=hasher.update if hasher else None))
@@ -61,6 +62,7 @@ class ThresholdOptions:
     batch: int = 1
     pixel_samples: int = DEFAULT_PIXEL_SAMPLES
     dry_run: bool = False
+    runner: RunnerOptions = RunnerOptions()  # device, threads, OpenVINO precision hint: as the runtime will run
 
 
 def calibrate_artifact(artifact: Path, normals: FrameInput, anomalies: Optional[FrameInput] = None,
@@ -74,7 +76,7 @@ def calibrate_artifact(artifact: Path, normals: FrameInput, anomalies: Optional[
     manifest = load_manifest(artifact)
     check_artifact(manifest)
     hasher = SetHash()
-    out = infer_input(manifest, normals, backend, batch, options.pixel_samples, hasher)
+    out = infer_input(manifest, normals, backend, batch, options.pixel_samples, hasher, options.runner)
     if len(out) < 2:
         raise UserError(f"only {len(out)} normal frame(s) could be read from {normals.description}; "
                         "calibration needs many (thousands for a 0.001 false-alarm rate)")
@@ -88,13 +90,14 @@ def calibrate_artifact(artifact: Path, normals: FrameInput, anomalies: Optional[
         "input": normals.description,
         "backend": backend,
         "batch": batch,
+        "precision_hint": options.runner.extra.get("precision"),
     })
     params = ScoreParams.from_block(block)
     normal_scores = image_score(out.map_max, out.cls_score, params).astype(np.float64)
 
     anomaly_scores, evaluation = None, None
     if anomalies is not None:
-        bad = infer_input(manifest, anomalies, backend, batch)
+        bad = infer_input(manifest, anomalies, backend, batch, runner_options=options.runner)
         anomaly_scores = image_score(bad.map_max, bad.cls_score, params).astype(np.float64)
         evaluation = thresholds.evaluate_threshold(normal_scores, anomaly_scores, params.threshold)
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Callable, Optional
 import click
 from aaclip.contract.cli import Command, FiniteFloat, setup_logging
 from aaclip.contract.errors import UserError
+from aaclip.runtime.backends import backend_names
 
 if TYPE_CHECKING:
     from .engine import EngineOptions
@@ -154,7 +155,7 @@ def verify_command(artifact: Path, ckpt: Optional[Path], options: "VerifyOptions
     precision = load_manifest(artifact).precision
     tol = TOLERANCES.get(precision, TOLERANCES["fp16"]).replace(**limits)
     report = verify_artifact(artifact, ckpt, dataclasses.replace(options, tolerances=tol))
-    click.echo(f"{artifact} ({precision}) vs PyTorch:")
+    click.echo(f"{artifact} ({precision}, {options.backend or 'auto'} backend) vs PyTorch:")
     for line in report.lines():
         click.echo(f"  {line}")
     return report.passed
@@ -218,12 +219,15 @@ def verify_command(artifact: Path, ckpt: Optional[Path], options: "VerifyOptions
 @click.option("--score-tol", type=FiniteFloat(min=0.0), help="(--verify) max cls_score error [fp32 1e-4, fp16 5e-3].")
 @click.option("--min-corr", type=FiniteFloat(min=-1.0, max=1.0), help="(--verify) min per-image map correlation [fp32 0.99999, fp16 0.999].")
 @click.option("--min-iou", type=FiniteFloat(min=0.0, max=1.0), help="(--verify) min IoU of the top-1% pixels [fp32 0.9, fp16 0.8].")
+@click.option("--backend", type=click.Choice(backend_names()), default="auto", show_default=True,
+              help="(--verify) backend that runs ARTIFACT (auto: onnxruntime on the CPU for graphs, tensorrt for "
+                   "engines; openvino runs graphs in FP32).")
 @click.option("-v", "--verbose", count=True, help="More log output.")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
 def cli(ckpt, out, fmt, precision, classes, input_size, opset, batch, workspace_mb, timing_cache, flavour,
         clip_weights, method, discard_calibration, external_data, model_name, model_version, max_queue_delay_us,
         instances, instance_kind, gpus, tensorrt_accelerator, verify, verify_ckpt, images, frames, map_tol, score_tol,
-        min_corr, min_iou, verbose, quiet):
+        min_corr, min_iou, backend, verbose, quiet):
     """Export a checkpoint CKPT (any model family) to a deployable ONNX graph or TensorRT engine (+ manifest),
     build an engine from an exported MODEL.onnx (--format engine; needs TensorRT, not PyTorch), or check
     an exported ARTIFACT against PyTorch with --verify. See docs/export.md."""
@@ -237,7 +241,7 @@ def cli(ckpt, out, fmt, precision, classes, input_size, opset, batch, workspace_
         from .verify import VerifyOptions
 
         ok = verify_command(verify, verify_ckpt or ckpt, VerifyOptions(images=images, frames=frames,
-                                                                        clip_weights=clip_weights),
+                                                                        clip_weights=clip_weights, backend=backend),
                             dict(map_rel=map_tol, score_abs=score_tol, min_corr=min_corr, min_iou=min_iou))
         sys.exit(0 if ok else 1)
     if ckpt is None:

@@ -140,8 +140,12 @@ def compare_outputs(ref: Mapping[str, np.ndarray], test: Mapping[str, np.ndarray
 
 
 # ---- runners -------------------------------------------------------------------------------------
-def artifact_runner(manifest: Manifest) -> Runner:
-    """The artifact's own backend: ONNX Runtime on the CPU for graphs; TensorRT for engines, which needs a GPU."""
+def artifact_runner(manifest: Manifest, backend: Optional[str] = None) -> Runner:
+    """The runner the artifact is verified on: ``backend`` from the registry (OpenVINO in FP32: the parity
+    gate is about the graph, reduced precision has its own gate), else the artifact's own backend: ONNX
+    Runtime on the CPU for graphs, TensorRT for engines (which needs a GPU)."""
+    if backend is not None and backend != "auto" and not manifest.is_engine:
+        return open_runner(manifest, backend, RunnerOptions(device="cpu"))
     if manifest.is_engine:
         from .engine import gpu_info
 
@@ -237,6 +241,7 @@ class VerifyOptions:
     tolerances: Optional[Tolerances] = None
     clip_weights: Optional[Path] = None
     seed: int = 0
+    backend: Optional[str] = None  # registry name for graphs [default: onnxruntime on the CPU]
 
 
 def verify_artifact(artifact: Path, ckpt: Optional[Path] = None, options: VerifyOptions = VerifyOptions(),
@@ -252,7 +257,7 @@ def verify_artifact(artifact: Path, ckpt: Optional[Path] = None, options: Verify
     images_in, class_ids = verification_frames(manifest, options.images, options.frames, options.seed)
     with open_runner(manifest, REFERENCE_BACKEND, RunnerOptions(extra={"model": model})) as reference:
         ref = infer_frames(reference, manifest, images_in, class_ids, batch, OUTPUT_NAMES)
-    with artifact_runner(manifest) as runner:
+    with artifact_runner(manifest, options.backend) as runner:
         out = infer_frames(runner, manifest, images_in, class_ids, batch, OUTPUT_NAMES)
     report = compare_outputs(ref, out, tol)
     log.info("%s: %s", Path(artifact).name, "PASS" if report.passed else "FAIL")

@@ -16,6 +16,7 @@ from aaclip.contract.manifest import Manifest, open_artifact
 
 from .backends import AUTO, RunnerOptions, backend_names, open_runner
 from .backends.triton import parse_endpoint
+from .backends.options import backend_options, runner_options
 from .capture import Backoff
 from .loop import CameraLoop, LoopConfig, Summary, source_classes
 from .sinks import EVIDENCE_FORMATS, AnnotatedVideo, DisplaySink, EventLog, EvidenceWriter, Sink
@@ -60,6 +61,7 @@ class RunConfig:
     artifact: Union[Path, str]  # a file, or a served model: grpc://HOST:8001/MODEL, http://HOST:8000/MODEL
     cameras: tuple[str, ...]
     backend: str = AUTO
+    runner: RunnerOptions = RunnerOptions()  # --device, --threads, --precision-hint, --perf-hint, --cache-dir
     batch: int = 1
     classes: tuple[str, ...] = ()
     threshold: Optional[float] = None
@@ -176,7 +178,7 @@ def run(config: RunConfig) -> Summary:
                 log.info("stopped by %s before the loop started", stop.reason)
                 return Summary(stopped_by=stop.reason or "signal")
             sinks = open_sinks(config, sources)
-            with open_runner(manifest, backend, options) as runner:
+            with open_runner(manifest, backend, options or config.runner) as runner:
                 loop = CameraLoop(runner, manifest, sources, class_ids, config.loop_config(stop.event), sinks)
                 if not manifest.calibrated:
                     log.warning("%s is not calibrated: its threshold is the export default, not fitted on this "
@@ -204,7 +206,9 @@ def run(config: RunConfig) -> Summary:
                    "http(s)://..., video file (file://x.mp4 or x.mp4), image folder, or a GStreamer pipeline "
                    "(a string with '!').")
 @click.option("--backend", type=click.Choice(backend_names()), default=AUTO, show_default=True,
-              help="auto: TensorRT for .engine, ONNX Runtime (CUDA, else CPU) for .onnx.")
+              help="auto: TensorRT for .engine; for .onnx OpenVINO on an Intel CPU (when installed and no CUDA "
+                   "execution provider), else ONNX Runtime (CUDA, else CPU).")
+@backend_options
 @click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
               help="Frames per inference call (groups frames of several cameras).")
 @click.option("--class", "classes", multiple=True, metavar="NAME",
@@ -248,7 +252,9 @@ def run(config: RunConfig) -> Summary:
               help="Served model: batches on the server at once [default: one per camera, at least 2].")
 @click.option("-v", "--verbose", count=True, help="More log output.")
 @click.option("-q", "--quiet", is_flag=True, help="Warnings and errors only.")
-def main(artifact: str, cameras: tuple[str, ...], backend: str, batch: int, classes: tuple[str, ...],
+def main(artifact: str, cameras: tuple[str, ...], backend: str, device: str, threads: Optional[int],
+         precision_hint: Optional[str], perf_hint: Optional[str], cache_dir: Optional[str], batch: int,
+         classes: tuple[str, ...],
          threshold: Optional[float], debounce: int, events: Optional[Path], evidence: Optional[Path],
          evidence_format: str, evidence_max: Optional[int], video: Optional[Path], video_fps: Optional[float],
          show: bool, no_drop: bool, loop_files: bool, max_frames: Optional[int], stats_every: float,
@@ -266,7 +272,9 @@ def main(artifact: str, cameras: tuple[str, ...], backend: str, batch: int, clas
     """
     setup_logging(verbose, quiet)
     summary = run(RunConfig(
-        artifact=artifact if parse_endpoint(artifact) else Path(artifact), cameras=cameras, backend=backend, batch=batch, classes=classes, threshold=threshold,
+        artifact=artifact if parse_endpoint(artifact) else Path(artifact), cameras=cameras, backend=backend,
+        runner=runner_options(device, threads, precision_hint, perf_hint, cache_dir), batch=batch, classes=classes,
+        threshold=threshold,
         debounce=debounce, events=events, evidence=evidence, evidence_format=evidence_format, video=video,
         video_fps=video_fps, show=show, drop=not no_drop, loop_files=loop_files, max_frames=max_frames,
         stats_every=stats_every, reconnect_delay=reconnect_delay, reconnect_max=reconnect_max,

@@ -1,9 +1,11 @@
 """Backends: runners for artifacts (activate / infer / deactivate), obtained by name from one registry.
 
 Registered here: ``onnxruntime`` (ONNX graphs; CUDA execution provider when present, else CPU),
+``openvino`` (ONNX graphs on Intel CPUs, GPUs and NPUs; FP32, gated mixed BF16, INT8 graphs),
 ``tensorrt`` (engines, standard TensorRT or TensorRT-RTX; refuses one built for another TensorRT or GPU
 before loading it) and ``triton`` (a model served by Triton Inference Server; never chosen by ``auto``:
-``aaclip-runtime grpc://HOST:8001/MODEL`` picks it). See ``registry`` for ``open_runner`` and how other packages add backends.
+``aaclip-runtime grpc://HOST:8001/MODEL`` picks it). See ``registry`` for ``open_runner`` and how other
+packages add backends.
 """
 from __future__ import annotations
 
@@ -24,7 +26,13 @@ from .registry import (
 
 
 def _onnxruntime(manifest: Manifest, options: RunnerOptions) -> Runner:
+    from aaclip.contract.errors import UserError
+
     from .onnxruntime import CPU_PROVIDERS, DEFAULT_PROVIDERS, OnnxRuntimeRunner
+
+    if options.extra.get("precision") not in (None, manifest.precision):
+        raise UserError(f"onnxruntime runs the artifact's own precision ({manifest.precision}); a precision hint "
+                        "needs --backend openvino")
 
     providers = options.extra.get("providers") or (CPU_PROVIDERS if options.device == "cpu" else DEFAULT_PROVIDERS)
     if options.device == "cuda":
@@ -51,12 +59,37 @@ register_backend(Backend(
     name="onnxruntime", formats=("onnx",), create=_onnxruntime, installed=module_installed("onnxruntime"),
     install_hint="pip install onnxruntime (onnxruntime-gpu on an x86 GPU machine)", auto_rank=50,
     description="ONNX Runtime: CUDA execution provider when present, else CPU"))
+
+
 def _triton(manifest: Manifest, options: RunnerOptions) -> Runner:
     from .triton import make_triton_runner
 
     return make_triton_runner(manifest, options)
 
 
+def _openvino(manifest: Manifest, options: RunnerOptions) -> Runner:
+    from .openvino import OpenVinoRunner, settings_from_options
+
+    return OpenVinoRunner(manifest.artifact_path, settings_from_options(manifest, options))
+
+
+def _openvino_suits_auto() -> bool:
+    """Auto picks OpenVINO for graphs on an Intel CPU, unless ONNX Runtime can use an NVIDIA GPU here."""
+    from .openvino import intel_cpu
+
+    if not intel_cpu():
+        return False
+    if module_installed("onnxruntime")():
+        import onnxruntime
+
+        return "CUDAExecutionProvider" not in onnxruntime.get_available_providers()
+    return True
+
+
+register_backend(Backend(
+    name="openvino", formats=("onnx",), create=_openvino, installed=module_installed("openvino"),
+    install_hint="pip install openvino", auto_rank=40, auto_when=_openvino_suits_auto,
+    description="OpenVINO: Intel CPU (default), GPU or NPU; fp32, gated mixed bf16, INT8 graphs"))
 register_backend(Backend(
     name="tensorrt", formats=("engine",), create=_tensorrt, installed=module_installed("tensorrt", "tensorrt_rtx"),
     install_hint="TensorRT comes with JetPack; elsewhere pip install tensorrt-cu12 or tensorrt-rtx-cu13", auto_rank=10,

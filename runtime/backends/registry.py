@@ -5,8 +5,9 @@ a ``Backend`` is a small registered factory that turns one into a ``Runner`` (ac
 deactivate). Everything that runs an artifact (the camera loop, calibration, the export verifier, the
 benchmarks) asks ``open_runner(manifest, name)``; nothing else picks a backend.
 
-``auto`` takes, among the installed backends that run the artifact's format, the one with the lowest
-``auto_rank`` (TensorRT for engines, ONNX Runtime for graphs). Backends outside the runtime register
+``auto`` takes, among the installed backends that run the artifact's format and suit this machine
+(``auto_when``), the one with the lowest ``auto_rank``: TensorRT for engines; for graphs OpenVINO on an
+Intel CPU without a CUDA execution provider, else ONNX Runtime. Backends outside the runtime register
 themselves on import (the PyTorch reference runner of ``aaclip.export.reference``).
 """
 from __future__ import annotations
@@ -42,6 +43,7 @@ class Backend:
     install_hint: str
     auto_rank: int = 100                                  # lower wins for --backend auto; None-like 1000: never auto
     description: str = ""
+    auto_when: Callable[[], bool] = lambda: True          # whether auto may pick it on this machine (e.g. Intel CPU)
 
 
 _BACKENDS: dict[str, Backend] = {}
@@ -83,8 +85,9 @@ def choose_backend(manifest: Manifest, name: str = AUTO) -> Backend:
     candidates = sorted((b for b in _BACKENDS.values() if fmt in b.formats and b.auto_rank < 1000),
                         key=lambda b: b.auto_rank)
     for backend in candidates:
-        if backend.installed():
+        if backend.installed() and backend.auto_when():
             return backend
+    candidates = [b for b in candidates if b.auto_when()]
     if candidates:
         return candidates[0]  # not installed: its create() raises the install hint
     raise UserError(f"no backend runs {fmt} artifacts ({manifest.artifact_path.name})")

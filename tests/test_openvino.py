@@ -1,0 +1,194 @@
+"""The openvino backend: the runtime loop, FP32 parity with ONNX Runtime on the tiny AA-CLIP export, the mixed
+BF16 split (tower BF16 matmuls, FP32 head) behind the accuracy gate, auto selection, calibration through the
+registry, the model cache."""
+import json
+
+import cv2
+import numpy as np
+import pytest
+from aaclip.calibration.cli import cli as calibrate_cli
+from aaclip.contract.errors import UserError
+from aaclip.contract.manifest import load_manifest, open_artifact
+from aaclip.runtime import backends as B
+from aaclip.runtime.backends import RunnerOptions, choose_backend, open_runner
+from aaclip.runtime.backends.base import infer_frames
+from aaclip.runtime.backends.options import runner_options
+from aaclip.runtime.cli import RunConfig, run
+from aaclip.train.synth import draw_product
+from click.testing import CliRunner
+from model_fixtures import make_tiny_checkpoint
+from runtime_fixtures import CLEAN_LEVEL, frame_image, make_onnx_artifact, read_events, write_video
+
+ov = pytest.importorskip("openvino")  # CI installs it through the dev extra
+
+
+def ov_options(tmp_path, **extra):
+    return RunnerOptions(device="cpu", extra={"cache_dir": str(tmp_path / "ov-cache"), **extra})
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """The tiny AA-CLIP checkpoint exported to FP32 ONNX (one class), and 12 product images."""
+    from aaclip.export.onnx_export import export_onnx
+
+    root = tmp_path_factory.mktemp("ov")
+    make_tiny_checkpoint(root / "ckpt")
+    art = export_onnx(root / "ckpt", root / "model.onnx", classes=["disk"]).path
+    rng = np.random.default_rng(3)
+    (root / "good").mkdir()
+    frames = []
+    for i in range(12):
+        frames.append(draw_product("disk", rng, 64))
+        cv2.imwrite(str(root / "good" / f"{i:02d}.png"), frames[-1])
+    return art, np.stack(frames)
+
+
+def test_camera_loop_runs_on_openvino(tmp_path):
+    art = make_onnx_artifact(tmp_path)
+    video = write_video(tmp_path / "line.avi", 8, defect_frames=[2, 3, 6])
+    events = tmp_path / "events.jsonl"
+    summary = run(RunConfig(artifact=art, cameras=(str(video),), backend="openvino", drop=False, events=events,
+                            runner=runner_options("cpu", 1, None, "latency", str(tmp_path / "cache"))))
+    ev = read_events(events)
+    assert [e["frame"] for e in ev] == list(range(8))
+    assert {i for i, e in enumerate(ev) if e["anomalous"]} == {2, 3, 6}
+    assert all(e["map_max"] > 0.95 for e in ev if e["anomalous"])
+    clean = [e["cls_score"] for e in ev if not e["anomalous"]]
+    np.testing.assert_allclose(clean, CLEAN_LEVEL, atol=0.02)
+    assert (summary.frames, summary.anomalous) == (8, 3)
+
+
+def test_multi_class_and_throughput_hint_split_batches(tmp_path):
+    m = open_artifact(make_onnx_artifact(tmp_path, classes=("a", "b"), class_offsets=[0.0, 0.5]))
+    frames = [frame_image(i % 2 == 0, seed=i) for i in range(5)]
+    with open_runner(m, "onnxruntime") as ort:
+        ref = infer_frames(ort, m, frames, [0, 1, 0, 1, 1], batch=4)
+    with open_runner(m, "openvino", ov_options(tmp_path, perf_hint="throughput")) as runner:
+        assert runner.input_names == ("image", "class_id")
+        assert set(runner.output_names) == {"anomaly_map", "map_max", "cls_score"}
+        out = infer_frames(runner, m, frames, [0, 1, 0, 1, 1], batch=4)
+    for name in ("anomaly_map", "map_max", "cls_score"):
+        np.testing.assert_allclose(out[name], ref[name], atol=1e-5)  # summation order of the means
+
+
+def test_fp32_matches_onnxruntime_on_tiny_aaclip(tiny, tmp_path):
+    art, frames = tiny
+    m = open_artifact(art)
+    with open_runner(m, "onnxruntime", RunnerOptions(device="cpu")) as ort:
+        ref = infer_frames(ort, m, frames, batch=4)
+    with open_runner(m, "openvino", ov_options(tmp_path)) as runner:
+        out = infer_frames(runner, m, frames, batch=4)
+        layers = runner.execution_precision
+    span = ref["anomaly_map"].max() - ref["anomaly_map"].min()
+    assert span > 0
+    assert np.abs(out["anomaly_map"] - ref["anomaly_map"]).max() <= 1e-5 * span
+    assert np.abs(out["map_max"] - ref["map_max"]).max() <= 1e-5 * span
+    np.testing.assert_allclose(out["cls_score"], ref["cls_score"], atol=1e-5)
+    assert "bf16" not in layers and layers.get("f32", 0) > 100  # the FP32 hint is set explicitly
+    assert any((tmp_path / "ov-cache" / m.sha256[:16]).iterdir())  # compiled blob cached for the next start
+
+
+def test_mixed_bf16_keeps_head_and_norms_fp32(tiny, tmp_path):
+    art, frames = tiny
+    m = open_artifact(art)
+    core = ov.Core()
+    if "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        with pytest.raises(UserError, match="has no BF16 support"):
+            open_runner(m, "openvino", ov_options(tmp_path, precision="bf16", ungated=True)).activate()
+        return
+    with open_runner(m, "openvino", ov_options(tmp_path)) as fp32:
+        ref = infer_frames(fp32, m, frames, batch=2)
+    with open_runner(m, "openvino", ov_options(tmp_path, precision="bf16", ungated=True)) as runner:
+        out = infer_frames(runner, m, frames, batch=2)
+        tower, head = runner._stages
+        tower_ops = {(o.get_friendly_name(), o.get_rt_info()["layerType"].astype(str)):
+                     o.get_rt_info()["runtimePrecision"].astype(str) for o in tower.compiled.get_runtime_model().get_ops()}
+        head_prec = head.runtime_precisions()
+    assert "bf16" not in head_prec and head_prec["f32"] > 10  # similarity, blur, resize, max: FP32
+    assert {p for (name, kind), p in tower_ops.items() if kind == "MVN"} == {"f32"}  # LayerNorm
+    fc = [p for (name, kind), p in tower_ops.items() if kind == "FullyConnected" and "/resblocks." in name]
+    assert fc and set(fc) == {"bf16"}  # the transformer's matmuls
+    span = ref["anomaly_map"].max() - ref["anomaly_map"].min()
+    err = np.abs(out["anomaly_map"] - ref["anomaly_map"]).max() / span
+    assert 0 < err < 0.01  # BF16 does change the numbers, within the gate's default map limit
+
+
+def test_bf16_refused_until_the_gate_passes(tiny, tmp_path):
+    art, _ = tiny
+    if "BF16" not in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        pytest.skip("this CPU has no BF16")
+    copy = tmp_path / "model.onnx"
+    copy.write_bytes(art.read_bytes())
+    (tmp_path / "model.onnx.manifest.json").write_text(art.with_name(art.name + ".manifest.json").read_text())
+    good = art.parent / "good"
+    with pytest.raises(UserError, match="has not passed the accuracy gate: run aaclip-calibrate bf16"):
+        open_runner(open_artifact(copy), "openvino", ov_options(tmp_path, precision="bf16"))
+
+    cache = str(tmp_path / "c")
+    strict = CliRunner().invoke(calibrate_cli, ["bf16", str(copy), "--images", str(good), "--holdout", "4",
+                                                "--max-map-err", "1e-9", "--cache-dir", cache])
+    assert strict.exit_code == 1, strict.output
+    assert "accuracy gate (FAILED):" in strict.stdout and "FAIL  max map error" in strict.stdout
+    assert "precision_gates" not in json.loads((tmp_path / "model.onnx.manifest.json").read_text())
+
+    ok = CliRunner().invoke(calibrate_cli, ["bf16", str(copy), "--images", str(good), "--holdout", "4",
+                                            "--cache-dir", cache])
+    assert ok.exit_code == 0, ok.output
+    assert "accuracy gate (passed):" in ok.stdout and ok.stdout.count("  PASS  ") == 4
+    record = load_manifest(copy).data["precision_gates"]["openvino-bf16"]
+    assert record["passed"] is True and record["artifact_sha256"] == load_manifest(copy).sha256
+    assert record["gate"]["map_err"] < 0.01 and record["runtime_precisions"]["bf16"] > 0
+    with open_runner(open_artifact(copy), "openvino", ov_options(tmp_path, precision="bf16")) as runner:
+        assert runner.settings.precision == "bf16"
+
+
+def test_auto_picks_openvino_on_intel_cpus_only(tmp_path, monkeypatch):
+    import aaclip.runtime.backends.openvino as ovb
+
+    m = open_artifact(make_onnx_artifact(tmp_path))
+    monkeypatch.setattr(ovb, "cpu_vendor", lambda: "GenuineIntel")
+    assert choose_backend(m).name == "openvino"
+    monkeypatch.setattr(ovb, "cpu_vendor", lambda: "AuthenticAMD")
+    assert choose_backend(m).name == "onnxruntime"
+    assert "openvino" in B.backend_names()
+
+
+def test_option_errors_are_user_errors(tmp_path):
+    m = open_artifact(make_onnx_artifact(tmp_path))
+    with pytest.raises(UserError, match="not CUDA"):
+        open_runner(m, "openvino", RunnerOptions(device="cuda"))
+    with pytest.raises(UserError, match="INT8 comes from an INT8 graph"):
+        open_runner(m, "openvino", RunnerOptions(extra={"precision": "int8"}))
+    with pytest.raises(UserError, match="sees no device 'NPU'"):
+        open_runner(m, "openvino", RunnerOptions(device="npu", extra={"cache_dir": "none"})).activate()
+    with pytest.raises(UserError, match="a precision hint needs --backend openvino"):
+        open_runner(m, "onnxruntime", RunnerOptions(extra={"precision": "bf16"}))
+
+
+def test_threshold_calibration_through_openvino(tmp_path):
+    art = make_onnx_artifact(tmp_path)
+    good = tmp_path / "good"
+    good.mkdir()
+    for i in range(40):
+        cv2.imwrite(str(good / f"{i:02d}.png"), frame_image(False, seed=i))
+    r = CliRunner().invoke(calibrate_cli, ["threshold", str(art), "--images", str(good), "--backend", "openvino",
+                                           "--cache-dir", "none", "--threads", "1", "--no-plot"])
+    assert r.exit_code == 0, r.output
+    calib = load_manifest(art).data["score"]["calibration"]
+    assert calib["backend"] == "openvino" and calib["frames"] == 40
+    score = load_manifest(art).data["score"]
+    assert score["map_lo"] == pytest.approx(CLEAN_LEVEL, abs=0.03)  # darkness of the clean grey frames
+
+
+def test_int8_gate_on_openvino(tiny, tmp_path):
+    art, _ = tiny
+    out = tmp_path / "model.int8.onnx"
+    r = CliRunner().invoke(calibrate_cli, ["int8", str(art), "--images", str(art.parent / "good"), "--holdout", "4",
+                                           "--backend", "openvino", "--out", str(out), "--force"])
+    assert r.exit_code == 0, r.output
+    gate = load_manifest(out).data["quantization"]["gate"]
+    assert gate["backend"] == "openvino" and "map_err" in gate and gate["limits"]["max_map_err"] == 0.01
+    m = open_artifact(out)
+    with open_runner(m, "openvino", ov_options(tmp_path)) as runner:
+        layers = runner.execution_precision
+    assert layers.get("i8", 0) + layers.get("u8", 0) > 8  # Q/DQ became integer kernels
