@@ -10,7 +10,7 @@ import pytest
 from aaclip.benchmarks import rows as R
 from aaclip.benchmarks.loop_timing import STAGES, steady_state
 from aaclip.benchmarks.measure import latency_stats, time_calls
-from aaclip.benchmarks.peaks import cpu_peak, device_peak, gpu_peak
+from aaclip.benchmarks.peaks import cpu_peak, device_peak, gpu_peak, measure_cpu_peaks, measured_cpu_peak
 from aaclip.benchmarks.report import ROW_COLUMNS
 from aaclip.train.flops import VisionGeometry, flops_breakdown, geometry_from_config, model_flops
 from model_fixtures import tiny_config
@@ -98,6 +98,25 @@ def test_peaks_table_and_cpu_estimate():
     assert device_peak("cpu", "AMD EPYC", "fp32") is None  # unknown unless asked for or given
     assert device_peak("cpu", "AMD EPYC", "fp32", override_tflops=1.5).tflops == 1.5
     assert device_peak("cuda", "NVIDIA A100-SXM4-80GB", "fp32").tflops == 19.5
+    measured = {"peaks": {"fp32": 0.4, "int8": 1.2}, "probes": {"numpy fp32": 0.3, "openvino fp32": 0.4,
+                                                                 "openvino int8": 1.2},
+                "shape": [64, 64, 64], "reps": 3, "seconds": 0.1}
+    assert device_peak("cpu", "AMD EPYC", "fp32", cpu_measured=measured).tflops == 0.4
+    assert "openvino fp32" in device_peak("cpu", "AMD EPYC", "fp32", cpu_measured=measured).source
+    assert device_peak("cpu", "AMD EPYC", "fp16", cpu_measured=measured).tflops == 0.4  # FP16 graphs: FP32 matmuls
+    assert device_peak("cpu", "AMD EPYC", "int8", cpu_measured=measured).tflops == 1.2
+    assert measured_cpu_peak("bf16", measured) is None  # not probed: no fraction rather than a wrong one
+
+
+def test_cpu_matmul_probe_measures_each_available_precision():
+    m = measure_cpu_peaks(shape=(64, 128, 256), reps=2)
+    assert m["shape"] == [64, 128, 256] and m["probes"]["numpy fp32"] > 0
+    assert m["peaks"]["fp32"] == max(v for k, v in m["probes"].items() if k.endswith(" fp32"))
+    import openvino
+
+    caps = openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    assert ("openvino bf16" in m["probes"]) == ("BF16" in caps)
+    assert ("openvino int8" in m["probes"]) == ("INT8" in caps)
 
 
 def test_rows_and_skip_reasons():
@@ -117,6 +136,13 @@ def test_rows_and_skip_reasons():
     assert R.row_devices("torch", "fp32", gpu) == ["cuda"]
     assert all(R.skip_reason(R.RowSpec(b, "cuda", "fp16", 1), gpu) is None for b in ("torch", "onnxruntime", "tensorrt"))
     assert R.skip_reason(R.RowSpec("onnxruntime", "cpu", "int8", 1), gpu) is None
+    assert "not installed" in R.skip_reason(R.RowSpec("openvino", "cpu", "fp32", 1), bare)
+    intel = R.Capabilities(cuda=False, ort_providers=(), tensorrt=False, int8_graph=False, openvino=("FP32", "INT8"))
+    assert R.row_devices("openvino", "bf16", intel) == ["cpu"]
+    assert R.skip_reason(R.RowSpec("openvino", "cpu", "fp32", 1), intel) is None
+    assert "no BF16" in R.skip_reason(R.RowSpec("openvino", "cpu", "bf16", 1), intel)
+    assert "--int8" in R.skip_reason(R.RowSpec("openvino", "cpu", "int8", 1), intel)
+    assert "FP16 graphs are for GPUs" in R.skip_reason(R.RowSpec("openvino", "cpu", "fp16", 1), intel)
 
 
 def test_list_parsing_errors_name_the_option():
@@ -166,7 +192,7 @@ def tiny_run(tmp_path_factory):
     from aaclip.benchmarks.suite import BenchConfig, run_benchmark
 
     out = tmp_path_factory.mktemp("bench")
-    cfg = BenchConfig(out_dir=out, tiny=True, backends=("torch", "onnxruntime", "tensorrt"),
+    cfg = BenchConfig(out_dir=out, tiny=True, backends=("torch", "onnxruntime", "openvino", "tensorrt"),
                       precisions=("fp32", "fp16"), batches=(1, 2), reps=2, warmup=1, frames=4, parity_frames=2,
                       command="aaclip-bench --tiny (test)")
     result, files = run_benchmark(cfg)
@@ -187,6 +213,8 @@ def test_every_configured_row_is_present_with_a_status(tiny_run):
     by_key = {r["key"]: r for r in rows}
     assert by_key["onnxruntime/cpu/fp32/b1"]["status"] == "ok"
     assert by_key["onnxruntime/cpu/fp32/b2"]["status"] == "ok"
+    assert by_key["openvino/cpu/fp32/b1"]["status"] == "ok" and by_key["openvino/cpu/fp32/b2"]["status"] == "ok"
+    assert "FP16 graphs are for GPUs" in by_key["openvino/cpu/fp16/b1"]["reason"]
     if not caps.cuda:
         assert by_key["torch/cpu/fp32/b1"]["status"] == "ok"
         assert "no CUDA device" in by_key["torch/cuda/fp16/b1"]["reason"]
@@ -211,11 +239,44 @@ def test_throughput_latency_and_flops_are_consistent(tiny_run):
     ort32 = next(r for r in result["rows"] if r["key"] == "onnxruntime/cpu/fp32/b1")
     assert ort32["parity_passed"] is True and ort32["parity_map_rel"] <= 1e-4
     assert ort32["parity"].startswith("PASS")
+    ov32 = next(r for r in result["rows"] if r["key"] == "openvino/cpu/fp32/b1")
+    assert ov32["parity_passed"] is True and ov32["parity_map_rel"] <= 1e-4
+    assert ov32["artifact"] == "aaclip-fp32.onnx" and ov32["loop_status"] == "ok"
+    # the CPU peak is measured in the run: every CPU row has a fraction of it, and the probe is recorded
+    probe = result["environment"]["cpu_peaks"]
+    assert probe["peaks"]["fp32"] > 0
+    for r in (r for r in result["rows"] if r["status"] == "ok" and r["device"] == "cpu"):
+        assert r["peak_tflops"] == pytest.approx(probe["peaks"]["fp32"], rel=1e-3) and "measured" in r["peak_source"]
+
+
+def test_rows_are_timed_interleaved(monkeypatch, tmp_path):
+    """Round-robin: every round calls each row once, the starting row rotating; warm-up rounds untimed."""
+    from aaclip.benchmarks import suite
+
+    order = []
+
+    class Fake:
+        def __init__(self, name):
+            self.name = name
+
+    groups = [suite._Group([R.RowSpec(b, "cpu", "fp32", 1)], [suite._base_row(R.RowSpec(b, "cpu", "fp32", 1), cfg)],
+                           runner=Fake(b)) for b, cfg in [(b, suite.BenchConfig(out_dir=tmp_path, reps=3, warmup=1))
+                                                          for b in ("torch", "onnxruntime", "openvino")]]
+    monkeypatch.setattr(suite, "row_call", lambda ctx, spec, runner, manifest: lambda: order.append(runner.name))
+    monkeypatch.setattr(suite, "timing_fields", lambda ctx, spec, times: {"reps": len(times)})
+
+    class Ctx:
+        cfg = suite.BenchConfig(out_dir=tmp_path, reps=3, warmup=1)
+
+    suite.time_interleaved(Ctx(), groups)
+    assert order == ["torch", "onnxruntime", "openvino", "onnxruntime", "openvino", "torch",
+                     "openvino", "torch", "onnxruntime", "torch", "onnxruntime", "openvino"]
+    assert all(g.rows[0]["status"] == "ok" and g.rows[0]["reps"] == 3 for g in groups)
 
 
 def test_loop_overhead_is_computed_from_the_two_throughputs(tiny_run):
     _, result, _ = tiny_run
-    looped = [r for r in result["rows"] if r["backend"] == "onnxruntime" and r["status"] == "ok"]
+    looped = [r for r in result["rows"] if r["backend"] in ("onnxruntime", "openvino") and r["status"] == "ok"]
     assert looped
     for r in looped:
         assert r["loop_status"] == "ok", r["loop_reason"]
@@ -253,7 +314,7 @@ def test_json_csv_markdown_and_plot_agree(tiny_run):
     data = json.loads(files["json"].read_text())
     assert data["rows"] == json.loads(json.dumps(result["rows"]))
     env = data["environment"]
-    assert env["libraries"]["onnxruntime"] and env["cpu"]["logical_cores"] >= 1 and "torch_intra_op" in env["threads"]
+    assert env["libraries"]["onnxruntime"] and env["libraries"]["openvino"] and env["cpu"]["logical_cores"] >= 1 and "torch_intra_op" in env["threads"]
     with open(files["csv"], newline="") as f:
         table = list(csv.DictReader(f))
     assert len(table) == len(data["rows"])
@@ -272,7 +333,7 @@ def test_json_csv_markdown_and_plot_agree(tiny_run):
         if r["status"] != "ok":
             assert f"- {r['key']}: {r['status']}: {r['reason']}" in md
     loop_lines = [line for line in md.split("## End-to-end runtime loop")[1].splitlines()
-                  if line.startswith("| ONNX Runtime |")]
+                  if line.startswith(("| ONNX Runtime |", "| OpenVINO |"))]
     assert len(loop_lines) == sum(r["loop_status"] == "ok" for r in data["rows"])
     assert files["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
