@@ -50,7 +50,8 @@ def resolve_model(ckpt: Optional[Path], tiny: bool, shape: Optional[str], method
 @click.option("--backends", default=",".join(DEFAULT_BACKENDS), show_default=True,
               help=f"Comma-separated: {', '.join(BACKENDS)} (triton: the graph served by Triton, per --clients).")
 @click.option("--precisions", default="fp32,fp16", show_default=True,
-              help=f"Comma-separated: {', '.join(PRECISIONS)} (int8 needs --int8 or an INT8 --engine).")
+              help=f"Comma-separated: {', '.join(PRECISIONS)} (int8 needs --int8 or an INT8 --engine; bf16: OpenVINO's "
+                   "mixed BF16 on CPUs, PyTorch autocast on GPUs).")
 @click.option("--batches", default="1,2,4", show_default=True, help="Comma-separated batch sizes.")
 @click.option("--reps", type=int, default=10, show_default=True, help="Timed calls per row.")
 @click.option("--warmup", type=int, default=2, show_default=True, help="Untimed calls before timing each row.")
@@ -64,13 +65,14 @@ def resolve_model(ckpt: Optional[Path], tiny: bool, shape: Optional[str], method
 @click.option("--parity-frames", type=int, default=4, show_default=True,
               help="Frames for the parity check against the FP32 PyTorch reference.")
 @click.option("--int8", "int8", type=click.Path(path_type=Path, dir_okay=False), default=None,
-              help="An INT8 (QDQ) ONNX graph with its manifest: adds onnxruntime int8 rows.")
+              help="An INT8 (QDQ) ONNX graph with its manifest: adds onnxruntime and openvino int8 rows.")
 @click.option("--engine", "engines", multiple=True, type=click.Path(path_type=Path, dir_okay=False),
               help="A TensorRT engine with its manifest (repeatable); without one, engines are built on the GPU.")
 @click.option("--work-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Keep exported graphs and the loop video here (default: a temporary folder, removed).")
 @click.option("--peak-tflops", type=float, default=None,
-              help="Peak TFLOP/s of the device for the fraction-of-peak column (overrides the built-in table).")
+              help="Peak TFLOP/s of the device for the fraction-of-peak column (overrides the GPU table and the "
+                   "CPU matmul probe measured in the run).")
 @click.option("--no-plot", is_flag=True, help="Skip the PNG plot.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random weights and frames.")
 @click.option("--clients", default="1,2,4", show_default=True,
@@ -88,10 +90,11 @@ def main(ckpt: Optional[Path], tiny: bool, shape: Optional[str], method: Optiona
          quiet: bool) -> None:
     """Benchmark a model the way a production engineer measures it.
 
-    Rows: backend x precision x batch (PyTorch eager, ONNX Runtime CPU/CUDA, TensorRT); rows that cannot
-    run here are listed as skipped with the reason. Reports images/s, latency p50/p95/p99, peak memory,
-    artifact size, parity against FP32, FLOP/s against the device's peak, and the end-to-end runtime
-    loop's throughput per stage and its overhead over the raw backend.
+    Rows: backend x precision x batch (PyTorch eager, ONNX Runtime CPU/CUDA, OpenVINO CPU, TensorRT),
+    timed interleaved (round-robin); rows that cannot run here are listed as skipped with the reason.
+    Reports images/s, latency min/median/p95/p99, speed against ONNX Runtime FP32, peak memory, artifact
+    size, parity against FP32, FLOP/s against the device's peak (CPUs: measured in the run), and the
+    end-to-end runtime loop's throughput per stage and its overhead over the raw backend.
     """
     setup_logging(verbose, quiet)
     from .suite import BenchConfig, run_benchmark

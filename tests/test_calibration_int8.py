@@ -50,7 +50,7 @@ def test_int8_passes_gate_and_runs_in_the_runtime(fp32, int8_run):
     assert "INT8 calibration: 18 frames (images" in r.stdout  # 24 frames, every 4th held out
     assert "accuracy gate (passed):" in r.stdout
     assert "held-out frames: 44 (22 normal, 22 anomalous)" in r.stdout  # 6 held out + 16 synthetic, x2
-    assert r.stdout.count("  PASS  ") == 3 and "FAIL" not in r.stdout
+    assert r.stdout.count("  PASS  ") == 4 and "FAIL" not in r.stdout  # map error, map/rank correlation, AUROC
 
     m = load_manifest(out)
     check_artifact(m)  # sha256 and file name recorded correctly
@@ -64,6 +64,7 @@ def test_int8_passes_gate_and_runs_in_the_runtime(fp32, int8_run):
     assert len(q["calibration"]["sha256"]) == 64
     assert q["gate"]["passed"] is True and q["gate"]["forced"] is False
     assert q["gate"]["map_corr"] >= 0.98 and q["gate"]["rank_corr"] >= 0.95 and q["gate"]["auroc_change"] <= 0.02
+    assert 0 < q["gate"]["map_err"] <= 0.01 and q["gate"]["backend"] == "onnxruntime"
     assert m.rebuild_command.startswith("aaclip-calibrate int8 ") and "--images" in m.rebuild_command
 
     # the INT8 graph runs through the runtime's ONNX Runtime backend and agrees with FP32
@@ -194,9 +195,17 @@ def test_spearman_and_gate_report():
     report = evaluate_gate(maps, maps, fp32_scores, np.array([0.1, 0.85, 0.8, 0.9]), labels, GateLimits())
     assert report.auroc_fp32 == 1.0 and report.auroc_int8 == 0.75 and report.auroc_change == 0.25
     assert report.rank_corr == pytest.approx(0.8)
-    assert [row[-1] for row in report.checks] == [True, False, False] and not report.passed
+    assert [row[-1] for row in report.checks] == [True, True, False, False] and not report.passed
+    assert report.map_err == 0.0
     assert report.lines()[0] == "held-out frames: 4 (2 normal, 2 anomalous)"
-    assert report.lines()[3] == "  FAIL  |AUROC change|: 0.2500 (limit <= 0.02)"
+    assert report.lines()[4] == "  FAIL  |AUROC change|: 0.2500 (limit <= 0.02)"
+    # map error: largest pixel error relative to the FP32 maps' range, over all frames
+    shifted = maps.copy()
+    shifted[2, 1, 1] += 0.02 * (maps.max() - maps.min())
+    off = evaluate_gate(maps, shifted, fp32_scores, fp32_scores, labels, GateLimits())
+    assert off.map_err == pytest.approx(0.02) and off.checks[0][-1] is False and not off.passed
+    assert off.lines()[1] == "  FAIL  max map error / FP32 map range: 0.0200 (limit <= 0.01)"
+    assert evaluate_gate(maps, shifted, fp32_scores, fp32_scores, labels, GateLimits(max_map_err=0.03)).passed
     # saturated scores: both constant keep their (trivial) order, every pair ties
     flat = evaluate_gate(maps, maps, np.full(4, 0.5), np.full(4, 0.5), labels)
     assert (flat.rank_corr, flat.auroc_fp32, flat.auroc_change) == (1.0, 0.5, 0.0)

@@ -192,3 +192,18 @@ def test_int8_gate_on_openvino(tiny, tmp_path):
     with open_runner(m, "openvino", ov_options(tmp_path)) as runner:
         layers = runner.execution_precision
     assert layers.get("i8", 0) + layers.get("u8", 0) > 8  # Q/DQ became integer kernels
+
+
+def test_runtime_cli_refuses_ungated_bf16_with_one_line(tmp_path):
+    from aaclip.runtime.cli import main
+
+    art = make_onnx_artifact(tmp_path)
+    video = write_video(tmp_path / "line.avi", 2)
+    r = CliRunner().invoke(main, [str(art), "--camera", str(video), "--backend", "openvino", "--precision-hint", "bf16",
+                                  "--no-drop"])
+    assert r.exit_code == 2
+    assert r.output.strip().splitlines()[-1].startswith("error: bf16 on model.onnx has not passed the accuracy gate")
+    ok = CliRunner().invoke(main, [str(art), "--camera", str(video), "--backend", "openvino", "--threads", "1",
+                                   "--cache-dir", "none", "--no-drop"])
+    assert ok.exit_code == 0, ok.output
+    assert "2 frames" in ok.output

@@ -365,10 +365,17 @@ class OpenVinoRunner(Runner):
 
 # ---- the gate record -------------------------------------------------------------------------------
 def gate_record(manifest_data: Mapping, precision: str) -> Optional[dict]:
-    """The manifest's record of the accuracy gate for ``precision`` on OpenVINO (None: never gated)."""
+    """The manifest's record of the accuracy gate for ``precision`` on OpenVINO (None: never gated): the
+    ``precision_gates`` entry of an FP32 graph (aaclip-calibrate bf16), or an INT8 graph's own gate when it
+    ran on OpenVINO with that precision hint (aaclip-calibrate int8 --backend openvino --precision-hint)."""
     gates = manifest_data.get("precision_gates") or {}
     record = gates.get(f"openvino-{precision}") if isinstance(gates, Mapping) else None
-    return dict(record) if isinstance(record, Mapping) else None
+    if isinstance(record, Mapping):
+        return dict(record)
+    gate = (manifest_data.get("quantization") or {}).get("gate")
+    if isinstance(gate, Mapping) and gate.get("backend") == "openvino" and gate.get("precision_hint") == precision:
+        return dict(gate, artifact_sha256=(manifest_data.get("artifact") or {}).get("sha256"))
+    return None
 
 
 def check_gated(manifest, precision: str) -> None:
