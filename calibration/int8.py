@@ -6,8 +6,9 @@ mode (explicit quantization; the deprecated implicit INT8 calibrators are not us
 it on CPU with integer kernels. Choices (docs/calibration.md explains them):
 
 - only the transformer's MatMul/Gemm/Conv with constant weights are quantized (``plan_quantization``):
-  attention's activation x activation MatMuls, LayerNorm, Softmax and the whole post-processing (anchor
-  similarity MatMuls, blur convolutions, Resize, ReduceMax, the input resize) stay FP32;
+  attention's activation x activation MatMuls, LayerNorm, Softmax, AA-CLIP's adapters and projections
+  (``FP32_SCOPES``) and the whole post-processing (anchor similarity MatMuls, blur convolutions, Resize,
+  ReduceMax, the input resize) stay FP32;
 - weights INT8 symmetric per output channel, activations INT8 symmetric per tensor (zero point 0, which
   TensorRT requires), Q/DQ on the inputs of quantized nodes only (TensorRT's recommended placement);
 - activation ranges from normal frames fed exactly as the runtime feeds the graph (uint8 NHWC BGR,
@@ -32,6 +33,7 @@ from aaclip.contract.score import image_score
 from aaclip.export.replace import commit, keep_calibration, staging
 from aaclip.runtime.backends import RunnerOptions, open_runner
 from aaclip.runtime.backends.onnxruntime import import_onnxruntime
+from aaclip.runtime.backends.openvino import FP32_SCOPES
 
 from .gate import GateLimits, GateReport, evaluate_gate
 from .inference import Collect, FrameOutputs, run_items
@@ -84,6 +86,8 @@ def plan_quantization(model) -> QuantPlan:
             plan.exclude[node.name] = "activation x activation (attention)"
         elif node.name.strip("/").count("/") < 1:
             plan.exclude[node.name] = "post-processing (top-level graph code)"
+        elif node.name.startswith(FP32_SCOPES):
+            plan.exclude[node.name] = "adapter or projection into the anchor space (feeds the similarity head)"
         else:
             plan.quantize.append(node.name)
     return plan
