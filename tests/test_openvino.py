@@ -207,3 +207,11 @@ def test_runtime_cli_refuses_ungated_bf16_with_one_line(tmp_path):
                                    "--cache-dir", "none", "--no-drop"])
     assert ok.exit_code == 0, ok.output
     assert "2 frames" in ok.output
+
+
+def test_export_verifier_runs_the_graph_on_openvino(tiny):
+    from aaclip.export.verify import VerifyOptions, verify_artifact
+
+    art, _ = tiny
+    report = verify_artifact(art, art.parent / "ckpt", VerifyOptions(frames=2, backend="openvino"))
+    assert report.passed and report.map_rel <= 1e-4, report.lines()
