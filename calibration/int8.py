@@ -158,11 +158,62 @@ def _reader(frames: np.ndarray, class_ids: np.ndarray, manifest: Manifest, batch
     return CalibrationFeeds()
 
 
+def activation_inputs(model, plan: QuantPlan) -> list[str]:
+    """The activation inputs of the planned nodes (their first input): the tensors that get Q/DQ."""
+    quantized = set(plan.quantize)
+    return sorted({node.input[0] for node in model.graph.node if node.name in quantized})
+
+
+def collect_ranges(model, plan: QuantPlan, frames: np.ndarray, class_ids: np.ndarray, manifest: Manifest,
+                   batch: int, work: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """MinMax ranges of the planned nodes' activation inputs over ``frames``, fed as the runtime feeds them.
+
+    ``model`` (consumed) gets one ReduceMin and one ReduceMax per tensor as extra graph outputs, is written to
+    ``work`` and run by one ONNX Runtime session in batches: only two scalars per tensor and batch come back,
+    never the activations, and the only model copy in memory is the session's. (ONNX Runtime's own
+    calibrator, ``quantize_static`` with a data reader, holds several copies of the model and went past 20
+    GB at ViT-L-14-336 at 518 px.)
+    """
+    import onnx
+    from onnx import helper
+
+    ort = import_onnxruntime()
+    tensors = activation_inputs(model, plan)
+    outputs = []
+    for i, name in enumerate(tensors):
+        for op in ("ReduceMin", "ReduceMax"):
+            out = f"__range_{op}_{i}"
+            model.graph.node.append(helper.make_node(op, [name], [out], keepdims=0, name=out))
+            model.graph.output.append(helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, []))
+            outputs.append(out)
+    path = Path(work) / "ranges.onnx"
+    onnx.save(model, str(path))
+    del model
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    lo = np.full(len(tensors), np.inf)
+    hi = np.full(len(tensors), -np.inf)
+    for start in range(0, len(frames), batch):
+        feed = {manifest.input_name: frames[start:start + batch]}
+        if manifest.class_input is not None:
+            feed[manifest.class_input] = class_ids[start:start + batch]
+        values = np.asarray(session.run(outputs, feed), np.float64).reshape(len(tensors), 2)
+        lo, hi = np.minimum(lo, values[:, 0]), np.maximum(hi, values[:, 1])
+    del session
+    return {name: (np.float32(a), np.float32(b)) for name, a, b in zip(tensors, lo, hi)}
+
+
 def quantize_graph(fp32_path: Path, out_path: Path, frames: np.ndarray, class_ids: np.ndarray, manifest: Manifest,
                    method: str = "minmax", batch: int = CALIBRATION_BATCH) -> QuantPlan:
-    """Write the Q/DQ INT8 graph of ``fp32_path`` to ``out_path`` (not atomic: the caller stages it)."""
+    """Write the Q/DQ INT8 graph of ``fp32_path`` to ``out_path`` (not atomic: the caller stages it).
+
+    ``minmax`` ranges come from ``collect_ranges`` and reach ``quantize_static`` as its calibration cache;
+    ``percentile`` needs histograms of every activation and uses ONNX Runtime's calibrator (memory-hungry:
+    it does not fit a ViT-L at 518 px on a 24 GB machine)."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data
 
     if method not in CALIBRATION_METHODS:
         raise UserError(f"unknown calibration method {method!r}; use one of {', '.join(CALIBRATION_METHODS)}")
@@ -177,9 +228,6 @@ def quantize_graph(fp32_path: Path, out_path: Path, frames: np.ndarray, class_id
     log.info("quantizing %d of %d MatMul/Gemm/Conv nodes (%d kept FP32) with %s ranges from %d frames (batches of %d)",
              len(plan.quantize), len(plan.quantize) + len(plan.exclude), len(plan.exclude), method, len(frames), batch)
     calib = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile}[method]
-    if named:  # the exporter names every node: ONNX Runtime reads the file itself, one copy fewer in memory
-        del model
-        model = str(fp32_path)
     extra = {
         "ActivationSymmetric": True,     # zero point 0: TensorRT's INT8 is symmetric
         "WeightSymmetric": True,
@@ -191,11 +239,22 @@ def quantize_graph(fp32_path: Path, out_path: Path, frames: np.ndarray, class_id
     root = logging.getLogger()
     root.addFilter(_hide_pre_process_advice)
     try:
-        quantize_static(
-            model, str(out_path), _reader(frames, class_ids, manifest, batch),
-            quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-            per_channel=True, op_types_to_quantize=list(QUANT_OP_TYPES), nodes_to_exclude=list(plan.exclude),
-            calibrate_method=calib, extra_options=extra)
+        with tempfile.TemporaryDirectory(prefix="aaclip-calib-") as work:
+            reader, cache = _reader(frames, class_ids, manifest, batch), None
+            if method == "minmax":
+                unnamed = None if named else onnx.load(str(fp32_path))  # keep the named copy for quantize_static
+                ranges = collect_ranges(model if named else unnamed, plan, frames, class_ids, manifest, batch,
+                                        Path(work))
+                cache, reader = Path(work) / "ranges.json", None
+                save_tensors_data(TensorsData(calib, ranges), cache)
+                (Path(work) / "ranges.onnx").unlink()
+            if named:  # the exporter names every node: ONNX Runtime reads the file itself, no copy held here
+                model = str(fp32_path)
+            quantize_static(
+                model, str(out_path), reader, quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
+                weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=list(QUANT_OP_TYPES),
+                nodes_to_exclude=list(plan.exclude), calibrate_method=calib, extra_options=extra,
+                calibration_cache_path=cache)
     finally:
         root.removeFilter(_hide_pre_process_advice)
     return plan

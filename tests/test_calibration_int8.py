@@ -107,6 +107,9 @@ def test_int8_graph_structure(fp32, int8_run):
                 node.op_type in ("MatMul", "Conv") and name.strip("/").count("/") == 0):
             assert not any(from_dq(node, i) for i in range(len(node.input))), name  # stays FP32
     assert not from_dq(by_name["/resblocks.0/attn/MatMul_1"], 0)  # attention scores: FP32
+    plan = plan_quantization(onnx.load(str(fp32)))
+    assert all(from_dq(by_name[n], 0) and from_dq(by_name[n], 1) for n in plan.quantize)  # every range collected
+    assert not any(from_dq(by_name[n], 0) for n in plan.exclude if n in by_name)
 
 
 def test_plan_quantization_of_the_export(fp32):
