@@ -127,7 +127,8 @@ def results_table(rows: Sequence[dict]) -> list[str]:
             _num(r.get("ms_per_image")) if ok else "-", _num(r.get("images_per_s")) if ok else "-",
             _num(r.get("latency_min_ms")) if ok else "-",
             _num(r.get("latency_p50_ms")) if ok else "-", _num(r.get("latency_p95_ms")) if ok else "-",
-            _num(r.get("latency_p99_ms")) if ok else "-", f"{_num(ratio)}x" if ratio else "-", _tflops(r) if ok else "-",
+            _num(r.get("latency_p99_ms")) if ok else "-", f"{_num(ratio)}x" if ratio else "-",
+            _tflops(r) if ok else "-",
             _num(r.get("host_peak_rss_mb"), 0) if ok else "-", _num(r.get("device_mem_mb"), 0) if ok else "-",
         ]) + " |")
     return lines

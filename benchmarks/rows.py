@@ -135,7 +135,8 @@ def skip_reason(spec: RowSpec, caps: Capabilities) -> Optional[str]:
         if not caps.openvino:
             return "OpenVINO is not installed (pip install openvino)"
         if p == "fp16":
-            return "OpenVINO on a CPU runs fp32, bf16 (mixed, from the FP32 graph) and int8 graphs; FP16 graphs are for GPUs"
+            return ("OpenVINO on a CPU runs fp32, bf16 (mixed, from the FP32 graph) and int8 graphs; "
+                    "FP16 graphs are for GPUs")
         if p == "bf16" and "BF16" not in caps.openvino:
             return "this CPU has no BF16 (OpenVINO capabilities: " + ", ".join(caps.openvino) + ")"
         if p == "int8" and not caps.int8_graph:

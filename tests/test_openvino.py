@@ -102,7 +102,8 @@ def test_mixed_bf16_keeps_head_and_norms_fp32(tiny, tmp_path):
         out = infer_frames(runner, m, frames, batch=2)
         tower, head = runner._stages
         tower_ops = {(o.get_friendly_name(), o.get_rt_info()["layerType"].astype(str)):
-                     o.get_rt_info()["runtimePrecision"].astype(str) for o in tower.compiled.get_runtime_model().get_ops()}
+                     o.get_rt_info()["runtimePrecision"].astype(str)
+                     for o in tower.compiled.get_runtime_model().get_ops()}
         head_prec = head.runtime_precisions()
     assert "bf16" not in head_prec and head_prec["f32"] > 10  # similarity, blur, resize, max: FP32
     assert {p for (name, kind), p in tower_ops.items() if kind == "MVN"} == {"f32"}  # LayerNorm
