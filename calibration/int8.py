@@ -20,6 +20,7 @@ import copy
 import dataclasses
 import datetime as dt
 import logging
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence

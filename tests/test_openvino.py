@@ -216,3 +216,20 @@ def test_export_verifier_runs_the_graph_on_openvino(tiny):
     art, _ = tiny
     report = verify_artifact(art, art.parent / "ckpt", VerifyOptions(frames=2, backend="openvino"))
     assert report.passed and report.map_rel <= 1e-4, report.lines()
+
+
+def test_manifest_with_another_frame_size_is_refused(tmp_path):
+    import json
+
+    from aaclip.contract.errors import ArtifactError
+    from aaclip.contract.files import sha256_file
+    from aaclip.contract.manifest import manifest_path, write_manifest
+    from runtime_fixtures import build_darkness_onnx
+
+    art = make_onnx_artifact(tmp_path)
+    build_darkness_onnx(art, height=32, width=48)
+    data = json.loads(manifest_path(art).read_text())
+    data["artifact"]["sha256"], data["artifact"]["size_bytes"] = sha256_file(art), art.stat().st_size
+    write_manifest(art, data)
+    with pytest.raises(ArtifactError, match="the graph takes 32x48 frames but its manifest says 64x64"):
+        open_runner(open_artifact(art), "openvino", ov_options(tmp_path)).activate()

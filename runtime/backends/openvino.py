@@ -229,6 +229,7 @@ class OpenVinoSettings:
     perf_hint: str = "latency"
     cache_dir: Optional[Path] = None  # None: no model cache (and a temporary folder for the mixed IR)
     artifact_id: str = "model"        # cache subfolder (the artifact's sha256 prefix: a new graph, a new cache)
+    expected_hw: Optional[tuple[int, int]] = None  # the manifest's frame size (checked against the graph)
 
     def config(self) -> dict[str, Any]:
         config: dict[str, Any] = {"PERFORMANCE_HINT": self.perf_hint.upper()}
@@ -341,6 +342,8 @@ class OpenVinoRunner(Runner):
             compiled = core.compile_model(source, s.device, config)
             n = int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")) if s.perf_hint == "throughput" else 1
             self._stages.append(_Stage(compiled, n))
+        shape = self._stages[0].compiled.inputs[0].get_partial_shape()
+        self.check_input_size([d.get_length() if d.is_static else -1 for d in shape], s.expected_hw)
         self.input_names = self._stages[0].input_names
         self.output_names = self._stages[-1].output_names
         self._out_index = {n: i for i, n in enumerate(self.output_names)}
@@ -423,7 +426,8 @@ def settings_from_options(manifest, options) -> OpenVinoSettings:
     else:
         cache_dir = default_cache_dir() if str(cache) == "default" else Path(cache)
     return OpenVinoSettings(device=device_name(options.device), precision=precision, threads=options.threads,
-                            perf_hint=perf, cache_dir=cache_dir, artifact_id=manifest.sha256[:16])
+                            perf_hint=perf, cache_dir=cache_dir, artifact_id=manifest.sha256[:16],
+                            expected_hw=(manifest.height, manifest.width))
 
 
 __all__ = ["OpenVinoRunner", "OpenVinoSettings", "PRECISIONS", "PERF_HINTS", "GATE_KEY", "FP32_SCOPES",
