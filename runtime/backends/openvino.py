@@ -6,13 +6,15 @@ floating-point work (``OpenVinoSettings.precision``):
 - ``fp32``: everything in FP32. OpenVINO's CPU plugin otherwise defaults to BF16 on CPUs that have it,
   so the hint is always set explicitly.
 - ``bf16`` (CPUs with AVX512-BF16 or AMX): **mixed precision**, the transformer's matrix products in BF16
-  and everything else in FP32. Every node of the graph except the MatMul/Convolution nodes inside the
-  image tower's modules (``/resblocks.N/attn|mlp/...``, ``/conv1/Conv``; not the adapters and
-  projections: the same selection as the INT8 quantizer, ``transformer_matmul``) is marked with OpenVINO's
-  ``precise`` runtime attribute (``DisablePrecisionConversion``), which the CPU plugin honours under the
-  BF16 hint: LayerNorm, the residual stream, GELU, the similarity head and the post-processing (anchor
-  similarities, blur, resize, max) stay FP32. OpenVINO reads that attribute from IR only, so the marked
-  model is written once as IR into the cache folder (a temporary one without a cache) and read from there.
+  and everything else in FP32. The graph is cut where its tail begins (``split_model``): the head
+  (feature normalization, anchor similarities, softmax, blur, resize, max) is compiled in FP32; the image
+  tower under the BF16 hint, with every layer except the MatMul/Convolution nodes inside its modules
+  (``/resblocks.N/attn|mlp/...``, ``/conv1/Conv``; not the adapters and projections, ``FP32_SCOPES``:
+  ``transformer_matmul``) marked with OpenVINO's ``precise`` runtime attribute
+  (``DisablePrecisionConversion``), which the CPU plugin honours: LayerNorm, the residual stream and GELU
+  stay FP32. (Marks alone are not enough: the plugin's own transformations replace some head layers and
+  drop their marks.) OpenVINO reads that attribute from IR only, so tower and head are written once as IR
+  into the cache folder (a temporary one without a cache) and compiled from there.
   Allowed only behind the accuracy gate (``aaclip-calibrate bf16``): the manifest must record a passed
   gate for this artifact (``precision_gates``), see docs/calibration.md.
 - INT8 graphs (``aaclip-calibrate int8``'s Q/DQ graph) run their quantized MatMuls in INT8 (OpenVINO's
@@ -44,8 +46,6 @@ log = logging.getLogger(__name__)
 PRECISIONS = ("fp32", "bf16")
 PERF_HINTS = ("latency", "throughput")
 HINT_TYPES = {"fp32": "f32", "bf16": "bf16"}
-GATE_KEY = "openvino-bf16"
-"""Key of the BF16 gate record in a manifest's ``precision_gates`` block (written by aaclip-calibrate bf16)."""
 KEEP_ATTRIBUTE = '<attribute name="precise" version="0" value="dynamic:dynamic"/>'
 """OpenVINO's DisablePrecisionConversion runtime attribute as IR writes it: no precision conversion at all."""
 LOW_PRECISION_TYPES = ("MatMul", "Convolution")
@@ -430,7 +430,7 @@ def settings_from_options(manifest, options) -> OpenVinoSettings:
                             expected_hw=(manifest.height, manifest.width))
 
 
-__all__ = ["OpenVinoRunner", "OpenVinoSettings", "PRECISIONS", "PERF_HINTS", "GATE_KEY", "FP32_SCOPES",
+__all__ = ["OpenVinoRunner", "OpenVinoSettings", "PRECISIONS", "PERF_HINTS", "FP32_SCOPES",
            "import_openvino", "cpu_vendor", "intel_cpu", "default_cache_dir", "transformer_matmul", "mark_ir",
            "mixed_precision_irs", "split_model", "tail_nodes",
            "device_name", "gate_record", "check_gated", "settings_from_options"]
