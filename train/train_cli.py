@@ -221,11 +221,9 @@ def fit(ctx, method, data, root, out, backbone, clip_weights, pretrained, random
         unknown = sorted(set(names) - set(class_names(records)))
         if unknown:
             raise UserError(f"--object-name for classes not in the data: {unknown}")
-        from .object_names import object_name
-
         config = new_config(
             family, _backbone_config(backbone, clip_weights, pretrained, random_init, activation, pos_embed_resize),
-            image_size, domain, {c: object_name(c, names) for c in class_names(records)}, fields)
+            image_size, domain, {c: family.object_name(c, names) for c in class_names(records)}, fields)
         model = build_model(config)
     family.trainer(model, records, root, out, options).run()
     click.echo(f"checkpoint: {out}")
@@ -250,7 +248,6 @@ def init(method, out, backbone, clip_weights, pretrained, random_init, activatio
     from .checkpoint import STATE_FILE, init_checkpoint
     from .config import CONFIG_FILE
     from .families import get_family
-    from .object_names import object_name
 
     family = get_family(method)
     names = [c.strip() for c in classes.split(",") if c.strip()]
@@ -264,7 +261,7 @@ def init(method, out, backbone, clip_weights, pretrained, random_init, activatio
         raise UserError(f"{out} already holds a checkpoint: choose another --out or add --force")
     config = new_config(
         family, _backbone_config(backbone, clip_weights, pretrained, random_init, activation, pos_embed_resize),
-        image_size, domain, {c: object_name(c, prompts) for c in names}, parse_pairs(config_fields, "--set"))
+        image_size, domain, {c: family.object_name(c, prompts) for c in names}, parse_pairs(config_fields, "--set"))
     init_checkpoint(out, config, seed)
     click.echo(f"checkpoint: {out}")
 
@@ -285,7 +282,6 @@ def import_official(src, method, out, backbone, clip_weights, pretrained, random
     """Convert a method's official checkpoint (AA-CLIP: text_adapter.pth + image_adapter_<epoch>.pth of
     the reference code) into a checkpoint folder."""
     from .families import get_family
-    from .object_names import object_name
 
     family = get_family(method)
     if family.import_official is None:
@@ -295,7 +291,7 @@ def import_official(src, method, out, backbone, clip_weights, pretrained, random
         options["epoch"] = epoch
     config = new_config(
         family, _backbone_config(backbone, clip_weights, pretrained, random_init, activation, pos_embed_resize),
-        image_size, domain, {c: object_name(c) for c in (classes.split(",") if classes else [])}, {})
+        image_size, domain, {c: family.object_name(c) for c in (classes.split(",") if classes else [])}, {})
     try:
         inspect.signature(family.import_official).bind(src, out, config, **options)
     except TypeError as exc:
