@@ -83,6 +83,12 @@ class LinearLayers(nn.Module):
         super().__init__()
         self.fc = nn.ModuleList(nn.Linear(width, embed) for _ in range(taps))
 
+    def reset(self, seed: int) -> None:
+        """PyTorch's default initialization drawn from ``seed`` (the official script seeds before building)."""
+        torch.manual_seed(seed)
+        for fc in self.fc:
+            fc.reset_parameters()
+
 
 class ClipAd(FamilyModel):
     """SDP (``clip-ad``) or SDP+ (``clip-ad-plus``: with ``linear_layers``); per-class constants T (C, E, 2)."""

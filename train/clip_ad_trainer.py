@@ -76,6 +76,8 @@ class ClipAdTrainer:
     def run(self) -> Path:
         o, m = self.options, self.model
         m.to(self.device).requires_grad_(False)
+        if not (self.out_dir / STATE_FILE).exists():
+            m.linear_layers.reset(o.seed)  # a new run starts from the seed's initialization
         params = list(m.linear_layers.parameters())
         for p in params:
             p.requires_grad_(True)

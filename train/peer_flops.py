@@ -12,9 +12,10 @@ S the image size:
                                                       projection is shared with the original path)
     CLIP-AD                 V-V in all D blocks; 4 x ln_post/proj 2 N W E; 4 x similarities 2 N E 2;
                             SDP+: 4 x (2 L W E + 2 L E 2); blur: two 1-D convs of K = 2 int(4 sigma + 0.5) + 1
-                            taps on S x (S + K - 1) and S x S
+                            taps, each 2 K S^2
     Res2CLIP                V-V in blocks D/4 .. D; 4 x proj 2 L W E (+ 2 W E global); per tap matching
-                            2 (2 L kL E); text 2 L E; 5x5 blurs: 3 branch maps + the sum (2 * 25 * S^2 each);
+                            2 (2 L kL E); 5x5 blurs: 3 branch maps + the sum (2 * 25 * S^2 each); the text and
+                            residual scores are element-wise products (not counted);
                             fine-tuned adapters: per conv adapter 2 L (E d + 3d d + d E) + 2 (9 d L)
                             (d = E / reduction), residual adapter on g: 2 (E d + d E)
 """
@@ -93,7 +94,7 @@ def clip_ad_flops(config) -> dict:
     parts["surgery"] = 4 * 2 * N * E * 2 + 2 * E * 2
     if config.method == "clip-ad-plus":
         parts["linear_layers"] = 4 * (2 * L * W * E + 2 * L * E * 2)
-    parts["blur"] = 2 * k * S * (S + k - 1) + 2 * k * S * S
+    parts["blur"] = 2 * (2 * k * S * S)
     return _report(g, parts)
 
 
@@ -104,7 +105,6 @@ def res2clip_flops(config) -> dict:
     parts = backbone_parts(g, g.layers - g.layers // 4 + 1)
     parts["projections"] = taps * 2 * L * W * E + 2 * W * E
     parts["matching"] = taps * 2 * (2 * L * k * L * E)
-    parts["text"] = 2 * L * E
     parts["blur"] = 4 * 2 * 25 * S * S
     if config.finetuned:
         d = E // int(config.reduction)

@@ -138,13 +138,22 @@ class Res2Clip(FamilyModel):
         self.register_buffer("radius", radial_distances(self.grid), persistent=False)
         self.register_buffer("blur_kernel", zero_padded_kernel(BLUR_SIZE, BLUR_SIGMA), persistent=False)
         if self.finetuned:
-            r = int(config.reduction)
-            self.vis_adapters = nn.ModuleDict({str(t): MultiScaleConvAdapter(self.embed, self.grid, r) for t in self.taps})
-            self.res_vis_local_adapters = nn.ModuleDict(
-                {str(t): MultiScaleConvAdapter(self.embed, self.grid, r) for t in self.res_taps})
-            self.res_vis_global_adapter = ResidualAdapter(self.embed, r)
-            self.res_text_adapter = ResidualAdapter(self.embed, r)
-            self.text_adapter = ResidualAdapter(self.embed, r)
+            self.init_adapters()
+
+    def init_adapters(self, seed: Optional[int] = None) -> None:
+        """(Re)create the fine-tuned adapters, as the official code does, from ``seed`` (None: the current RNG)."""
+        if seed is not None:
+            torch.manual_seed(seed)
+        r, device = int(self.config.reduction), self.radius.device
+        self.vis_adapters = nn.ModuleDict({str(t): MultiScaleConvAdapter(self.embed, self.grid, r) for t in self.taps})
+        self.res_vis_local_adapters = nn.ModuleDict(
+            {str(t): MultiScaleConvAdapter(self.embed, self.grid, r) for t in self.res_taps})
+        self.res_vis_global_adapter = ResidualAdapter(self.embed, r)
+        self.res_text_adapter = ResidualAdapter(self.embed, r)
+        self.text_adapter = ResidualAdapter(self.embed, r)
+        for name in ("vis_adapters", "res_vis_local_adapters", "res_vis_global_adapter", "res_text_adapter",
+                     "text_adapter"):
+            getattr(self, name).to(device)
 
     @property
     def bank_rows(self) -> int:
@@ -333,6 +342,12 @@ def import_official(src: Path, out_dir: Path, config) -> Path:
         if tuple(value.shape) != tuple(expected[key].shape):
             raise UserError(f"{src}: {key} is {tuple(value.shape)}, but backbone {config.backbone.name} needs "
                             f"{tuple(expected[key].shape)}")
+    for key in OFFICIAL_KEYS:  # a state dict that is there must be complete (the official loader is strict)
+        given = {k for k in state if k.startswith(key + ".")}
+        wanted = {k for k in expected if k.startswith(key + ".")}
+        if given and given != wanted:
+            raise UserError(f"{src}: '{key}' does not fit: missing {sorted(wanted - given)[:3]}, unexpected "
+                            f"{sorted(given - wanted)[:3]}")
     full = model.trainable_state_dict()
     full.update(state)
     model.load_trainable_state_dict(full)

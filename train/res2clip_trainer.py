@@ -148,13 +148,15 @@ class Res2ClipTrainer:
         from .res2clip import build_references
         from .shots import sample_shots
 
+        from .records import resolve
+        from .references import REFERENCE_SEED
+
         m = self.model
         normals = [r for r in self.records if r.label == NORMAL]
         short = sorted(c for c in self.classes if sum(r.class_name == c for r in normals) < m.shots)
         if short:
             raise UserError(f"classes {short} have fewer than {m.shots} normal images for their reference bank")
-        chosen = sample_shots(normals, m.shots, self.options.seed, label=NORMAL)
-        from .records import resolve
+        chosen = sample_shots(normals, m.shots, REFERENCE_SEED, label=NORMAL)
 
         paths = {c: [resolve(self.root, r.image_path) for r in chosen if r.class_name == c] for c in self.classes}
         m.set_references(build_references(m, paths), dict(m.config.classes))
@@ -176,9 +178,14 @@ class Res2ClipTrainer:
         m.to(self.device).requires_grad_(False)
         loader_len = math.ceil(len(self.pairs) / o.batch)
         steps = min(loader_len, o.max_steps_per_epoch or loader_len)
+        state_path = self.out_dir / STATE_FILE
+        if not state_path.exists():
+            m.init_adapters(o.seed)  # a new run starts from the seed's initialization
+        for name in ("vis_adapters", "res_vis_local_adapters", "res_vis_global_adapter", "res_text_adapter",
+                     "text_adapter"):
+            getattr(m, name).requires_grad_(True)  # the frozen groups of an epoch get no loss, hence no update
         opts, scheds = self._optimizers(steps)
         done = 0
-        state_path = self.out_dir / STATE_FILE
         if state_path.exists():
             state = torch.load(state_path, map_location="cpu", weights_only=True)
             m.load_trainable_state_dict(state["weights"])
