@@ -102,6 +102,7 @@ class ClipAd(FamilyModel):
             raise UserError(f"CLIP-AD cuts the image tower into 4 stages: {config.backbone.name} has {depth} blocks, "
                             "not a multiple of 4")
         self.grid = int(visual.grid_size[0])
+        self._anchors: dict[tuple, torch.Tensor] = {}  # the frozen text tower's anchors, per name and RVS settings
         self.linear = config.method == "clip-ad-plus"
         if self.linear:
             self.linear_layers = LinearLayers(visual.transformer.width, visual.output_dim, 4)
@@ -114,13 +115,16 @@ class ClipAd(FamilyModel):
         device = self.clip.visual.proj.device
         out = []
         for name in object_names:
-            cols = []
-            for what, sentences in zip(("normal", "abnormal"), prompt_sentences(name)):
-                feats = F.normalize(self.clip.encode_text(self.tokenizer(sentences).to(device)).float(), dim=-1)
-                vec = representative_vector(feats.cpu().numpy(), c.rvs, c.dbscan_eps, c.dbscan_min_samples,
-                                            f"{what} '{name}'")
-                cols.append(torch.from_numpy(vec).float())
-            out.append(torch.stack(cols, dim=-1))
+            key = (name, c.rvs, c.dbscan_eps, c.dbscan_min_samples)
+            if key not in self._anchors:
+                cols = []
+                for what, sentences in zip(("normal", "abnormal"), prompt_sentences(name)):
+                    feats = F.normalize(self.clip.encode_text(self.tokenizer(sentences).to(device)).float(), dim=-1)
+                    vec = representative_vector(feats.cpu().numpy(), c.rvs, c.dbscan_eps, c.dbscan_min_samples,
+                                                f"{what} '{name}'")
+                    cols.append(torch.from_numpy(vec).float())
+                self._anchors[key] = torch.stack(cols, dim=-1)
+            out.append(self._anchors[key])
         return torch.stack(out).to(device)
 
     def class_constants(self, object_names: Sequence[str]) -> torch.Tensor:

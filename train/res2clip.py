@@ -134,6 +134,7 @@ class Res2Clip(FamilyModel):
         if self.top_k > TENSORRT_TOPK_MAX:
             log.warning("the top-1%% score takes %d values at %d px: TensorRT's TopK stops at %d", self.top_k, size,
                         TENSORRT_TOPK_MAX)
+        self._text: Optional[torch.Tensor] = None  # R_t of the frozen text tower, computed once
         self.register_buffer(BANK, torch.zeros(len(config.classes), self.bank_rows, self.embed))
         self.register_buffer("radius", radial_distances(self.grid), persistent=False)
         self.register_buffer("blur_kernel", zero_padded_kernel(BLUR_SIZE, BLUR_SIGMA), persistent=False)
@@ -175,11 +176,13 @@ class Res2Clip(FamilyModel):
     def text_residual(self) -> torch.Tensor:
         """R_t (E,): the class-agnostic text residual of the frozen text tower."""
         device = self.clip.visual.proj.device
-        means = []
-        for sentences in text_sentences():
-            feats = F.normalize(self.clip.encode_text(self.tokenizer(sentences).to(device)).float(), dim=-1)
-            means.append(F.normalize(feats.mean(dim=0), dim=-1))
-        return F.normalize(means[1] - means[0], dim=-1)
+        if self._text is None:
+            means = []
+            for sentences in text_sentences():
+                feats = F.normalize(self.clip.encode_text(self.tokenizer(sentences).to(device)).float(), dim=-1)
+                means.append(F.normalize(feats.mean(dim=0), dim=-1))
+            self._text = F.normalize(means[1] - means[0], dim=-1).cpu()
+        return self._text.to(device)
 
     def adapted_text(self, rt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(R~_t, R~res_t) from R_t: through the adapters when fine-tuned, else R_t itself."""
