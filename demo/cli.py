@@ -4,6 +4,10 @@ Synthetic products with drawn defects stand in for MVTec/VisA, and a tiny random
 OpenCLIP config (`aaclip-tiny`) stands in for the ViT-L-14-336 weights. The numbers it prints show
 that every stage runs and hands its outputs to the next one; they are not AA-CLIP's accuracy, which
 needs the real CLIP weights (see README, "What the demo can and cannot show").
+
+`--method NAME` runs the same pipeline with another model family (`aaclip-train methods`): a trainable
+one trains with its own trainer and quick-run options (``QUICK_OPTIONS``), a training-free one skips
+training; a family that keeps per-class references (Res2CLIP) gets them from the normal training images.
 """
 from __future__ import annotations
 
@@ -29,9 +33,15 @@ CAMERA_FRAMES = CAMERA_PARTS * FRAMES_PER_PART
 CALIBRATION_PARTS = 16  # a clean recording of the line: many different good parts
 CALIBRATION_FRAMES = CALIBRATION_PARTS * FRAMES_PER_PART
 CALIBRATION_FAR = 0.01  # per-frame false-alarm rate the demo's threshold targets
+DATASET = dict(classes=None, n_train_normal=8, n_train_anomalous=8, n_test_normal=8, n_test_anomalous=8)  # all 5
 # Quick-run hyper-parameters: the tiny model learns in seconds with larger learning rates than the
 # paper's (which are `aaclip-train`'s defaults for real backbones).
 TRAIN = dict(stage1_epochs=2, stage2_epochs=5, stage1_batch=8, stage2_batch=4, stage1_lr=1e-3, stage2_lr=2e-3)
+# CLIP-AD's 8 px smoothing is the official one at 240 px; the tiny model's 64 px images get 8 * 64 / 240 ~ 2 px.
+FAMILY_FIELDS = {"clip-ad": {"sigma": 2.0}, "clip-ad-plus": {"sigma": 2.0}}
+# The other trainable families' quick runs (their options classes; same idea: a few epochs, larger rates).
+QUICK_OPTIONS = {"clip-ad-plus": dict(epochs=3, batch=8, lr=1e-3), "res2clip-ft": dict(epochs=2, batch=8, lr_v=2e-3,
+                                                                                          lr_t=1e-3)}
 
 
 _STARTED = time.time()
@@ -62,35 +72,75 @@ def write_camera_video(path: Path, n_parts: int, defective_parts: frozenset[int]
     return defect_frames
 
 
-def run_demo(out: Path, seed: int = 0) -> dict:
-    """Run every stage into ``out``; returns a summary dict (also written to out/summary.json)."""
+def train_model(model, train, root: Path, ckpt: Path, seed: int) -> str:
+    """Train ``model`` with its family's trainer and the demo's quick options; returns what was done."""
+    from aaclip.train.families import DEFAULT_METHOD, get_family
+
+    method = model.config.method
+    family = get_family(method)
+    if method == DEFAULT_METHOD:
+        from aaclip.train.trainer import Trainer, TrainOptions
+
+        Trainer(model, train, root, ckpt, TrainOptions(seed=seed, **TRAIN)).run()
+        return "two-stage training (text adapters, then image adapters)"
+    options = family.train_options(seed=seed, **QUICK_OPTIONS.get(method, {}))
+    family.trainer(model, train, root, ckpt, options).run()
+    return f"{method} training ({family.train_options.__name__})"
+
+
+def prepare_checkpoint(ckpt: Path, out: Path, method: str, paths: dict, seed: int):
+    """The demo's random tiny checkpoint of ``method`` (its CLIP weights outside it, as real ones would be);
+    a trainable family's classes come from the data at training time, a training-free one gets them now
+    (and its references from the normal training images)."""
+    from aaclip.train.checkpoint import load_checkpoint, random_checkpoint, save_checkpoint
+    from aaclip.train.families import get_family
+    from aaclip.train.records import class_names, read_records
+
+    family = get_family(method)
+    classes = {} if family.trainable else {c: family.object_name(c) for c in class_names(read_records(paths["train"]))}
+    random_checkpoint(ckpt, method=method, backbone=BACKBONE, image_size=IMAGE_SIZE, classes=classes, seed=seed,
+                      weights_file=str((out / "clip" / f"{BACKBONE}.safetensors").resolve()),
+                      fields=dict(FAMILY_FIELDS.get(method, {})))
+    model = load_checkpoint(ckpt)
+    if family.references and classes:
+        from aaclip.train.references import add_references, reference_paths
+
+        add_references(model, reference_paths(list(classes), model.config.shots, data=paths["train"]))
+        save_checkpoint(model, ckpt)
+    return model
+
+
+def run_demo(out: Path, seed: int = 0, method: str = "aa-clip") -> dict:
+    """Run every stage into ``out`` with model family ``method``; returns a summary dict (also written to
+    out/summary.json)."""
     from aaclip.contract.files import atomic_write_json, atomic_write_text
     from aaclip.contract.metrics import markdown_table
-    from aaclip.train.checkpoint import load_checkpoint, random_checkpoint
     from aaclip.train.evaluate import evaluate
+    from aaclip.train.families import get_family
     from aaclip.train.records import read_records
     from aaclip.train.synth import generate_dataset
-    from aaclip.train.trainer import Trainer, TrainOptions
 
+    family = get_family(method)
     out = Path(out)
     total = 6
-    summary: dict = {"output": str(out)}
+    summary: dict = {"output": str(out), "method": method}
 
-    _step(1, total, "synthetic dataset (5 products, 5 defect kinds) and random tiny CLIP weights")
-    paths = generate_dataset(out / "data", image_size=DATA_SIZE, n_train_normal=8, n_train_anomalous=8,
-                             n_test_normal=8, n_test_anomalous=8, seed=seed)
+    _step(1, total, f"synthetic dataset (5 products, 5 defect kinds) and a random tiny {method} model")
+    paths = generate_dataset(out / "data", image_size=DATA_SIZE, seed=seed, **DATASET)
     ckpt = out / "checkpoint"
-    # untrained checkpoint; its CLIP weights live outside it, as real ones would; classes come from the data
-    random_checkpoint(ckpt, backbone=BACKBONE, image_size=IMAGE_SIZE, classes={}, seed=seed,
-                      weights_file=str((out / "clip" / f"{BACKBONE}.safetensors").resolve()))
+    model = prepare_checkpoint(ckpt, out, method, paths, seed)
     summary["data"] = {k: str(v) for k, v in paths.items()}
 
-    _step(2, total, "two-stage training (text adapters, then image adapters)")
-    model = load_checkpoint(ckpt)
+    _step(2, total, "training" if family.trainable else f"{method} is training-free: no training")
     train = read_records(paths["train"])
     test = read_records(paths["test"])
-    untrained, _ = evaluate(model, test, paths["test"].parent)
-    Trainer(model, train, paths["train"].parent, ckpt, TrainOptions(seed=seed, **TRAIN)).run()
+    untrained = None
+    if family.trainable:
+        if not family.references:  # a Res2CLIP model has no reference bank before its training builds it
+            untrained, _ = evaluate(model, test, paths["test"].parent)
+        summary["training"] = train_model(model, train, paths["train"].parent, ckpt, seed)
+    else:
+        summary["training"] = None
 
     _step(3, total, "evaluation (SPEC section 7 metrics)")
     report, _ = evaluate(model, test, paths["test"].parent)
@@ -98,8 +148,10 @@ def run_demo(out: Path, seed: int = 0) -> dict:
     atomic_write_text(out / "eval" / "metrics.md", markdown_table(report) + "\n")
     summary["eval"] = {
         "metrics": str(out / "eval" / "metrics.json"),
-        "pixel_auroc": {"untrained": untrained["mean"]["pixel_auroc"], "trained": report["mean"]["pixel_auroc"]},
-        "image_auroc": {"untrained": untrained["mean"]["image_auroc"], "trained": report["mean"]["image_auroc"]},
+        "pixel_auroc": {"untrained": untrained["mean"]["pixel_auroc"] if untrained else None,
+                        "trained": report["mean"]["pixel_auroc"]},
+        "image_auroc": {"untrained": untrained["mean"]["image_auroc"] if untrained else None,
+                        "trained": report["mean"]["image_auroc"]},
     }
 
     _step(4, total, "export: FP32 and FP16 ONNX graphs with manifests, verified against PyTorch")
@@ -175,20 +227,25 @@ def run_runtime(artifact: Path, video: Path, out: Path, defect_frames: list[int]
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("aaclip-demo"), show_default=True,
               help="Folder for everything the demo writes.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--method", default="aa-clip", show_default=True, metavar="NAME",
+              help="Model family (`aaclip-train methods`): clip-ad, clip-ad-plus, res2clip, res2clip-ft, ...")
 @click.option("-v", "--verbose", count=True)
 @click.option("-q", "--quiet", is_flag=True)
-def cli(out: Path, seed: int, verbose: int, quiet: bool) -> None:
-    """Run the whole pipeline on synthetic data with a tiny random CLIP: data, two-stage training,
-    evaluation, ONNX export (FP32/FP16) with parity checks, calibration, and the camera loop on a
-    synthetic conveyor video. Needs no downloads; takes about a minute on 2 CPU cores."""
+def cli(out: Path, seed: int, method: str, verbose: int, quiet: bool) -> None:
+    """Run the whole pipeline on synthetic data with a tiny random CLIP: data, training (AA-CLIP: two
+    stages; training-free families skip it), evaluation, ONNX export (FP32/FP16) with parity checks,
+    calibration, and the camera loop on a synthetic conveyor video. Needs no downloads; takes about a
+    minute on 2 CPU cores."""
     setup_logging(verbose, quiet or not verbose)
     start = time.time()
-    s = run_demo(out, seed)
+    s = run_demo(out, seed, method)
     ev, rt = s["eval"], s["runtime"]
-    click.echo(f"aaclip-demo finished in {time.time() - start:.0f} s; outputs in {out}/")
+    click.echo(f"aaclip-demo ({method}) finished in {time.time() - start:.0f} s; outputs in {out}/")
     click.echo(f"  checkpoint     {out / 'checkpoint'}")
-    click.echo(f"  metrics        {ev['metrics']}  (pixel AUROC {ev['pixel_auroc']['untrained']:.3f} untrained -> "
-               f"{ev['pixel_auroc']['trained']:.3f} trained)")
+    before = ev["pixel_auroc"]["untrained"]
+    change = f"{before:.3f} untrained -> {ev['pixel_auroc']['trained']:.3f} trained" if before is not None else \
+        f"{ev['pixel_auroc']['trained']:.3f}"
+    click.echo(f"  metrics        {ev['metrics']}  (pixel AUROC {change})")
     for p, e in s["export"].items():
         click.echo(f"  {p} graph     {e['artifact']}  (parity with PyTorch: {'ok' if e['parity_passed'] else 'FAILED'})")
     cal = s["calibration"]

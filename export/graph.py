@@ -2,10 +2,10 @@
 
 ``DeployGraph`` wraps a loaded family model so that everything the graph contract puts inside the graph
 happens here: uint8 -> float, BGR -> RGB, NHWC -> NCHW, the optional resize from the camera resolution
-(PIL-compatible bicubic as two MatMuls, see ``resize.py``), CLIP mean/std, the selection of each image's
-per-class constants (computed once at export time, held as a constant), and the family's deploy module
-(``Family.deploy``: for AA-CLIP the image tower with its adapters and the post-processing of
-``aaclip.train.maps``, the one source of truth for SPEC section 5).
+(PIL's 8-bit bicubic reproduced exactly with float32 MatMuls and Floor, see ``resize.py``), CLIP
+mean/std, the selection of each image's per-class constants (computed once at export time, held as a
+constant), and the family's deploy module (``Family.deploy``: for AA-CLIP the image tower with its
+adapters and the post-processing of ``aaclip.train.maps``, the one source of truth for SPEC section 5).
 
 The deploy module's ``predict`` is called as a method (not a module call), so its own arithmetic
 (similarities, blur, up-sampling) sits at the graph's top scope while its submodules (blocks, adapters,
@@ -24,7 +24,7 @@ from aaclip.train.deploy import PRECISIONS, deploy_copy
 from aaclip.train.families import get_family
 from torch import nn
 
-from .resize import pil_bicubic_weights, resize_float
+from .resize import PilResizeGraph, resize_uint8
 
 __all__ = ["PRECISIONS", "DeployGraph", "deploy_module", "reference_preprocess"]
 
@@ -64,11 +64,9 @@ class DeployGraph(nn.Module):
         self.register_buffer("pixel_shift", -mean / std)
         self.register_buffer("bgr_to_rgb", torch.tensor([2, 1, 0], dtype=torch.int64))
         self.resize = self.input_hw != (self.size, self.size)
-        if self.resize:
-            wh = pil_bicubic_weights(self.input_hw[0], self.size)
-            ww = pil_bicubic_weights(self.input_hw[1], self.size)
-            self.register_buffer("resize_h", torch.from_numpy(wh.astype(np.float32)))  # (S, Hin)
-            self.register_buffer("resize_wt", torch.from_numpy(ww.T.astype(np.float32).copy()))  # (Win, S)
+        self.resizer = PilResizeGraph(self.input_hw, (self.size, self.size)) if self.resize else None
+        if self.resizer is not None:
+            self.resizer.register(self)  # buffers of this module: the MatMuls stay at the graph's top scope
 
     @property
     def has_class_input(self) -> bool:
@@ -78,9 +76,8 @@ class DeployGraph(nn.Module):
         """uint8 NHWC BGR -> normalized float32 NCHW RGB at the model resolution."""
         x = image.to(torch.float32).permute(0, 3, 1, 2)  # (B, 3, H, W), BGR
         x = torch.index_select(x, 1, self.bgr_to_rgb)  # RGB (a Gather on the channel axis)
-        if self.resize:
-            # PIL's order: horizontal pass, 8-bit range (clip), vertical pass (see resize.py)
-            x = torch.matmul(self.resize_h, torch.clamp(torch.matmul(x, self.resize_wt), 0.0, 255.0))
+        if self.resizer is not None:
+            x = self.resizer.apply(self, x)  # PIL's 8-bit bicubic, exactly (see resize.py)
         return x * self.pixel_scale + self.pixel_shift
 
     def select_constants(self, class_id: Optional[torch.Tensor]) -> torch.Tensor:
@@ -101,11 +98,13 @@ class DeployGraph(nn.Module):
 def reference_preprocess(frames_bgr: np.ndarray, input_hw: Sequence[int], size: int) -> torch.Tensor:
     """The training pre-processing applied to graph inputs, in float64 then float32 (for parity checks).
 
-    Frames (B, H, W, 3) uint8 BGR at ``input_hw``; resized like the graph (``resize.resize_float``) when
-    ``input_hw`` differs from the model size, then /255 and CLIP mean/std.
+    Frames (B, H, W, 3) uint8 BGR at ``input_hw``; resized with PIL's 8-bit bicubic (``resize.resize_uint8``,
+    equal to Pillow's bytes and to the graph's resize) when ``input_hw`` differs from the model size, then
+    /255 and CLIP mean/std.
     """
-    x = frames_bgr[..., ::-1].astype(np.float64)  # RGB
+    rgb = np.ascontiguousarray(frames_bgr[..., ::-1])
     if tuple(input_hw) != (size, size):
-        x = np.stack([resize_float(f, size, size) for f in x])
+        rgb = np.stack([resize_uint8(f, size, size) for f in rgb])
+    x = rgb.astype(np.float64)
     x = (x / 255.0 - np.asarray(CLIP_MEAN)) / np.asarray(CLIP_STD)
     return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)).astype(np.float32))

@@ -5,7 +5,7 @@
 Training (SPEC section 1) resizes 8-bit RGB with PIL bicubic (antialiased when shrinking). A deployed
 frame is resized either by the runtime (``fit_frame``: cv2 INTER_AREA when shrinking, INTER_CUBIC when
 enlarging) or inside the graph (``--input-size``). Every candidate is compared with PIL's uint8 output in
-[0, 1] pixel units; the table goes into docs/export.md.
+[0, 1] pixel units, with the share of pixels equal to PIL's; the table goes into docs/export.md.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import numpy as np
 from aaclip.contract.cli import Command
 from aaclip.contract.files import is_image_file
 
-from .resize import pil_bicubic_weights
+from .resize import graph_resize_numpy, pil_bicubic_weights
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,11 @@ def _matmul(clip: bool) -> Callable[[np.ndarray, int], np.ndarray]:
     return run
 
 
+def _exact(rgb: np.ndarray, size: int) -> np.ndarray:
+    """The graph's resize (``PilResizeGraph``): Pillow's 8-bit arithmetic as float32 digit MatMuls."""
+    return graph_resize_numpy(rgb, size, size).astype(np.float64) / 255.0
+
+
 def candidates() -> dict[str, Callable[[np.ndarray, int], np.ndarray]]:
     import cv2
 
@@ -80,7 +85,8 @@ def candidates() -> dict[str, Callable[[np.ndarray, int], np.ndarray]]:
         "in-graph bicubic (ONNX Resize cubic)": _torch("bicubic", False),
         "in-graph bicubic + antialias (Resize opset 18)": _torch("bicubic", True),
         "in-graph PIL-bicubic MatMul, no intermediate clip": _matmul(False),
-        "in-graph PIL-bicubic MatMul + clip (aaclip-export default)": _matmul(True),
+        "in-graph PIL-bicubic MatMul + clip (float weights, no rounding)": _matmul(True),
+        "in-graph PIL 8-bit exact (aaclip-export default)": _exact,
     }
 
 
@@ -107,23 +113,28 @@ def folder_frames(folder: Path, n: int) -> list[np.ndarray]:
 
 
 def measure(frames_bgr: Sequence[np.ndarray], size: int) -> list[dict]:
-    """Per candidate: max and mean |candidate - PIL bicubic| over all frames, in [0, 1] pixel units."""
-    rows = {name: [0.0, 0.0, 0] for name in candidates()}
+    """Per candidate: max and mean |candidate - PIL bicubic| over all frames, in [0, 1] pixel units, and the
+    share of values equal to PIL's after rounding to 8 bits."""
+    rows = {name: [0.0, 0.0, 0, 0] for name in candidates()}
     for bgr in frames_bgr:
         rgb = np.ascontiguousarray(bgr[..., ::-1])
         ref = _pil(rgb, size)
         for name, fn in candidates().items():
-            diff = np.abs(fn(rgb, size) - ref)
+            out = fn(rgb, size)
+            diff = np.abs(out - ref)
             row = rows[name]
             row[0] = max(row[0], float(diff.max()))
             row[1] += float(diff.sum())
             row[2] += diff.size
-    return [{"candidate": k, "max_abs": v[0], "mean_abs": v[1] / max(v[2], 1)} for k, v in rows.items()]
+            row[3] += int((np.clip(np.floor(out * 255.0 + 0.5), 0, 255) == np.round(ref * 255.0)).sum())
+    return [{"candidate": k, "max_abs": v[0], "mean_abs": v[1] / max(v[2], 1), "equal": v[3] / max(v[2], 1)}
+            for k, v in rows.items()]
 
 
 def markdown_table(rows: Sequence[dict], source: str) -> str:
-    lines = [f"| resize ({source}) vs PIL bicubic | max abs | mean abs |", "|---|---|---|"]
-    lines += [f"| {r['candidate']} | {r['max_abs']:.4f} | {r['mean_abs']:.5f} |" for r in rows]
+    lines = [f"| resize ({source}) vs PIL bicubic | max abs | mean abs | pixels equal |", "|---|---|---|---|"]
+    lines += [f"| {r['candidate']} | {r['max_abs']:.4f} | {r['mean_abs']:.5f} | {100 * r['equal']:.2f}% |"
+              for r in rows]
     return "\n".join(lines)
 
 

@@ -144,11 +144,13 @@ def checkpoint_sha256(ckpt_dir: Path) -> str:
 
 
 # ---- checkpoints of models that are not trained ------------------------------------------------------
-def init_checkpoint(out_dir: Path, config: ModelConfig, seed: int = 0) -> Path:
+def init_checkpoint(out_dir: Path, config: ModelConfig, seed: int = 0,
+                    references: Optional[dict[str, list[Path]]] = None) -> Path:
     """Build ``config``'s model and write its checkpoint folder (``aaclip-train init``).
 
     The torch RNG is seeded with ``seed`` before the backbone is built, so the family's trainable weights
-    are reproducible (a backbone with ``init_seed`` re-seeds with that first).
+    are reproducible (a backbone with ``init_seed`` re-seeds with that first). ``references`` ({class: image
+    paths}) are built into the model of a family that keeps references (Res2CLIP's banks) before saving.
     """
     from .backbone import vision_geometry
 
@@ -158,6 +160,10 @@ def init_checkpoint(out_dir: Path, config: ModelConfig, seed: int = 0) -> Path:
     if patch * grid != config.image_size:
         raise UserError(f"image size {config.image_size} is not a multiple of {config.backbone.name}'s patch "
                         f"size {patch}")
+    if references:
+        from .references import add_references
+
+        add_references(model, references, dict(config.classes))
     return save_checkpoint(model, out_dir)
 
 

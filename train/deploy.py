@@ -111,15 +111,10 @@ class HalfBlock(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
-def deploy_copy(model: nn.Module, precision: str = "fp32", drop: Sequence[str] = ()) -> nn.Module:
-    """A copy of family ``model`` whose image tower exports cleanly (see the module docstring).
-
-    CLIP keeps only its ``visual`` tower (the text tower is not in the graph; per-class constants are
-    computed before export); the family's modules named in ``drop`` are left out too (AA-CLIP: its
-    text adapters). Everything else is deep-copied, so the copy shares no tensor with ``model``.
-    """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+def visual_copy(model: nn.Module, drop: Sequence[str] = ()) -> nn.Module:
+    """A copy of family ``model`` whose CLIP keeps only its ``visual`` tower (the text tower is not in the
+    graph: per-class constants are computed before export), without the family's modules named in
+    ``drop``. Everything else is deep-copied, so the copy shares no tensor with ``model``."""
     out = copy.copy(model)  # shallow: then rebuild every container that changes
     out._modules = {name: copy.deepcopy(m) for name, m in model._modules.items()
                     if name != "clip" and name not in drop}
@@ -129,7 +124,19 @@ def deploy_copy(model: nn.Module, precision: str = "fp32", drop: Sequence[str] =
     clip._modules = {"visual": copy.deepcopy(model.clip.visual)}
     clip._parameters, clip._buffers = {}, {}  # text-side tensors are not part of the graph
     out._modules = {"clip": clip, **out._modules}
-    visual = clip.visual
+    return out
+
+
+def deploy_copy(model: nn.Module, precision: str = "fp32", drop: Sequence[str] = ()) -> nn.Module:
+    """A copy of family ``model`` whose image tower exports cleanly (see the module docstring).
+
+    ``visual_copy`` (no text tower, no modules in ``drop``; AA-CLIP drops its text adapters), then every
+    visual block gets ``ExportAttention`` (FP32) or becomes a ``HalfBlock`` (FP16).
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    out = visual_copy(model, drop)
+    visual = out.clip.visual
     seq_len = int(visual.grid_size[0]) * int(visual.grid_size[1]) + 1  # patch tokens + class token
     blocks = visual.transformer.resblocks
     for i, block in enumerate(blocks):

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from .constants import MAP_WEIGHT
 from .dataset import AnomalyDataset
-from .object_names import object_name
+from .families import get_family
 from .records import Record
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,8 @@ def predict_records(model, records: Sequence[Record], root: Path, batch_size: in
     records = usable_records(records, root)
     model.eval().to(device)
     classes = sorted({r.class_name for r in records})
-    names = [model.config.classes.get(c) or object_name(c) for c in classes]
+    family = get_family(model.config.method)
+    names = [model.config.classes.get(c) or family.object_name(c) for c in classes]
     constants = model.class_constants(names).to(device)
     ds = AnomalyDataset(records, root, model.config.image_size, classes)
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0)
@@ -88,10 +89,13 @@ def paper_score_params(maps: np.ndarray, cls: np.ndarray, map_weight: float) -> 
     return unit.with_ranges((float(maps.min()), float(maps.max())), (float(cls.min()), float(cls.max())))
 
 
-def class_metrics(pred: dict[str, np.ndarray], domain: str) -> dict[str, Optional[float]]:
+def class_metrics(pred: dict[str, np.ndarray], domain: str,
+                  map_weight: Optional[float] = None) -> dict[str, Optional[float]]:
+    """Pixel and image metrics of one class; the image score weighs the normalized map maximum by
+    ``map_weight`` (None: the domain's AA-CLIP weight; a family's own weight is its ``default_score``'s)."""
     maps = pred["maps"]
     result: dict[str, Optional[float]] = dict(metrics.pixel_metrics(pred["masks"], maps))
-    params = paper_score_params(maps, pred["cls"], MAP_WEIGHT[domain])
+    params = paper_score_params(maps, pred["cls"], MAP_WEIGHT[domain] if map_weight is None else map_weight)
     scores = image_score(maps.reshape(len(maps), -1).max(axis=1), pred["cls"], params)
     result.update(metrics.image_metrics(pred["labels"], scores))
     result["n_images"] = int(len(maps))
@@ -103,7 +107,8 @@ def evaluate(model, records: Sequence[Record], root: Path, batch_size: int = 8,
              device: str | torch.device = "cpu") -> tuple[dict, dict]:
     """(report with per-class metrics and their mean, raw predictions per class)."""
     preds = predict_records(model, records, root, batch_size, device)
-    per_class = {c: class_metrics(p, model.config.domain) for c, p in sorted(preds.items())}
+    map_weight = get_family(model.config.method).default_score(model).map_weight  # Res2CLIP: 0 (score is per frame)
+    per_class = {c: class_metrics(p, model.config.domain, map_weight) for c, p in sorted(preds.items())}
     return metrics.class_report(per_class), preds
 
 

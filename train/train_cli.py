@@ -224,11 +224,9 @@ def fit(ctx, method, data, root, out, backbone, clip_weights, pretrained, random
         unknown = sorted(set(names) - set(class_names(records)))
         if unknown:
             raise UserError(f"--object-name for classes not in the data: {unknown}")
-        from .object_names import object_name
-
         config = new_config(
             family, _backbone_config(backbone, clip_weights, pretrained, random_init, activation, pos_embed_resize),
-            image_size, domain, {c: object_name(c, names) for c in class_names(records)}, fields)
+            image_size, domain, {c: family.object_name(c, names) for c in class_names(records)}, fields)
         torch.manual_seed(seed)  # the trainable weights' initialization: same seed, same run
         model = build_model(config)
     check_same_run(out, run_identity(data, root, model.config, seed))
@@ -246,6 +244,16 @@ def run_identity(data: Path, root: Path, config, seed: int) -> dict:
     return {"data_sha256": sha256_file(data), "root": str(Path(root).resolve()), "config": described, "seed": seed}
 
 
+def _reference_options(f):
+    f = click.option("--reference-images", type=click.Path(file_okay=False, path_type=Path),
+                     help="(res2clip) Folder of normal images, one sub-folder per class (DIR/<class>/...).")(f)
+    f = click.option("--reference-data", type=click.Path(dir_okay=False, path_type=Path),
+                     help="(res2clip) JSON-lines records whose label-0 images are the references.")(f)
+    f = click.option("--reference-seed", type=int, default=0, show_default=True,  # references.REFERENCE_SEED
+                     help="(res2clip) Seed of the choice of references among a class's normal images.")(f)
+    return f
+
+
 @main.command("init")
 @_method_option
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Checkpoint directory.")
@@ -255,17 +263,19 @@ def run_identity(data: Path, root: Path, config, seed: int) -> dict:
               help="Prompt name of a class (repeatable); default: built-in tables, else the class name.")
 @click.option("--domain", type=click.Choice(["industrial", "medical"]), default="industrial", show_default=True)
 @_set_option
+@_reference_options
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the trainable weights' initialization.")
 @click.option("--force", is_flag=True, help="Overwrite a checkpoint already in --out.")
 @verbosity
 def init(method, out, backbone, clip_weights, pretrained, random_init, activation, pos_embed_resize, image_size,
-         classes, object_names, domain, config_fields, seed, force):
+         classes, object_names, domain, config_fields, reference_images, reference_data, reference_seed, seed, force):
     """Write the checkpoint folder (config, weights) of a training-free family, or of a trainable one
-    before training (zero-shot use, tests): what export, eval, calibration and benchmarks take."""
+    before training (zero-shot use, tests): what export, eval, calibration and benchmarks take.
+    Families with per-class references (res2clip) build them from --reference-images or --reference-data
+    (--set shots=K normal images per class, default 1)."""
     from .checkpoint import STATE_FILE, init_checkpoint
     from .config import CONFIG_FILE
     from .families import get_family
-    from .object_names import object_name
 
     family = get_family(method)
     names = [c.strip() for c in classes.split(",") if c.strip()]
@@ -279,9 +289,53 @@ def init(method, out, backbone, clip_weights, pretrained, random_init, activatio
         raise UserError(f"{out} already holds a checkpoint: choose another --out or add --force")
     config = new_config(
         family, _backbone_config(backbone, clip_weights, pretrained, random_init, activation, pos_embed_resize),
-        image_size, domain, {c: object_name(c, prompts) for c in names}, parse_pairs(config_fields, "--set"))
-    init_checkpoint(out, config, seed)
+        image_size, domain, {c: family.object_name(c, prompts) for c in names}, parse_pairs(config_fields, "--set"))
+    references = None
+    if family.references:
+        from .references import reference_paths
+
+        references = reference_paths(names, config.shots, reference_seed, reference_images, reference_data)
+    elif reference_images is not None or reference_data is not None:
+        raise UserError(f"method {method!r} keeps no reference images: drop --reference-images/--reference-data")
+    init_checkpoint(out, config, seed, references)
+    if references:
+        _echo_references(out)
     click.echo(f"checkpoint: {out}")
+
+
+def _echo_references(ckpt: Path) -> None:
+    from .checkpoint import checkpoint_config
+    from .peer_flops import res2clip_flops
+    from .references import describe
+
+    config = checkpoint_config(ckpt)
+    per_class = res2clip_flops(config)["bank_bytes_per_class"]
+    for line in describe({c: per_class for c in config.classes}, config.shots):
+        click.echo(line)
+
+
+@main.command("references")
+@click.argument("ckpt", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@_reference_options
+@click.option("--classes", help="Comma-separated classes to (re)build [default: every class found].")
+@verbosity
+def references_cmd(ckpt, reference_images, reference_data, reference_seed, classes):
+    """Build the per-class reference banks of a checkpoint that keeps them (res2clip, res2clip-ft): new
+    classes are added, existing ones rebuilt from the new images; the checkpoint is rewritten in place."""
+    from .checkpoint import load_checkpoint, save_checkpoint
+    from .families import get_family
+    from .references import add_references, reference_paths
+
+    model = load_checkpoint(ckpt)
+    family = get_family(model.config.method)
+    if not family.references:
+        raise UserError(f"{ckpt} holds a {model.config.method} model, which keeps no reference images")
+    wanted = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
+    paths = reference_paths(wanted, model.config.shots, reference_seed, reference_images, reference_data)
+    add_references(model, paths, {c: family.object_name(c) for c in paths})
+    save_checkpoint(model, ckpt)
+    _echo_references(ckpt)
+    click.echo(f"checkpoint: {ckpt}")
 
 
 @main.command("import-official")
@@ -300,7 +354,6 @@ def import_official(src, method, out, backbone, clip_weights, pretrained, random
     """Convert a method's official checkpoint (AA-CLIP: text_adapter.pth + image_adapter_<epoch>.pth of
     the reference code) into a checkpoint folder."""
     from .families import get_family
-    from .object_names import object_name
 
     family = get_family(method)
     if family.import_official is None:
@@ -310,7 +363,7 @@ def import_official(src, method, out, backbone, clip_weights, pretrained, random
         options["epoch"] = epoch
     config = new_config(
         family, _backbone_config(backbone, clip_weights, pretrained, random_init, activation, pos_embed_resize),
-        image_size, domain, {c: object_name(c) for c in (classes.split(",") if classes else [])}, {})
+        image_size, domain, {c: family.object_name(c) for c in (classes.split(",") if classes else [])}, {})
     try:
         inspect.signature(family.import_official).bind(src, out, config, **options)
     except TypeError as exc:

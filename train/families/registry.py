@@ -41,6 +41,10 @@ class Family:
       checkpoint into a checkpoint folder (``aaclip-train import-official``); None: no importer.
     - ``flops(config) -> dict``: analytic FLOPs per image of the deployed graph,
       ``{"breakdown": {part: int, ..., "total": int}, "convention": str, ...}`` (``aaclip-bench``).
+    - ``default_object_name(class_name) -> str``: the prompt name of a class nobody named
+      (``--object-name``); None: the built-in tables of ``aaclip.train.object_names`` (AA-CLIP's names).
+    - ``references``: the model keeps per-class reference images of normal parts (``model.set_references``;
+      ``aaclip-train init --reference-images`` / ``aaclip-train references``), e.g. Res2CLIP's bank.
     """
 
     name: str
@@ -53,6 +57,8 @@ class Family:
     import_official: Optional[Callable[..., Any]] = None
     flops: Optional[Callable[[Any], dict]] = None
     summary: str = ""
+    default_object_name: Optional[Callable[[str], str]] = None
+    references: bool = False
 
     def __post_init__(self) -> None:
         if not self.name or not self.name.replace("-", "").replace("_", "").isalnum():
@@ -69,6 +75,16 @@ class Family:
     def trainable(self) -> bool:
         return self.trainer is not None
 
+    def object_name(self, class_name: str, overrides: Optional[dict[str, str]] = None) -> str:
+        """The prompt name of ``class_name``: the user's (``overrides``), else the family's default."""
+        if overrides and class_name in overrides:
+            return overrides[class_name]
+        if self.default_object_name is not None:
+            return self.default_object_name(class_name)
+        from ..object_names import object_name
+
+        return object_name(class_name)
+
 
 _REGISTRY: dict[str, Family] = {}
 _BUILTINS_LOADED = False
@@ -79,7 +95,7 @@ def _load_builtins() -> None:
     global _BUILTINS_LOADED
     if not _BUILTINS_LOADED:
         _BUILTINS_LOADED = True
-        from . import aaclip  # noqa: F401
+        from . import aaclip, clip_ad, res2clip  # noqa: F401
 
 
 def register_family(family: Family, replace: bool = False) -> Family:
