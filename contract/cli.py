@@ -19,6 +19,7 @@ import click
 from .errors import UserError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
+_LOGGING_SET = "aaclip.logging"
 
 
 def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
@@ -40,13 +41,20 @@ def _hide_library_chatter(record: logging.LogRecord) -> bool:
 
 
 def verbosity(f):
-    """-v/-q options that configure logging before the command runs (the command does not see them)."""
+    """-v/-q options that configure logging before the command runs (the command does not see them).
+
+    On a group and its subcommands alike (``aaclip-data -v check`` = ``aaclip-data check -v``): a subcommand
+    without either flag keeps what its group set up."""
 
     @click.option("-v", "--verbose", count=True, help="More log output (debug).")
     @click.option("-q", "--quiet", is_flag=True, help="Warnings and errors only.")
     @functools.wraps(f)
     def wrapper(*args, verbose: int, quiet: bool, **kwargs):
-        setup_logging(verbose, quiet)
+        ctx = click.get_current_context(silent=True)
+        if ctx is None or verbose or quiet or not ctx.meta.get(_LOGGING_SET):
+            setup_logging(verbose, quiet)
+            if ctx is not None:
+                ctx.meta[_LOGGING_SET] = True  # shared with the subcommand's context
         return f(*args, **kwargs)
 
     return wrapper

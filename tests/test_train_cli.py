@@ -7,6 +7,7 @@ import sys
 import pytest
 from aaclip.train.backbone import write_random_weights
 from aaclip.train.eval_cli import main as eval_main
+from aaclip.train.records import read_records
 from aaclip.train.synth import generate_dataset
 from aaclip.train.train_cli import main as train_main
 from click.testing import CliRunner
@@ -52,8 +53,10 @@ def test_train_then_eval(workspace):
     assert report["mean"]["pixel_auroc"] == pytest.approx((report["disk"]["pixel_auroc"] + report["wood"]["pixel_auroc"]) / 2)
     md = (out / "eval" / "metrics.md").read_text()
     assert md.splitlines()[0].startswith("| class") and "| mean |" in md
-    overlays = sorted((out / "eval" / "overlays" / "disk").glob("*.png"))
-    assert len(overlays) == 8
+    overlays = sorted((out / "eval" / "overlays" / "disk").rglob("*.png"))
+    # each overlay keeps its image's relative path (MVTec's repeated 000.png never overwrite each other)
+    disk = [r.image_path for r in read_records(paths["test"]) if r.class_name == "disk"]
+    assert sorted(p.relative_to(out / "eval" / "overlays" / "disk").as_posix() for p in overlays) == sorted(disk)
     import cv2
 
     assert cv2.imread(str(overlays[0])).shape == (64, 128, 3)  # frame | overlay
