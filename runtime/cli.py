@@ -6,7 +6,7 @@ import signal
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import click
 from aaclip.contract.cli import Command, FiniteFloat, setup_logging
@@ -14,7 +14,7 @@ from aaclip.contract.errors import UserError
 from aaclip.contract.manifest import open_artifact
 
 from .backends import AUTO, backend_names, open_runner
-from .capture import Backoff
+from .capture import Backoff, default_drop
 from .loop import CameraLoop, LoopConfig, Summary, source_classes
 from .sinks import EVIDENCE_FORMATS, AnnotatedVideo, DisplaySink, EventLog, EvidenceWriter, Sink
 from .sources import DEFAULT_OPEN_TIMEOUT_MS, open_source
@@ -68,7 +68,7 @@ class RunConfig:
     video: Optional[Path] = None
     video_fps: Optional[float] = None
     show: bool = False
-    drop: bool = True
+    drop: Optional[bool] = None  # None: live mode for live sources, every frame of files and folders
     loop_files: bool = False
     max_frames: Optional[int] = None
     stats_every: float = 10.0
@@ -77,8 +77,10 @@ class RunConfig:
     evidence_max: Optional[int] = None
     open_timeout: float = DEFAULT_OPEN_TIMEOUT_MS / 1000.0
 
-    def loop_config(self, stop: Optional[threading.Event] = None) -> LoopConfig:
-        return LoopConfig(batch=self.batch, drop=self.drop, threshold=self.threshold, debounce=self.debounce,
+    def loop_config(self, stop: Optional[threading.Event] = None, sources: Sequence = ()) -> LoopConfig:
+        """The loop's settings; ``drop`` None is decided by the ``sources`` (``capture.default_drop``)."""
+        drop = self.drop if self.drop is not None else default_drop(sources)
+        return LoopConfig(batch=self.batch, drop=drop, threshold=self.threshold, debounce=self.debounce,
                           max_frames=self.max_frames, stats_every=self.stats_every, stop_event=stop,
                           backoff=Backoff(initial=self.reconnect_delay,
                                           maximum=max(self.reconnect_max, self.reconnect_delay)))
@@ -113,8 +115,8 @@ def run(config: RunConfig) -> Summary:
     class_ids = source_classes(manifest, config.classes, len(config.cameras))
     if not manifest.calibrated:
         log.warning("%s is not calibrated: its threshold is the export default, not fitted on this line's good "
-                    "parts; run aaclip-calibrate threshold %s --images GOOD_PARTS/ first", config.artifact.name,
-                    config.artifact)
+                    "parts (events say calibrated: false); run aaclip-calibrate threshold %s --images GOOD_PARTS/ "
+                    "first", config.artifact.name, config.artifact)
     sources: list = []
     sinks: list[Sink] = []
     with StopSignals() as stop:
@@ -130,10 +132,14 @@ def run(config: RunConfig) -> Summary:
                 return Summary(stopped_by=stop.reason or "signal")
             sinks = open_sinks(config, sources)
             with open_runner(manifest, config.backend) as runner:
-                loop = CameraLoop(runner, manifest, sources, class_ids, config.loop_config(stop.event), sinks)
-                log.info("running %s (%s) on %s; threshold %.4g, debounce %d, %s mode, run %s", config.artifact.name,
-                         runner.name, ", ".join(s.name for s in sources), loop.params.threshold, config.debounce,
-                         "live (newest frame)" if config.drop else "offline (no drop)", loop.run_id)
+                loop_config = config.loop_config(stop.event, sources)
+                loop = CameraLoop(runner, manifest, sources, class_ids, loop_config, sinks)
+                mode = "live mode (newest frame only)" if loop_config.drop else "offline mode (every frame)"
+                why = "" if config.drop is not None else (" for a live source; --no-drop: every frame"
+                                                          if loop_config.drop else " for files; --drop: newest only")
+                log.info("running %s (%s) on %s; threshold %.4g%s, debounce %d, %s%s, run %s", config.artifact.name,
+                         runner.name, ", ".join(s.name for s in sources), loop.params.threshold,
+                         "" if manifest.calibrated else " (uncalibrated)", config.debounce, mode, why, loop.run_id)
                 summary = loop.run()
                 if stop.reason:
                     summary.stopped_by = stop.reason
@@ -170,7 +176,9 @@ def run(config: RunConfig) -> Summary:
               help="Write an annotated video (.avi MJPG; one file per camera when several).")
 @click.option("--video-fps", type=FiniteFloat(min=0.0, min_open=True), default=None, help="Frame rate of --video (default: the source's, else 15).")
 @click.option("--show", is_flag=True, help="Show annotated frames in a window (needs a display; q quits).")
-@click.option("--no-drop", is_flag=True, help="Process every frame (offline files) instead of only the newest.")
+@click.option("--drop/--no-drop", default=None,
+              help="--drop: only the newest frame of each source (bounded latency); --no-drop: every frame "
+                   "[default: --drop for cameras and streams, --no-drop for video files and image folders].")
 @click.option("--loop", "loop_files", is_flag=True, help="Restart video files and image folders at their end.")
 @click.option("--max-frames", type=click.IntRange(min=1), default=None, help="Stop after N processed frames.")
 @click.option("--stats-every", type=FiniteFloat(min=0.0), default=10.0, show_default=True,
@@ -186,7 +194,7 @@ def run(config: RunConfig) -> Summary:
 def main(artifact: Path, cameras: tuple[str, ...], backend: str, batch: int, classes: tuple[str, ...],
          threshold: Optional[float], debounce: int, events: Optional[Path], evidence: Optional[Path],
          evidence_format: str, evidence_max: Optional[int], video: Optional[Path], video_fps: Optional[float],
-         show: bool, no_drop: bool, loop_files: bool, max_frames: Optional[int], stats_every: float,
+         show: bool, drop: Optional[bool], loop_files: bool, max_frames: Optional[int], stats_every: float,
          reconnect_delay: float, reconnect_max: float, open_timeout: float, verbose: int, quiet: bool) -> None:
     """Run ARTIFACT (model.onnx or model.engine, with its .manifest.json) on one or more cameras.
 
@@ -198,7 +206,7 @@ def main(artifact: Path, cameras: tuple[str, ...], backend: str, batch: int, cla
     summary = run(RunConfig(
         artifact=artifact, cameras=cameras, backend=backend, batch=batch, classes=classes, threshold=threshold,
         debounce=debounce, events=events, evidence=evidence, evidence_format=evidence_format, video=video,
-        video_fps=video_fps, show=show, drop=not no_drop, loop_files=loop_files, max_frames=max_frames,
+        video_fps=video_fps, show=show, drop=drop, loop_files=loop_files, max_frames=max_frames,
         stats_every=stats_every, reconnect_delay=reconnect_delay, reconnect_max=reconnect_max,
         evidence_max=evidence_max, open_timeout=open_timeout))
     click.echo(summary.text())
