@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Optional
 
 import click
-from aaclip.contract.cli import Group, setup_logging
+from aaclip.contract.cli import Group, verbosity
 from aaclip.contract.errors import UserError
 from aaclip.contract.files import image_files
 from aaclip.contract.manifest import Manifest, load_manifest
@@ -83,14 +83,13 @@ def _source_options(f):
                      help="Folder of images with defects (labelled anomalies; information/gate only)."),
         click.option("--class", "class_name", metavar="NAME",
                      help="Class the frames show (required for multi-class artifacts unless --data names it)."),
-        click.option("-v", "--verbose", count=True, help="More log output."),
-        click.option("-q", "--quiet", is_flag=True, help="Warnings and errors only."),
     ]):
         f = option(f)
     return f
 
 
 @click.group(cls=Group, context_settings=CONTEXT)
+@verbosity
 def cli() -> None:
     """Calibrate an exported artifact on normal frames: score thresholds (threshold) or INT8 (int8).
 
@@ -117,7 +116,8 @@ def cli() -> None:
               help="Histogram PNG [default: ARTIFACT.calibration.png; not written by --dry-run].")
 @click.option("--no-plot", is_flag=True, help="Do not write the histogram.")
 @click.option("--dry-run", is_flag=True, help="Print the score block; write nothing.")
-def threshold(artifact: Path, images, data, camera, anomalies, class_name, verbose, quiet, frames, far, pixel_far,
+@verbosity
+def threshold(artifact: Path, images, data, camera, anomalies, class_name, frames, far, pixel_far,
               pixel_samples, backend, batch, plot, no_plot, dry_run) -> None:
     """Fit normalization constants and thresholds of ARTIFACT on normal frames; write them into its manifest.
 
@@ -128,7 +128,6 @@ def threshold(artifact: Path, images, data, camera, anomalies, class_name, verbo
     from .plot import save_score_histogram
     from .score_calibration import ThresholdOptions, calibrate_artifact, summary_lines
 
-    setup_logging(verbose, quiet)
     thresholds._check_far(far)
     thresholds._check_far(pixel_far, "pixel-far")
     manifest = load_manifest(artifact)
@@ -177,7 +176,8 @@ def threshold(artifact: Path, images, data, camera, anomalies, class_name, verbo
 @click.option("--trt-flavour", "flavour", type=click.Choice(["tensorrt", "tensorrt-rtx"]), default="tensorrt",
               show_default=True, help="(--engine) tensorrt: build on the target GPU. tensorrt-rtx: ahead of time.")
 @click.option("--engine-batch", default="1:4:8", show_default=True, help="(--engine) batch profile MIN:OPT:MAX.")
-def int8(fp32_onnx: Path, images, data, camera, anomalies, class_name, verbose, quiet, frames, out, holdout, method,
+@verbosity
+def int8(fp32_onnx: Path, images, data, camera, anomalies, class_name, frames, out, holdout, method,
          min_map_corr, min_rank_corr, max_auroc_change, force, batch, seed, engine, flavour, engine_batch) -> None:
     """Quantize FP32_ONNX to an INT8 Q/DQ graph calibrated on normal frames, gated against FP32.
 
@@ -187,7 +187,6 @@ def int8(fp32_onnx: Path, images, data, camera, anomalies, class_name, verbose, 
     """
     from .int8 import Int8Options, build_int8_engine, quantize_artifact
 
-    setup_logging(verbose, quiet)
     profile = None
     if engine is not None:
         from aaclip.export.engine import load_flavour, parse_batch
