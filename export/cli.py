@@ -117,7 +117,7 @@ def export_command(ckpt: Path, out: Optional[Path], fmt: str, options: "ExportOp
 
     from aaclip.contract.files import sha256_file
     from aaclip.contract.manifest import load_manifest, write_manifest
-    from aaclip.train.checkpoint import checkpoint_sha256, load_checkpoint
+    from aaclip.train.checkpoint import checkpoint_config, checkpoint_sha256
 
     from .engine import build_engine, engine_manifest, load_flavour, parse_batch, reusable_onnx
 
@@ -125,15 +125,14 @@ def export_command(ckpt: Path, out: Optional[Path], fmt: str, options: "ExportOp
     load_flavour(flavour)  # fail before the (slow) ONNX export when the flavour is missing
     engine_path = Path(out) if out is not None else default_output(ckpt, precision, input_hw, ".engine")
     onnx_path = engine_path.with_suffix(".onnx")
-    model = load_checkpoint(ckpt, clip_weights=options.clip_weights)
-    table = resolve_classes(model.config.classes, options.classes)
-    size = int(model.config.image_size)
+    config = checkpoint_config(ckpt)
+    table = resolve_classes(config.classes, options.classes)
+    size = int(config.image_size)
     hw = input_hw or (size, size)
     if reusable_onnx(onnx_path, checkpoint_sha256(ckpt), precision, [n for n, _ in table], hw, opset):
         log.info("reusing %s", onnx_path)
     else:
-        export_onnx(ckpt, onnx_path, options, model=model)
-    del model
+        export_onnx(ckpt, onnx_path, options)  # loads the model and frees it before tracing
     extra = ["--batch", ":".join(map(str, profile)), "--trt-flavour", flavour, "--workspace-mb", str(workspace_mb)]
     command = rebuild_command(ckpt, engine_path, "engine", options, extra)
     info = build_engine(onnx_path, engine_path, flavour=flavour, batch=profile, workspace_mb=workspace_mb,
