@@ -19,6 +19,7 @@ from pathlib import Path
 import click
 import cv2
 import numpy as np
+from aaclip.contract.cli import CONTEXT, Command, verbosity
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ def cpu_latency_ms(path: Path, frame: np.ndarray, threads: int, repeats: int) ->
     return float(np.median(times))
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=Command, context_settings=CONTEXT)
 @click.option("--backbone", default="aaclip-tiny", show_default=True, help="OpenCLIP config name (random weights).")
 @click.option("--size", type=int, default=64, show_default=True, help="Model resolution.")
 @click.option("--frames", type=int, default=64, show_default=True, help="Synthetic normal frames for calibration.")
@@ -48,15 +49,14 @@ def cpu_latency_ms(path: Path, frame: np.ndarray, threads: int, repeats: int) ->
 @click.option("--method", type=click.Choice(["minmax", "percentile"]), default="minmax", show_default=True)
 @click.option("--repeats", type=int, default=20, show_default=True)
 @click.option("--threads", type=int, default=2, show_default=True, help="ONNX Runtime intra-op threads.")
+@verbosity
 def main(backbone: str, size: int, frames: int, holdout: int, method: str, repeats: int, threads: int) -> None:
     from aaclip.calibration.inputs import folder_input
     from aaclip.calibration.int8 import Int8Options, quantize_artifact
-    from aaclip.contract.cli import setup_logging
     from aaclip.export.onnx_export import export_onnx
     from aaclip.train.checkpoint import random_checkpoint
     from aaclip.train.synth import draw_product
 
-    setup_logging(0, True)
     with tempfile.TemporaryDirectory(prefix="aaclip-measure-") as tmp:
         root = Path(tmp)
         t0 = time.perf_counter()

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Optional
 
 import click
-from aaclip.contract.cli import FiniteFloat, Group, setup_logging
+from aaclip.contract.cli import FiniteFloat, Group, verbosity
 from aaclip.contract.errors import UserError
 from aaclip.contract.files import image_files
 from aaclip.contract.manifest import Manifest, load_manifest
@@ -84,8 +84,6 @@ def _source_options(f):
                      help="Folder of images with defects (labelled anomalies; information/gate only)."),
         click.option("--class", "class_name", metavar="NAME",
                      help="Class the frames show (required for multi-class artifacts unless --data names it)."),
-        click.option("-v", "--verbose", count=True, help="More log output."),
-        click.option("-q", "--quiet", is_flag=True, help="Warnings and errors only."),
     ]):
         f = option(f)
     return f
@@ -115,6 +113,7 @@ def _print_gate(gate) -> None:
 
 
 @click.group(cls=Group, context_settings=CONTEXT)
+@verbosity
 def cli() -> None:
     """Calibrate an exported artifact on normal frames: score thresholds (threshold), INT8 (int8) or
     OpenVINO's mixed BF16 (bf16), the last two behind the accuracy gate.
@@ -143,7 +142,8 @@ def cli() -> None:
               help="Histogram PNG [default: ARTIFACT.calibration.png; not written by --dry-run].")
 @click.option("--no-plot", is_flag=True, help="Do not write the histogram.")
 @click.option("--dry-run", is_flag=True, help="Print the score block; write nothing.")
-def threshold(artifact: Path, images, data, camera, anomalies, class_name, verbose, quiet, frames, far, pixel_far,
+@verbosity
+def threshold(artifact: Path, images, data, camera, anomalies, class_name, frames, far, pixel_far,
               pixel_samples, backend, device, threads, precision_hint, perf_hint, cache_dir, batch, plot, no_plot,
               dry_run) -> None:
     """Fit normalization constants and thresholds of ARTIFACT on normal frames; write them into its manifest.
@@ -155,7 +155,6 @@ def threshold(artifact: Path, images, data, camera, anomalies, class_name, verbo
     from .plot import save_score_histogram
     from .score_calibration import ThresholdOptions, calibrate_artifact, summary_lines
 
-    setup_logging(verbose, quiet)
     thresholds._check_far(far)
     thresholds._check_far(pixel_far, "pixel-far")
     manifest = load_manifest(artifact)
@@ -205,7 +204,8 @@ def threshold(artifact: Path, images, data, camera, anomalies, class_name, verbo
 @click.option("--trt-flavour", "flavour", type=click.Choice(["tensorrt", "tensorrt-rtx"]), default="tensorrt",
               show_default=True, help="(--engine) tensorrt: build on the target GPU. tensorrt-rtx: ahead of time.")
 @click.option("--engine-batch", default="1:4:8", show_default=True, help="(--engine) batch profile MIN:OPT:MAX.")
-def int8(fp32_onnx: Path, images, data, camera, anomalies, class_name, verbose, quiet, frames, out, holdout, method,
+@verbosity
+def int8(fp32_onnx: Path, images, data, camera, anomalies, class_name, frames, out, holdout, method,
          max_map_err, min_map_corr, min_rank_corr, max_auroc_change, backend, device, threads, precision_hint,
          perf_hint, cache_dir, force, discard_calibration, batch, seed, engine, flavour, engine_batch) -> None:
     """Quantize FP32_ONNX to an INT8 Q/DQ graph calibrated on normal frames, gated against FP32.
@@ -216,7 +216,6 @@ def int8(fp32_onnx: Path, images, data, camera, anomalies, class_name, verbose, 
     """
     from .int8 import Int8Options, build_int8_engine, quantize_artifact
 
-    setup_logging(verbose, quiet)
     profile = None
     if engine is not None:
         from aaclip.export.engine import load_flavour, parse_batch
@@ -266,7 +265,8 @@ def int8(fp32_onnx: Path, images, data, camera, anomalies, class_name, verbose, 
 @click.option("--force", is_flag=True, help="Record BF16 as allowed even when the gate fails (marked forced).")
 @click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True, help="Frames per inference call.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the synthetic test frames.")
-def bf16(fp32_onnx: Path, images, data, camera, anomalies, class_name, verbose, quiet, frames, holdout, max_map_err,
+@verbosity
+def bf16(fp32_onnx: Path, images, data, camera, anomalies, class_name, frames, holdout, max_map_err,
          min_map_corr, min_rank_corr, max_auroc_change, device, threads, precision_hint, perf_hint, cache_dir, force,
          batch, seed) -> None:
     """Gate OpenVINO's mixed BF16 (transformer matmuls BF16, the rest FP32) on FP32_ONNX against FP32.
@@ -277,7 +277,6 @@ def bf16(fp32_onnx: Path, images, data, camera, anomalies, class_name, verbose, 
     """
     from .bf16 import PrecisionGateOptions, gate_precision
 
-    setup_logging(verbose, quiet)
     if precision_hint not in (None, "bf16"):
         raise UserError("aaclip-calibrate bf16 gates --precision-hint bf16; drop --precision-hint")
     manifest = load_manifest(fp32_onnx)

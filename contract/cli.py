@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import re
 import sys
 from typing import Optional
 
@@ -19,6 +20,7 @@ import click
 from .errors import UserError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
+_LOGGING_SET = "aaclip.logging"
 
 
 def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
@@ -40,25 +42,57 @@ def _hide_library_chatter(record: logging.LogRecord) -> bool:
 
 
 def verbosity(f):
-    """-v/-q options that configure logging before the command runs (the command does not see them)."""
+    """-v/-q options that configure logging before the command runs (the command does not see them).
+
+    On a group and its subcommands alike (``aaclip-data -v check`` = ``aaclip-data check -v``): a subcommand
+    without either flag keeps what its group set up."""
 
     @click.option("-v", "--verbose", count=True, help="More log output (debug).")
     @click.option("-q", "--quiet", is_flag=True, help="Warnings and errors only.")
     @functools.wraps(f)
     def wrapper(*args, verbose: int, quiet: bool, **kwargs):
-        setup_logging(verbose, quiet)
+        ctx = click.get_current_context(silent=True)
+        if ctx is None or verbose or quiet or not ctx.meta.get(_LOGGING_SET):
+            setup_logging(verbose, quiet)
+            if ctx is not None:
+                ctx.meta[_LOGGING_SET] = True  # shared with the subcommand's context
         return f(*args, **kwargs)
 
     return wrapper
 
 
+class _UsageError(click.UsageError):
+    """Bad usage (unknown option, bad value, missing argument) shown as one ``error: ...`` line, exit 2."""
+
+    def show(self, file=None) -> None:
+        hint = f" (see '{self.ctx.command_path} -h')" if self.ctx is not None else ""
+        click.echo(f"error: {self.format_message()}{hint}", err=True)
+
+
+def _one_line(exc: click.UsageError) -> click.UsageError:
+    if isinstance(exc, (_UsageError, click.exceptions.NoArgsIsHelpError)):
+        return exc
+    one = _UsageError(exc.format_message(), exc.ctx)
+    one.exit_code = exc.exit_code
+    return one
+
+
 class _ReportsErrors:
     """Click mixin: a UserError (or an OSError such as a full disk: it names the file) becomes one
-    ``error: ...`` line on stderr and exit status 2; Ctrl-C outside the camera loop's own handling exits 130."""
+    ``error: ...`` line on stderr and exit status 2, and so does click's own usage error (instead of its
+    usage block and ``Error: ...``); Ctrl-C outside the camera loop's own handling exits 130."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as exc:
+            raise _one_line(exc) from None
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:  # a subcommand's arguments, or ctx.fail in a command
+            raise _one_line(exc) from None
         except UserError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(2)
@@ -76,7 +110,9 @@ class Command(_ReportsErrors, click.Command):
 
 
 class Group(_ReportsErrors, click.Group):
-    """``@click.group(cls=Group)``: covers the group's subcommands too."""
+    """``@click.group(cls=Group)``: covers the group's subcommands too (they are ``Command``s)."""
+
+    command_class = Command
 
 
 class DefaultGroup(Group):
@@ -87,8 +123,12 @@ class DefaultGroup(Group):
         self.default = default
 
     def parse_args(self, ctx, args):
-        if not args or (args[0] not in self.commands and args[0] not in ("--help", "-h")):
-            args = [self.default, *args]
+        # the group's own -v/-q may come first: `aaclip-train -v fit ...` and `aaclip-train -v --data ...`
+        i = 0
+        while i < len(args) and re.fullmatch(r"-v+|--verbose|-q|--quiet", args[i]):
+            i += 1
+        if i == len(args) or (args[i] not in self.commands and args[i] not in ("--help", "-h")):
+            args = [*args[:i], self.default, *args[i:]]
         return super().parse_args(ctx, args)
 
 

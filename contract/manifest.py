@@ -442,8 +442,9 @@ class ManifestWatch:
             return None
         return st.st_mtime_ns, st.st_size, st.st_ino
 
-    def changed_score(self, now: float) -> Optional[ScoreParams]:
-        """The new score constants when the manifest changed since the last call, else None."""
+    def changed(self, now: float) -> Optional["Manifest"]:
+        """The manifest as rewritten on disk (its score constants, whether it is calibrated) when it changed
+        since the last call, else None."""
         if self.every_s <= 0 or now < self._next:
             return None
         self._next = now + self.every_s
@@ -461,4 +462,4 @@ class ManifestWatch:
             log.error("manifest %s now describes another artifact (sha256 %s...); keeping the running score "
                       "constants: restart the runtime to run the new artifact", self.manifest.path, fresh.sha256[:12])
             return None
-        return fresh.score
+        return fresh

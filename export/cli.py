@@ -122,7 +122,7 @@ def export_command(ckpt: Path, out: Optional[Path], fmt: str, options: "ExportOp
     if fmt == "onnx":
         return export_onnx(ckpt, out, options).path
 
-    from aaclip.train.checkpoint import checkpoint_sha256, load_checkpoint
+    from aaclip.train.checkpoint import checkpoint_config, checkpoint_sha256
 
     from .engine import build_engine_artifact, load_flavour, parse_batch, reusable_onnx
 
@@ -130,15 +130,14 @@ def export_command(ckpt: Path, out: Optional[Path], fmt: str, options: "ExportOp
     load_flavour(flavour)  # fail before the (slow) ONNX export when the flavour is missing
     engine_path = Path(out) if out is not None else default_output(ckpt, precision, input_hw, ".engine")
     onnx_path = engine_path.with_suffix(".onnx")
-    model = load_checkpoint(ckpt, clip_weights=options.clip_weights)
-    table = resolve_classes(model.config.classes, options.classes)
-    size = int(model.config.image_size)
+    config = checkpoint_config(ckpt)
+    table = resolve_classes(config.classes, options.classes)
+    size = int(config.image_size)
     hw = input_hw or (size, size)
     if reusable_onnx(onnx_path, checkpoint_sha256(ckpt), precision, [n for n, _ in table], hw, opset):
         log.info("reusing %s", onnx_path)
     else:
-        export_onnx(ckpt, onnx_path, options, model=model)
-    del model
+        export_onnx(ckpt, onnx_path, options)  # loads the model and frees it before tracing
     extra = ["--batch", ":".join(map(str, profile)), "--trt-flavour", flavour, "--workspace-mb", str(workspace_mb)]
     command = rebuild_command(ckpt, engine_path, "engine", options, extra)
     return build_engine_artifact(onnx_path, engine_path, engine, command)

@@ -10,7 +10,9 @@ batch 2, so the dynamic batch axis is exercised while tracing; tests run batches
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
+import os
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -180,6 +182,23 @@ def trace_to_onnx(graph: DeployGraph, path: Path, opset: int) -> None:
         )
 
 
+def finish_graph(traced: Path, precision: str, method: str):
+    """The traced graph, checked against the contract, with explicit types on every tensor (strict shape
+    inference, file to file: the model is held once in Python, never twice) and its doc string."""
+    import onnx
+
+    if traced.stat().st_size <= EXTERNAL_DATA_AUTO_BYTES:
+        inferred = traced.with_name("inferred.onnx")
+        onnx.shape_inference.infer_shapes_path(str(traced), str(inferred), strict_mode=True)
+        os.replace(inferred, traced)
+    proto = onnx.load(str(traced))
+    problems = graph_problems(proto)
+    if problems:
+        raise RuntimeError(f"the exported graph breaks the contract: {'; '.join(problems)}")
+    proto.doc_string = f"aaclip-edge {method} graph ({precision}); the contract is docs/graph-contract.md"
+    return proto
+
+
 def _proto_bytes(proto) -> int:
     try:
         return int(proto.ByteSize())
@@ -210,7 +229,6 @@ def export_onnx(ckpt_dir: Path, out: Optional[Path] = None, options: Optional[Ex
     ``options`` (or keyword ``changes`` of its fields, e.g. ``precision="fp16"``) say what to write; ``model``
     (a family model already loaded from ``ckpt_dir``) skips loading.
     """
-    import onnx
     from aaclip.train.checkpoint import checkpoint_sha256, load_checkpoint
 
     options = dataclasses.replace(options or ExportOptions(), **changes)
@@ -227,22 +245,19 @@ def export_onnx(ckpt_dir: Path, out: Optional[Path] = None, options: Optional[Ex
     input_hw = tuple(input_size) if input_size else (size, size)
 
     constants = compute_anchors(model, [obj for _, obj in class_table])
+    command = options.rebuild or rebuild_command(ckpt_dir, out, "onnx", options)
+    draft = export_draft(model, precision, class_table, input_hw, opset, command, ckpt_dir,
+                         checkpoint_sha256(ckpt_dir))
     graph = DeployGraph(model, constants, input_hw=input_hw, precision=precision).eval()
+    del model  # the deploy graph holds its own copy of what it needs: a model loaded here is freed now
     log.info("exporting %s (%s, %d class%s, input %dx%d, opset %d)", out.name, precision, len(class_table),
              "" if len(class_table) == 1 else "es", input_hw[0], input_hw[1], opset)
     with tempfile.TemporaryDirectory(prefix="aaclip-export-") as tmp:
         traced = Path(tmp) / "graph.onnx"
         trace_to_onnx(graph, traced, opset)
-        proto = onnx.load(str(traced))
-    problems = graph_problems(proto)
-    if problems:
-        raise RuntimeError(f"the exported graph breaks the contract: {'; '.join(problems)}")
-    if _proto_bytes(proto) <= EXTERNAL_DATA_AUTO_BYTES:
-        proto = onnx.shape_inference.infer_shapes(proto, strict_mode=True)  # explicit types on every tensor
-    proto.doc_string = f"aaclip-edge {config.method} graph ({precision}); the contract is docs/graph-contract.md"
-    command = options.rebuild or rebuild_command(ckpt_dir, out, "onnx", options)
-    draft = export_draft(model, precision, class_table, input_hw, opset, command, ckpt_dir,
-                         checkpoint_sha256(ckpt_dir))
+        del graph
+        gc.collect()
+        proto = finish_graph(traced, precision, config.method)
     with staging(out) as tmp:  # graph, data and manifest replace the previous ones as a set, or not at all
         external = save_onnx(proto, tmp / out.name, options.external_data)
         del proto

@@ -6,6 +6,9 @@ the loop from several readers, in one of two modes:
 - live (``drop=True``): one capture thread per source keeps only its newest frame; a frame replaced
   before the loop took it is dropped and counted, so latency stays bounded whatever the model speed;
 - offline (``drop=False``): frames are read in the loop's thread, one after the other, none dropped.
+
+``aaclip-runtime`` chooses live mode when a source is live (a camera, a stream) and offline mode for video
+files and image folders, unless ``--drop``/``--no-drop`` says otherwise (``default_drop``).
 """
 from __future__ import annotations
 
@@ -62,6 +65,7 @@ class CapturedFrame:
     image: np.ndarray
     t_capture: float    # time.perf_counter() when read
     wall_time: float    # time.time() when read
+    file: Optional[str] = None  # the image file it came from (image folders)
 
 
 class SourceReader:
@@ -85,7 +89,7 @@ class SourceReader:
             ok, image = self.source.read()
             if ok and image is not None:
                 frame = CapturedFrame(self.source_index, self.source.name, self.captured, image, time.perf_counter(),
-                                      time.time())
+                                      time.time(), self.source.frame_file)
                 self.captured += 1
                 return frame
             if ok:
@@ -159,6 +163,11 @@ class _LatestFrameWorker(threading.Thread):
     def take(self) -> Optional[CapturedFrame]:
         frame, self.latest = self.latest, None
         return frame
+
+
+def default_drop(sources: Sequence[Source]) -> bool:
+    """Live mode (newest frame only) when any source is live; every frame of files and folders otherwise."""
+    return any(s.is_live for s in sources)
 
 
 class CaptureHub:

@@ -7,7 +7,7 @@ import signal
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import click
 from aaclip.contract.cli import Command, FiniteFloat, setup_logging
@@ -15,9 +15,9 @@ from aaclip.contract.errors import UserError
 from aaclip.contract.manifest import Manifest, open_artifact
 
 from .backends import AUTO, RunnerOptions, backend_names, open_runner
-from .backends.triton import parse_endpoint
 from .backends.options import backend_options, runner_options
-from .capture import Backoff
+from .backends.triton import parse_endpoint
+from .capture import Backoff, default_drop
 from .loop import CameraLoop, LoopConfig, Summary, source_classes
 from .sinks import EVIDENCE_FORMATS, AnnotatedVideo, DisplaySink, EventLog, EvidenceWriter, Sink
 from .sources import DEFAULT_OPEN_TIMEOUT_MS, open_source
@@ -72,7 +72,7 @@ class RunConfig:
     video: Optional[Path] = None
     video_fps: Optional[float] = None
     show: bool = False
-    drop: bool = True
+    drop: Optional[bool] = None  # None: live mode for live sources, every frame of files and folders
     loop_files: bool = False
     max_frames: Optional[int] = None
     stats_every: float = 10.0
@@ -92,8 +92,10 @@ class RunConfig:
 
     in_flight: Optional[int] = None  # batches on a server at once (None: one per camera, at least 2)
 
-    def loop_config(self, stop: Optional[threading.Event] = None) -> LoopConfig:
-        return LoopConfig(batch=self.batch, drop=self.drop, threshold=self.threshold, debounce=self.debounce,
+    def loop_config(self, stop: Optional[threading.Event] = None, sources: Sequence = ()) -> LoopConfig:
+        """The loop's settings; ``drop`` None is decided by the ``sources`` (``capture.default_drop``)."""
+        drop = self.drop if self.drop is not None else default_drop(sources)
+        return LoopConfig(batch=self.batch, drop=drop, threshold=self.threshold, debounce=self.debounce,
                           max_frames=self.max_frames, stats_every=self.stats_every, stop_event=stop,
                           in_flight=self.in_flight or max(2, len(self.cameras)), backoff=self.backoff)
 
@@ -179,15 +181,19 @@ def run(config: RunConfig) -> Summary:
                 return Summary(stopped_by=stop.reason or "signal")
             sinks = open_sinks(config, sources)
             with open_runner(manifest, backend, options or config.runner) as runner:
-                loop = CameraLoop(runner, manifest, sources, class_ids, config.loop_config(stop.event), sinks)
+                loop_config = config.loop_config(stop.event, sources)
+                loop = CameraLoop(runner, manifest, sources, class_ids, loop_config, sinks)
                 if not manifest.calibrated:
                     log.warning("%s is not calibrated: its threshold is the export default, not fitted on this "
-                                "line's good parts; run aaclip-calibrate threshold %s --images GOOD_PARTS/ first",
-                                manifest.artifact_path.name, config.artifact)
-                log.info("running %s (%s) on %s; threshold %.4g, debounce %d, %s mode, run %s",
-                         manifest.artifact_path.name,
-                         runner.name, ", ".join(s.name for s in sources), loop.params.threshold, config.debounce,
-                         "live (newest frame)" if config.drop else "offline (no drop)", loop.run_id)
+                                "line's good parts (events say calibrated: false); run aaclip-calibrate threshold "
+                                "%s --images GOOD_PARTS/ first", manifest.artifact_path.name, config.artifact)
+                mode = "live mode (newest frame only)" if loop_config.drop else "offline mode (every frame)"
+                why = "" if config.drop is not None else (" for a live source; --no-drop: every frame"
+                                                          if loop_config.drop else " for files; --drop: newest only")
+                log.info("running %s (%s) on %s; threshold %.4g%s, debounce %d, %s%s, run %s",
+                         manifest.artifact_path.name, runner.name, ", ".join(s.name for s in sources),
+                         loop.params.threshold, "" if manifest.calibrated else " (uncalibrated)", config.debounce,
+                         mode, why, loop.run_id)
                 summary = loop.run()
                 if stop.reason:
                     summary.stopped_by = stop.reason
@@ -226,7 +232,9 @@ def run(config: RunConfig) -> Summary:
               help="Write an annotated video (.avi MJPG; one file per camera when several).")
 @click.option("--video-fps", type=FiniteFloat(min=0.0, min_open=True), default=None, help="Frame rate of --video (default: the source's, else 15).")
 @click.option("--show", is_flag=True, help="Show annotated frames in a window (needs a display; q quits).")
-@click.option("--no-drop", is_flag=True, help="Process every frame (offline files) instead of only the newest.")
+@click.option("--drop/--no-drop", default=None,
+              help="--drop: only the newest frame of each source (bounded latency); --no-drop: every frame "
+                   "[default: --drop for cameras and streams, --no-drop for video files and image folders].")
 @click.option("--loop", "loop_files", is_flag=True, help="Restart video files and image folders at their end.")
 @click.option("--max-frames", type=click.IntRange(min=1), default=None, help="Stop after N processed frames.")
 @click.option("--stats-every", type=FiniteFloat(min=0.0), default=10.0, show_default=True,
@@ -257,7 +265,7 @@ def main(artifact: str, cameras: tuple[str, ...], backend: str, device: str, thr
          classes: tuple[str, ...],
          threshold: Optional[float], debounce: int, events: Optional[Path], evidence: Optional[Path],
          evidence_format: str, evidence_max: Optional[int], video: Optional[Path], video_fps: Optional[float],
-         show: bool, no_drop: bool, loop_files: bool, max_frames: Optional[int], stats_every: float,
+         show: bool, drop: Optional[bool], loop_files: bool, max_frames: Optional[int], stats_every: float,
          reconnect_delay: float, reconnect_max: float, open_timeout: float, http: Optional[str], view_fps: float,
          health_timeout: float, mqtt: Optional[str], webhook: Optional[str], in_flight: Optional[int], verbose: int,
          quiet: bool) -> None:
@@ -276,7 +284,7 @@ def main(artifact: str, cameras: tuple[str, ...], backend: str, device: str, thr
         runner=runner_options(device, threads, precision_hint, perf_hint, cache_dir), batch=batch, classes=classes,
         threshold=threshold,
         debounce=debounce, events=events, evidence=evidence, evidence_format=evidence_format, video=video,
-        video_fps=video_fps, show=show, drop=not no_drop, loop_files=loop_files, max_frames=max_frames,
+        video_fps=video_fps, show=show, drop=drop, loop_files=loop_files, max_frames=max_frames,
         stats_every=stats_every, reconnect_delay=reconnect_delay, reconnect_max=reconnect_max,
         evidence_max=evidence_max, open_timeout=open_timeout, http=http, view_fps=view_fps,
         health_timeout=health_timeout, mqtt=mqtt, webhook=webhook, in_flight=in_flight))

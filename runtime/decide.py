@@ -64,6 +64,8 @@ class Decision:
     run_id: str = ""      # the loop run this decision belongs to (events of several runs share a file)
     evidence: Optional[str] = None
     inference_s: float = 0.0  # the backend call that scored this frame (its whole batch)
+    file: Optional[str] = None  # the image file of a frame read from a folder (relative to the folder)
+    calibrated: bool = True     # False: the threshold is the export default, not fitted on this line's parts
 
     @property
     def anomalous(self) -> bool:
@@ -81,7 +83,7 @@ class Decision:
             "score": _finite(self.score, 6), "decision": self.state, "anomalous": self.anomalous,
             "alarm": self.alarm, "map_max": _finite(self.map_max, 6), "cls_score": _finite(self.cls_score, 6),
             "threshold": _finite(self.threshold), "latency_ms": round(self.latency_s * 1e3, 3),
-            "evidence": self.evidence, "run": self.run_id,
+            "evidence": self.evidence, "run": self.run_id, "file": self.file, "calibrated": self.calibrated,
         }
 
 
@@ -99,9 +101,11 @@ def _finite(value: float, digits: Optional[int] = None) -> Optional[float]:
 class Decider:
     """Scores a batch and keeps one debouncer per source."""
 
-    def __init__(self, params: ScoreParams, n_sources: int, debounce: int = 1, run_id: str = ""):
+    def __init__(self, params: ScoreParams, n_sources: int, debounce: int = 1, run_id: str = "",
+                 calibrated: bool = True):
         self.params = params
         self.run_id = run_id
+        self.calibrated = calibrated  # the manifest's score constants were fitted by aaclip-calibrate
         self.debouncers = [Debouncer(debounce) for _ in range(n_sources)]
 
     @property
@@ -124,5 +128,6 @@ class Decider:
                 source=f.source_name, source_index=f.source_index, frame=f.index, class_name=class_names[i],
                 score=score, state=state, onset=state == ALARM and debouncer.onset, map_max=float(map_max[i]),
                 cls_score=float(cls_score[i]), threshold=self.params.threshold, wall_time=f.wall_time,
-                latency_s=t_done - f.t_capture, inference_s=inference_s, run_id=self.run_id))
+                latency_s=t_done - f.t_capture, inference_s=inference_s, run_id=self.run_id, file=f.file,
+                calibrated=self.calibrated))
         return out

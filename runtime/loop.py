@@ -124,7 +124,7 @@ class CameraLoop:
         self.sinks = sorted(sinks, key=lambda s: s.order)
         self.params = manifest.score.with_threshold(config.threshold)
         self.run_id = uuid.uuid4().hex[:12]
-        self.decider = Decider(self.params, len(self.sources), config.debounce, self.run_id)
+        self.decider = Decider(self.params, len(self.sources), config.debounce, self.run_id, manifest.calibrated)
         self._reload = ManifestWatch(manifest, config.reload_every_s)
         self.feeds = FeedBuilder(manifest, config.batch, allocate=runner.lend_input)
         self.stop_event = config.stop_event or threading.Event()
@@ -193,10 +193,14 @@ class CameraLoop:
 
     def _reload_score(self, now: float) -> None:
         """Take new score constants when the manifest was recalibrated on disk (no restart needed)."""
-        score = self._reload.changed_score(now)
-        if score is None:
+        fresh = self._reload.changed(now)
+        if fresh is None:
             return
-        params = score.with_threshold(self.config.threshold)
+        params = fresh.score.with_threshold(self.config.threshold)
+        if fresh.calibrated != self.decider.calibrated:
+            log.warning("manifest %s is %s now", self.manifest.path.name,
+                        "calibrated" if fresh.calibrated else "no longer calibrated")
+            self.decider.calibrated = fresh.calibrated
         if params != self.params:
             log.warning("manifest %s changed: score constants reloaded (threshold %.6g -> %.6g%s)",
                         self.manifest.path.name, self.params.threshold, params.threshold,

@@ -45,6 +45,7 @@ class Source:
     name: str = "source"
     is_live: bool = False
     fps: Optional[float] = None  # nominal frame rate when the source knows it
+    frame_file: Optional[str] = None  # the file the last read frame came from (image folders), for events
 
     def open(self) -> bool:
         """(Re)open the source; True when it delivers frames."""
@@ -109,10 +110,11 @@ class CaptureSource(Source):
 class ImageFolderSource(Source):
     """Image files read in name order; an unreadable file is reported as an unreadable frame."""
 
-    def __init__(self, files: Sequence[Path], name: str, loop: bool = False):
+    def __init__(self, files: Sequence[Path], name: str, loop: bool = False, folder: Optional[Path] = None):
         self.files = list(files)
         self.name = name
         self.loop = loop
+        self.folder = folder  # file names in events are relative to it
         self._next = 0
 
     def open(self) -> bool:
@@ -126,6 +128,7 @@ class ImageFolderSource(Source):
             self._next = 0
         path = self.files[self._next]
         self._next += 1
+        self.frame_file = path.relative_to(self.folder).as_posix() if self.folder is not None else path.name
         try:
             frame, _ = read_image(path)
         except ImageError as exc:  # counted as an unreadable frame by the reader
@@ -204,7 +207,7 @@ def parse_source(spec: str | int, loop: bool = False, open_timeout_ms: int = DEF
                         "file://, a device index, a path or a GStreamer pipeline")
     path = Path(spec[len("file://"):] if scheme == "file" else spec).expanduser()
     if path.is_dir():
-        return ImageFolderSource(image_files(path), name=path.name or str(path), loop=loop)
+        return ImageFolderSource(image_files(path), name=path.name or str(path), loop=loop, folder=path)
     if not path.exists():
         raise UserError(f"camera source {spec!r} not found: not a device index, URL, pipeline or existing path")
     if is_image_file(path):

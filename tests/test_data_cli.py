@@ -128,10 +128,11 @@ def test_check(tmp_path):
     res = _run("check", str(root / "all.jsonl"))
     assert res.exit_code == 0, res.output
     lines = res.output.splitlines()
-    assert lines[0].split() == ["class", "normal", "anomalous", "total"]
-    assert lines[1].split() == ["bottle", "5", "3", "8"]
-    assert lines[2].split() == ["screw", "5", "3", "8"]
-    assert lines[3].split() == ["total", "10", "6", "16"]
+    assert lines[0].split() == ["class", "normal", "anomalous", "masked", "total"]
+    assert lines[1].split() == ["bottle", "5", "3", "3", "8"]
+    assert lines[2].split() == ["screw", "5", "3", "3", "8"]
+    assert lines[3].split() == ["total", "10", "6", "6", "16"]
+    assert len(lines) == 4  # every anomaly has its mask: no note
     # Moved file: default root is wrong, --root fixes it, --no-files skips the file checks.
     moved = tmp_path / "all.jsonl"
     moved.write_text((root / "all.jsonl").read_text())
@@ -140,10 +141,10 @@ def test_check(tmp_path):
     assert f"error: {moved}:1: field 'image_path': file not found" in res.output
     assert _run("check", str(moved), "--root", str(root)).exit_code == 0
     assert _run("check", str(moved), "--no-files").exit_code == 0
-    moved.write_text('{"image_path": "x.png", "label": 1, "class_name": "a"}\n')
+    moved.write_text('{"image_path": "x.png", "label": 1, "class_name": "a", "mask_path": 3}\n')
     res = _run("check", str(moved), "--no-files")
     assert res.exit_code == 2
-    assert f"{moved}:1: field 'mask_path' is required" in res.output
+    assert f"{moved}:1: field 'mask_path' must be a non-empty string or null" in res.output
 
 
 def test_synth_wiring_with_stub(tmp_path, monkeypatch):

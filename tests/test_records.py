@@ -12,6 +12,7 @@ from aaclip.train.records import (
     Record,
     class_counts,
     class_names,
+    masked_counts,
     read_records,
     rebase,
     resolve,
@@ -51,8 +52,7 @@ def test_data_error_is_user_error():
         ('{"image_path": "x.png", "label": "0", "class_name": "a"}', "label", "integer 0"),
         ('{"image_path": "x.png", "label": true, "class_name": "a"}', "label", "integer 0"),
         ('{"image_path": "x.png", "label": 2, "class_name": "a"}', "label", "got 2"),
-        ('{"image_path": "x.png", "label": 1, "class_name": "a"}', "mask_path", "required for an anomalous"),
-        ('{"image_path": "x.png", "label": 1, "class_name": "a", "mask_path": null}', "mask_path", "required"),
+        ('{"image_path": "x.png", "label": 1, "class_name": "a", "mask_path": ""}', "mask_path", "string or null"),
         ('{"image_path": "x.png", "label": 0, "class_name": "a", "mask_path": 5}', "mask_path", "string or null"),
     ],
 )
@@ -88,6 +88,18 @@ def test_normal_without_mask_field_and_extra_fields(tmp_path, caplog):
     # Each unknown field is mentioned once: 'note' on line 1, 'score' on line 2.
     assert len(unknown) == 2
     assert "note" in unknown[0] and "note" not in unknown[1] and "score" in unknown[1]
+
+
+def test_anomalies_may_carry_image_level_labels_only(tmp_path):
+    """A defective photo without a mask is a valid record; only its image-level label is known."""
+    path = _write_lines(tmp_path / "r.jsonl", [
+        json.dumps(GOOD), json.dumps(BAD),
+        '{"image_path": "a/2.png", "label": 1, "class_name": "a"}',
+        '{"image_path": "a/3.png", "label": 1, "class_name": "a", "mask_path": null}'])
+    recs = read_records(path, check_files=False)
+    assert recs[2] == Record("a/2.png", 1, "a") and recs[3] == Record("a/3.png", 1, "a")
+    assert [r.pixels_known for r in recs] == [True, True, False, False]
+    assert masked_counts(recs) == {"a": 1} and class_counts(recs) == {"a": (1, 3)}
 
 
 def test_empty_file_is_an_error(tmp_path):

@@ -103,3 +103,45 @@ def test_signal_finishes_frame_flushes_and_exits_0(tmp_path, sig):
     assert all(p.suffix == ".jpg" and not p.name.startswith(".") for p in evidence.iterdir())
     assert annotated.stat().st_size > 0 and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     assert f"{sig.name} received: finishing the current frame" in err
+
+
+def test_files_and_folders_default_to_every_frame_and_events_name_the_file(tmp_path, caplog):
+    """No --drop/--no-drop: a video file and an image folder are inspected frame by frame (nothing dropped,
+    however slow the model); events of a folder name each image; an uncalibrated artifact warns at start
+    and marks its events calibrated: false."""
+    import cv2
+    from aaclip.runtime.cli import RunConfig, run
+    from runtime_fixtures import frame_image
+
+    art = make_onnx_artifact(tmp_path)
+    folder = tmp_path / "parts"
+    (folder / "line2").mkdir(parents=True)
+    for i, rel in enumerate(["a.png", "b.png", "line2/c.png"]):
+        cv2.imwrite(str(folder / rel), frame_image(defect=rel == "b.png", seed=i))
+    events = tmp_path / "ev.jsonl"
+    r = invoke(art, "--camera", folder, "--events", events)
+    assert r.exit_code == 0, r.output
+    assert "offline mode (every frame) for files" in r.stderr and "is not calibrated" in r.stderr
+    ev = read_events(events)
+    assert [e["file"] for e in ev] == ["a.png", "b.png"]  # the folder's own images, by name
+    assert [e["anomalous"] for e in ev] == [False, True] and all(e["calibrated"] is False for e in ev)
+    video = write_video(tmp_path / "v.avi", 12)
+    summary = run(RunConfig(art, (str(video),), stats_every=0))
+    assert summary.frames == 12 and summary.dropped == 0
+    live = RunConfig(art, (str(video),)).loop_config(sources=[src.CaptureSource(0, "camera0", is_live=True)])
+    assert live.drop is True and RunConfig(art, (), drop=False).loop_config(sources=[]).drop is False
+    r = invoke(art, "--camera", video, "--drop", "-v")
+    assert r.exit_code == 0 and "live mode (newest frame only)," in r.stderr
+
+
+def test_calibrated_artifact_events_say_so(tmp_path):
+    from aaclip.contract.manifest import load_manifest, write_manifest
+
+    art = make_onnx_artifact(tmp_path)
+    data = load_manifest(art).data
+    data["score"].update(source="calibration", calibration={"method": "test", "frames": 2, "far": 0.01})
+    write_manifest(art, data)
+    events = tmp_path / "ev.jsonl"
+    r = invoke(art, "--camera", write_video(tmp_path / "v.avi", 2), "--events", events)
+    assert r.exit_code == 0 and "not calibrated" not in r.stderr
+    assert [e["calibrated"] for e in read_events(events)] == [True, True] and read_events(events)[0]["file"] is None

@@ -1,12 +1,14 @@
 """aaclip-train / aaclip-eval end to end on tiny random CLIP weights and synthetic data."""
 import json
 import os
+import re
 import subprocess
 import sys
 
 import pytest
 from aaclip.train.backbone import write_random_weights
 from aaclip.train.eval_cli import main as eval_main
+from aaclip.train.records import read_records
 from aaclip.train.synth import generate_dataset
 from aaclip.train.train_cli import main as train_main
 from click.testing import CliRunner
@@ -52,8 +54,10 @@ def test_train_then_eval(workspace):
     assert report["mean"]["pixel_auroc"] == pytest.approx((report["disk"]["pixel_auroc"] + report["wood"]["pixel_auroc"]) / 2)
     md = (out / "eval" / "metrics.md").read_text()
     assert md.splitlines()[0].startswith("| class") and "| mean |" in md
-    overlays = sorted((out / "eval" / "overlays" / "disk").glob("*.png"))
-    assert len(overlays) == 8
+    overlays = sorted((out / "eval" / "overlays" / "disk").rglob("*.png"))
+    # each overlay keeps its image's relative path (MVTec's repeated 000.png never overwrite each other)
+    disk = [r.image_path for r in read_records(paths["test"]) if r.class_name == "disk"]
+    assert sorted(p.relative_to(out / "eval" / "overlays" / "disk").as_posix() for p in overlays) == sorted(disk)
     import cv2
 
     assert cv2.imread(str(overlays[0])).shape == (64, 128, 3)  # frame | overlay
@@ -83,3 +87,36 @@ def test_cli_errors_are_one_line_with_status_2(workspace, tmp_path):
     assert res.returncode == 2 and "checkpoint directory not found" in res.stderr
     res = _run_module("aaclip.train.train_cli", "--help")
     assert res.returncode == 0 and "import-official" in res.stdout
+
+
+def test_progress_logs_steps_per_second_and_eta_from_the_first_step(caplog):
+    """Off a terminal (a log file, CI) the first lines come at the start and after the first step, then every
+    LOG_EVERY_S seconds: a large backbone shows life within seconds."""
+    import logging
+    import time
+
+    from aaclip.train.progress import Progress, format_seconds
+
+    log = logging.getLogger("aaclip.test.progress")
+    with caplog.at_level(logging.INFO, logger="aaclip.test.progress"):
+        progress = Progress(range(5), 5, "stage 1 epoch 1/2", log, every_s=0.05, terminal=False)
+        for i in progress:
+            progress.note(loss=0.5 + i)
+            time.sleep(0.03)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0] == "stage 1 epoch 1/2: 5 steps"
+    assert re.fullmatch(r"stage 1 epoch 1/2: 1/5 steps, \d+\.\d\d steps/s, ETA \d+ s, loss 0\.5000", lines[1])
+    assert 2 <= len(lines) <= 4  # not one line per step
+    assert format_seconds(3725) == "1 h 02 min" and format_seconds(185) == "3 min 05 s"
+    with caplog.at_level(logging.WARNING, logger="aaclip.test.progress"):  # -q: silent
+        caplog.clear()
+        assert list(Progress(range(3), 3, "x", log, terminal=False)) == [0, 1, 2] and not caplog.records
+
+
+def test_train_help_names_the_tiny_backbone_and_lists_backbones():
+    res = CliRunner().invoke(train_main, ["fit", "-h"])
+    text = re.sub(r"-\s+", "-", " ".join(res.output.split()))  # undo the help's line wrapping
+    assert res.exit_code == 0 and "aaclip-tiny (4 blocks" in text and "(`aaclip-train backbones` lists all" in text
+    res = CliRunner().invoke(train_main, ["backbones"])
+    rows = dict(line.split("\t") for line in res.output.splitlines())
+    assert "openai" in rows["ViT-L-14-336"] and rows["aaclip-tiny"].startswith("random weights only")

@@ -126,6 +126,9 @@ def build_clip(config: ModelConfig, base_dir: Optional[Path] = None, check_hash:
     backbone = config.backbone
     if backbone.pretrained is None and backbone.weights is None and backbone.init_seed is None:
         raise UserError("no CLIP weights: give --clip-weights FILE, --pretrained TAG, or --random-init SEED")
+    source = (f"weights {backbone.weights}" if backbone.weights else f"pretrained {backbone.pretrained}"
+              if backbone.pretrained else f"random weights, seed {backbone.init_seed}")
+    log.info("building %s at %d px (%s)", backbone.name, config.image_size, source)
     model = create_clip(backbone, config.image_size)
     weights = resolve_weights(backbone, base_dir)
     if weights is not None:

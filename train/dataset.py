@@ -51,7 +51,8 @@ def augment_pair(image: torch.Tensor, mask: torch.Tensor, color: bool) -> tuple[
 
 
 class AnomalyDataset(Dataset):
-    """Items: image (3,H,W) normalized, mask (H,W) in {0,1}, label, class index, image path."""
+    """Items: image (3,H,W) normalized, mask (H,W) in {0,1}, label, class index, image path, and
+    ``pixels_known`` (False for an anomaly without a mask: its all-zero mask is a placeholder, not a label)."""
 
     def __init__(self, records: Sequence[Record], root: Path, image_size: int, classes: Sequence[str],
                  augment: bool = False, color_jitter: bool = False):
@@ -81,4 +82,5 @@ class AnomalyDataset(Dataset):
             "label": torch.tensor(r.label),
             "class_index": torch.tensor(self.class_index[r.class_name]),
             "path": r.image_path,
+            "pixels_known": torch.tensor(r.pixels_known),
         }

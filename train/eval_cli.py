@@ -12,6 +12,16 @@ from aaclip.contract.files import atomic_write_json, atomic_write_text
 log = logging.getLogger(__name__)
 
 
+def pixel_notes(report: dict) -> list[str]:
+    """One line per class whose pixel metrics were not computed, or computed on part of its images."""
+    lines = []
+    for name, entry in report.items():
+        note = entry.get("pixel_metrics") if isinstance(entry, dict) else None
+        if note:
+            lines.append(f"{name}: pixel metrics {note}")
+    return lines
+
+
 @click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--ckpt", required=True, type=click.Path(path_type=Path), help="Checkpoint directory (aaclip-train --out).")
 @click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Test JSON-lines.")
@@ -28,7 +38,10 @@ log = logging.getLogger(__name__)
 def main(ckpt, data, root, out, clip_weights, method, overlays, batch_size, device):
     """Per-class pixel AUROC/AP/F1-max, AUPRO, image AUROC/AP/F1-max and their mean -> metrics.json/.md.
 
-    Image scores use the paper's test-set min-max normalization (docs/method-choices.md, "Evaluation normalization").
+    Image metrics use every image; pixel metrics use the images with known pixels (normal images and
+    anomalies with masks) and are "not computed" for a class whose anomalies have no masks (image-level
+    labels, e.g. from aaclip-data folder). Image scores use the paper's test-set min-max normalization
+    (docs/method-choices.md, "Evaluation normalization"). Your own photos: docs/own-data.md.
     """
     from aaclip.contract.metrics import markdown_table
 
@@ -46,11 +59,13 @@ def main(ckpt, data, root, out, clip_weights, method, overlays, batch_size, devi
     report, preds = evaluate(model, records, root, batch_size, pick_device(device))
     atomic_write_json(out / "metrics.json", report)
     table = markdown_table(report)
-    atomic_write_text(out / "metrics.md", table + "\n")
+    atomic_write_text(out / "metrics.md", "\n".join([table, *pixel_notes(report)]) + "\n")
     if overlays:
         n = save_overlays(preds, root, out / "overlays", model.config.image_size)
         log.info("wrote %d overlays to %s", n, out / "overlays")
     click.echo(table)
+    for line in pixel_notes(report):
+        click.echo(line)
     click.echo(f"metrics: {out / 'metrics.json'}")
     mean = report.get("mean", {})
     log.debug(json.dumps(mean))

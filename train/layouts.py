@@ -1,4 +1,5 @@
-"""Records from public dataset folder layouts: MVTec-AD (and MPDD, same layout), BTAD, VisA.
+"""Records from dataset folder layouts: MVTec-AD (and MPDD, same layout), BTAD, VisA, and plain folders of
+good and defective photos (``folder_records``).
 
 All functions return records with POSIX paths relative to ``root``, sorted by class then image path,
 and raise DataError (a UserError) when ``root`` does not look like the layout, saying what was expected.
@@ -16,15 +17,26 @@ Mask look-up accepts both namings (``<stem>_mask`` and ``<stem>``) and any image
 
 VisA: ``<root>/split_csv/1cls.csv`` with columns ``object,split,label,image,mask``; label is
 ``normal`` or ``anomaly``; image/mask paths are relative to ``root``.
+
+Plain folders (a factory's own photos, ``aaclip-data folder``)::
+
+    <root>/good/**/*.jpg                      label 0 (the normal folder may also be named ok or normal)
+    <root>/<defect>/**/*.jpg                  label 1, one folder per defect kind (any names)
+    <root>/ground_truth/<defect>/<stem>_mask.png   optional masks (or <root>/masks/...; also <stem>.png)
+
+or any folders given one by one (``--good DIR``, ``--bad DIR`` repeated, ``--masks DIR``). Masks are
+optional: an anomalous image without one carries its image-level label only.
 """
 from __future__ import annotations
 
 import csv
 import logging
+import os
 from pathlib import Path
-from typing import Union
+from typing import Optional, Sequence, Union
 
-from aaclip.contract.files import IMAGE_SUFFIXES, is_image_file
+from aaclip.contract.errors import UserError
+from aaclip.contract.files import IMAGE_SUFFIXES, image_files, is_image_file
 from aaclip.train.records import ANOMALOUS, NORMAL, DataError, Record
 
 log = logging.getLogger(__name__)
@@ -162,3 +174,95 @@ def visa_records(root: PathLike, split: str = "test") -> list[Record]:
     records.sort(key=lambda r: (r.class_name, r.image_path))
     log.info("%s: %d images (split %s)", root, len(records), split)
     return records
+
+
+GOOD_FOLDER_NAMES = ("good", "ok", "normal")
+MASK_FOLDER_NAMES = ("ground_truth", "masks")
+
+
+def _folder_images(folder: Path) -> list[Path]:
+    try:
+        return image_files(folder, recursive=True)
+    except UserError as exc:
+        raise DataError(str(exc)) from None
+
+
+def _mask_for(image: Path, defect_dir: Path, masks: Optional[Path]) -> Optional[Path]:
+    """The mask of ``image`` under ``masks``: in the defect's own sub-folder (``masks/<defect>/``, keeping the
+    image's sub-path) or directly in ``masks``; named ``<stem>_mask.<ext>`` or ``<stem>.<ext>``."""
+    if masks is None:
+        return None
+    sub = image.parent.relative_to(defect_dir)
+    for folder in (masks / defect_dir.name / sub, masks / sub, masks):
+        found = _find_mask(folder, image.stem)
+        if found is not None and found.resolve() != image.resolve():
+            return found
+    return None
+
+
+def _rel(path: Path, root: Path) -> str:
+    return Path(os.path.relpath(path.resolve(), root.resolve())).as_posix()
+
+
+def folder_records(good: Sequence[PathLike], bad: Sequence[PathLike], class_name: str, root: PathLike,
+                   masks: Optional[PathLike] = None) -> list[Record]:
+    """Records of folders of good images (label 0) and defective ones (label 1, a mask when ``masks`` has one).
+
+    Images are found recursively; paths are relative to ``root`` (``..`` where a folder lies outside it).
+    An image given as both good and defective is an error. Logs how many anomalies have masks.
+    """
+    root = Path(root)
+    masks = Path(masks) if masks is not None else None
+    if masks is not None and not masks.is_dir():
+        raise DataError(f"mask folder not found: {masks}; pass the folder that holds the defect masks")
+    if not good and not bad:
+        raise DataError("no image folder given; pass --good DIR and --bad DIR (repeatable), or a ROOT folder")
+    records: list[Record] = []
+    seen: dict[Path, str] = {}
+
+    def add(path: Path, what: str) -> None:
+        key = path.resolve()
+        if key in seen:
+            raise DataError(f"{path} is listed twice ({seen[key]} and {what}); each image belongs to one folder")
+        seen[key] = what
+
+    for folder in map(Path, good):
+        for img in _folder_images(folder):
+            add(img, f"good folder {folder}")
+            records.append(Record(_rel(img, root), NORMAL, class_name))
+    n_masked = 0
+    for folder in map(Path, bad):
+        for img in _folder_images(folder):
+            add(img, f"defect folder {folder}")
+            mask = _mask_for(img, folder, masks)
+            n_masked += mask is not None
+            records.append(Record(_rel(img, root), ANOMALOUS, class_name,
+                                  _rel(mask, root) if mask is not None else None))
+    n_bad = sum(r.label for r in records)
+    if masks is not None and n_bad and not n_masked:
+        log.warning("no mask found in %s for any of the %d defective images (expected <defect>/<stem>_mask.png "
+                    "or <stem>.png); they keep image-level labels only", masks, n_bad)
+    log.info("class %s: %d good and %d defective images (%d with masks)", class_name, len(records) - n_bad, n_bad,
+             n_masked)
+    records.sort(key=lambda r: (r.class_name, r.image_path))
+    return records
+
+
+def folder_layout(root: PathLike) -> tuple[list[Path], list[Path], Optional[Path]]:
+    """(good folders, defect folders, mask folder or None) of ``root/good``, ``root/<defect>/``,
+    ``root/ground_truth`` (or ``root/masks``)."""
+    root = _check_root(root)
+    subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    good = [d for d in subdirs if d.name.lower() in GOOD_FOLDER_NAMES]
+    mask_dirs = [d for d in subdirs if d.name.lower() in MASK_FOLDER_NAMES]
+    bad = [d for d in subdirs if d not in good and d not in mask_dirs]
+    if len(good) != 1:
+        found = ", ".join(d.name for d in subdirs) or "no sub-folders"
+        raise DataError(f"{root} does not look like a photo folder: expected one folder of good images named "
+                        f"{' or '.join(GOOD_FOLDER_NAMES)} and one folder per defect kind (found {found}); "
+                        "or name the folders with --good DIR --bad DIR")
+    if len(mask_dirs) > 1:
+        raise DataError(f"{root} holds both {' and '.join(d.name for d in mask_dirs)}; keep one mask folder")
+    if not bad:
+        log.warning("%s has no defect folder next to %s/: only normal images", root, good[0].name)
+    return good, bad, (mask_dirs[0] if mask_dirs else None)

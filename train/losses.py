@@ -1,4 +1,5 @@
-"""Losses of SPEC section 6: focal + two dice terms per level, disentangle term, stage-2 cross-entropy."""
+"""Losses of SPEC section 6: focal + two dice terms per level, disentangle term, stage-2 cross-entropy; and,
+for anomalies labelled per image only (no mask), the map-maximum loss (``map_max_loss``)."""
 from __future__ import annotations
 
 import torch
@@ -40,3 +41,15 @@ def disentangle_loss(anchors: torch.Tensor) -> torch.Tensor:
 def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """2-way cross-entropy on s = d T (the reference's choice; the paper's text says BCE)."""
     return F.cross_entropy(logits, labels.long())
+
+
+def map_max_loss(similarities: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Multiple-instance loss of images labelled per image only: binary cross-entropy of the most anomalous
+    patch's probability against the image label, on S = 100 V T (B, L, 2).
+
+    The training map's abnormal probability is softmax(S)[..., 1] = sigmoid(S1 - S0), up-sampled
+    bilinearly; a bilinear up-sampling (align_corners) never exceeds its grid's maximum, so the map's
+    maximum is the grid's. An anomalous image needs one abnormal patch, wherever it is.
+    """
+    margin = (similarities[..., 1] - similarities[..., 0]).amax(dim=1)
+    return F.binary_cross_entropy_with_logits(margin, labels.to(margin.dtype))

@@ -82,16 +82,19 @@ class AAClip(FamilyModel):
         return self.text_proj(eot)
 
     def text_anchors(self, object_names: Sequence[str]) -> torch.Tensor:
-        """Anchors T per object, (C, E, 2): mean of L2-normalized sentence features, re-normalized."""
+        """Anchors T per object, (C, E, 2): mean of L2-normalized sentence features, re-normalized.
+
+        Every sentence of every object goes through the text tower in one batch (one forward and, in
+        stage 1, one backward pass instead of two per object)."""
         device = next(self.text_proj.parameters()).device
-        out = []
-        for name in object_names:
-            cols = []
-            for sentences in prompt_sentences(name):
-                feats = F.normalize(self.encode_text(self.tokenizer(sentences).to(device)), dim=-1)
-                cols.append(F.normalize(feats.mean(dim=0), dim=-1))
-            out.append(torch.stack(cols, dim=-1))
-        return torch.stack(out)
+        groups = [sentences for name in object_names for sentences in prompt_sentences(name)]
+        tokens = self.tokenizer([s for group in groups for s in group]).to(device)
+        feats = F.normalize(self.encode_text(tokens), dim=-1)
+        cols, start = [], 0
+        for group in groups:
+            cols.append(F.normalize(feats[start:start + len(group)].mean(dim=0), dim=-1))
+            start += len(group)
+        return torch.stack(cols).view(len(object_names), 2, -1).transpose(1, 2)
 
     def class_constants(self, object_names: Sequence[str]) -> torch.Tensor:
         return self.text_anchors(object_names)

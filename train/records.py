@@ -5,9 +5,12 @@ One JSON object per line, one line per image::
     {"image_path": "bottle/test/broken/000.png", "label": 1, "class_name": "bottle",
      "mask_path": "bottle/ground_truth/broken/000_mask.png"}
 
-``label`` is 0 (normal) or 1 (anomalous). ``mask_path`` is required for anomalous images and may be
-null or absent for normal ones. Paths are relative to a data root, which defaults to the folder of
-the JSON-lines file. Unknown extra fields are allowed (ignored, logged once at debug level).
+``label`` is 0 (normal) or 1 (anomalous). ``mask_path`` is the ground-truth mask of an anomalous image
+when one exists; it may be null or absent: an anomalous record without a mask carries an image-level
+label only (a folder of defective photos), which training uses for its image losses and evaluation for
+its image metrics; pixel losses and pixel metrics use only images whose pixels are known (normal images
+and anomalies with masks). Paths are relative to a data root, which defaults to the folder of the
+JSON-lines file. Unknown extra fields are allowed (ignored, logged once at debug level).
 """
 from __future__ import annotations
 
@@ -37,12 +40,17 @@ class DataError(UserError):
 
 @dataclass(frozen=True)
 class Record:
-    """One image: path (relative to the data root), label (0/1), class name, mask path (anomalies)."""
+    """One image: path (relative to the data root), label (0/1), class name, mask path (anomalies, optional)."""
 
     image_path: str
     label: int
     class_name: str
     mask_path: str | None = None
+
+    @property
+    def pixels_known(self) -> bool:
+        """True when every pixel's label is known: a normal image (all normal) or an anomaly with its mask."""
+        return self.label == NORMAL or self.mask_path is not None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -94,11 +102,6 @@ def validate_record(obj: Any, line_no: int, source: str | None = None) -> Record
     if mask is not None and (not isinstance(mask, str) or not mask):
         raise DataError(
             f"{at}: field 'mask_path' must be a non-empty string or null, got {mask!r}; fix the value on this line"
-        )
-    if label == ANOMALOUS and mask is None:
-        raise DataError(
-            f"{at}: field 'mask_path' is required for an anomalous record (label 1); "
-            "add the path of its ground-truth mask"
         )
     return Record(image_path=obj["image_path"], label=label, class_name=obj["class_name"], mask_path=mask)
 
@@ -179,6 +182,15 @@ def write_records(path: PathLike, records: Iterable[Record]) -> None:
 def class_names(records: Iterable[Record]) -> list[str]:
     """Sorted unique class names of the records."""
     return sorted({r.class_name for r in records})
+
+
+def masked_counts(records: Iterable[Record]) -> dict[str, int]:
+    """Per class (sorted by name): the number of anomalous images that have a mask."""
+    counts: dict[str, int] = {}
+    for r in records:
+        counts.setdefault(r.class_name, 0)
+        counts[r.class_name] += r.label == ANOMALOUS and r.mask_path is not None
+    return dict(sorted(counts.items()))
 
 
 def class_counts(records: Iterable[Record]) -> dict[str, tuple[int, int]]:

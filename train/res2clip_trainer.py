@@ -145,11 +145,10 @@ class Res2ClipTrainer:
         self.pairs = ReferencePairs(self.data, options.seed)
 
     def _build_banks(self) -> None:
-        from .res2clip import build_references
-        from .shots import sample_shots
-
         from .records import resolve
         from .references import REFERENCE_SEED
+        from .res2clip import build_references
+        from .shots import sample_shots
 
         m = self.model
         normals = [r for r in self.records if r.label == NORMAL]

@@ -1,4 +1,11 @@
-"""k-shot subsets of a record list: k images per class, deterministic for a seed.
+"""Subsets of a record list, deterministic for a seed: k-shot sets (``sample_shots``) and train/test
+splits (``split_records``).
+
+``split_records``: per class and label, ``round(n * fraction)`` images go to the test set, at least one
+when the group has two or more images and never all of them, so both sets keep every class and label
+that has enough images; drawn like the shots below.
+
+k-shot sets: k images per class.
 
 Rule (``label=None``), per class:
   1. take ``min(ceil(k / 2), #anomalous)`` anomalous images,
@@ -70,3 +77,28 @@ def sample_shots(
         log.debug("class %s: %d shots (%d anomalous)", name, len(picked), sum(r.label for r in picked))
     chosen.sort(key=lambda r: (r.class_name, r.image_path))
     return chosen
+
+
+def split_records(records: Iterable[Record], test_fraction: float, seed: int) -> tuple[list[Record], list[Record]]:
+    """(train, test): ``test_fraction`` of each class's normal and of its anomalous images go to test."""
+    if not 0.0 < test_fraction < 1.0:
+        raise DataError(f"the test fraction must be between 0 and 1 (exclusive), got {test_fraction}")
+    records = sorted(records, key=lambda r: (r.class_name, r.image_path, r.label, r.mask_path or ""))
+    if not records:
+        raise DataError("no records to split")
+    train: list[Record] = []
+    test: list[Record] = []
+    for name in class_names(records):
+        for label in LABELS:
+            group = [r for r in records if r.class_name == name and r.label == label]
+            if not group:
+                continue
+            n_test = min(max(round(len(group) * test_fraction), 1), len(group) - 1) if len(group) > 1 else 0
+            picked = set(map(id, random.Random(f"{seed}:{name}:{label}").sample(group, n_test)))
+            test += [r for r in group if id(r) in picked]
+            train += [r for r in group if id(r) not in picked]
+            if len(group) < 2:
+                log.warning("class %s has a single %s image: it goes to the training set only", name,
+                            "normal" if label == NORMAL else "anomalous")
+    key = lambda r: (r.class_name, r.image_path)  # noqa: E731
+    return sorted(train, key=key), sorted(test, key=key)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import click
-from aaclip.contract.cli import DefaultGroup, verbosity
+from aaclip.contract.cli import CONTEXT, DefaultGroup, verbosity
 from aaclip.contract.errors import UserError
 from aaclip.contract.manifest import DEFAULT_METHOD
 from aaclip.train.cli_common import parse_object_names
@@ -37,7 +37,11 @@ def _method_option(f):
 def _backbone_options(f):
     from .config import ACTIVATIONS, POS_EMBED_RESIZE
 
-    f = click.option("--backbone", default="ViT-L-14-336", show_default=True, help="OpenCLIP model name.")(f)
+    f = click.option("--backbone", default="ViT-L-14-336", show_default=True,
+                     help="OpenCLIP model name: ViT-L-14-336 (AA-CLIP's; 518 px), ViT-B-16, ViT-L-14, ... "
+                          "(`aaclip-train backbones` lists all with their pretrained tags), or aaclip-tiny "
+                          "(4 blocks, width 64; with --random-init and --image-size 64: a toy for tests and "
+                          "demos, trains in seconds on a CPU).")(f)
     f = click.option("--clip-weights", type=click.Path(dir_okay=False, path_type=Path),
                      help="Local CLIP checkpoint (safetensors or state dict).")(f)
     f = click.option("--pretrained", help="OpenCLIP pretrained tag instead of a file, e.g. 'openai' (needs network).")(f)
@@ -130,8 +134,8 @@ def _explicit(ctx: click.Context, names) -> list[str]:
     return [n for n in names if ctx.get_parameter_source(n) not in (None, click.core.ParameterSource.DEFAULT)]
 
 
-@click.group(cls=DefaultGroup, default="fit",
-             context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=DefaultGroup, default="fit", context_settings=CONTEXT)
+@verbosity
 def main():
     """Train a model family (default command `fit`; default method aa-clip), write an untrained or
     training-free checkpoint (`init`), or import official checkpoints.
@@ -140,7 +144,12 @@ def main():
     aaclip-train --data train.jsonl --clip-weights ViT-L-14-336.safetensors --out runs/visa
     aaclip-train init --method aa-clip --clip-weights ViT-L-14-336.safetensors --classes bottle,cable --out runs/zero
     aaclip-train import-official AA-CLIP/ckpt/visa_full --pretrained openai --out runs/official
+    aaclip-train --data train.jsonl --backbone aaclip-tiny --random-init 0 --image-size 64 --out runs/toy
     aaclip-train methods
+    aaclip-train backbones
+
+    Progress: a bar per epoch with steps/s and an ETA (log lines with both when not on a terminal).
+    Your own photos: docs/own-data.md.
     """
 
 
@@ -373,6 +382,7 @@ def import_official(src, method, out, backbone, clip_weights, pretrained, random
 
 
 @main.command("methods")
+@verbosity
 def methods():
     """List the registered model families."""
     from .families import family_names, get_family
@@ -382,6 +392,22 @@ def methods():
         kind = "trainable" if f.trainable else "training-free"
         extra = ", import-official" if f.import_official else ""
         click.echo(f"{name}\t{kind}{extra}\t{f.summary}")
+
+
+@main.command("backbones")
+@verbosity
+def backbones():
+    """List the OpenCLIP model names --backbone accepts, with their pretrained tags (--pretrained)."""
+    import open_clip
+
+    from . import backbone as _  # noqa: F401 - registers aaclip-tiny
+
+    tags: dict[str, list[str]] = {}
+    for name, tag in open_clip.list_pretrained():
+        tags.setdefault(name, []).append(tag)
+    for name in open_clip.list_models():
+        note = "random weights only: tests and demos" if name == "aaclip-tiny" else ", ".join(tags.get(name, [])) or "-"
+        click.echo(f"{name}\t{note}")
 
 
 if __name__ == "__main__":

@@ -7,9 +7,15 @@ epoch the adapters (``config.json`` + ``adapters.safetensors``) and a resume sta
 directory; a new run with the same directory continues after the last finished epoch. Each epoch
 re-seeds its shuffling and augmentation from (seed, stage, epoch), so a resumed run reproduces an
 uninterrupted one exactly.
+
+Image-level labels: the pixel losses (focal + dice) use only images whose pixels are known (normal
+images and anomalies with masks); an anomaly without a mask trains through the image losses: stage 2's
+classification loss (every image) and, in both stages, the map-maximum loss (``losses.map_max_loss``)
+on each level. With a mask for every anomaly the losses are exactly SPEC section 6's.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import time
@@ -20,15 +26,15 @@ from typing import Optional, Sequence
 import torch
 from aaclip.contract.files import atomic_path, atomic_write_text
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from . import maps
 from .checkpoint import HISTORY_FILE, STATE_FILE, read_train_state, save_checkpoint
 from .constants import default_vv_blocks
 from .dataset import AnomalyDataset
-from .losses import DISENTANGLE_WEIGHT, classification_loss, disentangle_loss, segmentation_loss
+from .losses import DISENTANGLE_WEIGHT, classification_loss, disentangle_loss, map_max_loss, segmentation_loss
 from .model import AAClip
 from .object_names import object_name
+from .progress import Progress
 from .records import Record
 from .vv_attention import VV_MODES, stage1_visual_features
 
@@ -101,38 +107,45 @@ class Trainer:
         enabled = self.options.amp and self.device.type == "cuda"
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=enabled)
 
-    def _batches(self, loader: DataLoader, desc: str):
+    def _progress(self, loader: DataLoader, desc: str) -> Progress:
         limit = self.options.max_steps_per_epoch
-        bar = tqdm(loader, desc=desc, leave=False, disable=None)
-        for step, batch in enumerate(bar):
-            if limit is not None and step >= limit:
-                break
-            yield bar, batch
+        total = len(loader) if limit is None else min(len(loader), limit)
+        return Progress(itertools.islice(loader, total), total, desc, log)
 
     # ---- stage 1: text adapters -------------------------------------------------------------------
     def stage1_loss(self, batch: dict) -> torch.Tensor:
         o, m = self.options, self.model
         images = batch["image"].to(self.device)
-        mask = batch["mask"].to(self.device)
         idx = batch["class_index"].to(self.device)
         vv = o.vv_blocks or default_vv_blocks(len(m.clip.visual.transformer.resblocks))
         feats = stage1_visual_features(m.clip, images, m.levels, vv, o.vv_mode)
         used, inverse = torch.unique(idx, return_inverse=True)
         anchors = m.text_anchors([self.object_names[i] for i in used.tolist()])[inverse]  # (B, E, 2)
         levels = feats if o.stage1_levels == "all" else feats[-1:]
-        loss = sum(segmentation_loss(maps.train_probabilities(V, anchors, m.grid, (self.size, self.size)), mask) for V in levels)
+        loss = sum(self._map_losses(V, anchors, batch) for V in levels)
         return loss + DISENTANGLE_WEIGHT * disentangle_loss(anchors)
+
+    def _map_losses(self, V: torch.Tensor, anchors: torch.Tensor, batch: dict) -> torch.Tensor:
+        """One level's pixel losses on the images with known pixels, map-maximum loss on the others."""
+        m, size = self.model, (self.size, self.size)
+        known = batch["pixels_known"].to(self.device)
+        mask = batch["mask"].to(self.device)
+        if bool(known.all()):  # every pixel labelled: SPEC section 6's losses exactly
+            return segmentation_loss(maps.train_probabilities(V, anchors, m.grid, size), mask)
+        loss = map_max_loss(maps.similarity(V[~known], anchors[~known]), batch["label"].to(self.device)[~known])
+        if bool(known.any()):
+            loss = loss + segmentation_loss(maps.train_probabilities(V[known], anchors[known], m.grid, size), mask[known])
+        return loss
 
     # ---- stage 2: image adapters ------------------------------------------------------------------
     def stage2_loss(self, batch: dict, anchors_all: torch.Tensor) -> torch.Tensor:
         m = self.model
         images = batch["image"].to(self.device)
-        mask = batch["mask"].to(self.device)
         anchors = anchors_all[batch["class_index"].to(self.device)]
         V, d = m.encode_image(images)
         loss = classification_loss(maps.cls_logits(d, anchors), batch["label"].to(self.device))
         for v in V:
-            loss = loss + segmentation_loss(maps.train_probabilities(v, anchors, m.grid, (self.size, self.size)), mask)
+            loss = loss + self._map_losses(v, anchors, batch)
         return loss
 
     # ---- loop -------------------------------------------------------------------------------------
@@ -146,6 +159,7 @@ class Trainer:
 
     def run(self) -> Path:
         self.model.to(self.device)
+        self._log_supervision()
         state = self._load_state()
         for stage in self.options.stages:
             epochs = self.options.stage1_epochs if stage == 1 else self.options.stage2_epochs
@@ -168,6 +182,18 @@ class Trainer:
         self.model.requires_grad_(False)
         return self.out_dir
 
+    def _log_supervision(self) -> None:
+        """Say which images train the pixel losses and which only the image losses."""
+        n = len(self.records)
+        unmasked = sum(not r.pixels_known for r in self.records)
+        if unmasked == 0:
+            log.info("training on %d images (%d anomalous), every pixel labelled: pixel and image losses on all",
+                     n, sum(r.label for r in self.records))
+        else:
+            log.info("training on %d images: pixel losses on the %d with known pixels (normal images and anomalies "
+                     "with masks); %d anomalies without masks train the image losses only (classification, "
+                     "map maximum)", n, n - unmasked, unmasked)
+
     def _set_trainable(self, stage: int) -> None:
         self.model.requires_grad_(False)
         for p in self.model.text_parameters() if stage == 1 else self.model.image_parameters():
@@ -175,7 +201,8 @@ class Trainer:
 
     def _epoch(self, stage, epoch, epochs, opt, sched, anchors_all) -> float:
         total, n, t0 = 0.0, 0, time.time()
-        for bar, batch in self._batches(self._loader(stage, epoch), f"stage {stage} epoch {epoch + 1}/{epochs}"):
+        progress = self._progress(self._loader(stage, epoch), f"stage {stage} epoch {epoch + 1}/{epochs}")
+        for batch in progress:
             with self._autocast():
                 loss = self.stage1_loss(batch) if stage == 1 else self.stage2_loss(batch, anchors_all)
             opt.zero_grad(set_to_none=True)
@@ -185,7 +212,7 @@ class Trainer:
                 sched.step()
             total += float(loss.detach())
             n += 1
-            bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+            progress.note(loss=float(loss.detach()))
         mean = total / max(n, 1)
         log.info("stage %d epoch %d/%d: loss %.5f (%d steps, %.1fs)", stage, epoch + 1, epochs, mean, n, time.time() - t0)
         return mean
