@@ -145,11 +145,10 @@ class Res2ClipTrainer:
         self.pairs = ReferencePairs(self.data, options.seed)
 
     def _build_banks(self) -> None:
-        from .res2clip import build_references
-        from .shots import sample_shots
-
         from .records import resolve
         from .references import REFERENCE_SEED
+        from .res2clip import build_references
+        from .shots import sample_shots
 
         m = self.model
         normals = [r for r in self.records if r.label == NORMAL]
@@ -246,7 +245,8 @@ class Res2ClipTrainer:
             rt_res = F.normalize(m.res_text_adapter(rt_b), dim=-1)
         out = {"vis": images.new_zeros(()), "text": images.new_zeros(())}
         res = images.new_zeros(())
-        out["text"] = global_margin((gq * rt_text).sum(-1), label, tau) + (1 - F.cosine_similarity(rt_text, rt_b)).mean()
+        out["text"] = (global_margin((gq * rt_text).sum(-1), label, tau)
+                       + (1 - F.cosine_similarity(rt_text, rt_b)).mean())
         rv_cls = gq - gr
         if res_vis_epoch:
             adapted = m.res_vis_global_adapter(rv_cls)
