@@ -124,7 +124,8 @@ def test_train_init_writes_an_untrained_checkpoint(tmp_path):
     res = CliRunner().invoke(main, ["init", "--method", "nope", "--random-init", "0", "--classes", "a", "--out",
                                     str(tmp_path / "y")])
     assert res.exit_code == 2 and res.stderr.strip().splitlines() == [
-        "error: unknown method 'nope': registered model families are aa-clip"]
+        "error: unknown method 'nope': registered model families are aa-clip, clip-ad, clip-ad-plus, res2clip, "
+        "res2clip-ft"]
 
 
 def test_export_and_eval_check_method(tmp_path):

@@ -112,7 +112,8 @@ def test_families_are_registered_with_their_backbone_settings(ckpts, models):
     for method, (act, pos, gelu) in {"clip-ad": ("gelu", "bicubic-antialias", "GELU"),
                                      "res2clip": ("quickgelu", "bilinear", "QuickGELU")}.items():
         config = json.loads((ckpts[method] / "config.json").read_text())
-        assert config["method"] == method and (config["backbone"]["activation"], config["backbone"]["pos_embed_resize"]) == (act, pos)
+        backbone = config["backbone"]
+        assert config["method"] == method and (backbone["activation"], backbone["pos_embed_resize"]) == (act, pos)
         assert type(models[method].clip.visual.transformer.resblocks[0].mlp.gelu).__name__ == gelu
         assert config["classes"] == {"disk": "disk", "wood": "wood"}  # class names verbatim, as the official code
         assert get_family(method).flops is not None
@@ -195,7 +196,7 @@ def _official_res2clip(m, images, bank_rows, rt_text, rt_res):
     from aaclip.train.peer_ops import sparsemax_sorted
 
     feats, g = m.encode(images)
-    n, L, G, E = m.shots * m.patches, m.patches, m.grid, m.embed
+    n, G = m.shots * m.patches, m.grid
     banks = [bank_rows[i * n:(i + 1) * n][None] for i in range(4)]
     g_ref = bank_rows[4 * n]
     y, x = torch.meshgrid(torch.arange(G), torch.arange(G), indexing="ij")
@@ -302,7 +303,8 @@ def test_reference_images_and_the_references_command(workspace, ckpts, tmp_path)
     assert model.class_constants(["plate", "disk"]).shape == (2, 4 * 2 * 64 + 3, 32)
     err = _train_cli_error(["init", "--method", "res2clip", *_backbone_args(root), "--classes", "disk,mesh",
                             "--reference-images", refs, "--out", tmp_path / "x"])
-    assert err == f"error: --reference-images {refs} has no sub-folder 'mesh' (one folder of normal images per class; found: disk, plate)"
+    assert err == (f"error: --reference-images {refs} has no sub-folder 'mesh' (one folder of normal images per "
+                   "class; found: disk, plate)")
     err = _train_cli_error(["init", "--method", "res2clip", *_backbone_args(root), "--classes", "disk",
                             "--out", tmp_path / "y"])
     assert "give the normal reference images with exactly one of --reference-images DIR" in err
@@ -375,7 +377,8 @@ def test_import_official_sdp_plus(workspace, models, tmp_path):
     official.update({f"fc.{i}.bias": torch.randn(32, generator=rng) for i in range(4)})
     (tmp_path / "run").mkdir()
     for epoch in (1, 5):  # CA:train.py writes epoch_<N>.pth; the latest is taken
-        torch.save({"linear_layers": {k: v * epoch for k, v in official.items()}}, tmp_path / "run" / f"epoch_{epoch}.pth")
+        scaled = {k: v * epoch for k, v in official.items()}
+        torch.save({"linear_layers": scaled}, tmp_path / "run" / f"epoch_{epoch}.pth")
     out = tmp_path / "imported"
     _train_cli(["import-official", tmp_path / "run", "--method", "clip-ad-plus", *_backbone_args(root),
                 "--classes", "disk", "--out", out, "-q"])
@@ -387,7 +390,8 @@ def test_import_official_sdp_plus(workspace, models, tmp_path):
     err = _train_cli_error(["import-official", tmp_path / "evil.pth", "--method", "clip-ad-plus", *_backbone_args(root),
                             "--out", tmp_path / "e"])
     assert "cannot read" in err and "safely" in err
-    torch.save({"linear_layers": {k: v[:, :10] if v.dim() == 2 else v for k, v in official.items()}}, tmp_path / "bad.pth")
+    narrow = {k: v[:, :10] if v.dim() == 2 else v for k, v in official.items()}
+    torch.save({"linear_layers": narrow}, tmp_path / "bad.pth")
     err = _train_cli_error(["import-official", tmp_path / "bad.pth", "--method", "clip-ad-plus", *_backbone_args(root),
                             "--out", tmp_path / "b"])
     assert "linear_layers.fc.0.weight is (32, 10), but backbone aaclip-tiny needs (32, 64)" in err

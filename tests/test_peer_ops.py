@@ -246,7 +246,7 @@ def test_res2clip_dpam_stream_equals_anomalyclip_forward(tiny_visual):
 def test_feature_surgery_closed_form():
     """``CA:util/surgery.py`` clip_feature_surgery (w = p / mean(p), element-wise features minus their mean over
     the classes, summed) equals p_a (F T_a) - p_n (F T_n) on the anomaly channel."""
-    from aaclip.train.clip_ad import ClipAd
+    from aaclip.train.clip_ad import surgery_map
 
     rng = np.random.default_rng(3)
     feats = [F.normalize(torch.from_numpy(rng.normal(size=(2, 10, 8)).astype(np.float32)), dim=-1) for _ in range(4)]
@@ -257,6 +257,6 @@ def test_feature_surgery_closed_form():
         w = prob / prob.mean(-1, keepdim=True)
         elem = f.reshape(2, 10, 1, 8) * T.T.reshape(1, 1, 2, 8) * w.reshape(2, 1, 2, 1)
         total = total + (elem - elem.mean(2, keepdim=True)).sum(-1)
-    ours = ClipAd.sdp_map(None, feats, T)
+    ours = surgery_map(feats, T)
     assert torch.allclose(ours, total[:, 1:, 1], atol=1e-6)
     assert torch.allclose(total[:, :, 0], -total[:, :, 1], atol=1e-6)  # the normal channel is its negative

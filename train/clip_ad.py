@@ -76,6 +76,18 @@ def representative_vector(features: np.ndarray, rvs: str, eps: float, min_sample
     return vector / np.linalg.norm(vector)
 
 
+def surgery_map(feats: list[torch.Tensor], T: torch.Tensor) -> torch.Tensor:
+    """SDP's map on the patch tokens, (B, L): the sum over stages of p_a (F T_a) - p_n (F T_n), where
+    p = softmax(F[cls] T) without temperature; the closed form of ``clip_feature_surgery`` with two classes
+    (w = p / mean(p), element-wise products minus their mean over the classes, summed)."""
+    total = 0.0
+    for f in feats:
+        sims = torch.matmul(f, T)  # (B, L+1, 2)
+        p = torch.softmax(sims[:, 0], dim=-1)  # (B, 2): the class token
+        total = total + p[:, 1:2] * sims[:, 1:, 1] - p[:, 0:1] * sims[:, 1:, 0]
+    return total
+
+
 class LinearLayers(nn.Module):
     """SDP+'s trainable layers: one Linear(width -> embed) with bias per tap (``CA:models/model.py``)."""
 
@@ -141,15 +153,6 @@ class ClipAd(FamilyModel):
             feats.append(F.normalize(visual.ln_post(tokens) @ visual.proj, dim=-1))
         return feats, original
 
-    def sdp_map(self, feats: list[torch.Tensor], T: torch.Tensor) -> torch.Tensor:
-        """Sum over stages of p_a (F T_a) - p_n (F T_n) on the patch tokens, (B, L)."""
-        total = 0.0
-        for f in feats:
-            sims = torch.matmul(f, T)  # (B, L+1, 2)
-            p = torch.softmax(sims[:, 0], dim=-1)  # (B, 2): the class token, no temperature
-            total = total + p[:, 1:2] * sims[:, 1:, 1] - p[:, 0:1] * sims[:, 1:, 0]
-        return total
-
     def linear_logits(self, original: list[torch.Tensor], T: torch.Tensor) -> list[torch.Tensor]:
         """SDP+: per tap 100 V_j T on the patch grid, (B, 2, G, G)."""
         out = []
@@ -162,7 +165,7 @@ class ClipAd(FamilyModel):
     def raw_map(self, feats, original, T: torch.Tensor) -> torch.Tensor:
         """The map before smoothing, (B, S, S)."""
         size = (self.config.image_size, self.config.image_size)
-        m = self.sdp_map(feats, T).reshape(-1, 1, self.grid, self.grid)
+        m = surgery_map(feats, T).reshape(-1, 1, self.grid, self.grid)
         m = F.interpolate(m, size=size, mode="bilinear", align_corners=False)[:, 0]
         if self.linear:
             for logits in self.linear_logits(original, T):
@@ -229,5 +232,5 @@ def import_official(src: Path, out_dir: Path, config, epoch: Optional[int] = Non
     return save_checkpoint(model, out_dir)
 
 
-__all__ = ["ClipAd", "LinearLayers", "prompt_sentences", "representative_vector", "import_official",
+__all__ = ["ClipAd", "LinearLayers", "surgery_map", "prompt_sentences", "representative_vector", "import_official",
            "official_state", "find_official_file"]

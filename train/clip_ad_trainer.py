@@ -106,7 +106,8 @@ class ClipAdTrainer:
                 opt.step()
                 total, steps = total + float(loss.detach()), steps + 1
             mean = total / max(steps, 1)
-            log.info("SDP+ epoch %d/%d: loss %.5f (%d steps, %.1fs)", epoch + 1, o.epochs, mean, steps, time.time() - t0)
+            log.info("SDP+ epoch %d/%d: loss %.5f (%d steps, %.1fs)", epoch + 1, o.epochs, mean, steps,
+                     time.time() - t0)
             self._save(epoch + 1, opt, mean)
         m.requires_grad_(False)
         return self.out_dir

@@ -110,7 +110,9 @@ def res2clip_flops(config) -> dict:
         d = E // int(config.reduction)
         conv_adapter = 2 * L * (E * d + 3 * d * d + d * E) + 2 * (2 * 9 * d * L)
         parts["adapters"] = (taps + res_taps) * conv_adapter + 2 * (E * d + d * E)
-    return _report(g, parts, bank_bytes_per_class=4 * (taps * k * L + 3) * E)
+    from .references import bank_bytes
+
+    return _report(g, parts, bank_bytes_per_class=bank_bytes(config))
 
 
 __all__ = ["clip_ad_flops", "res2clip_flops", "geometry", "backbone_parts", "Geometry"]

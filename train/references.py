@@ -56,12 +56,21 @@ def reference_paths(classes: Optional[Sequence[str]], shots: int, seed: int = 0,
     return {c: [resolve(root, r.image_path) for r in chosen if r.class_name == c] for c in wanted}
 
 
-def add_references(model, paths: dict[str, list[Path]], object_names: Optional[dict[str, str]] = None) -> dict[str, int]:
+def add_references(model, paths: dict[str, list[Path]],
+                   object_names: Optional[dict[str, str]] = None) -> dict[str, int]:
     """Build and install the banks of ``paths``' classes; {class: bytes it adds to a graph}."""
     from .res2clip import build_references
 
     model.set_references(build_references(model, paths), object_names)
     return {c: model.bank_bytes() for c in paths}
+
+
+def bank_bytes(config) -> int:
+    """float32 bytes one class's references add to a graph: (4 k L + 3) x E (without building the model)."""
+    from .peer_flops import geometry
+
+    g = geometry(config)
+    return 4 * (4 * int(config.shots) * g.patches + 3) * g.embed_dim
 
 
 def describe(sizes: dict[str, int], shots: int) -> list[str]:
@@ -71,4 +80,4 @@ def describe(sizes: dict[str, int], shots: int) -> list[str]:
     return lines
 
 
-__all__ = ["reference_paths", "add_references", "describe"]
+__all__ = ["reference_paths", "add_references", "bank_bytes", "describe", "REFERENCE_SEED"]

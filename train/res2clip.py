@@ -207,10 +207,10 @@ class Res2Clip(FamilyModel):
         classes = dict(self.config.classes)
         for name in banks:
             classes.setdefault(name, (object_names or {}).get(name, name))
-        order = list(classes)
-        old = dict(zip(self.config.classes, getattr(self, BANK)))
-        table = torch.stack([banks[c].to(getattr(self, BANK).device) if c in banks else old[c] for c in order]) \
-            if order else getattr(self, BANK)
+        current = getattr(self, BANK)
+        old = dict(zip(self.config.classes, current))
+        rows = [banks[c].to(current.device) if c in banks else old[c] for c in classes]
+        table = torch.stack(rows) if rows else current
         check_object_names(classes)
         self.config.classes = classes
         self.register_buffer(BANK, table.contiguous())

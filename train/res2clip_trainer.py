@@ -245,7 +245,8 @@ class Res2ClipTrainer:
             rt_res = F.normalize(m.res_text_adapter(rt_b), dim=-1)
         out = {"vis": images.new_zeros(()), "text": images.new_zeros(())}
         res = images.new_zeros(())
-        out["text"] = global_margin((gq * rt_text).sum(-1), label, tau) + (1 - F.cosine_similarity(rt_text, rt_b)).mean()
+        out["text"] = (global_margin((gq * rt_text).sum(-1), label, tau)
+                       + (1 - F.cosine_similarity(rt_text, rt_b)).mean())
         rv_cls = gq - gr
         if res_vis_epoch:
             adapted = m.res_vis_global_adapter(rv_cls)

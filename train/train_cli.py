@@ -314,12 +314,10 @@ def init(method, out, backbone, clip_weights, pretrained, random_init, activatio
 
 def _echo_references(ckpt: Path) -> None:
     from .checkpoint import checkpoint_config
-    from .peer_flops import res2clip_flops
-    from .references import describe
+    from .references import bank_bytes, describe
 
     config = checkpoint_config(ckpt)
-    per_class = res2clip_flops(config)["bank_bytes_per_class"]
-    for line in describe({c: per_class for c in config.classes}, config.shots):
+    for line in describe({c: bank_bytes(config) for c in config.classes}, config.shots):
         click.echo(line)
 
 
