@@ -25,12 +25,13 @@ anchors are computed once at export time.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass
 
 
 @dataclass(frozen=True)
-class VisionGeometry:
-    """What the FLOP count needs to know about the image tower and the heads."""
+class TowerGeometry:
+    """An OpenCLIP ViT image tower at a resolution: what every family's FLOP count starts from."""
 
     image_size: int
     patch_size: int
@@ -38,9 +39,6 @@ class VisionGeometry:
     layers: int
     mlp_ratio: float
     embed_dim: int
-    adapters: int
-    levels: int
-    blur_kernel: int
 
     @property
     def grid(self) -> int:
@@ -55,27 +53,43 @@ class VisionGeometry:
         return self.patches + 1
 
 
-def geometry_from_config(config) -> VisionGeometry:
-    """The ``VisionGeometry`` of an ``AAClipConfig`` (OpenCLIP model config; no model is built)."""
+@dataclass(frozen=True)
+class VisionGeometry(TowerGeometry):
+    """AA-CLIP's: the tower plus its adapters, feature levels and blur."""
+
+    adapters: int
+    levels: int
+    blur_kernel: int
+
+
+def tower_geometry(config) -> tuple[TowerGeometry, dict]:
+    """The tower of ``config``'s backbone (read from its OpenCLIP model config; no model is built) and that
+    model config."""
     import open_clip
     from aaclip.contract.errors import UserError
 
     from . import backbone as _backbone  # noqa: F401 - registers the project's model configs
-    from .constants import BLUR
 
     cfg = open_clip.get_model_config(config.backbone.name)
     if cfg is None:
         raise UserError(f"unknown OpenCLIP model {config.backbone.name!r}: see open_clip.list_models()")
-    vision, text = cfg["vision_cfg"], cfg["text_cfg"]
+    vision = cfg["vision_cfg"]
     if not isinstance(vision.get("layers"), int) or "patch_size" not in vision:
         raise UserError(f"{config.backbone.name} is not a plain ViT image tower; FLOPs are counted for ViTs only")
-    layers = int(vision["layers"])
-    _, k_i = config.resolved_depths(int(text["layers"]), layers)
-    return VisionGeometry(
-        image_size=int(config.image_size), patch_size=int(vision["patch_size"]), width=int(vision["width"]),
-        layers=layers, mlp_ratio=float(vision.get("mlp_ratio", 4.0)), embed_dim=int(cfg["embed_dim"]),
-        adapters=int(k_i), levels=len(config.resolved_levels(layers)), blur_kernel=int(BLUR[config.domain][0]),
-    )
+    tower = TowerGeometry(image_size=int(config.image_size), patch_size=int(vision["patch_size"]),
+                          width=int(vision["width"]), layers=int(vision["layers"]),
+                          mlp_ratio=float(vision.get("mlp_ratio", 4.0)), embed_dim=int(cfg["embed_dim"]))
+    return tower, cfg
+
+
+def geometry_from_config(config) -> VisionGeometry:
+    """The ``VisionGeometry`` of an ``AAClipConfig``."""
+    from .constants import BLUR
+
+    tower, cfg = tower_geometry(config)
+    _, k_i = config.resolved_depths(int(cfg["text_cfg"]["layers"]), tower.layers)
+    return VisionGeometry(**dataclasses.asdict(tower), adapters=int(k_i),
+                          levels=len(config.resolved_levels(tower.layers)), blur_kernel=int(BLUR[config.domain][0]))
 
 
 def flops_breakdown(g: VisionGeometry) -> dict[str, int]:

@@ -21,48 +21,17 @@ S the image size:
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
+
+from .flops import TowerGeometry as Geometry
+from .flops import tower_geometry
 
 CONVENTION = "2 FLOPs per multiply-add; matmuls and convolutions only (FlopCounterMode convention)"
 
 
-@dataclass(frozen=True)
-class Geometry:
-    image_size: int
-    patch_size: int
-    width: int
-    layers: int
-    mlp_ratio: float
-    embed_dim: int
-
-    @property
-    def grid(self) -> int:
-        return self.image_size // self.patch_size
-
-    @property
-    def patches(self) -> int:
-        return self.grid * self.grid
-
-    @property
-    def tokens(self) -> int:
-        return self.patches + 1
-
-
 def geometry(config) -> Geometry:
-    import open_clip
-    from aaclip.contract.errors import UserError
-
-    from . import backbone as _backbone  # noqa: F401 - registers the project's model configs
-
-    cfg = open_clip.get_model_config(config.backbone.name)
-    if cfg is None:
-        raise UserError(f"unknown OpenCLIP model {config.backbone.name!r}: see open_clip.list_models()")
-    vision = cfg["vision_cfg"]
-    if not isinstance(vision.get("layers"), int) or "patch_size" not in vision:
-        raise UserError(f"{config.backbone.name} is not a plain ViT image tower; FLOPs are counted for ViTs only")
-    return Geometry(image_size=int(config.image_size), patch_size=int(vision["patch_size"]), width=int(vision["width"]),
-                    layers=int(vision["layers"]), mlp_ratio=float(vision.get("mlp_ratio", 4.0)),
-                    embed_dim=int(cfg["embed_dim"]))
+    """The image tower of ``config``'s backbone (``flops.tower_geometry``)."""
+    return tower_geometry(config)[0]
 
 
 def backbone_parts(g: Geometry, vv_blocks: int) -> dict[str, int]:
