@@ -105,7 +105,7 @@ def class_metrics(pred: dict[str, np.ndarray], domain: str,
     score weighs the normalized map maximum by ``map_weight`` (None: the domain's AA-CLIP weight; a family's
     own weight is its ``default_score``'s)."""
     maps = pred["maps"]
-    known = np.asarray(pred["known"], bool)
+    known = np.asarray(pred.get("known", np.ones(len(maps), bool)), bool)  # which images' pixels are known
     labels = np.asarray(pred["labels"])
     result: dict = {}
     if (known & (labels == 1)).any():
