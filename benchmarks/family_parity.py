@@ -11,7 +11,7 @@ Opt-in (tens of minutes on CPU; the test suite checks the same on the tiny confi
    parts); the trainable ones get random weights in place of training (seeded; Res2CLIP's zero-initialized
    output layers too, so the adapters really act).
 3. Export of the FP32 and FP16 graphs, each in its own process: the peak resident memory of that process
-   (``wait4``'s ``ru_maxrss``) is the export's peak. ``--baseline`` exports AA-CLIP's FP32 graph the same way.
+   (``peak_rss.run_measured``, which keeps this process's own peak out) is the export's peak. ``--baseline`` exports AA-CLIP's FP32 graph the same way.
 4. The same synthetic frames through the PyTorch model (FP32) and both graphs (ONNX Runtime, CPU); the
    comparator of ``aaclip-export --verify``: max |map error| / map range, max |cls_score error|.
 
@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -32,6 +30,8 @@ from typing import Optional
 import click
 import numpy as np
 from aaclip.contract.cli import Command
+
+from .peak_rss import run_measured
 
 log = logging.getLogger(__name__)
 
@@ -100,16 +100,13 @@ def make_checkpoint(method: str, weights: Path, backbone: str, size: int, out: P
 
 
 def export_in_child(ckpt: Path, out: Path, precision: str) -> dict:
-    """``aaclip-export`` in its own process; its wall time and peak resident memory."""
+    """``aaclip-export`` in its own process; its wall time and its own peak resident memory (measured by
+    ``peak_rss.run_measured``: this process has run a PyTorch ViT and its peak must not leak in)."""
     cmd = [sys.executable, "-m", "aaclip.export.cli", str(ckpt), "--precision", precision, "--out", str(out), "-q"]
-    start = time.time()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    stdout, stderr = proc.communicate()
-    if proc.returncode != 0:
-        raise RuntimeError(f"export of {ckpt.name} ({precision}) failed: {stderr.decode()[-2000:]}")
-    return {"seconds": round(time.time() - start, 1), "peak_rss_gb": round(usage.ru_maxrss / 2 ** 20, 2),
+    run = run_measured(cmd, capture=True)
+    if run.exit_code != 0:
+        raise RuntimeError(f"export of {ckpt.name} ({precision}) failed: {run.stderr[-2000:]}")
+    return {"seconds": run.seconds, "peak_rss_gb": round(run.peak_rss_mb / 1024, 2),
             "size_mb": round(out.stat().st_size / 1e6, 1), "command": " ".join(cmd[2:])}
 
 

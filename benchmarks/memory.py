@@ -4,8 +4,8 @@ and INT8 calibration (docs/benchmarks.md, "Memory at real size").
     python -m aaclip.benchmarks.memory --shape ViT-L-14-336@518 --frames 64 --work-dir /tmp/mem
     python -m aaclip.benchmarks.memory --shape aaclip-tiny@64 --frames 8          # the code path, seconds
 
-Each step runs in its own Python process, so its peak resident memory (``ru_maxrss`` of that child, from
-``os.wait4``) is the step's alone, imports included, as a user running the command would see it: a fresh
+Each step runs in its own Python process, so its peak resident memory (``ru_maxrss`` of that child, measured
+by ``peak_rss.run_measured`` so this process's own peak cannot leak in) is the step's alone, imports included, as a user running the command would see it: a fresh
 random checkpoint of the shape (no download; random weights use exactly the memory trained ones do), then
 
 - ``train1`` / ``train2``: one optimizer step of AA-CLIP's stage 1 / stage 2 at ``--train-batch`` on
@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import subprocess
 import sys
 import threading
 import time
@@ -32,6 +30,8 @@ from typing import Optional
 import click
 from aaclip.contract.cli import CONTEXT, Command, verbosity
 from aaclip.contract.errors import UserError
+
+from .peak_rss import run_measured
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ def run_step(step: str, work: Path, args: dict) -> dict:
 
 # ---- the parent -----------------------------------------------------------------------------------------
 def measure_step(step: str, work: Path, args: dict, timeout_s: Optional[float] = None) -> dict:
-    """Run ``step`` in a child process; its peak RSS (``ru_maxrss`` from ``os.wait4``) and its report."""
+    """Run ``step`` in a child process; its own peak RSS (``peak_rss.run_measured``) and its report."""
     report = work / f"{step}.json"
     report.unlink(missing_ok=True)
     level = logging.getLogger().level
@@ -177,22 +177,13 @@ def measure_step(step: str, work: Path, args: dict, timeout_s: Optional[float] =
     cmd = [sys.executable, "-m", "aaclip.benchmarks.memory", "--step", step, "--work-dir", str(work),
            "--args", json.dumps(args), *verbosity_flag]
     log.info("%s: running in a child process", step)
-    proc = subprocess.Popen(cmd)
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            break
-        if deadline is not None and time.monotonic() > deadline:
-            proc.kill()
-            pid, status, usage = os.wait4(proc.pid, 0)
-            break
-        time.sleep(0.2)
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    measured = run_measured(cmd, timeout_s)
     result = json.loads(report.read_text()) if report.exists() else {}
-    result.update(step=step, peak_rss_mb=round(usage.ru_maxrss / 1024), exit_code=proc.returncode)
-    if proc.returncode != 0:
-        result["error"] = "killed (out of memory or --timeout)" if proc.returncode < 0 else "failed (see log)"
+    peak = measured.peak_rss_mb if measured.peak_rss_mb is not None else result.get("sampled_peak_mb", 0)
+    result.update(step=step, peak_rss_mb=round(peak), exit_code=measured.exit_code)
+    if measured.exit_code != 0:
+        result["error"] = ("timed out (--timeout)" if measured.timed_out else "killed (out of memory?)"
+                           if measured.exit_code < 0 else "failed (see log)")
     return result
 
 

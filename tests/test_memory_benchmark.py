@@ -52,9 +52,51 @@ def test_memory_benchmark_steps_at_tiny_size(tmp_path):
         assert result["wall_s"] >= 0 and result["sampled_peak_mb"] > 0
         if step.startswith("train"):
             assert result["batch"] == 1 and result["device"] in ("cpu", "cuda")
-    row = memory.measure_step("int8", tmp_path, args)  # a child process: its own peak RSS from os.wait4
+    row = memory.measure_step("int8", tmp_path, args)  # a child process: its own peak RSS (peak_rss.run_measured)
     assert row["exit_code"] == 0 and row["calibration_frames"] == 6 and row["gate_frames"] == 4
     assert 50 < row["peak_rss_mb"] < 4000 and row["peak_rss_mb"] >= row["sampled_peak_mb"] * 0.9
     table = memory.markdown([row], "aaclip-tiny@64", {"int8": 8000.0})
     assert f"| INT8 calibration (quantize + gate) | {row['peak_rss_mb']} | <= 8000 MB (met) |" in table
     assert json.loads((tmp_path / "int8.json").read_text())["gate_frames"] == 4
+
+
+def test_peak_rss_is_the_commands_own_not_the_parents():
+    """``os.wait4`` on a child reports max(parent's peak, child's peak) on Linux (exec folds the replaced
+    address space's high-water mark in); ``run_measured`` reports the command's own peak."""
+    import os
+    import subprocess
+    import sys
+
+    from aaclip.benchmarks.peak_rss import run_measured
+
+    ballast = np.ones(400 * 2**20 // 8)  # 400 MB resident in this process
+    ballast[::512] = 2.0
+    naive = subprocess.Popen([sys.executable, "-c", "pass"])
+    _, _, usage = os.wait4(naive.pid, 0)
+    assert usage.ru_maxrss / 1024 > 400  # the trap this module avoids (holds on Linux)
+    small = run_measured([sys.executable, "-c", "pass"])
+    assert small.exit_code == 0 and small.peak_rss_mb < 100
+    big = run_measured([sys.executable, "-c", "import numpy as np; a = np.ones(300 * 2**20 // 8); a[::512] = 2"],
+                       capture=True)
+    assert big.exit_code == 0 and 300 < big.peak_rss_mb < 400
+    del ballast
+
+
+def test_peak_rss_of_a_command_stopped_at_its_timeout():
+    import sys
+
+    from aaclip.benchmarks.peak_rss import run_measured
+
+    code = "import numpy as np, time; a = np.ones(200 * 2**20 // 8); a[::512] = 2; print('up', flush=True); time.sleep(60)"
+    run = run_measured([sys.executable, "-c", code], timeout_s=6, capture=True)
+    assert run.timed_out and run.exit_code == -9 and run.seconds < 30
+    assert 200 < run.peak_rss_mb < 300 and run.stdout == "up\n"
+
+
+def test_peak_rss_command_line(capfd):
+    import sys
+
+    from aaclip.benchmarks.peak_rss import main
+
+    assert main(["--", sys.executable, "-c", "raise SystemExit(3)"]) == 3
+    assert "exit 3" in capfd.readouterr().err and main([]) == 2
