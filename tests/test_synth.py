@@ -62,6 +62,17 @@ def test_every_defect_has_an_exact_visible_mask(class_name):
             assert change > 30, (class_name, kind, change)
 
 
+@pytest.mark.parametrize("kind", synth.DEFECTS)
+def test_defect_on_pixels_it_draws_unchanged(kind):
+    """Every drawer returns three channels: on a dark uniform image the hole's grey equals some pixels, whose
+    colour add_defect then shifts (a one-channel hole failed there on user frames: shape mismatch)."""
+    image = np.full((200, 200, 3), 30, np.uint8)
+    out, mask = synth.add_defect(image, np.random.default_rng(0), kind)
+    inside = mask > 0
+    assert inside.any() and (out != image).any(axis=2)[inside].all()  # every masked pixel changed
+    np.testing.assert_array_equal(out[~inside], image[~inside])
+
+
 @pytest.mark.parametrize("class_name", sorted(synth.OBJECT_CLASSES))
 def test_object_defects_land_on_the_object(class_name):
     for i, kind in enumerate(synth.DEFECTS * 2):
