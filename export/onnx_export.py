@@ -13,6 +13,7 @@ import dataclasses
 import gc
 import logging
 import os
+import shutil
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -182,12 +183,23 @@ def trace_to_onnx(graph: DeployGraph, path: Path, opset: int) -> None:
         )
 
 
-def finish_graph(traced: Path, precision: str, method: str):
-    """The traced graph, checked against the contract, with explicit types on every tensor (strict shape
-    inference, file to file: the model is held once in Python, never twice) and its doc string."""
+def finish_graph(traced: Path, staged: Path, doc: str, external_data: Optional[bool] = None) -> tuple[str, ...]:
+    """The traced graph saved at ``staged`` (a path in a staging folder, see ``replace.staging``): checked
+    against the contract, with explicit types on every tensor (strict shape inference, file to file) and
+    ``doc`` as its doc string; its tensors go to ``<name>.data`` beside it when asked or too large for one
+    protobuf file. Returns the external data file names.
+
+    Memory: the graph is parsed in Python once, to check it, and never serialized from Python when it stays
+    one file: encoding a 1.26 GB ViT-L proto in Python took 5 GB on top of it (the encoder's growing buffer,
+    then the bytes object), the export's peak. The traced file is moved instead and the doc string appended
+    as a second ModelProto record: protobuf parsers merge concatenated records, the last value of a singular
+    field winning (the encoding's "last one wins"), so every reader sees one model with that doc string.
+    """
     import onnx
 
-    if traced.stat().st_size <= EXTERNAL_DATA_AUTO_BYTES:
+    size = traced.stat().st_size
+    use_external = external_data if external_data is not None else size > EXTERNAL_DATA_AUTO_BYTES
+    if size <= EXTERNAL_DATA_AUTO_BYTES:
         inferred = traced.with_name("inferred.onnx")
         onnx.shape_inference.infer_shapes_path(str(traced), str(inferred), strict_mode=True)
         os.replace(inferred, traced)
@@ -195,29 +207,16 @@ def finish_graph(traced: Path, precision: str, method: str):
     problems = graph_problems(proto)
     if problems:
         raise RuntimeError(f"the exported graph breaks the contract: {'; '.join(problems)}")
-    proto.doc_string = f"aaclip-edge {method} graph ({precision}); the contract is docs/graph-contract.md"
-    return proto
-
-
-def _proto_bytes(proto) -> int:
-    try:
-        return int(proto.ByteSize())
-    except Exception:  # noqa: BLE001 - a proto too large to measure is certainly too large to serialize
-        return EXTERNAL_DATA_AUTO_BYTES + 1
-
-
-def save_onnx(proto, staged: Path, external_data: Optional[bool]) -> tuple[str, ...]:
-    """Save ``proto`` at ``staged`` (a path in a staging folder, see ``replace.staging``); tensors go to
-    ``<name>.data`` beside it when asked or too large. Returns the external data file names."""
-    import onnx
-
-    use_external = external_data if external_data is not None else _proto_bytes(proto) > EXTERNAL_DATA_AUTO_BYTES
     data_name = staged.name + EXTERNAL_DATA_SUFFIX
-    if use_external:
+    if use_external:  # the tensors are written one by one; only the small graph is serialized
+        proto.doc_string = doc
         onnx.save_model(proto, str(staged), save_as_external_data=True, all_tensors_to_one_file=True,
                         location=data_name, size_threshold=1024)
-    else:
-        onnx.save_model(proto, str(staged))
+    del proto
+    if not use_external:
+        shutil.move(traced, staged)
+        with open(staged, "ab") as f:
+            f.write(onnx.ModelProto(doc_string=doc).SerializeToString())
     onnx.checker.check_model(str(staged))  # path form: works beyond 2 GiB and checks the data file
     return (data_name,) if use_external else ()
 
@@ -257,13 +256,12 @@ def export_onnx(ckpt_dir: Path, out: Optional[Path] = None, options: Optional[Ex
         trace_to_onnx(graph, traced, opset)
         del graph
         gc.collect()
-        proto = finish_graph(traced, precision, config.method)
-    with staging(out) as tmp:  # graph, data and manifest replace the previous ones as a set, or not at all
-        external = save_onnx(proto, tmp / out.name, options.external_data)
-        del proto
-        manifest = keep_calibration(out, manifest_for(tmp / out.name, "onnx", draft, external),
-                                    options.discard_calibration)
-        mpath = commit(tmp, out, external, manifest)
+        doc = f"aaclip-edge {config.method} graph ({precision}); the contract is docs/graph-contract.md"
+        with staging(out) as staged:  # graph, data and manifest replace the previous ones as a set, or not at all
+            external = finish_graph(traced, staged / out.name, doc, options.external_data)
+            manifest = keep_calibration(out, manifest_for(staged / out.name, "onnx", draft, external),
+                                        options.discard_calibration)
+            mpath = commit(staged, out, external, manifest)
     sha = manifest["artifact"]["sha256"]
     log.info("wrote %s (%.1f MB) and %s", out, out.stat().st_size / 1e6, mpath.name)
     return ExportResult(out, mpath, sha, tuple(external), tuple(class_table))
@@ -279,7 +277,7 @@ __all__ = [
     "resolve_classes",
     "compute_anchors",
     "graph_problems",
-    "save_onnx",
+    "finish_graph",
     "trace_to_onnx",
     "default_output",
     "rebuild_command",

@@ -212,12 +212,26 @@ def test_camera_resolution_graph_resizes_like_training(fp32_camera, model, ancho
 
 
 # ---- external data --------------------------------------------------------------------------------
+def test_doc_string_appended_as_a_second_record(fp32_single):
+    """A one-file graph is moved, never re-serialized from Python (memory at ViT-L size): its doc string is a
+    second ModelProto record at the end of the file, which every protobuf parser merges into the model."""
+    doc = "aaclip-edge aa-clip graph (fp32); the contract is docs/graph-contract.md"
+    record = onnx.ModelProto(doc_string=doc).SerializeToString()
+    raw = fp32_single.path.read_bytes()
+    assert raw.endswith(record) and doc.encode() not in raw[:-len(record)]
+    proto = onnx.load(str(fp32_single.path))
+    assert proto.doc_string == doc and len(proto.graph.initializer) > 0
+    onnx.checker.check_model(proto, full_check=True)  # merged model: valid, with inferred types
+    assert all(v.type.tensor_type.elem_type for v in proto.graph.value_info)
+
+
 def test_external_data_path(ckpt, model, tmp_path, frames, fp32_single):
     path = tmp_path / "ext.onnx"
     result = export_onnx(ckpt, path, classes=["wood"], model=model, external_data=True)
     data = tmp_path / "ext.onnx.data"
     assert result.external_data == ("ext.onnx.data",) and data.is_file()
     assert path.stat().st_size < data.stat().st_size  # the tensors live in the data file
+    assert onnx.load(str(path), load_external_data=False).doc_string.startswith("aaclip-edge aa-clip graph")
     manifest = load_manifest(path)
     assert manifest.data["artifact"]["external_data"] == ["ext.onnx.data"]
     check_artifact(manifest)
