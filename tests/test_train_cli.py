@@ -80,6 +80,7 @@ def test_cli_errors_are_one_line_with_status_2(workspace, tmp_path):
                       "--backbone", "aaclip-tiny")
     assert res.returncode == 2
     assert res.stderr.strip().splitlines()[-1] == "error: give exactly one of --clip-weights FILE, --pretrained TAG, --random-init SEED"
+    assert not (tmp_path / "x").exists()  # a refused start leaves no empty checkpoint folder behind
     res = _run_module("aaclip.train.train_cli", "--data", str(paths["train"]), "--out", str(tmp_path / "x"),
                       "--backbone", "no-such-net", "--random-init", "0")
     assert res.returncode == 2 and "unknown OpenCLIP model 'no-such-net'" in res.stderr
@@ -120,3 +121,18 @@ def test_train_help_names_the_tiny_backbone_and_lists_backbones():
     res = CliRunner().invoke(train_main, ["backbones"])
     rows = dict(line.split("\t") for line in res.output.splitlines())
     assert "openai" in rows["ViT-L-14-336"] and rows["aaclip-tiny"].startswith("random weights only")
+
+
+def test_tiny_backbone_defaults_to_its_toy_resolution(tmp_path):
+    """aaclip-tiny without --image-size runs at 64 px (at AA-CLIP's 518 px the toy costs seconds per step for
+    nothing); --image-size still chooses; every other backbone keeps AA-CLIP's 518 px."""
+    from aaclip.train.config import default_image_size
+
+    for name, extra, size in (("plain", [], 64), ("sized", ["--image-size", "96"], 96)):
+        res = CliRunner().invoke(train_main, ["init", "--backbone", "aaclip-tiny", "--random-init", "0", "--classes",
+                                              "flange", "--out", str(tmp_path / name), "-q", *extra])
+        assert res.exit_code == 0, res.output
+        assert json.loads((tmp_path / name / "config.json").read_text())["image_size"] == size
+    assert default_image_size("ViT-L-14-336") == 518 and default_image_size("ViT-B-16") == 518
+    res = CliRunner().invoke(train_main, ["fit", "-h"])
+    assert "[default: 518, AA-CLIP's; 64 for aaclip-tiny]" in " ".join(res.output.split())

@@ -23,7 +23,7 @@ from aaclip.contract.files import atomic_path, atomic_write_json
 from aaclip.contract.manifest import DEFAULT_METHOD
 
 from .backbone import build_clip, resolve_weights
-from .config import ADAPTERS_FILE, CONFIG_FILE, BackboneConfig, ModelConfig, load_config
+from .config import ADAPTERS_FILE, CONFIG_FILE, TINY_BACKBONE, TINY_IMAGE_SIZE, BackboneConfig, ModelConfig, load_config
 from .families import get_family
 
 log = logging.getLogger(__name__)
@@ -179,8 +179,8 @@ class RandomSpec:
     """
 
     method: str = DEFAULT_METHOD
-    backbone: str = "aaclip-tiny"
-    image_size: int = 64
+    backbone: str = TINY_BACKBONE
+    image_size: int = TINY_IMAGE_SIZE
     classes: dict[str, str] = field(default_factory=lambda: {"disk": "metal disk"})
     domain: str = "industrial"
     seed: int = 0

@@ -27,6 +27,15 @@ ACTIVATIONS = ("gelu", "quickgelu")
 # both with align_corners=False and the class slot kept (OpenCLIP's resize_pos_embed).
 POS_EMBED_RESIZE = {"bicubic-antialias": ("bicubic", True), "bicubic": ("bicubic", False),
                     "bilinear": ("bilinear", False)}
+DEFAULT_IMAGE_SIZE = 518  # AA-CLIP's training/inference resolution (SPEC section 1)
+TINY_BACKBONE = "aaclip-tiny"  # the random toy config of tests and demos (model_configs/aaclip-tiny.json)
+TINY_IMAGE_SIZE = 64  # its resolution everywhere (8 x 8 patch grid): seconds per epoch on a CPU
+
+
+def default_image_size(backbone: str) -> int:
+    """The resolution a new checkpoint of ``backbone`` gets unless one is asked for: AA-CLIP's 518 px, the
+    toy's 64 px (at 518 px it would run the toy at a real model's cost for nothing)."""
+    return TINY_IMAGE_SIZE if backbone == TINY_BACKBONE else DEFAULT_IMAGE_SIZE
 
 
 @dataclass
@@ -63,7 +72,7 @@ class ModelConfig:
 
     method: str = ""
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
-    image_size: int = 518
+    image_size: int = DEFAULT_IMAGE_SIZE
     domain: str = "industrial"
     classes: dict[str, str] = field(default_factory=dict)  # class name -> object name for prompts
     format_version: int = FORMAT_VERSION

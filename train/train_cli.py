@@ -11,7 +11,7 @@ import inspect
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import click
 from aaclip.contract.cli import CONTEXT, DefaultGroup, verbosity
@@ -35,13 +35,13 @@ def _method_option(f):
 
 
 def _backbone_options(f):
-    from .config import ACTIVATIONS, POS_EMBED_RESIZE
+    from .config import ACTIVATIONS, DEFAULT_IMAGE_SIZE, POS_EMBED_RESIZE, TINY_BACKBONE, TINY_IMAGE_SIZE
 
     f = click.option("--backbone", default="ViT-L-14-336", show_default=True,
                      help="OpenCLIP model name: ViT-L-14-336 (AA-CLIP's; 518 px), ViT-B-16, ViT-L-14, ... "
                           "(`aaclip-train backbones` lists all with their pretrained tags), or aaclip-tiny "
-                          "(4 blocks, width 64; with --random-init and --image-size 64: a toy for tests and "
-                          "demos, trains in seconds on a CPU).")(f)
+                          "(4 blocks, width 64, at 64 px; with --random-init: a toy for tests and demos, trains "
+                          "in seconds on a CPU).")(f)
     f = click.option("--clip-weights", type=click.Path(dir_okay=False, path_type=Path),
                      help="Local CLIP checkpoint (safetensors or state dict).")(f)
     f = click.option("--pretrained", help="OpenCLIP pretrained tag instead of a file, e.g. 'openai' (needs network).")(f)
@@ -52,7 +52,9 @@ def _backbone_options(f):
     f = click.option("--pos-embed-resize", type=click.Choice(list(POS_EMBED_RESIZE)),
                      help="Position-embedding resize to --image-size [default: the family's; aa-clip: "
                           "bicubic-antialias].")(f)
-    f = click.option("--image-size", type=int, default=518, show_default=True, help="Training/inference resolution.")(f)
+    f = click.option("--image-size", type=click.IntRange(min=8), default=None,
+                     help=f"Training/inference resolution [default: {DEFAULT_IMAGE_SIZE}, AA-CLIP's; "
+                          f"{TINY_IMAGE_SIZE} for {TINY_BACKBONE}].")(f)
     return f
 
 
@@ -97,14 +99,19 @@ def parse_pairs(values, flag: str) -> dict[str, Any]:
     return out
 
 
-def new_config(family, backbone, image_size: int, domain: str, classes: dict[str, str], fields: dict[str, Any]):
-    """A new config of ``family`` with the common fields and family-specific ``fields`` (checked by name)."""
+def new_config(family, backbone, image_size: Optional[int], domain: str, classes: dict[str, str],
+               fields: dict[str, Any]):
+    """A new config of ``family`` with the common fields and family-specific ``fields`` (checked by name);
+    ``image_size`` None: the backbone's default (``config.default_image_size``)."""
     allowed = [f.name for f in dataclasses.fields(family.config_class) if f.name not in COMMON_CONFIG_FIELDS]
     unknown = sorted(set(fields) - set(allowed))
     if unknown:
         raise UserError(f"--set {unknown[0]}: {family.name} configs have no such field; its fields: "
                         f"{', '.join(allowed) or 'none'}")
-    return family.config_class(backbone=backbone, image_size=image_size, domain=domain, classes=classes, **fields)
+    from .config import default_image_size
+
+    size = image_size if image_size is not None else default_image_size(backbone.name)
+    return family.config_class(backbone=backbone, image_size=size, domain=domain, classes=classes, **fields)
 
 
 def make_options(family, values: dict[str, Any], explicit: dict[str, Any]):
@@ -144,7 +151,7 @@ def main():
     aaclip-train --data train.jsonl --clip-weights ViT-L-14-336.safetensors --out runs/visa
     aaclip-train init --method aa-clip --clip-weights ViT-L-14-336.safetensors --classes bottle,cable --out runs/zero
     aaclip-train import-official AA-CLIP/ckpt/visa_full --pretrained openai --out runs/official
-    aaclip-train --data train.jsonl --backbone aaclip-tiny --random-init 0 --image-size 64 --out runs/toy
+    aaclip-train --data train.jsonl --backbone aaclip-tiny --random-init 0 --out runs/toy
     aaclip-train methods
     aaclip-train backbones
 
@@ -215,7 +222,6 @@ def fit(ctx, method, data, root, out, backbone, clip_weights, pretrained, random
 
     records = read_records(data, root=root)
     root = root or data.parent
-    out.mkdir(parents=True, exist_ok=True)
     continuing = (out / STATE_FILE).exists() or (stage == "2" and (out / CONFIG_FILE).exists())
     if (out / STATE_FILE).exists() and no_resume:
         raise UserError(f"{out} already holds a training run: choose another --out or drop --no-resume")
@@ -238,6 +244,7 @@ def fit(ctx, method, data, root, out, backbone, clip_weights, pretrained, random
             image_size, domain, {c: family.object_name(c, names) for c in class_names(records)}, fields)
         torch.manual_seed(seed)  # the trainable weights' initialization: same seed, same run
         model = build_model(config)
+    out.mkdir(parents=True, exist_ok=True)  # only now: a refused start leaves no empty folder behind
     check_same_run(out, run_identity(data, root, model.config, seed))
     family.trainer(model, records, root, out, options).run()
     click.echo(f"checkpoint: {out}")
