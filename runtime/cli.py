@@ -187,12 +187,16 @@ def run(config: RunConfig) -> Summary:
                     log.warning("%s is not calibrated: its threshold is the export default, not fitted on this "
                                 "line's good parts (events say calibrated: false); run aaclip-calibrate threshold "
                                 "%s --images GOOD_PARTS/ first", manifest.artifact_path.name, config.artifact)
+                elif config.threshold is not None:
+                    log.warning("--threshold %.4g replaces the calibrated threshold %.4g (events say calibrated: "
+                                "false)", config.threshold, manifest.score.threshold)
                 mode = "live mode (newest frame only)" if loop_config.drop else "offline mode (every frame)"
                 why = "" if config.drop is not None else (" for a live source; --no-drop: every frame"
                                                           if loop_config.drop else " for files; --drop: newest only")
                 log.info("running %s (%s) on %s; threshold %.4g%s, debounce %d, %s%s, run %s",
                          manifest.artifact_path.name, runner.name, ", ".join(s.name for s in sources),
-                         loop.params.threshold, "" if manifest.calibrated else " (uncalibrated)", config.debounce,
+                         loop.params.threshold, "" if loop.decider.calibrated else " (set by hand)"
+                         if config.threshold is not None else " (uncalibrated)", config.debounce,
                          mode, why, loop.run_id)
                 summary = loop.run()
                 if stop.reason:

@@ -65,7 +65,7 @@ class Decision:
     evidence: Optional[str] = None
     inference_s: float = 0.0  # the backend call that scored this frame (its whole batch)
     file: Optional[str] = None  # the image file of a frame read from a folder (relative to the folder)
-    calibrated: bool = True     # False: the threshold is the export default, not fitted on this line's parts
+    calibrated: bool = True     # False: the threshold is the export default or set by hand (--threshold)
 
     @property
     def anomalous(self) -> bool:

@@ -124,7 +124,7 @@ class CameraLoop:
         self.sinks = sorted(sinks, key=lambda s: s.order)
         self.params = manifest.score.with_threshold(config.threshold)
         self.run_id = uuid.uuid4().hex[:12]
-        self.decider = Decider(self.params, len(self.sources), config.debounce, self.run_id, manifest.calibrated)
+        self.decider = Decider(self.params, len(self.sources), config.debounce, self.run_id, self._calibrated(manifest))
         self._reload = ManifestWatch(manifest, config.reload_every_s)
         self.feeds = FeedBuilder(manifest, config.batch, allocate=runner.lend_input)
         self.stop_event = config.stop_event or threading.Event()
@@ -191,16 +191,20 @@ class CameraLoop:
             s.stopped_by = self.stop_reason
         return s
 
+    def _calibrated(self, manifest: Manifest) -> bool:
+        """Whether decisions use a threshold fitted on this line's good parts: not with --threshold."""
+        return manifest.calibrated and self.config.threshold is None
+
     def _reload_score(self, now: float) -> None:
         """Take new score constants when the manifest was recalibrated on disk (no restart needed)."""
         fresh = self._reload.changed(now)
         if fresh is None:
             return
         params = fresh.score.with_threshold(self.config.threshold)
-        if fresh.calibrated != self.decider.calibrated:
+        if self._calibrated(fresh) != self.decider.calibrated:
             log.warning("manifest %s is %s now", self.manifest.path.name,
                         "calibrated" if fresh.calibrated else "no longer calibrated")
-            self.decider.calibrated = fresh.calibrated
+            self.decider.calibrated = self._calibrated(fresh)
         if params != self.params:
             log.warning("manifest %s changed: score constants reloaded (threshold %.6g -> %.6g%s)",
                         self.manifest.path.name, self.params.threshold, params.threshold,

@@ -71,11 +71,12 @@ FACTS = {
     "head -n 2 events.jsonl": ['"source":"line","frame":0,"class":"flange"', '"file":"part_000.jpg","calibrated":true',
                                '"file":"part_001.jpg","calibrated":true'],
     f"{RUNTIME} --camera line.avi --threshold 0.7 --events video-events.jsonl --evidence alarms/": [
-        "on line.avi; threshold 0.7, debounce 1, offline mode (every frame) for files",
+        "--threshold 0.7 replaces the calibrated threshold", "(events say calibrated: false)",
+        "on line.avi; threshold 0.7 (set by hand), debounce 1, offline mode (every frame) for files",
         "W aaclip.runtime.loop: ALARM line.avi frame", "line.avi: end of stream after 20 frames", "summary: 20 frames",
         "stopped by end"],
     "tail -n 1 video-events.jsonl": ['"source":"line.avi","frame":19,"class":"flange"', '"threshold":0.7',
-                                     '"file":null,"calibrated":true'],
+                                     '"file":null,"calibrated":false'],
     "ls alarms/": ["line.avi_000000"],
 }
 

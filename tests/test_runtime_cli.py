@@ -145,3 +145,8 @@ def test_calibrated_artifact_events_say_so(tmp_path):
     r = invoke(art, "--camera", write_video(tmp_path / "v.avi", 2), "--events", events)
     assert r.exit_code == 0 and "not calibrated" not in r.stderr
     assert [e["calibrated"] for e in read_events(events)] == [True, True] and read_events(events)[0]["file"] is None
+    # a threshold set by hand is not the calibrated one: the runtime warns and the events say so
+    r = invoke(art, "--camera", write_video(tmp_path / "v2.avi", 2), "--events", events, "--threshold", "0.25")
+    assert r.exit_code == 0 and "--threshold 0.25 replaces the calibrated threshold" in r.stderr
+    hand = read_events(events)[2:]
+    assert [e["calibrated"] for e in hand] == [False, False] and all(e["threshold"] == 0.25 for e in hand)
