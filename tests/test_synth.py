@@ -139,6 +139,34 @@ def test_generate_dataset_layout_and_records(tmp_path):
     assert set(_files(tmp_path)) == listed
 
 
+def test_paired_anomalies_are_normal_images_with_a_defect(tmp_path):
+    """``paired``: anomaly i is normal image i % n_normal of its split and class, changed only under its mask."""
+    paths = synth.generate_dataset(tmp_path, classes=["plate", "disk"], image_size=64, n_train_normal=2,
+                                   n_train_anomalous=3, n_test_normal=1, n_test_anomalous=2, seed=4, paired=True)
+    pairs = 0
+    for split in ("train", "test"):
+        rows = _read_jsonl(paths[split])
+        for cls in ("plate", "disk"):
+            good = [r for r in rows if r["class_name"] == cls and r["label"] == 0]
+            bad = [r for r in rows if r["class_name"] == cls and r["label"] == 1]
+            for i, r in enumerate(bad):
+                normal = cv2.imread(str(tmp_path / good[i % len(good)]["image_path"]), cv2.IMREAD_COLOR)
+                image = cv2.imread(str(tmp_path / r["image_path"]), cv2.IMREAD_COLOR)
+                inside = cv2.imread(str(tmp_path / r["mask_path"]), cv2.IMREAD_UNCHANGED) > 0
+                np.testing.assert_array_equal(image[~inside], normal[~inside])
+                assert (image != normal).any(axis=2)[inside].all()
+                pairs += 1
+    assert pairs == 2 * (3 + 2)
+    # unpaired anomalies are other products
+    other = synth.generate_dataset(tmp_path / "unpaired", classes=["plate"], image_size=64, n_train_normal=1,
+                                   n_train_anomalous=1, n_test_normal=0, n_test_anomalous=0, seed=4)
+    rows = _read_jsonl(other["train"])
+    a, b = (cv2.imread(str(tmp_path / "unpaired" / r["image_path"]), cv2.IMREAD_COLOR) for r in rows)
+    assert np.abs(a.astype(int) - b).mean() > 8
+    with pytest.raises(UserError, match="at least one normal image per split"):
+        synth.generate_dataset(tmp_path / "x", classes=["plate"], n_test_normal=0, n_test_anomalous=2, paired=True)
+
+
 def test_generate_dataset_is_deterministic(tmp_path):
     kwargs = dict(classes=["capsule", "wood"], image_size=64, n_train_normal=1, n_train_anomalous=2,
                   n_test_normal=1, n_test_anomalous=2)

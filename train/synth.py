@@ -556,7 +556,7 @@ def _write_png(path: Path, image: np.ndarray) -> None:
 
 def generate_dataset(out_dir: PathLike, *, classes: Optional[Iterable[str]] = None, image_size: int = 128,
                      n_train_normal: int = 4, n_train_anomalous: int = 4, n_test_normal: int = 8,
-                     n_test_anomalous: int = 8, seed: int = 0) -> dict[str, Path]:
+                     n_test_anomalous: int = 8, seed: int = 0, paired: bool = False) -> dict[str, Path]:
     """Write a synthetic data set under ``out_dir`` and return {"train": jsonl path, "test": jsonl path}.
 
     Layout: ``images/<split>/<class>/<idx>.png``, ``masks/<split>/<class>/<idx>_mask.png`` (anomalies
@@ -565,6 +565,10 @@ def generate_dataset(out_dir: PathLike, *, classes: Optional[Iterable[str]] = No
     images are named ``good_<i>``, anomalies ``bad_<i>_<defect>``; anomaly i has defect
     DEFECTS[i % len(DEFECTS)]. Every image has its own random stream derived from (seed, split, class,
     label, i), so a seed always gives byte-identical files and changing a count changes no other image.
+
+    ``paired``: anomaly i is normal image ``i % n_normal`` of its split with the defect drawn on it (the
+    same product, so only the defect tells the two apart: no global difference between the normal and
+    the defective images for a model to learn instead); it needs at least one normal image per split.
     """
     names = _check_classes(classes)
     _check_size(image_size)
@@ -575,6 +579,8 @@ def generate_dataset(out_dir: PathLike, *, classes: Optional[Iterable[str]] = No
             raise UserError(f"{key} must be a non-negative integer, got {value!r}")
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise UserError(f"seed must be a non-negative integer, got {seed!r}")
+    if paired and ((n_train_anomalous and not n_train_normal) or (n_test_anomalous and not n_test_normal)):
+        raise UserError("paired anomalies are drawn on normal images: give at least one normal image per split")
 
     out = Path(out_dir)
     result: dict[str, Path] = {}
@@ -585,7 +591,11 @@ def generate_dataset(out_dir: PathLike, *, classes: Optional[Iterable[str]] = No
             for label, count in ((0, n_normal), (1, n_anomalous)):
                 for i in range(int(count)):
                     rng = _image_rng(int(seed), split, class_name, label, i)
-                    image = draw_product(class_name, rng, int(image_size))
+                    if paired and label == 1:  # the product of normal image i % n_normal
+                        product_rng = _image_rng(int(seed), split, class_name, 0, i % int(n_normal))
+                        image = draw_product(class_name, product_rng, int(image_size))
+                    else:
+                        image = draw_product(class_name, rng, int(image_size))
                     mask_rel = None
                     if label == 0:
                         stem = f"good_{i:03d}"
