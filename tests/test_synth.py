@@ -62,6 +62,20 @@ def test_every_defect_has_an_exact_visible_mask(class_name):
             assert change > 30, (class_name, kind, change)
 
 
+@pytest.mark.parametrize("kind", synth.DEFECTS)
+def test_defects_on_grey_camera_frames_keep_the_mask_exact(kind):
+    """A monochrome camera's frame (B = G = R) at 518 px: a drawn pixel that happens to equal the frame's is
+    pushed away so the mask stays exact (a hole used to fail here with a shape mismatch)."""
+    for seed in range(3):
+        grey = np.random.default_rng(seed).integers(0, 80, (518, 518), dtype=np.uint8)
+        image = np.repeat(grey[..., None], 3, axis=2)
+        out, mask = synth.add_defect(image, np.random.default_rng(seed), kind)
+        inside = mask > 0
+        assert synth.MIN_DEFECT_AREA <= inside.mean() <= synth.MAX_DEFECT_AREA
+        np.testing.assert_array_equal(out[~inside], image[~inside])
+        assert (out != image).any(axis=2)[inside].all(), (kind, seed)  # every masked pixel changed
+
+
 @pytest.mark.parametrize("class_name", sorted(synth.OBJECT_CLASSES))
 def test_object_defects_land_on_the_object(class_name):
     for i, kind in enumerate(synth.DEFECTS * 2):

@@ -426,7 +426,8 @@ def _hole(img: np.ndarray, rng: np.random.Generator, where: _Placement) -> tuple
     v = (-x * np.sin(t) + y * np.cos(t)) / axes[1]
     rr = np.clip(u * u + v * v, 0, 1)
     value = rng.uniform(8, 18) + 45.0 * rr
-    return shape, value[..., None] + 2.0 * rng.standard_normal((h, w, 1)).astype(np.float32)
+    grey = value[..., None] + 2.0 * rng.standard_normal((h, w, 1)).astype(np.float32)
+    return shape, np.repeat(grey, 3, axis=2)  # BGR like every drawer: add_defect's fix-up of unchanged pixels needs it
 
 
 _STAIN_COLOURS = (
