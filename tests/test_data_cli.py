@@ -162,8 +162,9 @@ def test_synth_wiring_with_stub(tmp_path, monkeypatch):
                "--train-normal", "1", "--test-normal", "2", "--test-anomalous", "3")
     assert res.exit_code == 0, res.output
     assert calls == [(out, dict(classes=["a", "b"], image_size=32, n_train_normal=1, n_train_anomalous=4,
-                                n_test_normal=2, n_test_anomalous=3, seed=5))]
+                                n_test_normal=2, n_test_anomalous=3, seed=5, paired=False))]
     assert res.output.splitlines() == [f"train: {out / 'train.jsonl'}", f"test: {out / 'test.jsonl'}"]
+    assert _run("synth", str(out), "--paired").exit_code == 0 and calls[-1][1]["paired"] is True
     res = _run("synth", str(out), "--classes", " , ")
     assert res.exit_code == 2 and "names no class" in res.output
 

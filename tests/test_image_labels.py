@@ -51,7 +51,7 @@ def test_folder_layout_writes_image_level_records(tmp_path):
     res = _run(data_main, "folder", root)
     assert res.exit_code == 0, res.output
     out = root / "records.jsonl"
-    assert f"wrote {out}: 12 images (6 normal, 6 anomalous, 1 of them with masks) in 1 class" in res.output
+    assert f"wrote {out}: 12 images (6 normal, 6 anomalous, 1 with masks) in 1 class" in res.output
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert {r["class_name"] for r in rows} == {"bracket"}  # the folder's name
     by_path = {r["image_path"]: r for r in rows}
@@ -102,7 +102,7 @@ def test_split_is_stratified_and_deterministic(tmp_path):
     assert _run(data_main, "folder", root).exit_code == 0
     res = _run(data_main, "split", root / "records.jsonl", "--test-fraction", "0.5")
     assert res.exit_code == 0, res.output
-    assert "wrote " + str(root / "test.jsonl") + ": 6 images (3 normal, 3 anomalous, 0 of them with masks)" in res.output
+    assert "wrote " + str(root / "test.jsonl") + ": 6 images (3 normal, 3 anomalous, none with a mask)" in res.output
     res = _run(data_main, "split", root / "records.jsonl", "--train", root / "records.jsonl")
     assert res.exit_code == 2 and "must differ" in res.output
 

@@ -63,14 +63,17 @@ def test_every_defect_has_an_exact_visible_mask(class_name):
 
 
 @pytest.mark.parametrize("kind", synth.DEFECTS)
-def test_defect_on_pixels_it_draws_unchanged(kind):
-    """Every drawer returns three channels: on a dark uniform image the hole's grey equals some pixels, whose
-    colour add_defect then shifts (a one-channel hole failed there on user frames: shape mismatch)."""
-    image = np.full((200, 200, 3), 30, np.uint8)
-    out, mask = synth.add_defect(image, np.random.default_rng(0), kind)
-    inside = mask > 0
-    assert inside.any() and (out != image).any(axis=2)[inside].all()  # every masked pixel changed
-    np.testing.assert_array_equal(out[~inside], image[~inside])
+def test_defects_on_grey_camera_frames_keep_the_mask_exact(kind):
+    """A monochrome camera's frame (B = G = R) at 518 px: a drawn pixel that happens to equal the frame's is
+    pushed away so the mask stays exact (a hole used to fail here with a shape mismatch)."""
+    for seed in range(3):
+        grey = np.random.default_rng(seed).integers(0, 80, (518, 518), dtype=np.uint8)
+        image = np.repeat(grey[..., None], 3, axis=2)
+        out, mask = synth.add_defect(image, np.random.default_rng(seed), kind)
+        inside = mask > 0
+        assert synth.MIN_DEFECT_AREA <= inside.mean() <= synth.MAX_DEFECT_AREA
+        np.testing.assert_array_equal(out[~inside], image[~inside])
+        assert (out != image).any(axis=2)[inside].all(), (kind, seed)  # every masked pixel changed
 
 
 @pytest.mark.parametrize("class_name", sorted(synth.OBJECT_CLASSES))
@@ -148,6 +151,34 @@ def test_generate_dataset_layout_and_records(tmp_path):
             if r["mask_path"]:
                 listed.add(r["mask_path"])
     assert set(_files(tmp_path)) == listed
+
+
+def test_paired_anomalies_are_normal_images_with_a_defect(tmp_path):
+    """``paired``: anomaly i is normal image i % n_normal of its split and class, changed only under its mask."""
+    paths = synth.generate_dataset(tmp_path, classes=["plate", "disk"], image_size=64, n_train_normal=2,
+                                   n_train_anomalous=3, n_test_normal=1, n_test_anomalous=2, seed=4, paired=True)
+    pairs = 0
+    for split in ("train", "test"):
+        rows = _read_jsonl(paths[split])
+        for cls in ("plate", "disk"):
+            good = [r for r in rows if r["class_name"] == cls and r["label"] == 0]
+            bad = [r for r in rows if r["class_name"] == cls and r["label"] == 1]
+            for i, r in enumerate(bad):
+                normal = cv2.imread(str(tmp_path / good[i % len(good)]["image_path"]), cv2.IMREAD_COLOR)
+                image = cv2.imread(str(tmp_path / r["image_path"]), cv2.IMREAD_COLOR)
+                inside = cv2.imread(str(tmp_path / r["mask_path"]), cv2.IMREAD_UNCHANGED) > 0
+                np.testing.assert_array_equal(image[~inside], normal[~inside])
+                assert (image != normal).any(axis=2)[inside].all()
+                pairs += 1
+    assert pairs == 2 * (3 + 2)
+    # unpaired anomalies are other products
+    other = synth.generate_dataset(tmp_path / "unpaired", classes=["plate"], image_size=64, n_train_normal=1,
+                                   n_train_anomalous=1, n_test_normal=0, n_test_anomalous=0, seed=4)
+    rows = _read_jsonl(other["train"])
+    a, b = (cv2.imread(str(tmp_path / "unpaired" / r["image_path"]), cv2.IMREAD_COLOR) for r in rows)
+    assert np.abs(a.astype(int) - b).mean() > 8
+    with pytest.raises(UserError, match="at least one normal image per split"):
+        synth.generate_dataset(tmp_path / "x", classes=["plate"], n_test_normal=0, n_test_anomalous=2, paired=True)
 
 
 def test_generate_dataset_is_deterministic(tmp_path):

@@ -46,7 +46,7 @@ def _write(records: list[Record], root: Path, out: Path) -> None:
     counts = class_counts(records)
     n_anom = sum(a for _, a in counts.values())
     n_masked = sum(masked_counts(records).values())
-    masks = "" if n_masked == n_anom else f", {n_masked} of them with masks"
+    masks = "" if n_masked == n_anom else ", none with a mask" if n_masked == 0 else f", {n_masked} with masks"
     click.echo(f"wrote {out}: {len(records)} images ({len(records) - n_anom} normal, {n_anom} anomalous{masks}) "
                f"in {len(counts)} class{'' if len(counts) == 1 else 'es'}")
 
@@ -209,9 +209,11 @@ def check(records_file: Path, root: Path | None, no_files: bool) -> None:
 @click.option("--train-anomalous", type=click.IntRange(min=0), default=4, show_default=True)
 @click.option("--test-normal", type=click.IntRange(min=0), default=8, show_default=True)
 @click.option("--test-anomalous", type=click.IntRange(min=0), default=8, show_default=True)
+@click.option("--paired", is_flag=True,
+              help="Draw each defect on a copy of a normal image of the same split (only the defect differs).")
 @verbosity
 def synth(out_dir: Path, seed: int, size: int, classes: str | None, train_normal: int, train_anomalous: int,
-          test_normal: int, test_anomalous: int) -> None:
+          test_normal: int, test_anomalous: int, paired: bool) -> None:
     """Generate a small synthetic anomaly dataset in OUT (train.jsonl, test.jsonl, images, masks)."""
     from aaclip.train.synth import generate_dataset  # lazy: only this command needs it
 
@@ -227,6 +229,7 @@ def synth(out_dir: Path, seed: int, size: int, classes: str | None, train_normal
         n_test_normal=test_normal,
         n_test_anomalous=test_anomalous,
         seed=seed,
+        paired=paired,
     )
     for split, path in paths.items():
         click.echo(f"{split}: {path}")

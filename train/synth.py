@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Union
 
@@ -427,7 +427,7 @@ def _hole(img: np.ndarray, rng: np.random.Generator, where: _Placement) -> tuple
     rr = np.clip(u * u + v * v, 0, 1)
     value = rng.uniform(8, 18) + 45.0 * rr
     grey = value[..., None] + 2.0 * rng.standard_normal((h, w, 1)).astype(np.float32)
-    return shape, np.repeat(grey, 3, axis=2)  # three channels like every drawer: add_defect indexes them
+    return shape, np.repeat(grey, 3, axis=2)  # BGR like every drawer: add_defect's fix-up of unchanged pixels needs it
 
 
 _STAIN_COLOURS = (
@@ -555,10 +555,24 @@ def _write_png(path: Path, image: np.ndarray) -> None:
             raise OSError(f"could not write image {path}")
 
 
-def generate_dataset(out_dir: PathLike, *, classes: Optional[Iterable[str]] = None, image_size: int = 128,
-                     n_train_normal: int = 4, n_train_anomalous: int = 4, n_test_normal: int = 8,
-                     n_test_anomalous: int = 8, seed: int = 0) -> dict[str, Path]:
-    """Write a synthetic data set under ``out_dir`` and return {"train": jsonl path, "test": jsonl path}.
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What ``generate_dataset`` draws: the classes (None: all of CLASSES), the image size, how many normal
+    and anomalous images per class and split, the seed, and whether anomalies are ``paired`` with normals."""
+
+    classes: Optional[Iterable[str]] = None
+    image_size: int = 128
+    n_train_normal: int = 4
+    n_train_anomalous: int = 4
+    n_test_normal: int = 8
+    n_test_anomalous: int = 8
+    seed: int = 0
+    paired: bool = False
+
+
+def generate_dataset(out_dir: PathLike, spec: Optional[DatasetSpec] = None, **changes) -> dict[str, Path]:
+    """Write the synthetic data set of ``spec`` (``DatasetSpec`` with ``changes`` applied, e.g.
+    ``image_size=64, seed=3``) under ``out_dir`` and return {"train": jsonl path, "test": jsonl path}.
 
     Layout: ``images/<split>/<class>/<idx>.png``, ``masks/<split>/<class>/<idx>_mask.png`` (anomalies
     only), ``train.jsonl`` and ``test.jsonl`` with one ``{"image_path", "label", "class_name",
@@ -566,16 +580,25 @@ def generate_dataset(out_dir: PathLike, *, classes: Optional[Iterable[str]] = No
     images are named ``good_<i>``, anomalies ``bad_<i>_<defect>``; anomaly i has defect
     DEFECTS[i % len(DEFECTS)]. Every image has its own random stream derived from (seed, split, class,
     label, i), so a seed always gives byte-identical files and changing a count changes no other image.
+
+    ``paired``: anomaly i is normal image ``i % n_normal`` of its split with the defect drawn on it (the
+    same product, so only the defect tells the two apart: no global difference between the normal and
+    the defective images for a model to learn instead); it needs at least one normal image per split.
     """
-    names = _check_classes(classes)
+    spec = replace(spec or DatasetSpec(), **changes)
+    names = _check_classes(spec.classes)
+    image_size, seed, paired = spec.image_size, spec.seed, spec.paired
     _check_size(image_size)
-    counts = {"n_train_normal": n_train_normal, "n_train_anomalous": n_train_anomalous,
-              "n_test_normal": n_test_normal, "n_test_anomalous": n_test_anomalous}
+    counts = {"n_train_normal": spec.n_train_normal, "n_train_anomalous": spec.n_train_anomalous,
+              "n_test_normal": spec.n_test_normal, "n_test_anomalous": spec.n_test_anomalous}
     for key, value in counts.items():
         if not isinstance(value, (int, np.integer)) or value < 0:
             raise UserError(f"{key} must be a non-negative integer, got {value!r}")
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise UserError(f"seed must be a non-negative integer, got {seed!r}")
+    n_train_normal, n_train_anomalous, n_test_normal, n_test_anomalous = counts.values()
+    if paired and ((n_train_anomalous and not n_train_normal) or (n_test_anomalous and not n_test_normal)):
+        raise UserError("paired anomalies are drawn on normal images: give at least one normal image per split")
 
     out = Path(out_dir)
     result: dict[str, Path] = {}
@@ -586,7 +609,11 @@ def generate_dataset(out_dir: PathLike, *, classes: Optional[Iterable[str]] = No
             for label, count in ((0, n_normal), (1, n_anomalous)):
                 for i in range(int(count)):
                     rng = _image_rng(int(seed), split, class_name, label, i)
-                    image = draw_product(class_name, rng, int(image_size))
+                    if paired and label == 1:  # the product of normal image i % n_normal
+                        product_rng = _image_rng(int(seed), split, class_name, 0, i % int(n_normal))
+                        image = draw_product(class_name, product_rng, int(image_size))
+                    else:
+                        image = draw_product(class_name, rng, int(image_size))
                     mask_rel = None
                     if label == 0:
                         stem = f"good_{i:03d}"
