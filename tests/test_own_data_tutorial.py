@@ -35,13 +35,13 @@ FACTS = {
     "aaclip-data folder flange/": [
         "class name 'flange' (the folder's name; --class NAME chooses another)",
         "class flange: 40 good and 24 defective images (0 with masks)",
-        "wrote flange/records.jsonl: 64 images (40 normal, 24 anomalous, 0 of them with masks) in 1 class"],
+        "wrote flange/records.jsonl: 64 images (40 normal, 24 anomalous, none with a mask) in 1 class"],
     "aaclip-data check flange/records.jsonl": [
         "flange      40         24       0     64",
         "24 anomalous images have no mask: image-level labels (pixel losses and pixel metrics skip them)"],
     "aaclip-data split flange/records.jsonl": [
-        "wrote flange/train.jsonl: 45 images (28 normal, 17 anomalous, 0 of them with masks) in 1 class",
-        "wrote flange/test.jsonl: 19 images (12 normal, 7 anomalous, 0 of them with masks) in 1 class"],
+        "wrote flange/train.jsonl: 45 images (28 normal, 17 anomalous, none with a mask) in 1 class",
+        "wrote flange/test.jsonl: 19 images (12 normal, 7 anomalous, none with a mask) in 1 class"],
     TRAIN: [
         "building aaclip-tiny at 64 px (random weights, seed 0)",
         "training on 45 images: pixel losses on the 28 with known pixels",
