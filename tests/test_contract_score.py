@@ -155,3 +155,19 @@ def test_debouncer_n3_needs_three_consecutive_frames():
 def test_debouncer_rejects_n_below_one():
     with pytest.raises(ValueError, match="debounce must be >= 1, got 0"):
         Debouncer(0)
+
+
+def test_event_lines_mark_the_onset_of_each_alarm():
+    """Every frame of an alarm says alarm: true; only its first says onset: true (what the counters count)."""
+    from aaclip.runtime.capture import CapturedFrame
+    from aaclip.runtime.decide import Decider
+
+    params = ScoreParams(map_lo=0.0, map_hi=1.0, cls_lo=0.0, cls_hi=1.0, map_weight=0.0, threshold=0.5)  # score = cls
+    decider = Decider(params, n_sources=1, debounce=2)
+    cls = np.array([0.9, 0.9, 0.9, 0.1, 0.9, 0.9])
+    frames = [CapturedFrame(0, "cam", i, np.zeros((1, 1, 3), np.uint8), 0.0, 0.0) for i in range(len(cls))]
+    decisions = decider.decide(frames, ["c"] * len(cls), {"map_max": np.zeros(len(cls)), "cls_score": cls}, 0.0)
+    events = [d.event() for d in decisions]
+    assert [e["alarm"] for e in events] == [False, True, True, False, False, True]
+    assert [e["onset"] for e in events] == [False, True, False, False, False, True]
+    assert decider.alarms == sum(e["onset"] for e in events) == 2
