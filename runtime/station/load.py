@@ -13,7 +13,7 @@ from typing import Any, Optional, Union
 from aaclip.contract.errors import UserError
 
 from .fields import toml_key
-from .lines import TomlLines
+from .lines import TomlLines, describe, dotted
 from .schema import ArtifactSection, CameraSection, StationConfig, settings
 
 if sys.version_info >= (3, 11):
@@ -48,7 +48,7 @@ class _Reader:
     def section(self, cls, value: Any, table: tuple):
         if not isinstance(value, dict):
             raise self.fail(table[:-1], str(table[-1]), f"expected a table, got {_what(value)}",
-                            f"write it as a [{_dotted(table)}] section with key = value lines")
+                            f"write it as a [{dotted(table)}] section with key = value lines")
         by_key = {toml_key(f): f for f in settings(cls)}
         hints = typing.get_type_hints(cls)
         kwargs = {}
@@ -94,17 +94,6 @@ class _Reader:
             path = Path(raw).expanduser()
             return path if path.is_absolute() else self.base / path
         return raw
-
-
-def describe(table: tuple, key: Optional[str]) -> str:
-    """``key 'max_bytes' of [outputs.events]``, ``key 'class' of camera #2``, ``[artifacts.plates]``."""
-    where = (f"camera #{table[1] + 1}" if len(table) >= 2 and table[0] == "cameras" and isinstance(table[1], int)
-             else f"[{_dotted(table)}]" if table else "the top level")
-    return f"key '{key}' of {where}" if key is not None else where
-
-
-def _dotted(table: tuple) -> str:
-    return ".".join(str(p) if isinstance(p, str) else f"#{p + 1}" for p in table)
 
 
 def _unoptional(hint: Any) -> Any:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from .fields import above, at_least, listen_address, one_of, setting
+from .fields import above, at_least, one_of, setting
 
 EVENT_MODES = ("decisions", "alarms")
 EVIDENCE_FORMATS = ("jpg", "png")
@@ -75,7 +75,7 @@ class HttpOutput:
     """``[outputs.http]``: the live line view, /metrics and /healthz."""
 
     listen: Optional[str] = setting(None, "[HOST]:PORT; \"127.0.0.1:8080\" = this machine only (off when unset)",
-                                    check=listen_address, flag="--http")
+                                    flag="--http")
     view_fps: float = setting(5.0, "most frames per second rendered for the view", check=above(0.0),
                               flag="--view-fps")
     health_timeout: float = setting(10.0, "/healthz is unhealthy when a camera gave no frame for this long (s)",

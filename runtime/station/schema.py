@@ -10,10 +10,15 @@ from .fields import above, at_least, one_of, setting
 from .outputs import Outputs
 
 LOG_LEVELS = ("debug", "info", "warning")
-BACKENDS = ("auto", "tensorrt", "onnxruntime", "openvino", "triton")
 PRECISIONS = ("fp32", "bf16")
 PERF_HINTS = ("latency", "throughput")
 DEFAULT_OPEN_TIMEOUT_S = 10.0
+
+
+def _backend(value: str):
+    from ..backends import backend_names  # the registry knows every backend, added ones included
+
+    return one_of(*backend_names())(value)
 
 
 @dataclass
@@ -30,7 +35,7 @@ class StationSection:
 class RuntimeSection:
     """``[runtime]``: how models run, and the defaults of every camera."""
 
-    backend: str = setting("auto", "auto, tensorrt, onnxruntime, openvino or triton", check=one_of(*BACKENDS),
+    backend: str = setting("auto", "auto, tensorrt, onnxruntime, openvino or triton", check=lambda v: _backend(v),
                            flag="--backend")
     precision: Optional[str] = setting(None, "openvino: fp32 or bf16 (bf16 only after aaclip-calibrate bf16)",
                                        check=one_of(*PRECISIONS), flag="--precision")
@@ -111,8 +116,10 @@ class StationConfig:
         """``FILE line N: `` of a key (``where("cameras", 1, "class")``), for errors found after loading."""
         if self.origin is None or self.lines is None:
             return ""
+        from .lines import describe
+
         line = self.lines.line_of(tuple(path[:-1]), path[-1])
-        return f"{self.origin} line {line}: " if line else f"{self.origin}: "
+        return f"{self.origin}{f' line {line}' if line else ''}: {describe(tuple(path[:-1]), path[-1])}: "
 
 
 def settings(cls) -> list:
