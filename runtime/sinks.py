@@ -29,7 +29,7 @@ from aaclip.contract.manifest import Manifest
 from aaclip.contract.score import ScoreParams
 
 from .capture import CaptureHub
-from .decide import ALARM, Decision, encode_event
+from .decide import ALARM, NORMAL, Decision, encode_event
 from .overlay import View, evidence_image
 from .station.outputs import EVENT_MODES, EVIDENCE_FORMATS, EvidenceOutput, EventsOutput
 
@@ -144,6 +144,8 @@ class EventLog(Sink):
         self._size = os.fstat(self._fd).st_size
         self.count = 0
         self.rotations = 0
+        self.bytes_written = 0  # over the sink's life, rotated-away files included
+        self.summaries = 0
         self._summaries: dict[int, "_Summary"] = {}
 
     def write(self, event: dict[str, Any]) -> None:
@@ -165,6 +167,7 @@ class EventLog(Sink):
             self.failed(f"event not written to {self.path}", exc)
             return
         self._size = start + written
+        self.bytes_written += written
         self.count += 1
 
     def _rotate(self) -> None:
@@ -201,17 +204,21 @@ class EventLog(Sink):
         summary = self._summaries.get(decision.source_index)
         if summary is None:
             summary = self._summaries[decision.source_index] = _Summary(decision.source, decision.wall_time)
+            summary.run_id = decision.run_id
         elif decision.wall_time >= summary.start + self.summary_every:
-            self.write(summary.event(decision.run_id))
+            self.write(summary.event(summary.run_id))
+            self.summaries += 1
             summary.__init__(decision.source, decision.wall_time)
+            summary.run_id = decision.run_id
         summary.add(decision)
-        if decision.alarm:
+        if decision.state == ALARM:
             self.write(decision.event())
 
     def close(self) -> None:
         for summary in self._summaries.values():
             if summary.frames:
                 self.write(summary.event(summary.run_id))
+                self.summaries += 1
         self._summaries.clear()
         if self._fd is not None:
             try:
@@ -223,33 +230,40 @@ class EventLog(Sink):
 
 
 class _Summary:
-    """One camera's decisions over a summary period (events ``mode = "alarms"``)."""
+    """One camera's decisions over a summary period (events ``mode = "alarms"``); ``add`` is the per-frame cost
+    of that mode, so it does little."""
+
+    __slots__ = ("source", "start", "end", "frames", "anomalous", "alarm_frames", "alarms", "score_max",
+                 "score_sum", "scored", "threshold", "run_id")
 
     def __init__(self, source: str, start: float):
         self.source, self.start, self.end = source, start, start
-        self.frames = self.anomalous = self.alarm_frames = self.alarms = 0
+        self.frames = self.anomalous = self.alarm_frames = self.alarms = self.scored = 0
         self.score_max, self.score_sum, self.threshold, self.run_id = float("-inf"), 0.0, float("nan"), ""
 
     def add(self, d: Decision) -> None:
         self.frames += 1
-        self.anomalous += d.anomalous
-        self.alarm_frames += d.alarm
-        self.alarms += d.onset
-        if math.isfinite(d.score):
-            self.score_max = max(self.score_max, d.score)
-            self.score_sum += d.score
-        self.end, self.threshold, self.run_id = d.wall_time, d.threshold, d.run_id
+        if d.state != NORMAL:
+            self.anomalous += 1
+            self.alarm_frames += d.state == ALARM
+            self.alarms += d.onset
+        score = d.score
+        if score == score:  # NaN (a broken output) is left out of max and mean
+            self.scored += 1
+            self.score_sum += score
+            if score > self.score_max:
+                self.score_max = score
+        self.end, self.threshold = d.wall_time, d.threshold
 
     def event(self, run_id: str) -> dict[str, Any]:
         def iso(t: float) -> str:
             return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds")
 
-        finite = math.isfinite(self.score_max)
         return {"type": "summary", "timestamp": iso(self.end), "source": self.source, "from": iso(self.start),
                 "frames": self.frames, "anomalous": self.anomalous, "alarm_frames": self.alarm_frames,
-                "alarms": self.alarms, "score_max": round(self.score_max, 6) if finite else None,
-                "score_mean": round(self.score_sum / self.frames, 6) if finite and self.frames else None,
-                "threshold": self.threshold if math.isfinite(self.threshold) else None, "run": run_id or self.run_id}
+                "alarms": self.alarms, "score_max": round(self.score_max, 6) if self.scored else None,
+                "score_mean": round(self.score_sum / self.scored, 6) if self.scored else None,
+                "threshold": self.threshold if math.isfinite(self.threshold) else None, "run": run_id}
 
 
 class EvidenceWriter(Sink):
