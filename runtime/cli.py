@@ -114,7 +114,8 @@ FLAGS: dict[str, tuple[str, str]] = {
     "evidence": ("outputs.evidence", "dir"), "evidence_format": ("outputs.evidence", "format"),
     "evidence_max": ("outputs.evidence", "max_files"), "evidence_max_bytes": ("outputs.evidence", "max_bytes"),
     "evidence_max_age_days": ("outputs.evidence", "max_age_days"),
-    "video": ("outputs.video", "path"), "video_fps": ("outputs.video", "fps"), "show": ("outputs.display", "show"),
+    "video": ("outputs.video", "path"), "video_fps": ("outputs.video", "fps"),
+    "video_max_bytes": ("outputs.video", "max_bytes"), "show": ("outputs.display", "show"),
     "http": ("outputs.http", "listen"), "view_fps": ("outputs.http", "view_fps"),
     "health_timeout": ("outputs.http", "health_timeout"), "mqtt": ("outputs.mqtt", "url"),
     "webhook": ("outputs.webhook", "url"),
@@ -230,6 +231,8 @@ def run(config: Union[RunConfig, StationConfig]) -> Summary:
 @click.option("--video", type=click.Path(path_type=Path, dir_okay=False),
               help="Write an annotated video (.avi MJPG; one file per camera when several).")
 @click.option("--video-fps", type=FiniteFloat(min=0.0, min_open=True), default=None, help="Frame rate of --video (default: the source's, else 15).")
+@click.option("--video-max-bytes", type=click.IntRange(min=1 << 20), default=_D.outputs.video.max_bytes,
+              show_default=True, help="A camera's --video is finished at this size (later frames not written).")
 @click.option("--show", is_flag=True, help="Show annotated frames in a window (needs a display; q quits).")
 @click.option("--drop/--no-drop", default=None,
               help="--drop: only the newest frame of each source (bounded latency); --no-drop: every frame "

@@ -91,7 +91,7 @@ def _evidence(s, ctx: OutputContext) -> Optional[Sink]:
 
 
 def _video(s, ctx: OutputContext) -> Optional[Sink]:
-    return AnnotatedVideo(s.path, [s.fps or src.fps for src in ctx.sources]) if s.path else None
+    return AnnotatedVideo(s.path, [s.fps or src.fps for src in ctx.sources], s.max_bytes) if s.path else None
 
 
 def _display(s, ctx: OutputContext) -> Optional[Sink]:

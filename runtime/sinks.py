@@ -31,9 +31,9 @@ from aaclip.contract.score import ScoreParams
 from .capture import CaptureHub
 from .decide import ALARM, NORMAL, Decision, encode_event
 from .overlay import View, evidence_image
-from .station.outputs import EVENT_MODES, EVIDENCE_FORMATS, EvidenceOutput, EventsOutput
+from .station.outputs import EVENT_MODES, EVIDENCE_FORMATS, EventsOutput, EvidenceOutput, VideoOutput
 
-_EVENTS, _EVIDENCE = EventsOutput(), EvidenceOutput()  # the defaults of the station file's sections
+_EVENTS, _EVIDENCE, _VIDEO = EventsOutput(), EvidenceOutput(), VideoOutput()  # the station file's defaults
 
 log = logging.getLogger(__name__)
 
@@ -376,6 +376,7 @@ class VideoSink:
         self.fourcc = VIDEO_FOURCC.get(self.path.suffix.lower(), "MJPG")
         self._writer: Optional[cv2.VideoWriter] = None
         self._atomic = None
+        self._tmp: Optional[Path] = None
         self.size: Optional[tuple[int, int]] = None
         self.count = 0
 
@@ -383,7 +384,7 @@ class VideoSink:
         h, w = image.shape[:2]
         if self._writer is None:
             self._atomic = atomic_path(self.path, suffix=self.path.suffix or ".avi")
-            tmp = self._atomic.__enter__()
+            tmp = self._tmp = self._atomic.__enter__()
             self._writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*self.fourcc), self.fps, (w, h))
             if not self._writer.isOpened():
                 self._abort()
@@ -393,6 +394,13 @@ class VideoSink:
             image = cv2.resize(image, self.size, interpolation=cv2.INTER_AREA)
         self._writer.write(image)
         self.count += 1
+
+    def bytes(self) -> int:
+        """Bytes written so far (the temporary file's size)."""
+        try:
+            return os.stat(self._tmp).st_size if self._tmp is not None else 0
+        except OSError:
+            return 0
 
     def _abort(self) -> None:
         if self._writer is not None:
@@ -414,12 +422,16 @@ class VideoSink:
 
 
 class AnnotatedVideo(Sink):
-    """Every decision's overlay written to a video, one file per source (``video_paths``)."""
+    """Every decision's overlay written to a video, one file per source (``video_paths``). A video that
+    reaches ``max_bytes`` is finished (renamed into place) and that camera's later frames are not written."""
 
     name = "video"
     needs_maps = True
+    CHECK_EVERY = 30  # frames between size checks
 
-    def __init__(self, path: PathLike, fps_per_source: Sequence[Optional[float]]):
+    def __init__(self, path: PathLike, fps_per_source: Sequence[Optional[float]],
+                 max_bytes: Optional[int] = _VIDEO.max_bytes):
+        self.max_bytes = max_bytes
         paths = video_paths(path, len(fps_per_source))
         for p in paths:
             try:
@@ -440,6 +452,11 @@ class AnnotatedVideo(Sink):
             return
         try:
             video.write(view.overlay)
+            if self.max_bytes is not None and video.count % self.CHECK_EVERY == 0 and video.bytes() >= self.max_bytes:
+                log.warning("video %s reached %d bytes (max_bytes): finished; later frames of %s are not written",
+                            video.path, self.max_bytes, decision.source)
+                self.videos[decision.source_index] = None
+                video.close()
         except (OSError, UserError, cv2.error) as exc:
             self.failed(f"video {video.path} stopped", exc)
             self.videos[decision.source_index] = None  # the other sinks and the decisions go on

@@ -136,3 +136,22 @@ def test_compressed_station_stays_within_its_budget(tmp_path, mode, days):
     else:  # alarm frames and one summary a minute per camera fit without rotating much
         assert result["summaries"] == 2 * days * 24 * 60
         assert result["evidence_deleted"] > 0 and result["evidence_files"] <= 400  # the count cap held
+
+
+def test_video_is_finished_at_its_size_cap(tmp_path):
+    from aaclip.runtime.overlay import View
+    from aaclip.runtime.sinks import AnnotatedVideo
+
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 255, (120, 160, 3), dtype=np.uint8) for _ in range(4)]
+    video = AnnotatedVideo(tmp_path / "out.avi", [10.0], max_bytes=300_000)
+    for i in range(400):
+        video.emit(decision(0, i, float(i)), View(frames[i % 4], frames[i % 4]))
+    assert video.videos == [None]  # finished: the camera's later frames were not written
+    video.close()
+    size = (tmp_path / "out.avi").stat().st_size
+    assert 300_000 <= size < 300_000 + 31 * 60_000 and [p.name for p in tmp_path.iterdir()] == ["out.avi"]
+    import cv2
+
+    cap = cv2.VideoCapture(str(tmp_path / "out.avi"))
+    assert 0 < int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) < 400

@@ -56,11 +56,13 @@ class EvidenceOutput:
 
 @dataclass
 class VideoOutput:
-    """``[outputs.video]``: an annotated video per camera (for a run over recordings; it grows with the run)."""
+    """``[outputs.video]``: an annotated video per camera (for a run over recordings), finished at ``max_bytes``."""
 
     path: Optional[Path] = setting(None, "annotated video, .avi = MJPG (off when unset)", flag="--video")
     fps: Optional[float] = setting(None, "frame rate (default: the source's, else 15)", check=above(0.0),
                                    flag="--video-fps")
+    max_bytes: int = setting(4096 * MiB, "a camera's video is finished at this size (later frames not written)",
+                             check=at_least(MiB), flag="--video-max-bytes")
 
 
 @dataclass
