@@ -250,3 +250,18 @@ path = "events.jsonl"
     assert "[outputs.evidence]" in err and "stopped by SIGTERM" in out
     # the refused reload left the running configuration: camera b still reads folder b (its defect frame 5)
     assert cams["b"][-1]["file"] == f"{cams['b'][-1]['frame'] % 8}.png"
+
+
+def test_one_line_view_shows_each_cameras_artifact(tmp_path):
+    from aaclip.runtime.monitor import LineMonitor
+    from aaclip.runtime.service import run_station
+    from aaclip.runtime.station import load_station
+
+    view = LineMonitor(metrics=False)
+    summary = run_station(load_station(two_camera_station(tmp_path)), extra_sinks=[view])
+    assert summary.frames == 28
+    left, right = (view.state(cam) for cam in view.cameras)
+    assert (left["camera"]["name"], left["model"]["artifact"], left["model"]["threshold"]) == ("left", "plates.onnx", 0.5)
+    assert (right["camera"]["name"], right["model"]["artifact"], right["model"]["threshold"]) == ("right", "caps.onnx", 0.7)
+    assert right["model"]["classes"] == ["a", "b"] and left["counters"]["inspected"] == 16
+    assert right["counters"]["alarms"] == 2 and left["counters"]["alarms"] == 1  # right: 3, 4 | 9; left: 6-8
