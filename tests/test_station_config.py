@@ -177,3 +177,9 @@ def test_lines_of_dotted_inline_and_multiline_keys():
 
 def test_station_config_defaults_are_a_valid_empty_station():
     assert StationConfig() == StationConfig() and StationConfig().runtime.debounce == 1
+
+
+def test_state_dir_is_where_relative_outputs_go(tmp_path):
+    c = load_station(station(tmp_path, GOOD.replace('name = "line 3"', 'name = "line 3"\nstate_dir = "/var/lib/x"')))
+    assert c.outputs.events.path == Path("/var/lib/x/events.jsonl") and c.outputs.evidence.dir == Path("/var/lib/x/evidence")
+    assert c.artifacts["plates"].path == str(tmp_path / "plates.onnx")  # inputs stay beside the file
