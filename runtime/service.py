@@ -27,7 +27,7 @@ from .capture import Backoff, default_drop
 from .loop import CameraLoop, Lane, LoopConfig, Summary
 from .sinks import AnnotatedVideo, DisplaySink, EventLog, EvidenceWriter, Sink
 from .sources import open_source
-from .station import CameraSection, RuntimeSection, StationConfig, check_station, load_station
+from .station import RuntimeSection, StationConfig, check_station, load_station
 
 log = logging.getLogger(__name__)
 start_log = logging.getLogger("aaclip.runtime.cli")  # the start-up lines keep the command's logger name
