@@ -221,7 +221,7 @@ def run_station(station: StationConfig, runner: Optional[RunnerOptions] = None,
 
     ``runner``: runner options instead of the [runtime] ones (tests pass fakes); ``reload_from``: reads the
     station again on SIGHUP (the file with the command line's overrides); ``extra_sinks``: more outputs."""
-    if not station.cameras:
+    if not station.cameras and station.origin is None:
         raise UserError("no camera given; pass --camera (device index, path, URL, csi://0 or a pipeline)")
     check_station(station)
     rt = station.runtime
@@ -406,4 +406,4 @@ class StationReload:
 
 def reader_of(path: Path, apply_flags: Callable[[StationConfig], StationConfig]) -> Callable[[], StationConfig]:
     """Reads ``path`` again with the command line's overrides applied (they keep winning over the file)."""
-    return lambda: apply_flags(load_station(path))
+    return lambda: apply_flags(load_station(path, check=False))

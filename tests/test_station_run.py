@@ -265,3 +265,18 @@ def test_one_line_view_shows_each_cameras_artifact(tmp_path):
     assert (right["camera"]["name"], right["model"]["artifact"], right["model"]["threshold"]) == ("right", "caps.onnx", 0.7)
     assert right["model"]["classes"] == ["a", "b"] and left["counters"]["inspected"] == 16
     assert right["counters"]["alarms"] == 2 and left["counters"]["alarms"] == 1  # right: 3, 4 | 9; left: 6-8
+
+
+def test_a_file_of_outputs_with_the_cameras_on_the_command_line(tmp_path):
+    art = make_onnx_artifact(tmp_path, "plates.onnx")
+    video = write_video(tmp_path / "v.avi", 10, defect_frames=(3, 4))
+    outputs = tmp_path / "outputs.toml"
+    outputs.write_text('[outputs.events]\npath = "alarms.jsonl"\nmode = "alarms"\n')
+    r = invoke("--config", outputs, art, "--camera", video, "-q")
+    assert r.exit_code == 0, r.output
+    ev = read_events(tmp_path / "alarms.jsonl")
+    assert [e["frame"] for e in ev if e.get("type") != "summary"] == [3, 4]
+    assert [(e["type"], e["frames"], e["alarms"]) for e in ev if e.get("type") == "summary"] == [("summary", 10, 1)]
+    r = invoke("--config", outputs)
+    assert r.exit_code == 2 and r.stderr == f"error: {outputs}: the top level: no artifact; add [artifacts.NAME] with " \
+                                           f"path = \"model.onnx\" (or give ARTIFACT)\n"

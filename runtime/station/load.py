@@ -153,8 +153,9 @@ def read_station_text(path: Path) -> str:
 _AT_LINE = re.compile(r"\s*\(at line (\d+), column (\d+)\)")
 
 
-def load_station(path: Union[str, Path]) -> StationConfig:
-    """Read and check a station file (see ``check_station``); relative paths are taken from its folder."""
+def load_station(path: Union[str, Path], check: bool = True) -> StationConfig:
+    """Read a station file; relative paths are taken from its folder. ``check``: also what single keys cannot
+    tell (``check_station``; off when the command line adds the artifact or cameras, checked after)."""
     path = Path(path)
     text = read_station_text(path)
     try:
@@ -167,7 +168,8 @@ def load_station(path: Union[str, Path]) -> StationConfig:
         raise ConfigError(f"{at}: not valid TOML ({problem}); fix the syntax: key = value, strings in quotes, "
                           "[section] headers") from None
     config = station_from_dict(data, path, TomlLines(text))
-    check_station(config)
+    if check:
+        check_station(config)
     return config
 
 
