@@ -76,6 +76,13 @@ class _Reader:
         return converted
 
     def convert(self, base, raw: Any, table: tuple, key: str, f) -> Any:
+        if typing.get_origin(base) in (list, tuple):  # list[str], tuple[str, ...]: an array of one scalar type
+            item = typing.get_args(base)[0]
+            if not isinstance(raw, list):
+                raise self.fail(table, key, f"expected an array of {_NAMES[item]}, got {_show(raw)} ({_what(raw)})",
+                                f"write e.g. {key} = [{_EXAMPLES[item]}]")
+            items = [self.convert(item, x, table, key, f) for x in raw]
+            return tuple(items) if typing.get_origin(base) is tuple else items
         ok = {bool: isinstance(raw, bool), int: isinstance(raw, int) and not isinstance(raw, bool),
               float: isinstance(raw, (int, float)) and not isinstance(raw, bool),
               str: isinstance(raw, str), Path: isinstance(raw, str)}.get(base)
