@@ -179,9 +179,11 @@ def _wait(predicate, proc, timeout=60.0):
 
 
 def test_sighup_reloads_thresholds_debounce_and_outputs_without_losing_a_frame(tmp_path):
-    """Two cameras looping over image folders, every frame inspected; SIGHUP changes a threshold, a debounce and
-    adds evidence between two frames; a second SIGHUP asks for a new source and is refused."""
+    """Two cameras on two artifacts looping over image folders, every frame inspected; SIGHUP changes a
+    threshold, a debounce and adds evidence between two frames; a second SIGHUP asks for a new source and is
+    refused."""
     make_onnx_artifact(tmp_path, "plates.onnx")
+    make_onnx_artifact(tmp_path, "caps.onnx", classes=("cap",))
     for name, defects in (("a", (2, 3, 4)), ("b", (5,))):
         (tmp_path / name).mkdir()
         for i in range(8):
@@ -197,13 +199,18 @@ debounce = 1
 [artifacts.plates]
 path = "plates.onnx"
 
+[artifacts.caps]
+path = "caps.onnx"
+
 [[cameras]]
 name = "a"
 source = "a"
+artifact = "plates"
 
 [[cameras]]
 name = "b"
 source = "b"
+artifact = "caps"
 threshold = 0.5
 
 [outputs.events]
@@ -233,6 +240,7 @@ path = "events.jsonl"
     cams = by_camera(read_events(events))
     for name, ev in cams.items():  # every frame of both cameras, in order: none lost around the reloads
         assert [e["frame"] for e in ev] == list(range(len(ev))), name
+    assert {e["class"] for e in cams["a"]} == {"bottle"} and {e["class"] for e in cams["b"]} == {"cap"}
     b = cams["b"]
     switch = next(i for i, e in enumerate(b) if e["threshold"] == 0.9)
     assert switch > 0 and {e["threshold"] for e in b[:switch]} == {0.5} and {e["threshold"] for e in b[switch:]} == {0.9}
