@@ -22,9 +22,9 @@ from aaclip.contract.errors import UserError
 from aaclip.contract.files import atomic_path, atomic_write_json
 from aaclip.contract.manifest import DEFAULT_METHOD
 
-from .backbone import build_clip, resolve_weights
-from .config import ADAPTERS_FILE, CONFIG_FILE, TINY_BACKBONE, TINY_IMAGE_SIZE, BackboneConfig, ModelConfig, load_config
-from .families import get_family
+from aaclip.train.common.backbone import build_clip, resolve_weights
+from aaclip.train.common.config import ADAPTERS_FILE, CONFIG_FILE, TINY_BACKBONE, TINY_IMAGE_SIZE, BackboneConfig, ModelConfig, load_config
+from aaclip.train.families import get_family
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +152,7 @@ def init_checkpoint(out_dir: Path, config: ModelConfig, seed: int = 0,
     are reproducible (a backbone with ``init_seed`` re-seeds with that first). ``references`` ({class: image
     paths}) are built into the model of a family that keeps references (Res2CLIP's banks) before saving.
     """
-    from .backbone import vision_geometry
+    from aaclip.train.common.backbone import vision_geometry
 
     torch.manual_seed(seed)
     model = build_model(config, base_dir=Path(out_dir))
@@ -161,7 +161,7 @@ def init_checkpoint(out_dir: Path, config: ModelConfig, seed: int = 0,
         raise UserError(f"image size {config.image_size} is not a multiple of {config.backbone.name}'s patch "
                         f"size {patch}")
     if references:
-        from .references import add_references
+        from aaclip.train.families.res2clip.bank import add_references
 
         add_references(model, references, dict(config.classes))
     return save_checkpoint(model, out_dir)
@@ -191,7 +191,7 @@ class RandomSpec:
 
 def random_checkpoint(out_dir: Path, spec: Optional[RandomSpec] = None, **changes: Any) -> Path:
     """Write a random checkpoint of ``spec`` (with ``changes`` applied) into ``out_dir``; returns it."""
-    from .backbone import write_random_weights
+    from aaclip.train.common.backbone import write_random_weights
 
     spec = replace(spec or RandomSpec(), **changes)
     out_dir = Path(out_dir)

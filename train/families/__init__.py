@@ -6,7 +6,7 @@
 See ``registry.Family`` for what a family supplies and docs/checkpoint-format.md ("Model families")
 for how to add one.
 """
-from .registry import DEFAULT_METHOD, Family, check_method, family_names, get_family, register_family, unregister_family
+from aaclip.train.families.registry import DEFAULT_METHOD, Family, check_method, family_names, get_family, register_family, unregister_family
 
 __all__ = ["DEFAULT_METHOD", "Family", "check_method", "family_names", "get_family", "register_family",
            "unregister_family"]

@@ -42,7 +42,7 @@ class Family:
     - ``flops(config) -> dict``: analytic FLOPs per image of the deployed graph,
       ``{"breakdown": {part: int, ..., "total": int}, "convention": str, ...}`` (``aaclip-bench``).
     - ``default_object_name(class_name) -> str``: the prompt name of a class nobody named
-      (``--object-name``); None: the built-in tables of ``aaclip.train.object_names`` (AA-CLIP's names).
+      (``--object-name``); None: the built-in tables of ``aaclip.data.object_names`` (AA-CLIP's names).
     - ``references``: the model keeps per-class reference images of normal parts (``model.set_references``;
       ``aaclip-train init --reference-images`` / ``aaclip-train references``), e.g. Res2CLIP's bank.
     """
@@ -81,7 +81,7 @@ class Family:
             return overrides[class_name]
         if self.default_object_name is not None:
             return self.default_object_name(class_name)
-        from ..object_names import object_name
+        from aaclip.data.object_names import object_name
 
         return object_name(class_name)
 
@@ -95,7 +95,9 @@ def _load_builtins() -> None:
     global _BUILTINS_LOADED
     if not _BUILTINS_LOADED:
         _BUILTINS_LOADED = True
-        from . import aaclip, clip_ad, res2clip  # noqa: F401
+        from aaclip.train.families.aa_clip import family as aaclip  # noqa: F401
+        from aaclip.train.families.clip_ad import family as clip_ad  # noqa: F401
+        from aaclip.train.families.res2clip import family as res2clip  # noqa: F401
 
 
 def register_family(family: Family, replace: bool = False) -> Family:

@@ -2,8 +2,8 @@
 
 ``reference_paths`` picks ``shots`` normal images per class, from a folder with one sub-folder per class
 (``DIR/<class>/*.png``) or from JSON-lines records with label 0, with ``shots.sample_shots`` (deterministic
-for a seed, independent of the other classes). ``add_references`` builds their banks into a model
-(``model.set_references``) and returns what each class adds to a graph, in bytes.
+for a seed, independent of the other classes). Only the files: building their banks into a model is
+``aaclip.train.families.res2clip.bank``.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 
 from aaclip.contract.errors import UserError
 
-from .records import NORMAL, Record, read_records, resolve
+from aaclip.data.records import NORMAL, Record, read_records, resolve
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ def reference_paths(classes: Optional[Sequence[str]], shots: int, seed: int = 0,
     ``classes`` None: every class found there."""
     from aaclip.contract.files import image_files
 
-    from .shots import sample_shots
+    from aaclip.data.shots import sample_shots
 
     if (images is None) == (data is None):
         raise UserError("give the normal reference images with exactly one of --reference-images DIR "
@@ -56,28 +56,4 @@ def reference_paths(classes: Optional[Sequence[str]], shots: int, seed: int = 0,
     return {c: [resolve(root, r.image_path) for r in chosen if r.class_name == c] for c in wanted}
 
 
-def add_references(model, paths: dict[str, list[Path]],
-                   object_names: Optional[dict[str, str]] = None) -> dict[str, int]:
-    """Build and install the banks of ``paths``' classes; {class: bytes it adds to a graph}."""
-    from .res2clip import build_references
-
-    model.set_references(build_references(model, paths), object_names)
-    return {c: model.bank_bytes() for c in paths}
-
-
-def bank_bytes(config) -> int:
-    """float32 bytes one class's references add to a graph: (4 k L + 3) x E (without building the model)."""
-    from .peer_flops import geometry
-
-    g = geometry(config)
-    return 4 * (4 * int(config.shots) * g.patches + 3) * g.embed_dim
-
-
-def describe(sizes: dict[str, int], shots: int) -> list[str]:
-    """Lines for the user: each class's bank and the total."""
-    lines = [f"reference bank {c}: {shots} image(s), {b / 1e6:.1f} MB (float32)" for c, b in sizes.items()]
-    lines.append(f"reference banks: {len(sizes)} class(es), {sum(sizes.values()) / 1e6:.1f} MB in all")
-    return lines
-
-
-__all__ = ["reference_paths", "add_references", "bank_bytes", "describe", "REFERENCE_SEED"]
+__all__ = ["reference_paths", "REFERENCE_SEED"]

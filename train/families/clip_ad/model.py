@@ -30,9 +30,9 @@ import torch.nn.functional as F
 from aaclip.contract.errors import UserError
 from torch import nn
 
-from .dual_path import surgery_streams
-from .families.base import FamilyModel
-from .peer_ops import scipy_gaussian_blur
+from aaclip.train.common.dual_path import surgery_streams
+from aaclip.train.families.base import FamilyModel
+from aaclip.train.common.peer_ops import scipy_gaussian_blur
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +212,7 @@ def official_state(path: Path) -> dict[str, torch.Tensor]:
 
 def import_official(src: Path, out_dir: Path, config, epoch: Optional[int] = None) -> Path:
     """Convert an official SDP+ checkpoint into a ``clip-ad-plus`` checkpoint folder (shapes checked)."""
-    from .checkpoint import build_model, save_checkpoint
+    from aaclip.train.checkpoint import build_model, save_checkpoint
 
     if config.method != "clip-ad-plus":
         raise UserError(f"official CLIP-AD checkpoints hold SDP+ linear layers: use --method clip-ad-plus, not "

@@ -9,8 +9,8 @@ import torchvision.transforms.v2.functional as TF
 from torch.utils.data import Dataset
 from torchvision.transforms import InterpolationMode
 
-from .preprocess import load_mask, load_rgb, normalize, to_unit_tensor
-from .records import Record, resolve
+from aaclip.train.common.preprocess import load_mask, load_rgb, normalize, to_unit_tensor
+from aaclip.data.records import Record, resolve
 
 ROTATE_MAX_DEG = 30.0
 TRANSLATE_MAX = 0.15

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from aaclip.contract.score import ScoreParams
 
-from ..config import AAClipConfig
-from ..constants import MAP_WEIGHT
-from .registry import Family, register_family
+from aaclip.train.common.config import AAClipConfig
+from aaclip.train.common.constants import MAP_WEIGHT
+from aaclip.train.families.registry import Family, register_family
 
 METHOD = "aa-clip"
 LEVEL_TIE_VALUE = 0.5  # m_i = (S1 + 1 - S0) / 2 where S1 == S0
@@ -38,7 +38,7 @@ def default_score(n_levels: int, domain: str) -> ScoreParams:
 
 
 def _build(clip, tokenizer, config: AAClipConfig):
-    from ..model import AAClip
+    from aaclip.train.families.aa_clip.model import AAClip
 
     return AAClip(clip, tokenizer, config)
 
@@ -48,31 +48,31 @@ def _default_score(model) -> ScoreParams:
 
 
 def _deploy(model, precision: str):
-    from ..deploy import deploy_copy
+    from aaclip.train.common.deploy import deploy_copy
 
     return deploy_copy(model, precision, drop=("text_adapters", "text_proj"))
 
 
 def _trainer(model, records, root, out_dir, options):
-    from ..trainer import Trainer
+    from aaclip.train.families.aa_clip.trainer import Trainer
 
     return Trainer(model, records, root, out_dir, options)
 
 
 def _import_official(src, out_dir, config: AAClipConfig, epoch=None):
-    from ..aaclip_official import import_official
+    from aaclip.train.families.aa_clip.official import import_official
 
     return import_official(src, out_dir, config, epoch)
 
 
 def _flops(config: AAClipConfig) -> dict:
-    from ..flops import flops_report
+    from aaclip.train.families.aa_clip.flops import flops_report
 
     return flops_report(config)
 
 
 def _train_options() -> type:
-    from ..trainer import TrainOptions
+    from aaclip.train.families.aa_clip.trainer import TrainOptions
 
     return TrainOptions
 

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .deploy import PRECISIONS, visual_copy
+from aaclip.train.common.deploy import PRECISIONS, visual_copy
 
 
 class DualPathBlock(nn.Module):

@@ -13,8 +13,8 @@ from typing import Callable
 import click
 from aaclip.contract.cli import CONTEXT, FiniteFloat, Group, verbosity
 from aaclip.contract.errors import UserError
-from aaclip.train.layouts import SPLITS, btad_records, folder_layout, folder_records, mvtec_records, visa_records
-from aaclip.train.records import (
+from aaclip.data.layouts import SPLITS, btad_records, folder_layout, folder_records, mvtec_records, visa_records
+from aaclip.data.records import (
     ANOMALOUS,
     NORMAL,
     Record,
@@ -24,7 +24,7 @@ from aaclip.train.records import (
     rebase,
     write_records,
 )
-from aaclip.train.shots import sample_shots, split_records
+from aaclip.data.shots import sample_shots, split_records
 
 log = logging.getLogger(__name__)
 
@@ -215,7 +215,7 @@ def check(records_file: Path, root: Path | None, no_files: bool) -> None:
 def synth(out_dir: Path, seed: int, size: int, classes: str | None, train_normal: int, train_anomalous: int,
           test_normal: int, test_anomalous: int, paired: bool) -> None:
     """Generate a small synthetic anomaly dataset in OUT (train.jsonl, test.jsonl, images, masks)."""
-    from aaclip.train.synth import generate_dataset  # lazy: only this command needs it
+    from aaclip.data.synth import generate_dataset  # lazy: only this command needs it
 
     class_list = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
     if classes is not None and not class_list:

@@ -1,7 +1,7 @@
 """Res2CLIP (SPEC-peers.md section 2) as two model families: ``res2clip`` (training-free, Res2CLIP*) and
 ``res2clip-ft`` (fine-tuned adapters, Res2CLIP-dagger), both with a per-class bank of k normal references.
 
-The implementation: ``aaclip.train.res2clip`` (model, adapters, reference bank, import of the official
+The implementation: ``aaclip.train.families.res2clip.model`` (model, adapters, reference bank, import of the official
 adapter checkpoints), ``res2clip_trainer`` (the alternating optimizers), ``dual_path`` (the DPAM stream)
 and ``peer_ops`` (sort-free sparsemax, the 5x5 zero-padded blur, top-1% means). As the official code:
 QuickGELU and a bilinear position-embedding resize (OpenAI ViT-L/14@336 at 518 px), taps at the
@@ -27,8 +27,8 @@ from typing import ClassVar, Optional
 from aaclip.contract.errors import UserError
 from aaclip.contract.score import ScoreParams
 
-from ..config import ModelConfig
-from .registry import Family, register_family
+from aaclip.train.common.config import ModelConfig
+from aaclip.train.families.registry import Family, register_family
 
 FREE, FINETUNED = "res2clip", "res2clip-ft"
 BLUR_SIZE, BLUR_SIGMA = 5, 4.0
@@ -88,37 +88,37 @@ def default_score(model=None) -> ScoreParams:
 
 
 def _build(clip, tokenizer, config):
-    from ..res2clip import Res2Clip
+    from aaclip.train.families.res2clip.model import Res2Clip
 
     return Res2Clip(clip, tokenizer, config)
 
 
 def _deploy(model, precision: str):
-    from ..dual_path import dual_path_deploy
+    from aaclip.train.common.dual_path import dual_path_deploy
 
     return dual_path_deploy(model, precision, drop=("text_adapter", "res_text_adapter"))
 
 
 def _flops(config) -> dict:
-    from ..peer_flops import res2clip_flops
+    from aaclip.train.families.res2clip.flops import res2clip_flops
 
     return res2clip_flops(config)
 
 
 def _trainer(model, records, root, out_dir, options):
-    from ..res2clip_trainer import Res2ClipTrainer
+    from aaclip.train.families.res2clip.trainer import Res2ClipTrainer
 
     return Res2ClipTrainer(model, records, root, out_dir, options)
 
 
 def _import_official(src, out_dir, config):
-    from ..res2clip import import_official
+    from aaclip.train.families.res2clip.model import import_official
 
     return import_official(src, out_dir, config)
 
 
 def _options() -> type:
-    from ..res2clip_trainer import Res2ClipOptions
+    from aaclip.train.families.res2clip.trainer import Res2ClipOptions
 
     return Res2ClipOptions
 

@@ -5,7 +5,7 @@ Names follow the AA-CLIP reference where it uses descriptive names; users overri
 """
 from __future__ import annotations
 
-from .synth import OBJECT_NAMES as SYNTHETIC  # the project's own synthetic products (aaclip-data synth)
+from aaclip.data.synth import OBJECT_NAMES as SYNTHETIC  # the project's own synthetic products (aaclip-data synth)
 
 MVTEC = {
     "bottle": "dark bottle",

@@ -26,7 +26,7 @@ import math
 import random
 from typing import Iterable
 
-from aaclip.train.records import ANOMALOUS, LABELS, NORMAL, DataError, Record, class_names
+from aaclip.data.records import ANOMALOUS, LABELS, NORMAL, DataError, Record, class_names
 
 log = logging.getLogger(__name__)
 

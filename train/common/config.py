@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Optional
 from aaclip.contract.errors import UserError
 from aaclip.contract.manifest import DEFAULT_METHOD
 
-from . import constants as C
+from aaclip.train.common import constants as C
 
 CONFIG_FILE = "config.json"
 ADAPTERS_FILE = "adapters.safetensors"  # the trainable weights of any family (AA-CLIP's adapters)
@@ -179,7 +179,7 @@ def config_method(data: dict[str, Any]) -> str:
 
 def load_config(path: Path) -> ModelConfig:
     """Read a checkpoint's ``config.json`` into its family's config class (dispatch on ``method``)."""
-    from .families import get_family
+    from aaclip.train.families import get_family
 
     data = read_config_data(path)
     return get_family(config_method(data)).config_class.from_dict(data)

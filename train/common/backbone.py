@@ -19,7 +19,7 @@ from aaclip.contract.errors import UserError
 from aaclip.contract.files import sha256_file
 from open_clip.model import resize_pos_embed
 
-from .config import BackboneConfig, ModelConfig
+from aaclip.train.common.config import BackboneConfig, ModelConfig
 
 log = logging.getLogger(__name__)
 _CONFIG_DIR = Path(__file__).parent / "model_configs"

@@ -12,12 +12,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import maps
-from .adapters import Projection, ResidualAdapter, blend
-from .backbone import vision_geometry
-from .config import AAClipConfig
-from .families.base import FamilyModel
-from .prompts import prompt_sentences
+from aaclip.train.common import maps
+from aaclip.train.families.aa_clip.adapters import Projection, ResidualAdapter, blend
+from aaclip.train.common.backbone import vision_geometry
+from aaclip.train.common.config import AAClipConfig
+from aaclip.train.families.base import FamilyModel
+from aaclip.train.common.prompts import prompt_sentences
 
 
 def _run_blocks(transformer, x: torch.Tensor, attn_mask, hook) -> torch.Tensor:

@@ -31,11 +31,11 @@ import torch.nn.functional as F
 from aaclip.contract.errors import UserError
 from torch import nn
 
-from .constants import default_levels
-from .dual_path import dpam_streams
-from .families.base import FamilyModel
-from .families.res2clip import BLUR_SIGMA, BLUR_SIZE, TOP_FRACTION, check_object_names
-from .peer_ops import TENSORRT_TOPK_MAX, sparsemax, top_mean, zero_padded_blur, zero_padded_kernel
+from aaclip.train.common.constants import default_levels
+from aaclip.train.common.dual_path import dpam_streams
+from aaclip.train.families.base import FamilyModel
+from aaclip.train.families.res2clip.family import BLUR_SIGMA, BLUR_SIZE, TOP_FRACTION, check_object_names
+from aaclip.train.common.peer_ops import TENSORRT_TOPK_MAX, sparsemax, top_mean, zero_padded_blur, zero_padded_kernel
 
 log = logging.getLogger(__name__)
 
@@ -287,7 +287,7 @@ class Res2Clip(FamilyModel):
 # ---- references from files --------------------------------------------------------------------------------
 def build_references(model: Res2Clip, paths: dict[str, list[Path]], batch: int = 4) -> dict[str, torch.Tensor]:
     """Banks of the classes in ``paths`` (exactly ``shots`` image files each), PIL bicubic pre-processing."""
-    from .preprocess import load_rgb, normalize, to_unit_tensor
+    from aaclip.train.common.preprocess import load_rgb, normalize, to_unit_tensor
 
     size = int(model.config.image_size)
     device = model.clip.visual.proj.device
@@ -321,7 +321,7 @@ def official_state(path: Path) -> dict[str, torch.Tensor]:
 def import_official(src: Path, out_dir: Path, config) -> Path:
     """Convert an official Res2CLIP checkpoint (.pth) into a ``res2clip-ft`` checkpoint folder without
     classes; add each class's references with ``aaclip-train references``."""
-    from .checkpoint import build_model, save_checkpoint
+    from aaclip.train.checkpoint import build_model, save_checkpoint
 
     if config.method != "res2clip-ft":
         raise UserError(f"official Res2CLIP checkpoints hold adapters: use --method res2clip-ft, not {config.method}")

@@ -30,10 +30,10 @@ from aaclip.contract.errors import UserError
 from aaclip.contract.files import atomic_path, atomic_write_text
 from torch.utils.data import DataLoader, Dataset
 
-from .checkpoint import HISTORY_FILE, STATE_FILE, save_checkpoint
-from .dataset import AnomalyDataset
-from .records import NORMAL, Record
-from .trainer import pick_device
+from aaclip.train.checkpoint import HISTORY_FILE, STATE_FILE, save_checkpoint
+from aaclip.train.common.dataset import AnomalyDataset
+from aaclip.data.records import NORMAL, Record
+from aaclip.train.common.driver import pick_device
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ class ReferencePairs(Dataset):
 # ---- the trainer -------------------------------------------------------------------------------------------
 class Res2ClipTrainer:
     def __init__(self, model, records: Sequence[Record], root: Path, out_dir: Path, options: Res2ClipOptions):
-        from .families import get_family
+        from aaclip.train.families import get_family
 
         self.model, self.options, self.out_dir, self.root = model, options, Path(out_dir), Path(root)
         self.device = pick_device(options.device)
@@ -145,10 +145,10 @@ class Res2ClipTrainer:
         self.pairs = ReferencePairs(self.data, options.seed)
 
     def _build_banks(self) -> None:
-        from .records import resolve
-        from .references import REFERENCE_SEED
-        from .res2clip import build_references
-        from .shots import sample_shots
+        from aaclip.data.records import resolve
+        from aaclip.data.references import REFERENCE_SEED
+        from aaclip.train.families.res2clip.model import build_references
+        from aaclip.data.shots import sample_shots
 
         m = self.model
         normals = [r for r in self.records if r.label == NORMAL]

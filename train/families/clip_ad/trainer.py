@@ -25,11 +25,11 @@ import torch.nn.functional as F
 from aaclip.contract.files import atomic_path, atomic_write_text
 from torch.utils.data import DataLoader
 
-from .checkpoint import HISTORY_FILE, STATE_FILE, save_checkpoint
-from .dataset import AnomalyDataset
-from .losses import dice_loss, focal_loss
-from .records import Record
-from .trainer import pick_device
+from aaclip.train.checkpoint import HISTORY_FILE, STATE_FILE, save_checkpoint
+from aaclip.train.common.dataset import AnomalyDataset
+from aaclip.train.common.losses import dice_loss, focal_loss
+from aaclip.data.records import Record
+from aaclip.train.common.driver import pick_device
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def sdp_plus_loss(model, images: torch.Tensor, masks: torch.Tensor, anchors: tor
 
 class ClipAdTrainer:
     def __init__(self, model, records: Sequence[Record], root: Path, out_dir: Path, options: ClipAdOptions):
-        from .families import get_family
+        from aaclip.train.families import get_family
 
         self.model, self.options, self.out_dir = model, options, Path(out_dir)
         self.device = pick_device(options.device)

@@ -27,16 +27,17 @@ import torch
 from aaclip.contract.files import atomic_path, atomic_write_text
 from torch.utils.data import DataLoader
 
-from . import maps
-from .checkpoint import HISTORY_FILE, STATE_FILE, read_train_state, save_checkpoint
-from .constants import default_vv_blocks
-from .dataset import AnomalyDataset
-from .losses import DISENTANGLE_WEIGHT, classification_loss, disentangle_loss, map_max_loss, segmentation_loss
-from .model import AAClip
-from .object_names import object_name
-from .progress import Progress
-from .records import Record
-from .vv_attention import VV_MODES, stage1_visual_features
+from aaclip.train.common import maps
+from aaclip.train.checkpoint import HISTORY_FILE, STATE_FILE, read_train_state, save_checkpoint
+from aaclip.train.common.constants import default_vv_blocks
+from aaclip.train.common.dataset import AnomalyDataset
+from aaclip.train.common.driver import pick_device
+from aaclip.train.common.losses import DISENTANGLE_WEIGHT, classification_loss, disentangle_loss, map_max_loss, segmentation_loss
+from aaclip.train.families.aa_clip.model import AAClip
+from aaclip.data.object_names import object_name
+from aaclip.train.common.progress import Progress
+from aaclip.data.records import Record
+from aaclip.train.common.vv_attention import VV_MODES, stage1_visual_features
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +67,6 @@ class TrainOptions:
             raise ValueError("stage1_levels must be 'last' or 'all'")
         if self.vv_mode not in VV_MODES:
             raise ValueError(f"vv_mode must be one of {VV_MODES}")
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def _seed_epoch(seed: int, stage: int, epoch: int) -> torch.Generator:

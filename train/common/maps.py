@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .constants import BLUR, LOGIT_SCALE
+from aaclip.train.common.constants import BLUR, LOGIT_SCALE
 
 
 def similarity(V: torch.Tensor, T: torch.Tensor) -> torch.Tensor:

@@ -13,8 +13,8 @@ from typing import Optional
 import torch
 from aaclip.contract.errors import UserError
 
-from .checkpoint import build_model, save_checkpoint
-from .config import AAClipConfig
+from aaclip.train.checkpoint import build_model, save_checkpoint
+from aaclip.train.common.config import AAClipConfig
 
 log = logging.getLogger(__name__)
 

@@ -37,7 +37,7 @@ from typing import Optional, Sequence, Union
 
 from aaclip.contract.errors import UserError
 from aaclip.contract.files import IMAGE_SUFFIXES, image_files, is_image_file
-from aaclip.train.records import ANOMALOUS, NORMAL, DataError, Record
+from aaclip.data.records import ANOMALOUS, NORMAL, DataError, Record
 
 log = logging.getLogger(__name__)
 

@@ -28,29 +28,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import asdict, dataclass
 
-
-@dataclass(frozen=True)
-class TowerGeometry:
-    """An OpenCLIP ViT image tower at a resolution: what every family's FLOP count starts from."""
-
-    image_size: int
-    patch_size: int
-    width: int
-    layers: int
-    mlp_ratio: float
-    embed_dim: int
-
-    @property
-    def grid(self) -> int:
-        return self.image_size // self.patch_size
-
-    @property
-    def patches(self) -> int:
-        return self.grid * self.grid
-
-    @property
-    def tokens(self) -> int:
-        return self.patches + 1
+from aaclip.train.common.flops import TowerGeometry, tower_geometry
 
 
 @dataclass(frozen=True)
@@ -62,29 +40,9 @@ class VisionGeometry(TowerGeometry):
     blur_kernel: int
 
 
-def tower_geometry(config) -> tuple[TowerGeometry, dict]:
-    """The tower of ``config``'s backbone (read from its OpenCLIP model config; no model is built) and that
-    model config."""
-    import open_clip
-    from aaclip.contract.errors import UserError
-
-    from . import backbone as _backbone  # noqa: F401 - registers the project's model configs
-
-    cfg = open_clip.get_model_config(config.backbone.name)
-    if cfg is None:
-        raise UserError(f"unknown OpenCLIP model {config.backbone.name!r}: see open_clip.list_models()")
-    vision = cfg["vision_cfg"]
-    if not isinstance(vision.get("layers"), int) or "patch_size" not in vision:
-        raise UserError(f"{config.backbone.name} is not a plain ViT image tower; FLOPs are counted for ViTs only")
-    tower = TowerGeometry(image_size=int(config.image_size), patch_size=int(vision["patch_size"]),
-                          width=int(vision["width"]), layers=int(vision["layers"]),
-                          mlp_ratio=float(vision.get("mlp_ratio", 4.0)), embed_dim=int(cfg["embed_dim"]))
-    return tower, cfg
-
-
 def geometry_from_config(config) -> VisionGeometry:
     """The ``VisionGeometry`` of an ``AAClipConfig``."""
-    from .constants import BLUR
+    from aaclip.train.common.constants import BLUR
 
     tower, cfg = tower_geometry(config)
     _, k_i = config.resolved_depths(int(cfg["text_cfg"]["layers"]), tower.layers)

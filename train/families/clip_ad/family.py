@@ -1,7 +1,7 @@
 """CLIP-AD (SPEC-peers.md section 1) as two model families: ``clip-ad`` (SDP, training-free) and
 ``clip-ad-plus`` (SDP+, four linear layers trained with focal + dice).
 
-The implementation: ``aaclip.train.clip_ad`` (model, text anchors with DBSCAN representative vectors,
+The implementation: ``aaclip.train.families.clip_ad.model`` (model, text anchors with DBSCAN representative vectors,
 import of the official ``linear_layers`` checkpoints), ``clip_ad_trainer`` (SDP+ training),
 ``dual_path`` (the surgery stream) and ``peer_ops`` (scipy's Gaussian). As the official code:
 
@@ -28,8 +28,8 @@ from typing import ClassVar
 from aaclip.contract.errors import UserError
 from aaclip.contract.score import ScoreParams
 
-from ..config import BackboneConfig, ModelConfig
-from .registry import Family, register_family
+from aaclip.train.common.config import BackboneConfig, ModelConfig
+from aaclip.train.families.registry import Family, register_family
 
 SDP, SDP_PLUS = "clip-ad", "clip-ad-plus"
 RVS_MODES = ("dbscan", "mean")
@@ -42,7 +42,7 @@ def native_image_size(name: str) -> int | None:
     """The image size of an OpenCLIP model config (None when unknown)."""
     import open_clip
 
-    from .. import backbone as _backbone  # noqa: F401 - registers the project's model configs
+    from aaclip.train.common import backbone as _backbone  # noqa: F401 - registers the project's model configs
 
     cfg = open_clip.get_model_config(name) or {}
     size = cfg.get("vision_cfg", {}).get("image_size")
@@ -93,37 +93,37 @@ def default_score(linear: bool) -> ScoreParams:
 
 
 def _build(clip, tokenizer, config):
-    from ..clip_ad import ClipAd
+    from aaclip.train.families.clip_ad.model import ClipAd
 
     return ClipAd(clip, tokenizer, config)
 
 
 def _deploy(model, precision: str):
-    from ..dual_path import dual_path_deploy
+    from aaclip.train.common.dual_path import dual_path_deploy
 
     return dual_path_deploy(model, precision)
 
 
 def _flops(config) -> dict:
-    from ..peer_flops import clip_ad_flops
+    from aaclip.train.families.clip_ad.flops import clip_ad_flops
 
     return clip_ad_flops(config)
 
 
 def _trainer(model, records, root, out_dir, options):
-    from ..clip_ad_trainer import ClipAdTrainer
+    from aaclip.train.families.clip_ad.trainer import ClipAdTrainer
 
     return ClipAdTrainer(model, records, root, out_dir, options)
 
 
 def _import_official(src, out_dir, config, epoch=None):
-    from ..clip_ad import import_official
+    from aaclip.train.families.clip_ad.model import import_official
 
     return import_official(src, out_dir, config, epoch)
 
 
 def _options() -> type:
-    from ..clip_ad_trainer import ClipAdOptions
+    from aaclip.train.families.clip_ad.trainer import ClipAdOptions
 
     return ClipAdOptions
 

@@ -1,7 +1,7 @@
 """The prompt ensemble of SPEC section 3: normal/abnormal states put into every template."""
 from __future__ import annotations
 
-from .constants import ABNORMAL_STATES, NORMAL_STATES, TEMPLATES
+from aaclip.train.common.constants import ABNORMAL_STATES, NORMAL_STATES, TEMPLATES
 
 
 def prompt_sentences(object_name: str) -> tuple[list[str], list[str]]:

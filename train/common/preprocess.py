@@ -12,7 +12,7 @@ import torch
 from aaclip.contract.errors import UserError
 from PIL import Image, UnidentifiedImageError
 
-from .constants import CLIP_MEAN, CLIP_STD
+from aaclip.train.common.constants import CLIP_MEAN, CLIP_STD
 
 _MEAN = torch.tensor(CLIP_MEAN).view(3, 1, 1)
 _STD = torch.tensor(CLIP_STD).view(3, 1, 1)
