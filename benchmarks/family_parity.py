@@ -59,7 +59,7 @@ def family_size(method: str, backbone: str, size: Optional[int]) -> int:
         return size
     if method.startswith("res2clip"):
         return 518
-    from aaclip.train.families.clip_ad.family import native_image_size
+    from aaclip.train.families.clip_ad.config import native_image_size
 
     return native_image_size(backbone) or 336
 
@@ -67,7 +67,8 @@ def family_size(method: str, backbone: str, size: Optional[int]) -> int:
 def make_checkpoint(method: str, weights: Path, backbone: str, size: int, out: Path, seed: int) -> Path:
     """The family's checkpoint with random stand-ins for trained weights and, for Res2CLIP, a real bank."""
     import torch
-    from aaclip.train.checkpoint import init_checkpoint, load_checkpoint, save_checkpoint
+    from aaclip.train.checkpoint import init_checkpoint, load_checkpoint
+    from aaclip.train.common.checkpoint_files import save_checkpoint
     from aaclip.train.common.config import BackboneConfig
     from aaclip.train.families import get_family
 

@@ -120,7 +120,8 @@ def prepare_checkpoint(ckpt: Path, out: Path, method: str, paths: dict, seed: in
     """The demo's random tiny checkpoint of ``method`` (its CLIP weights outside it, as real ones would be);
     a trainable family's classes come from the data at training time, a training-free one gets them now
     (and its references from the normal training images)."""
-    from aaclip.train.checkpoint import load_checkpoint, random_checkpoint, save_checkpoint
+    from aaclip.train.checkpoint import load_checkpoint, random_checkpoint
+    from aaclip.train.common.checkpoint_files import save_checkpoint
     from aaclip.train.families import get_family
     from aaclip.data.records import class_names, read_records
 

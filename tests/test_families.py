@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from aaclip.contract.errors import UserError
 from aaclip.train.checkpoint import load_checkpoint, random_checkpoint
-from aaclip.train.common.config import AAClipConfig, BackboneConfig, ModelConfig
+from aaclip.train.common.config import BackboneConfig, ModelConfig
+from aaclip.train.families.aa_clip.config import AAClipConfig
 from aaclip.train.families import Family, family_names, get_family
 from aaclip.train.families.aa_clip.model import AAClip
 from click.testing import CliRunner

@@ -103,7 +103,7 @@ def _normalized(frames):
 def test_families_are_registered_with_their_backbone_settings(ckpts, models):
     from aaclip.train.common.config import BackboneConfig
     from aaclip.train.families import get_family
-    from aaclip.train.families.clip_ad.family import ClipAdConfig
+    from aaclip.train.families.clip_ad.config import ClipAdConfig
 
     listed = _train_cli(["methods"])
     for line in ("clip-ad\ttraining-free\t", "clip-ad-plus\ttrainable, import-official\t", "res2clip\ttraining-free\t",

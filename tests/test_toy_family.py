@@ -97,7 +97,7 @@ class ToyTrainer:
 
     def run(self) -> Path:
         from aaclip.contract.files import atomic_write_text
-        from aaclip.train.checkpoint import HISTORY_FILE, save_checkpoint
+        from aaclip.train.common.checkpoint_files import HISTORY_FILE, save_checkpoint
 
         o, m = self.options, self.model
         torch.manual_seed(o.seed)

@@ -6,7 +6,8 @@ import torch
 from aaclip.contract.errors import UserError
 from aaclip.train.common import losses
 from aaclip.train.families.aa_clip.official import import_official
-from aaclip.train.checkpoint import build_model, load_checkpoint, save_checkpoint
+from aaclip.train.checkpoint import build_model, load_checkpoint
+from aaclip.train.common.checkpoint_files import save_checkpoint
 from aaclip.train.common.config import ADAPTERS_FILE
 from aaclip.train.evaluate import evaluate
 from aaclip.data.records import read_records

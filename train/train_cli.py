@@ -201,7 +201,9 @@ def fit(ctx, method, data, root, out, backbone, clip_weights, pretrained, random
     stage 2 image adapters)."""
     import torch
 
-    from aaclip.train.checkpoint import STATE_FILE, build_model, check_same_run, load_checkpoint, read_train_state
+    from aaclip.train.checkpoint import build_model, check_same_run, load_checkpoint
+
+    from aaclip.train.common.checkpoint_files import STATE_FILE, read_train_state
     from aaclip.train.common.config import CONFIG_FILE
     from aaclip.train.families import check_method, get_family
     from aaclip.data.records import class_names, read_records
@@ -289,7 +291,8 @@ def init(method, out, backbone, clip_weights, pretrained, random_init, activatio
     before training (zero-shot use, tests): what export, eval, calibration and benchmarks take.
     Families with per-class references (res2clip) build them from --reference-images or --reference-data
     (--set shots=K normal images per class, default 1)."""
-    from aaclip.train.checkpoint import STATE_FILE, init_checkpoint
+    from aaclip.train.checkpoint import init_checkpoint
+    from aaclip.train.common.checkpoint_files import STATE_FILE
     from aaclip.train.common.config import CONFIG_FILE
     from aaclip.train.families import get_family
 
@@ -336,7 +339,8 @@ def _echo_references(ckpt: Path) -> None:
 def references_cmd(ckpt, reference_images, reference_data, reference_seed, classes):
     """Build the per-class reference banks of a checkpoint that keeps them (res2clip, res2clip-ft): new
     classes are added, existing ones rebuilt from the new images; the checkpoint is rewritten in place."""
-    from aaclip.train.checkpoint import load_checkpoint, save_checkpoint
+    from aaclip.train.checkpoint import load_checkpoint
+    from aaclip.train.common.checkpoint_files import save_checkpoint
     from aaclip.train.families import get_family
     from aaclip.data.references import reference_paths
     from aaclip.train.families.res2clip.bank import add_references

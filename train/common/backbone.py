@@ -146,6 +146,17 @@ def build_clip(config: ModelConfig, base_dir: Optional[Path] = None, check_hash:
     return model, tokenizer
 
 
+def build_on_backbone(config: ModelConfig, build, base_dir: Optional[Path] = None, check_hash: bool = True):
+    """``build(clip, tokenizer, config)`` (a family's model class or build hook) on the frozen backbone of
+    ``config``; trainable weights initialized from the current torch RNG. A relative weights path becomes
+    absolute, so the config can be saved anywhere."""
+    clip, tokenizer = build_clip(config, base_dir=base_dir, check_hash=check_hash)
+    weights = resolve_weights(config.backbone, base_dir)
+    if weights is not None:
+        config.backbone.weights = str(weights.resolve())
+    return build(clip, tokenizer, config)
+
+
 def vision_geometry(clip_model) -> tuple[int, int, int]:
     """(number of visual blocks, patch size, grid side) of an OpenCLIP VisionTransformer."""
     visual = clip_model.visual

@@ -1,9 +1,10 @@
 """Checkpoint configs: a small JSON that fully describes a model, like OpenCLIP's model configs.
 
 Every family's config has the common fields of ``ModelConfig`` (``method``, ``backbone``, ``image_size``,
-``domain``, ``classes``, ``format_version``) and its own fields beside them (``AAClipConfig``: adapter
-depths, blend weight, feature levels, projection activation). ``method`` names the model family
-(``aaclip.train.families``); ``load_config`` reads it and returns that family's config class. The
+``domain``, ``classes``, ``format_version``) and its own fields beside them (in its folder, e.g.
+``families/aa_clip/config.py``). ``method`` names the model family
+(``aaclip.train.families``); ``aaclip.train.checkpoint.load_config`` reads it into that family's config
+class. The
 trainable weights live beside the config in ``adapters.safetensors`` (see docs/checkpoint-format.md).
 """
 from __future__ import annotations
@@ -120,41 +121,6 @@ class ModelConfig:
         atomic_write_json(path, self.to_dict())
 
 
-@dataclass
-class AAClipConfig(ModelConfig):
-    """AA-CLIP (SPEC.md): exact GELU and bicubic-antialias position resize, as the reference runs."""
-
-    method: str = "aa-clip"
-    text_adapter_depth: Optional[int] = None  # None: 1/4 of the text blocks (3 for ViT-L-14-336)
-    image_adapter_depth: Optional[int] = None  # None: 1/4 of the visual blocks (6 for ViT-L-14-336)
-    adapter_lambda: float = C.ADAPTER_LAMBDA
-    levels: Optional[list[int]] = None  # 1-based visual block indices; None = quarter depths
-    relu: bool = False  # LeakyReLU after the patch/detection projections (reference default: off)
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not 0.0 <= self.adapter_lambda <= 1.0:
-            raise UserError(f"adapter_lambda must be in [0, 1], got {self.adapter_lambda}")
-        if self.levels is not None:
-            self.levels = [int(v) for v in self.levels]
-
-    def resolved_levels(self, depth: int) -> tuple[int, ...]:
-        levels = tuple(self.levels) if self.levels else C.default_levels(depth)
-        if any(not 1 <= v <= depth for v in levels) or list(levels) != sorted(set(levels)):
-            raise UserError(f"levels {list(levels)} must be increasing block indices in 1..{depth}")
-        return levels
-
-    def resolved_depths(self, text_blocks: int, visual_blocks: int) -> tuple[int, int]:
-        k_t = self.text_adapter_depth or C.default_adapter_depth(text_blocks, 12, C.TEXT_ADAPTER_DEPTH)
-        k_i = self.image_adapter_depth or C.default_adapter_depth(visual_blocks, 24, C.IMAGE_ADAPTER_DEPTH)
-        if not (1 <= k_t <= text_blocks and 1 <= k_i <= visual_blocks):
-            raise UserError(
-                f"adapter depths text={k_t}, image={k_i} do not fit a backbone with {text_blocks} text and "
-                f"{visual_blocks} visual blocks"
-            )
-        return k_t, k_i
-
-
 def read_config_data(path: Path) -> dict[str, Any]:
     """The raw JSON object of a checkpoint config (UserError when missing or not JSON)."""
     path = Path(path)
@@ -175,11 +141,3 @@ def config_method(data: dict[str, Any]) -> str:
     if not isinstance(method, str) or not method:
         raise UserError(f"config 'method' must be a family name, got {method!r}")
     return method
-
-
-def load_config(path: Path) -> ModelConfig:
-    """Read a checkpoint's ``config.json`` into its family's config class (dispatch on ``method``)."""
-    from aaclip.train.families import get_family
-
-    data = read_config_data(path)
-    return get_family(config_method(data)).config_class.from_dict(data)

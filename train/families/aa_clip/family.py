@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from aaclip.contract.score import ScoreParams
 
-from aaclip.train.common.config import AAClipConfig
+from aaclip.train.families.aa_clip.config import AAClipConfig
 from aaclip.train.common.constants import MAP_WEIGHT
 from aaclip.train.families.registry import Family, register_family
 

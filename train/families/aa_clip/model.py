@@ -15,7 +15,7 @@ from torch import nn
 from aaclip.train.common import maps
 from aaclip.train.families.aa_clip.adapters import Projection, ResidualAdapter, blend
 from aaclip.train.common.backbone import vision_geometry
-from aaclip.train.common.config import AAClipConfig
+from aaclip.train.families.aa_clip.config import AAClipConfig
 from aaclip.train.families.base import FamilyModel
 from aaclip.train.common.prompts import prompt_sentences
 

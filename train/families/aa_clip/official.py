@@ -13,8 +13,10 @@ from typing import Optional
 import torch
 from aaclip.contract.errors import UserError
 
-from aaclip.train.checkpoint import build_model, save_checkpoint
-from aaclip.train.common.config import AAClipConfig
+from aaclip.train.common.backbone import build_on_backbone
+from aaclip.train.common.checkpoint_files import save_checkpoint
+from aaclip.train.families.aa_clip.config import AAClipConfig
+from aaclip.train.families.aa_clip.model import AAClip
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +77,7 @@ def import_official(src: Path, out_dir: Path, config: AAClipConfig, epoch: Optio
     state, fields = official_to_state(_load_official(text_path, "text_adapter"), _load_official(image_path, "image_adapter"))
     for key, value in fields.items():
         setattr(config, key, value)
-    model = build_model(config, base_dir=Path(out_dir))
+    model = build_on_backbone(config, AAClip, base_dir=Path(out_dir))
     expected = model.trainable_state_dict()
     bad = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
     if bad:

@@ -28,7 +28,7 @@ from aaclip.contract.files import atomic_path, atomic_write_text
 from torch.utils.data import DataLoader
 
 from aaclip.train.common import maps
-from aaclip.train.checkpoint import HISTORY_FILE, STATE_FILE, read_train_state, save_checkpoint
+from aaclip.train.common.checkpoint_files import HISTORY_FILE, STATE_FILE, read_train_state, save_checkpoint
 from aaclip.train.common.constants import default_vv_blocks
 from aaclip.train.common.dataset import AnomalyDataset
 from aaclip.train.common.driver import pick_device

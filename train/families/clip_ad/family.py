@@ -1,9 +1,9 @@
 """CLIP-AD (SPEC-peers.md section 1) as two model families: ``clip-ad`` (SDP, training-free) and
 ``clip-ad-plus`` (SDP+, four linear layers trained with focal + dice).
 
-The implementation: ``aaclip.train.families.clip_ad.model`` (model, text anchors with DBSCAN representative vectors,
-import of the official ``linear_layers`` checkpoints), ``clip_ad_trainer`` (SDP+ training),
-``dual_path`` (the surgery stream) and ``peer_ops`` (scipy's Gaussian). As the official code:
+The implementation, in this folder: ``config`` (the configs), ``model`` (model, text anchors with DBSCAN
+representative vectors, import of the official ``linear_layers`` checkpoints), ``trainer`` (SDP+ training),
+``flops``; shared: ``common.dual_path`` (the surgery stream) and ``common.peer_ops`` (scipy's Gaussian). As the official code:
 
 - backbone: OpenCLIP's own factory rebuilds a model of non-native size from the plain JSON config,
   so the activation is exact GELU except for OpenAI weights at their native size (QuickGELU): the
@@ -22,67 +22,14 @@ classification score: ``map_weight = 0.5`` (the same ranking); calibration repla
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar
-
-from aaclip.contract.errors import UserError
 from aaclip.contract.score import ScoreParams
 
-from aaclip.train.common.config import BackboneConfig, ModelConfig
+from aaclip.train.families.clip_ad.config import SDP, SDP_PLUS, ClipAdConfig, ClipAdPlusConfig, object_name
 from aaclip.train.families.registry import Family, register_family
 
-SDP, SDP_PLUS = "clip-ad", "clip-ad-plus"
-RVS_MODES = ("dbscan", "mean")
 STAGE_TIE, STAGE_HI = 0.0, 0.05
 SOFTMAX_TIE, SOFTMAX_HI = 0.5, 1.0
 MAP_WEIGHT = 0.5
-
-
-def native_image_size(name: str) -> int | None:
-    """The image size of an OpenCLIP model config (None when unknown)."""
-    import open_clip
-
-    from aaclip.train.common import backbone as _backbone  # noqa: F401 - registers the project's model configs
-
-    cfg = open_clip.get_model_config(name) or {}
-    size = cfg.get("vision_cfg", {}).get("image_size")
-    return int(size) if isinstance(size, int) else None
-
-
-@dataclass
-class ClipAdConfig(ModelConfig):
-    """SDP: ``sigma`` (px) of the map smoothing; representative vectors ``rvs`` (``dbscan`` with ``dbscan_eps``,
-    ``dbscan_min_samples``: 0.5 / 15, VisA's runs 1.5 / 25; or ``mean``)."""
-
-    default_activation: ClassVar[str] = "gelu"
-    default_pos_embed_resize: ClassVar[str] = "bicubic-antialias"
-
-    method: str = SDP
-    sigma: float = 8.0
-    rvs: str = "dbscan"
-    dbscan_eps: float = 0.5
-    dbscan_min_samples: int = 15
-
-    def __post_init__(self) -> None:
-        if isinstance(self.backbone, dict):
-            self.backbone = BackboneConfig(**self.backbone)
-        b = self.backbone
-        if b.activation is None and b.pretrained == "openai" and native_image_size(b.name) == int(self.image_size):
-            b.activation = "quickgelu"  # OpenCLIP loads OpenAI's own model only at the native size
-        super().__post_init__()
-        if self.rvs not in RVS_MODES:
-            raise UserError(f"rvs must be one of {', '.join(RVS_MODES)}, got {self.rvs!r}")
-        if not self.sigma > 0:
-            raise UserError(f"sigma must be positive, got {self.sigma}")
-        self.sigma = float(self.sigma)
-        self.dbscan_min_samples = int(self.dbscan_min_samples)
-
-
-@dataclass
-class ClipAdPlusConfig(ClipAdConfig):
-    """SDP+: the SDP map plus four trained linear layers on the original stream."""
-
-    method: str = SDP_PLUS
 
 
 def default_score(linear: bool) -> ScoreParams:
@@ -128,18 +75,14 @@ def _options() -> type:
     return ClipAdOptions
 
 
-def _verbatim(class_name: str) -> str:
-    return class_name
-
-
 FAMILY_SDP = register_family(Family(
     name=SDP, config_class=ClipAdConfig, build=_build, default_score=lambda model: default_score(False),
-    deploy=_deploy, flops=_flops, default_object_name=_verbatim,
+    deploy=_deploy, flops=_flops, default_object_name=object_name,
     summary="CLIP-AD SDP: staged dual-path (V-V) features, feature surgery, representative text vectors",
 ))
 FAMILY_SDP_PLUS = register_family(Family(
     name=SDP_PLUS, config_class=ClipAdPlusConfig, build=_build, default_score=lambda model: default_score(True),
     deploy=_deploy, flops=_flops, trainer=_trainer, train_options=_options(), import_official=_import_official,
-    default_object_name=_verbatim,
+    default_object_name=object_name,
     summary="CLIP-AD SDP+: SDP plus four linear layers on the original stream (focal + dice)",
 ))

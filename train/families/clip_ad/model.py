@@ -212,14 +212,15 @@ def official_state(path: Path) -> dict[str, torch.Tensor]:
 
 def import_official(src: Path, out_dir: Path, config, epoch: Optional[int] = None) -> Path:
     """Convert an official SDP+ checkpoint into a ``clip-ad-plus`` checkpoint folder (shapes checked)."""
-    from aaclip.train.checkpoint import build_model, save_checkpoint
+    from aaclip.train.common.backbone import build_on_backbone
+    from aaclip.train.common.checkpoint_files import save_checkpoint
 
     if config.method != "clip-ad-plus":
         raise UserError(f"official CLIP-AD checkpoints hold SDP+ linear layers: use --method clip-ad-plus, not "
                         f"{config.method}")
     path = find_official_file(src, epoch)
     state = official_state(path)
-    model = build_model(config, base_dir=Path(out_dir))
+    model = build_on_backbone(config, ClipAd, base_dir=Path(out_dir))
     expected = model.trainable_state_dict()
     if set(state) != set(expected):
         raise UserError(f"{path}: {len(state) // 2} linear layers, the model has {len(expected) // 2} (one per tap)")

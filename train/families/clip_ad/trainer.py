@@ -25,11 +25,12 @@ import torch.nn.functional as F
 from aaclip.contract.files import atomic_path, atomic_write_text
 from torch.utils.data import DataLoader
 
-from aaclip.train.checkpoint import HISTORY_FILE, STATE_FILE, save_checkpoint
+from aaclip.train.common.checkpoint_files import HISTORY_FILE, STATE_FILE, save_checkpoint
 from aaclip.train.common.dataset import AnomalyDataset
 from aaclip.train.common.losses import dice_loss, focal_loss
 from aaclip.data.records import Record
 from aaclip.train.common.driver import pick_device
+from aaclip.train.families.clip_ad.config import object_name
 
 log = logging.getLogger(__name__)
 
@@ -62,14 +63,11 @@ def sdp_plus_loss(model, images: torch.Tensor, masks: torch.Tensor, anchors: tor
 
 class ClipAdTrainer:
     def __init__(self, model, records: Sequence[Record], root: Path, out_dir: Path, options: ClipAdOptions):
-        from aaclip.train.families import get_family
-
         self.model, self.options, self.out_dir = model, options, Path(out_dir)
         self.device = pick_device(options.device)
         self.classes = sorted({r.class_name for r in records})
-        family = get_family(model.config.method)
         for name in self.classes:
-            model.config.classes.setdefault(name, family.object_name(name))
+            model.config.classes.setdefault(name, object_name(name))
         self.names = [model.config.classes[c] for c in self.classes]
         self.data = AnomalyDataset(records, root, model.config.image_size, self.classes)
 

@@ -1,9 +1,9 @@
 """Res2CLIP (SPEC-peers.md section 2) as two model families: ``res2clip`` (training-free, Res2CLIP*) and
 ``res2clip-ft`` (fine-tuned adapters, Res2CLIP-dagger), both with a per-class bank of k normal references.
 
-The implementation: ``aaclip.train.families.res2clip.model`` (model, adapters, reference bank, import of the official
-adapter checkpoints), ``res2clip_trainer`` (the alternating optimizers), ``dual_path`` (the DPAM stream)
-and ``peer_ops`` (sort-free sparsemax, the 5x5 zero-padded blur, top-1% means). As the official code:
+The implementation, in this folder: ``config`` (the configs), ``model`` (model, adapters, reference bank, import
+of the official adapter checkpoints), ``bank``, ``trainer`` (the alternating optimizers), ``flops``; shared:
+``common.dual_path`` (the DPAM stream) and ``common.peer_ops`` (sort-free sparsemax, the 5x5 zero-padded blur, top-1% means). As the official code:
 QuickGELU and a bilinear position-embedding resize (OpenAI ViT-L/14@336 at 518 px), taps at the
 quarter depths with the V-V path from the first tap block, the class-agnostic text residual, and the
 class name as object name (Res2CLIP's prompts do not use it; it only has to be unique).
@@ -21,66 +21,10 @@ norm 1 scores about 1 on the visual branch alone; unit vectors give residual nor
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar, Optional
-
-from aaclip.contract.errors import UserError
 from aaclip.contract.score import ScoreParams
 
-from aaclip.train.common.config import ModelConfig
 from aaclip.train.families.registry import Family, register_family
-
-FREE, FINETUNED = "res2clip", "res2clip-ft"
-BLUR_SIZE, BLUR_SIGMA = 5, 4.0
-TOP_FRACTION = 0.01
-
-
-def check_object_names(classes: dict[str, str]) -> None:
-    """Res2CLIP finds a class's bank by its object name (what the export passes): names must be distinct."""
-    names = list(classes.values())
-    if len(set(names)) != len(names):
-        raise UserError("Res2CLIP finds each class's reference bank by its object name: give every class a "
-                        f"distinct object name (got {names})")
-
-
-@dataclass
-class Res2ClipConfig(ModelConfig):
-    """``shots`` (k normal references per class), ``spatial_penalty`` (gamma of the radial penalty),
-    ``sparsemax_steps`` (bisection steps of the sort-free sparsemax), ``res_taps`` (1-based blocks of the
-    residual branch; None: the last tap training-free, all four fine-tuned, as the official scripts)."""
-
-    default_activation: ClassVar[str] = "quickgelu"
-    default_pos_embed_resize: ClassVar[str] = "bilinear"
-
-    method: str = FREE
-    shots: int = 1
-    spatial_penalty: float = 0.01
-    sparsemax_steps: int = 30
-    res_taps: Optional[list[int]] = None
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self.shots = int(self.shots)
-        if self.shots < 1:
-            raise UserError(f"shots must be at least 1, got {self.shots}")
-        if self.sparsemax_steps < 24:
-            raise UserError(f"sparsemax_steps {self.sparsemax_steps}: use at least 24 (float32 resolution)")
-        if self.res_taps is not None:
-            self.res_taps = [int(v) for v in self.res_taps]
-        check_object_names(self.classes)
-
-    @property
-    def finetuned(self) -> bool:
-        return self.method == FINETUNED
-
-
-@dataclass
-class Res2ClipFtConfig(Res2ClipConfig):
-    """Res2CLIP with its adapters (``reduction``: bottleneck width = embed / reduction)."""
-
-    method: str = FINETUNED
-    reduction: int = 4
-
+from aaclip.train.families.res2clip.config import FINETUNED, FREE, Res2ClipConfig, Res2ClipFtConfig, object_name
 
 def default_score(model=None) -> ScoreParams:
     return ScoreParams(map_lo=0.0, map_hi=2.0, cls_lo=0.0, cls_hi=2.0, map_weight=0.0, threshold=0.5,
@@ -123,18 +67,14 @@ def _options() -> type:
     return Res2ClipOptions
 
 
-def _verbatim(class_name: str) -> str:
-    return class_name
-
-
 FAMILY_FREE = register_family(Family(
     name=FREE, config_class=Res2ClipConfig, build=_build, default_score=default_score, deploy=_deploy,
-    flops=_flops, default_object_name=_verbatim, references=True,
+    flops=_flops, default_object_name=object_name, references=True,
     summary="Res2CLIP*: residual-to-residual matching against k normal references per class, training-free",
 ))
 FAMILY_FINETUNED = register_family(Family(
     name=FINETUNED, config_class=Res2ClipFtConfig, build=_build, default_score=default_score, deploy=_deploy,
     flops=_flops, trainer=_trainer, train_options=_options(), import_official=_import_official,
-    default_object_name=_verbatim, references=True,
+    default_object_name=object_name, references=True,
     summary="Res2CLIP-ft: Res2CLIP with multi-scale conv and residual adapters (alternating optimizers)",
 ))

@@ -34,7 +34,7 @@ from torch import nn
 from aaclip.train.common.constants import default_levels
 from aaclip.train.common.dual_path import dpam_streams
 from aaclip.train.families.base import FamilyModel
-from aaclip.train.families.res2clip.family import BLUR_SIGMA, BLUR_SIZE, TOP_FRACTION, check_object_names
+from aaclip.train.families.res2clip.config import BLUR_SIGMA, BLUR_SIZE, TOP_FRACTION, check_object_names
 from aaclip.train.common.peer_ops import TENSORRT_TOPK_MAX, sparsemax, top_mean, zero_padded_blur, zero_padded_kernel
 
 log = logging.getLogger(__name__)
@@ -321,7 +321,8 @@ def official_state(path: Path) -> dict[str, torch.Tensor]:
 def import_official(src: Path, out_dir: Path, config) -> Path:
     """Convert an official Res2CLIP checkpoint (.pth) into a ``res2clip-ft`` checkpoint folder without
     classes; add each class's references with ``aaclip-train references``."""
-    from aaclip.train.checkpoint import build_model, save_checkpoint
+    from aaclip.train.common.backbone import build_on_backbone
+    from aaclip.train.common.checkpoint_files import save_checkpoint
 
     if config.method != "res2clip-ft":
         raise UserError(f"official Res2CLIP checkpoints hold adapters: use --method res2clip-ft, not {config.method}")
@@ -335,7 +336,7 @@ def import_official(src: Path, out_dir: Path, config) -> Path:
     if config.classes:
         log.warning("classes are added with their references (`aaclip-train references`): ignoring --classes")
         config.classes = {}
-    model = build_model(config, base_dir=Path(out_dir))
+    model = build_on_backbone(config, Res2Clip, base_dir=Path(out_dir))
     expected = {k: v for k, v in model.trainable_state_dict().items() if k != BANK}
     unknown = sorted(set(state) - set(expected))
     if unknown:

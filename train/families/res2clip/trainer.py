@@ -30,10 +30,11 @@ from aaclip.contract.errors import UserError
 from aaclip.contract.files import atomic_path, atomic_write_text
 from torch.utils.data import DataLoader, Dataset
 
-from aaclip.train.checkpoint import HISTORY_FILE, STATE_FILE, save_checkpoint
+from aaclip.train.common.checkpoint_files import HISTORY_FILE, STATE_FILE, save_checkpoint
 from aaclip.train.common.dataset import AnomalyDataset
 from aaclip.data.records import NORMAL, Record
 from aaclip.train.common.driver import pick_device
+from aaclip.train.families.res2clip.config import object_name
 
 log = logging.getLogger(__name__)
 
@@ -132,15 +133,12 @@ class ReferencePairs(Dataset):
 # ---- the trainer -------------------------------------------------------------------------------------------
 class Res2ClipTrainer:
     def __init__(self, model, records: Sequence[Record], root: Path, out_dir: Path, options: Res2ClipOptions):
-        from aaclip.train.families import get_family
-
         self.model, self.options, self.out_dir, self.root = model, options, Path(out_dir), Path(root)
         self.device = pick_device(options.device)
         self.records = list(records)
         self.classes = sorted({r.class_name for r in records})
-        family = get_family(model.config.method)
         for name in self.classes:
-            model.config.classes.setdefault(name, family.object_name(name))
+            model.config.classes.setdefault(name, object_name(name))
         self.data = AnomalyDataset(records, root, model.config.image_size, self.classes)
         self.pairs = ReferencePairs(self.data, options.seed)
 
