@@ -21,8 +21,7 @@ from aaclip.contract.cli import FiniteFloat, Group, verbosity
 from aaclip.contract.errors import UserError
 from aaclip.contract.files import image_files
 from aaclip.contract.manifest import Manifest, load_manifest
-from aaclip.runtime.backends import backend_names
-from aaclip.runtime.backends.options import backend_options, runner_options
+from aaclip.runtime.backends.options import backend_option, backend_options, runner_options
 
 from . import thresholds
 from .gate import MAX_AUROC_CHANGE, MAX_MAP_ERR, MIN_MAP_CORR, MIN_RANK_CORR, GateLimits
@@ -133,8 +132,7 @@ def cli() -> None:
               help="False-alarm rate per normal pixel for the pixel (overlay) threshold.")
 @click.option("--pixel-samples", type=click.IntRange(min=0), default=4096, show_default=True,
               help="Anomaly-map pixels sampled per frame for the pixel threshold (0: derive it from map_max).")
-@click.option("--backend", type=click.Choice(backend_names()), default="auto", show_default=True,
-              help="Backend that runs the frames; use the one the runtime will use.")
+@backend_option("Use the one the runtime will use. ")
 @backend_options
 @click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
               help="Frames per inference call (as aaclip-runtime --batch).")

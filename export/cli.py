@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Callable, Optional
 import click
 from aaclip.contract.cli import Command, FiniteFloat, setup_logging
 from aaclip.contract.errors import UserError
-from aaclip.runtime.backends import backend_names
+from aaclip.runtime.backends.options import backend_option
 
 if TYPE_CHECKING:
     from .engine import EngineOptions
@@ -144,20 +144,27 @@ def export_command(ckpt: Path, out: Optional[Path], fmt: str, options: "ExportOp
 
 
 def verify_command(artifact: Path, ckpt: Optional[Path], options: "VerifyOptions", limits: dict) -> bool:
-    """``--verify``: the parity report against PyTorch; ``limits`` override the precision's tolerances."""
+    """``--verify``: the parity report against PyTorch on each backend of ``deployment_backends`` (``limits``
+    override the precision's tolerances); the manifest records every result (``parity``)."""
     import dataclasses
 
-    from aaclip.contract.manifest import load_manifest
+    from aaclip.contract.manifest import load_manifest, record_parity
 
-    from .verify import TOLERANCES, verify_artifact
+    from .verify import TOLERANCES, parity_record, verify_on_backends
 
     precision = load_manifest(artifact).precision
     tol = TOLERANCES.get(precision, TOLERANCES["fp16"]).replace(**limits)
-    report = verify_artifact(artifact, ckpt, dataclasses.replace(options, tolerances=tol))
-    click.echo(f"{artifact} ({precision}, {options.backend or 'auto'} backend) vs PyTorch:")
-    for line in report.lines():
-        click.echo(f"  {line}")
-    return report.passed
+    reports = verify_on_backends(artifact, ckpt, dataclasses.replace(options, tolerances=tol))
+    for report in reports:
+        click.echo(f"{artifact} ({precision}, {report.backend} backend) vs PyTorch:")
+        for line in report.lines():
+            click.echo(f"  {line}")
+    try:
+        record_parity(artifact, [parity_record(r, precision) for r in reports])
+    except OSError as exc:
+        log.warning("could not record the parity results in %s's manifest (%s); the runtime will warn that this "
+                    "artifact was never verified", Path(artifact).name, exc.strerror or exc)
+    return all(r.passed for r in reports)
 
 
 @click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -218,9 +225,8 @@ def verify_command(artifact: Path, ckpt: Optional[Path], options: "VerifyOptions
 @click.option("--score-tol", type=FiniteFloat(min=0.0), help="(--verify) max cls_score error [fp32 1e-4, fp16 5e-3].")
 @click.option("--min-corr", type=FiniteFloat(min=-1.0, max=1.0), help="(--verify) min per-image map correlation [fp32 0.99999, fp16 0.999].")
 @click.option("--min-iou", type=FiniteFloat(min=0.0, max=1.0), help="(--verify) min IoU of the top-1% pixels [fp32 0.9, fp16 0.8].")
-@click.option("--backend", type=click.Choice(backend_names()), default="auto", show_default=True,
-              help="(--verify) backend that runs ARTIFACT (auto: onnxruntime on the CPU for graphs, tensorrt for "
-                   "engines; openvino runs graphs in FP32).")
+@backend_option("(--verify) auto: verify on what auto deploys on here, plus onnxruntime as the reference; a name: on "
+                "that backend only (openvino runs graphs in FP32). ")
 @click.option("-v", "--verbose", count=True, help="More log output.")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
 def cli(ckpt, out, fmt, precision, classes, input_size, opset, batch, workspace_mb, timing_cache, flavour,

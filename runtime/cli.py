@@ -14,8 +14,8 @@ from aaclip.contract.cli import Command, FiniteFloat, setup_logging
 from aaclip.contract.errors import UserError
 from aaclip.contract.manifest import Manifest, open_artifact
 
-from .backends import AUTO, RunnerOptions, backend_names, open_runner
-from .backends.options import backend_options, runner_options
+from .backends import AUTO, RunnerOptions, open_runner, warn_if_unverified
+from .backends.options import backend_option, backend_options, runner_options
 from .backends.triton import parse_endpoint
 from .capture import Backoff, default_drop
 from .loop import CameraLoop, LoopConfig, Summary, source_classes
@@ -181,6 +181,8 @@ def run(config: RunConfig) -> Summary:
                 return Summary(stopped_by=stop.reason or "signal")
             sinks = open_sinks(config, sources)
             with open_runner(manifest, backend, options or config.runner) as runner:
+                if backend != "triton":  # a served model's backend is the server's
+                    warn_if_unverified(manifest, runner.name, options or config.runner)
                 loop_config = config.loop_config(stop.event, sources)
                 loop = CameraLoop(runner, manifest, sources, class_ids, loop_config, sinks)
                 if not manifest.calibrated:
@@ -215,9 +217,7 @@ def run(config: RunConfig) -> Summary:
               help="Source, repeatable: device index (0), /dev/video0, v4l2:///dev/video0, csi://0, rtsp://..., "
                    "http(s)://..., video file (file://x.mp4 or x.mp4), image folder, or a GStreamer pipeline "
                    "(a string with '!').")
-@click.option("--backend", type=click.Choice(backend_names()), default=AUTO, show_default=True,
-              help="auto: TensorRT for .engine; for .onnx OpenVINO on an Intel CPU (when installed and no CUDA "
-                   "execution provider), else ONNX Runtime (CUDA, else CPU).")
+@backend_option()
 @backend_options
 @click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
               help="Frames per inference call (groups frames of several cameras).")

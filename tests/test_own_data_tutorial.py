@@ -55,7 +55,8 @@ FACTS = {
         "exporting aaclip-fp32.onnx (fp32, 1 class, input 64x64, opset 17)",
         "wrote runs/flange/aaclip-fp32.onnx", "next: aaclip-export --verify runs/flange/aaclip-fp32.onnx"],
     "aaclip-export --verify runs/flange/aaclip-fp32.onnx": [
-        "runs/flange/aaclip-fp32.onnx (fp32, auto backend) vs PyTorch:", "aaclip-fp32.onnx: PASS"],
+        "--backend auto -> onnxruntime for this onnx artifact on this machine: AMD CPU (AuthenticAMD",
+        "runs/flange/aaclip-fp32.onnx (fp32, onnxruntime backend) vs PyTorch:", "aaclip-fp32.onnx on onnxruntime: PASS"],
     f"{RUNTIME} --camera line/ --max-frames 4": [
         "aaclip-fp32.onnx is not calibrated", "(events say calibrated: false)", "threshold 0.5 (uncalibrated)",
         "summary: 4 frames", "stopped by max-frames"],

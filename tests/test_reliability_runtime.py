@@ -239,7 +239,8 @@ def test_events_carry_a_run_id_and_stay_strict_json_with_nan_outputs(tmp_path, m
     art = make_onnx_artifact(tmp_path)
     video = write_video(tmp_path / "v.avi", 6, defect_frames=[2])
     events = tmp_path / "ev.jsonl"
-    first = run(RunConfig(art, (str(video),), drop=False, events=events, stats_every=0))
+    # the NaN outputs are injected into ONNX Runtime's runner: name it (auto picks OpenVINO on an Intel CPU)
+    first = run(RunConfig(art, (str(video),), backend="onnxruntime", drop=False, events=events, stats_every=0))
     from aaclip.runtime.backends.onnxruntime import OnnxRuntimeRunner
 
     real = OnnxRuntimeRunner.infer_impl
@@ -250,7 +251,7 @@ def test_events_carry_a_run_id_and_stay_strict_json_with_nan_outputs(tmp_path, m
         return out
 
     monkeypatch.setattr(OnnxRuntimeRunner, "infer_impl", nan_outputs)
-    second = run(RunConfig(art, (str(video),), drop=False, events=events, stats_every=0))
+    second = run(RunConfig(art, (str(video),), backend="onnxruntime", drop=False, events=events, stats_every=0))
     ev = strict_events(events)
     assert {e["run"] for e in ev[:6]} == {first.run_id} and {e["run"] for e in ev[6:]} == {second.run_id}
     assert first.run_id != second.run_id and len(first.run_id) == 12

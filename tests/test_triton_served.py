@@ -38,7 +38,8 @@ def served(tmp_path_factory):
     """A two-class darkness artifact served with a 5 ms batching window (so concurrent clients batch)."""
     folder = tmp_path_factory.mktemp("served")
     art = make_onnx_artifact(folder, classes=CLASSES, class_offsets=(0.0, 0.25), threshold=0.6)
-    server = start_server(SERVE_PYTHON, art, ["--max-queue-delay-us", "5000", "--max-batch", "8"])
+    server = start_server(SERVE_PYTHON, art, ["--max-queue-delay-us", "5000", "--max-batch", "8",
+                                              "--backend", "onnxruntime"])
     try:
         yield art, server.wait_ready()
     finally:
@@ -55,8 +56,9 @@ def test_served_events_equal_local_events(served, tmp_path):
     results = {}
     for name, artifact in (("local", art), ("grpc", server.grpc_url), ("http", server.http_url)):
         log = tmp_path / f"{name}.jsonl"
+        # the server runs the graph on ONNX Runtime (serve --backend onnxruntime): so does the local run
         summary = run(RunConfig(artifact=artifact, cameras=(str(video),), classes=("cable",), drop=False,
-                                debounce=2, events=log, stats_every=0))
+                                debounce=2, events=log, stats_every=0, backend="onnxruntime" if name == "local" else "auto"))
         assert (summary.frames, summary.lost, summary.captured) == (24, 0, 24)
         results[name] = events(log)
     assert [e["decision"] for e in results["local"]].count("alarm") == 3  # the video has alarms to compare

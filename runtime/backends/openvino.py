@@ -40,6 +40,7 @@ import numpy as np
 from aaclip.contract.errors import UserError
 
 from .base import Runner
+from .machine import cpu_vendor, intel_cpu  # re-exported: where they used to live
 
 log = logging.getLogger(__name__)
 
@@ -64,22 +65,6 @@ def import_openvino() -> Any:
         raise UserError("the openvino backend needs the openvino package: pip install openvino "
                         "(or pip install 'aaclip-edge[openvino]')") from None
     return openvino
-
-
-def cpu_vendor() -> Optional[str]:
-    """The CPU vendor id from /proc/cpuinfo ('GenuineIntel', 'AuthenticAMD'), None when not readable."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        return None
-    return None
-
-
-def intel_cpu() -> bool:
-    return cpu_vendor() == "GenuineIntel"
 
 
 def default_cache_dir() -> Path:

@@ -13,10 +13,17 @@ from typing import Optional
 
 import click
 
-from .registry import RunnerOptions
+from .registry import AUTO, AUTO_RULE, RunnerOptions, backend_names
 
 PRECISION_HINTS = ("fp32", "bf16")
 PERF_HINTS = ("latency", "throughput")
+
+
+def backend_option(help_prefix: str = "", choices=None):
+    """``--backend NAME`` of every command that runs an artifact; its help quotes the one ``auto`` rule."""
+    return click.option("--backend", type=click.Choice(tuple(choices) if choices else backend_names()), default=AUTO,
+                        show_default=True, help=f"{help_prefix}Backend that runs the artifact. {AUTO_RULE}; each "
+                        "command logs what auto resolved to.")
 
 
 def backend_options(f):
@@ -49,4 +56,4 @@ def runner_options(device: str = "auto", threads: Optional[int] = None, precisio
     return RunnerOptions(device=device or "auto", threads=threads, extra=extra)
 
 
-__all__ = ["backend_options", "runner_options", "PRECISION_HINTS", "PERF_HINTS"]
+__all__ = ["backend_option", "backend_options", "runner_options", "PRECISION_HINTS", "PERF_HINTS"]
