@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import click
-from aaclip.contract.cli import Command, FiniteFloat, setup_logging
+from aaclip.contract.cli import EXIT_SOURCE_LOST, Command, FiniteFloat, setup_logging
 from aaclip.contract.errors import UserError
 from aaclip.contract.manifest import Manifest, open_artifact
 
@@ -80,6 +81,7 @@ class RunConfig:
     reconnect_max: float = 10.0
     evidence_max: Optional[int] = None
     open_timeout: float = DEFAULT_OPEN_TIMEOUT_MS / 1000.0
+    wait_for_source: bool = False  # a live source without a first frame in open_timeout: wait, not exit 2
     http: Optional[str] = None          # [HOST]:PORT of the line view, /metrics and /healthz
     view_fps: float = 5.0
     health_timeout: float = 10.0
@@ -175,7 +177,8 @@ def run(config: RunConfig) -> Summary:
                 if stop.event.is_set():
                     break
                 sources.append(open_source(camera, loop=config.loop_files, open_timeout_ms=timeout_ms,
-                                           read_timeout_ms=max(timeout_ms // 2, 1000)))
+                                           read_timeout_ms=max(timeout_ms // 2, 1000),
+                                           wait=config.wait_for_source, stop=stop.event))
             if stop.event.is_set():
                 log.info("stopped by %s before the loop started", stop.reason)
                 return Summary(stopped_by=stop.reason or "signal")
@@ -248,7 +251,11 @@ def run(config: RunConfig) -> Summary:
 @click.option("--reconnect-max", type=FiniteFloat(min=0.0), default=10.0, show_default=True,
               help="Longest reconnect delay (s).")
 @click.option("--open-timeout", type=FiniteFloat(min=0.1), default=DEFAULT_OPEN_TIMEOUT_MS / 1000.0,
-              show_default=True, help="Seconds a network camera may take to open (reads: half of it, >= 1 s).")
+              show_default=True, help="Seconds a camera or stream may take to deliver its first frame at start; "
+                                      "none by then: exit 2 (network reads time out after half of it, >= 1 s).")
+@click.option("--wait-for-source", is_flag=True,
+              help="Wait for a camera that is not up at start (one that boots after this PC) instead of exiting 2 "
+                   "after --open-timeout; the wait is retried like a reconnect.")
 @click.option("--http", metavar="[HOST]:PORT", default=None,
               help="Serve the live line view, /metrics and /healthz: ':8080' on all interfaces, "
                    "'127.0.0.1:8080' on this machine only. Nothing listens without it.")
@@ -270,7 +277,8 @@ def main(artifact: str, cameras: tuple[str, ...], backend: str, device: str, thr
          threshold: Optional[float], debounce: int, events: Optional[Path], evidence: Optional[Path],
          evidence_format: str, evidence_max: Optional[int], video: Optional[Path], video_fps: Optional[float],
          show: bool, drop: Optional[bool], loop_files: bool, max_frames: Optional[int], stats_every: float,
-         reconnect_delay: float, reconnect_max: float, open_timeout: float, http: Optional[str], view_fps: float,
+         reconnect_delay: float, reconnect_max: float, open_timeout: float, wait_for_source: bool,
+         http: Optional[str], view_fps: float,
          health_timeout: float, mqtt: Optional[str], webhook: Optional[str], in_flight: Optional[int], verbose: int,
          quiet: bool) -> None:
     """Run ARTIFACT (model.onnx or model.engine, with its .manifest.json) on one or more cameras, or a model
@@ -281,6 +289,11 @@ def main(artifact: str, cameras: tuple[str, ...], backend: str, device: str, thr
     above the threshold. --http serves a live page, /metrics and /healthz; --mqtt and --webhook send
     alarms to the line's systems. Ctrl-C or SIGTERM finishes the current frame, flushes outputs, prints a
     summary and exits 0.
+
+    Exit status: 0 finished (end of the files, --max-frames) or stopped by Ctrl-C/SIGTERM; 2 bad input (one
+    'error:' line: a bad option, a missing artifact, a camera without a first frame within --open-timeout, a
+    folder without a readable image); 3 a source that had delivered frames was lost when the run ended; 130 a
+    second Ctrl-C. See docs/cli.md.
     """
     setup_logging(verbose, quiet)
     summary = run(RunConfig(
@@ -290,9 +303,14 @@ def main(artifact: str, cameras: tuple[str, ...], backend: str, device: str, thr
         debounce=debounce, events=events, evidence=evidence, evidence_format=evidence_format, video=video,
         video_fps=video_fps, show=show, drop=drop, loop_files=loop_files, max_frames=max_frames,
         stats_every=stats_every, reconnect_delay=reconnect_delay, reconnect_max=reconnect_max,
-        evidence_max=evidence_max, open_timeout=open_timeout, http=http, view_fps=view_fps,
+        evidence_max=evidence_max, open_timeout=open_timeout, wait_for_source=wait_for_source, http=http,
+        view_fps=view_fps,
         health_timeout=health_timeout, mqtt=mqtt, webhook=webhook, in_flight=in_flight))
     click.echo(summary.text())
+    if summary.sources_lost:
+        click.echo(f"error: source lost: {', '.join(summary.sources_lost)} stopped delivering frames and had not come "
+                   "back when the run ended", err=True)
+        sys.exit(EXIT_SOURCE_LOST)
 
 
 if __name__ == "__main__":
