@@ -289,8 +289,8 @@ class CameraLoop:
             if sink.stop_reason:
                 self.stop(sink.stop_reason)
         if decision.onset:
-            log.warning("ALARM %s frame %d: %s score %.3f", decision.source, decision.frame, decision.class_name,
-                        decision.score)
+            log.warning("ALARM %s frame %d: %s score %.2f (raw %.4g)", decision.source, decision.frame,
+                        decision.class_name, decision.score, decision.raw_score)
         self.summary.count(decision)
         self.stats.record(decision.latency_s)
 

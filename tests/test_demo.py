@@ -60,7 +60,8 @@ def test_demo_runtime_outputs(demo):
     rows = [json.loads(line) for line in (out / "runtime" / "events.jsonl").read_text().splitlines()]
     assert [r["frame"] for r in rows] == list(range(CAMERA_FRAMES)) and rt["frames"] == CAMERA_FRAMES
     threshold = s["calibration"]["threshold"]
-    assert all(r["anomalous"] == (r["score"] >= threshold) for r in rows)  # decisions use the calibration
+    assert all(r["anomalous"] == (r["raw_score"] >= threshold) for r in rows)  # decisions use the calibration
+    assert all(r["anomalous"] == (r["score"] >= 0.5) and 0 <= r["score"] <= 1 for r in rows)  # the shown score
     assert rt["anomalous_frames"] == sum(r["anomalous"] for r in rows)
     assert all(r["calibrated"] is True and r["file"] is None for r in rows)
     # the bar of the README: at least half of the defective frames alarm, no good frame does

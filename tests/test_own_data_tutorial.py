@@ -165,12 +165,13 @@ def test_the_tutorial_runs_as_written(tmp_path, monkeypatch, one_torch_thread):
     rows = [json.loads(line) for line in Path("events.jsonl").read_text().splitlines()]
     assert [r["file"] for r in rows] == [f"part_{i:03d}.jpg" for i in range(20)]  # events name the image file
     assert all(r["calibrated"] is True and r["threshold"] == pytest.approx(threshold) for r in rows)
-    assert [r["anomalous"] for r in rows] == [r["score"] >= threshold for r in rows]
+    assert [r["anomalous"] for r in rows] == [r["raw_score"] >= threshold for r in rows]
+    assert [r["anomalous"] for r in rows] == [r["score"] >= 0.5 for r in rows]  # the operator's [0, 1] score
 
     video = [json.loads(line) for line in Path("video-events.jsonl").read_text().splitlines()]
     assert [r["frame"] for r in video] == list(range(20)) and all(r["file"] is None for r in video)
     flagged = [r for r in video if r["anomalous"]]
-    assert flagged and [r["anomalous"] for r in video] == [r["score"] >= 0.7 for r in video]
+    assert flagged and [r["anomalous"] for r in video] == [r["raw_score"] >= 0.7 for r in video]
     assert sorted(Path(r["evidence"]).name for r in flagged) == printed["ls alarms/"].splitlines()
     summary = printed[f"{RUNTIME} --camera line.avi --threshold 0.7 --events video-events.jsonl --evidence alarms/"]
     # with --debounce 1 every anomalous frame is in the alarm state; consecutive ones are one alarm

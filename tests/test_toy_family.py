@@ -292,8 +292,8 @@ def test_calibrated_toy_artifact_runs_in_the_camera_loop(exported, tmp_path):
         expected = image_score(np.array(out["map_max"]), np.array(out["cls_score"]), manifest.score)
     for row, score in zip(rows, expected):
         assert row["threshold"] == manifest.score.threshold
-        assert row["score"] == pytest.approx(float(score), abs=1e-5)
-        assert row["anomalous"] == (row["score"] >= manifest.score.threshold)
+        assert row["raw_score"] == pytest.approx(float(score), abs=1e-5)
+        assert row["anomalous"] == (row["raw_score"] >= manifest.score.threshold) == (row["score"] >= 0.5)
 
 
 def test_random_toy_checkpoint_and_unknown_methods(tmp_path):
