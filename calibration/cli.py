@@ -271,12 +271,12 @@ def bf16(fp32_onnx: Path, images, data, camera, anomalies, class_name, frames, h
 
     Runs the frames in FP32 and in mixed BF16 on OpenVINO (same device) and compares them with the
     accuracy gate. When it passes, the manifest records it (precision_gates) and aaclip-runtime
-    --backend openvino --precision-hint bf16 runs the artifact; otherwise nothing is written (exit 1).
+    --backend openvino --precision bf16 runs the artifact; otherwise nothing is written (exit 1).
     """
     from .bf16 import PrecisionGateOptions, gate_precision
 
     if precision_hint not in (None, "bf16"):
-        raise UserError("aaclip-calibrate bf16 gates --precision-hint bf16; drop --precision-hint")
+        raise UserError("aaclip-calibrate bf16 gates --precision bf16; drop --precision")
     manifest = load_manifest(fp32_onnx)
     normals, bad = resolve_inputs(manifest, images, data, camera, frames, anomalies, class_name)
     if camera is None:
@@ -293,7 +293,7 @@ def bf16(fp32_onnx: Path, images, data, camera, anomalies, class_name, frames, h
         sys.exit(1)
     if not result.gate.passed:
         click.echo("warning: gate failed, recorded because of --force", err=True)
-    click.echo(f"wrote {result.manifest}: aaclip-runtime {fp32_onnx} --backend openvino --precision-hint bf16")
+    click.echo(f"wrote {result.manifest}: aaclip-runtime {fp32_onnx} --backend openvino --precision bf16")
 
 
 def main(argv: Optional[list[str]] = None) -> None:

@@ -99,10 +99,49 @@ def _one_line(exc: click.UsageError) -> click.UsageError:
     return one
 
 
+RENAMED_OPTIONS = {"--ckpt": "--checkpoint", "--precision-hint": "--precision", "--batch-size": "--batch"}
+"""Old spellings of the one vocabulary (docs/cli.md), accepted for one release with a warning naming the new
+one, by every command that has the new option. A command adds its own in ``renamed`` (``renamed_options``)."""
+
+
+def renamed_options(**old_to_new: str):
+    """Decorator above ``@click.command``: this command's own old spellings, e.g. ``renamed_options(batch=
+    "engine-batch")`` for an option whose name now means something else across commands."""
+    def mark(command: click.Command) -> click.Command:
+        command.renamed = {f"--{old.replace('_', '-')}": f"--{new}" for old, new in old_to_new.items()}
+        return command
+
+    return mark
+
+
+def _modernize(command: click.Command, args: list[str]) -> list[str]:
+    """``args`` with the command's deprecated option spellings replaced by the new ones (a warning for each)."""
+    known = {name for p in command.params for name in (*getattr(p, "opts", ()), *getattr(p, "secondary_opts", ()))}
+    mapping = {old: new for old, new in {**RENAMED_OPTIONS, **getattr(command, "renamed", {})}.items()
+               if old not in known and new in known}
+    if not mapping:
+        return args
+    out = []
+    for i, arg in enumerate(args):
+        if arg == "--":
+            return out + list(args[i:])
+        old, eq, value = arg.partition("=")
+        if old in mapping:
+            click.echo(f"warning: {old} is deprecated; use {mapping[old]} (the old spelling goes away in the next "
+                       "release)", err=True)
+            arg = mapping[old] + eq + value
+        out.append(arg)
+    return out
+
+
 class _ReportsErrors:
     """Click mixin: a UserError (or an OSError such as a full disk: it names the file) becomes one
     ``error: ...`` line on stderr and exit status 2, and so does click's own usage error (instead of its
-    usage block and ``Error: ...``); Ctrl-C outside the camera loop's own handling exits 130."""
+    usage block and ``Error: ...``); Ctrl-C outside the camera loop's own handling exits 130. Deprecated
+    option spellings (``RENAMED_OPTIONS``, a command's ``renamed``) are rewritten with a warning."""
+
+    def parse_args(self, ctx, args):
+        return super().parse_args(ctx, _modernize(self, list(args)))
 
     def make_context(self, info_name, args, parent=None, **extra):
         try:

@@ -263,7 +263,7 @@ def run_runtime(artifact: Path, video: Path, out: Path, defect_frames: list[int]
 
 
 @click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("aaclip-demo"), show_default=True,
+@click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), default=Path("aaclip-demo"), show_default=True,
               help="Folder for everything the demo writes.")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the random CLIP weights and of the synthetic data; other seeds draw other random weights, "

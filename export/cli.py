@@ -2,10 +2,10 @@
 
     aaclip-export CKPT                                   # FP32 ONNX, all classes, model resolution
     aaclip-export CKPT --precision fp16 --classes bottle --input-size 1080x1920
-    aaclip-export CKPT --format engine --precision fp16 --batch 1:4:8 --trt-flavour tensorrt
+    aaclip-export CKPT --format engine --precision fp16 --engine-batch 1:4:8 --trt-flavour tensorrt
     aaclip-export aaclip-fp16.onnx --format engine               # on the Jetson, from a copied graph
-    aaclip-export CKPT --format triton --out models/ --batch 1:4:8   # a Triton model repository (docs/deploy-triton.md)
-    aaclip-export --verify runs/demo/ckpt/aaclip-fp32.onnx [--ckpt CKPT] [--images DIR]
+    aaclip-export CKPT --format triton --out models/ --engine-batch 1:4:8   # a Triton model repository (docs/deploy-triton.md)
+    aaclip-export --verify runs/demo/ckpt/aaclip-fp32.onnx [--checkpoint CKPT] [--images DIR]
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional
 
 import click
-from aaclip.contract.cli import Command, FiniteFloat, setup_logging
+from aaclip.contract.cli import Command, FiniteFloat, renamed_options, setup_logging
 from aaclip.contract.errors import UserError
 from aaclip.runtime.backends.options import backend_option
 
@@ -103,7 +103,7 @@ def engine_from_onnx(onnx_path: Path, out: Optional[Path], options: "EngineOptio
         raise UserError(f"{onnx_path} is a {manifest.artifact_format} artifact: give an exported .onnx graph")
     engine_path = Path(out) if out is not None else Path(onnx_path).with_suffix(".engine")
     command = shlex.join(["aaclip-export", str(onnx_path), "--format", "engine", "--out", str(engine_path),
-                          "--batch", ":".join(map(str, profile)), "--trt-flavour", flavour,
+                          "--engine-batch", ":".join(map(str, profile)), "--trt-flavour", flavour,
                           "--workspace-mb", str(workspace_mb)])
     build_engine_artifact(onnx_path, engine_path, options, command)
     return engine_path
@@ -138,7 +138,8 @@ def export_command(ckpt: Path, out: Optional[Path], fmt: str, options: "ExportOp
         log.info("reusing %s", onnx_path)
     else:
         export_onnx(ckpt, onnx_path, options)  # loads the model and frees it before tracing
-    extra = ["--batch", ":".join(map(str, profile)), "--trt-flavour", flavour, "--workspace-mb", str(workspace_mb)]
+    extra = ["--engine-batch", ":".join(map(str, profile)), "--trt-flavour", flavour, "--workspace-mb",
+             str(workspace_mb)]
     command = rebuild_command(ckpt, engine_path, "engine", options, extra)
     return build_engine_artifact(onnx_path, engine_path, engine, command)
 
@@ -167,6 +168,7 @@ def verify_command(artifact: Path, ckpt: Optional[Path], options: "VerifyOptions
     return all(r.passed for r in reports)
 
 
+@renamed_options(batch="engine-batch")
 @click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.argument("ckpt", metavar="CKPT|MODEL.onnx", required=False, type=click.Path(path_type=Path))
 @click.option("--out", "-o", type=click.Path(path_type=Path),
@@ -183,7 +185,7 @@ def verify_command(artifact: Path, ckpt: Optional[Path], options: "VerifyOptions
 @click.option("--input-size", help="Camera resolution HxW (e.g. 1080x1920): the graph resizes (PIL bicubic) "
                                    "inside [default: model resolution].")
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset, 17..20 (TensorRT 10.3: <= 20).")
-@click.option("--batch", default="1:4:8", show_default=True,
+@click.option("--engine-batch", "batch", default="1:4:8", show_default=True,
               help="Engine batch profile MIN:OPT:MAX; --format triton from ONNX: max_batch_size MAX, preferred "
                    "batch sizes OPT and MAX.")
 @click.option("--workspace-mb", type=click.IntRange(min=16), default=2048, show_default=True,
@@ -215,7 +217,7 @@ def verify_command(artifact: Path, ckpt: Optional[Path], options: "VerifyOptions
               help="(triton, ONNX) run the graph through ONNX Runtime's TensorRT execution accelerator.")
 @click.option("--verify", "verify", type=click.Path(path_type=Path), metavar="ARTIFACT",
               help="Parity gate: run ARTIFACT and the PyTorch model on the same frames, exit 1 beyond tolerances.")
-@click.option("--ckpt", "verify_ckpt", type=click.Path(path_type=Path),
+@click.option("--checkpoint", "verify_ckpt", type=click.Path(path_type=Path),
               help="(--verify) checkpoint [default: the CKPT argument, else the one in the manifest].")
 @click.option("--images", type=click.Path(path_type=Path),
               help="(--verify) folder of images (DIR/<class>/x.png picks the class) [default: synthetic frames].")
@@ -274,7 +276,7 @@ def cli(ckpt, out, fmt, precision, classes, input_size, opset, batch, workspace_
             graph_options = ExportOptions(precision=precision or "fp32", classes=_split_classes(classes),
                                           input_size=parse_input_size(input_size), opset=opset,
                                           external_data=external_data, clip_weights=clip_weights)
-            command = rebuild_command(ckpt, out, "triton", graph_options, ["--batch", batch, "--model-name", model_name])
+            command = rebuild_command(ckpt, out, "triton", graph_options, ["--engine-batch", batch, "--model-name", model_name])
             return export_onnx(ckpt, graph, graph_options, rebuild=command).path
 
         path = triton_repository(ckpt, out, options, export_graph)

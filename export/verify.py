@@ -231,7 +231,7 @@ def _checkpoint_for(manifest: Manifest, ckpt: Optional[Path]) -> Path:
     source = manifest.data.get("source") or {}
     path = Path(ckpt) if ckpt is not None else Path(source.get("checkpoint") or "")
     if ckpt is None and not path.is_dir():
-        raise UserError(f"the checkpoint the artifact was exported from ({path}) is not here: pass --ckpt CKPT_DIR")
+        raise UserError(f"the checkpoint the artifact was exported from ({path}) is not here: pass --checkpoint CKPT_DIR")
     if not path.is_dir():
         raise UserError(f"checkpoint directory not found: {path}")
     want = source.get("checkpoint_sha256")
@@ -241,7 +241,7 @@ def _checkpoint_for(manifest: Manifest, ckpt: Optional[Path]) -> Path:
         raise UserError(f"cannot hash checkpoint {path} ({exc}): is it a checkpoint directory?") from None
     if want and have != want:
         raise UserError(f"{manifest.artifact_path.name} was not exported from {path} (checkpoint sha256 {have[:12]}... "
-                        f"!= {want[:12]}... in the manifest): pass the right --ckpt")
+                        f"!= {want[:12]}... in the manifest): pass the right --checkpoint")
     return path
 
 

@@ -62,7 +62,7 @@ class RunConfig:
     artifact: Union[Path, str]  # a file, or a served model: grpc://HOST:8001/MODEL, http://HOST:8000/MODEL
     cameras: tuple[str, ...]
     backend: str = AUTO
-    runner: RunnerOptions = RunnerOptions()  # --device, --threads, --precision-hint, --perf-hint, --cache-dir
+    runner: RunnerOptions = RunnerOptions()  # --device, --threads, --precision, --perf-hint, --cache-dir
     batch: int = 1
     classes: tuple[str, ...] = ()
     threshold: Optional[float] = None

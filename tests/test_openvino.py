@@ -196,7 +196,7 @@ def test_runtime_cli_refuses_ungated_bf16_with_one_line(tmp_path):
 
     art = make_onnx_artifact(tmp_path)
     video = write_video(tmp_path / "line.avi", 2)
-    r = CliRunner().invoke(main, [str(art), "--camera", str(video), "--backend", "openvino", "--precision-hint", "bf16",
+    r = CliRunner().invoke(main, [str(art), "--camera", str(video), "--backend", "openvino", "--precision", "bf16",
                                   "--no-drop"])
     assert r.exit_code == 2
     assert r.output.strip().splitlines()[-1].startswith("error: bf16 on model.onnx has not passed the accuracy gate")

@@ -47,7 +47,7 @@ FACTS = {
         "training on 45 images: pixel losses on the 28 with known pixels",
         "17 anomalies without masks train the image losses only",
         "stage 1 epoch 1/2: 3 steps", "stage 2 epoch 5/5: 12 steps", "checkpoint: runs/flange"],
-    "aaclip-eval --ckpt runs/flange --data flange/test.jsonl --overlays": [
+    "aaclip-eval --checkpoint runs/flange --data flange/test.jsonl --overlays": [
         "wrote 19 overlays to runs/flange/eval/overlays", "| flange | – | – | – | – |",
         "flange: pixel metrics not computed: no anomalous image of this class has a mask (image-level labels only)",
         "metrics: runs/flange/eval/metrics.json"],

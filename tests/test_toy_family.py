@@ -212,7 +212,7 @@ def test_eval_runs_the_toy_model(trained, workspace, tmp_path):
     from aaclip.train.eval_cli import main as eval_main
 
     _, paths = workspace
-    res = CliRunner().invoke(eval_main, ["--ckpt", str(trained), "--data", str(paths["test"]), "--out", str(tmp_path),
+    res = CliRunner().invoke(eval_main, ["--checkpoint", str(trained), "--data", str(paths["test"]), "--out", str(tmp_path),
                                          "--method", "toy", "-q"])
     assert res.exit_code == 0, res.output
     report = json.loads((tmp_path / "metrics.json").read_text())

@@ -198,7 +198,7 @@ def test_model_repository_of_the_tiny_model_loads_in_the_server(tmp_path):
 
     ckpt = make_tiny_checkpoint(tmp_path / "ckpt")
     r = CliRunner().invoke(export_cli, [str(ckpt), "--format", "triton", "--out", str(tmp_path / "repo"),
-                                        "--model-name", "tiny", "--batch", "1:2:4", "-q"])
+                                        "--model-name", "tiny", "--engine-batch", "1:2:4", "-q"])
     assert r.exit_code == 0, r.output
     model_dir = tmp_path / "repo" / "tiny"
     exported = text_format.Parse((model_dir / "config.pbtxt").read_text(), pb.ModelConfig())

@@ -19,6 +19,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional
 
+import click
 from aaclip.contract.errors import UserError
 from aaclip.contract.manifest import Manifest
 
@@ -112,23 +113,34 @@ def resolve_backend(manifest: Manifest, name: str = AUTO) -> str:
     return backend.name
 
 
+def _once_per_command(process_wide: set) -> set:
+    """What was said already: in this command invocation (click's context, so two commands run in one process
+    each say it), else in this process."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return process_wide
+    return ctx.find_root().meta.setdefault(f"aaclip.once.{id(process_wide)}", set())
+
+
 def announce_auto(fmt: str, chosen: str) -> None:
-    """Log (once per process and resolution) what ``--backend auto`` chose for ``fmt`` artifacts and why."""
-    if (fmt, chosen) in _ANNOUNCED:
+    """Log (once per command or process, and resolution) what ``--backend auto`` chose for ``fmt`` artifacts and why."""
+    seen = _once_per_command(_ANNOUNCED)
+    if (fmt, chosen) in seen:
         return
-    _ANNOUNCED.add((fmt, chosen))
+    seen.add((fmt, chosen))
     log.info("--backend auto -> %s for this %s artifact on this machine: %s (%s)", chosen, fmt, describe_machine(),
              AUTO_RULE)
 
 
 def warn_if_unverified(manifest: Manifest, backend: str, options: Optional[RunnerOptions] = None) -> bool:
-    """Warn (once per process, artifact, backend and precision) when ``manifest``'s artifact runs on a backend
+    """Warn (once per command or process, artifact, backend and precision) when ``manifest``'s artifact runs on a backend
     and precision its parity or accuracy gate was never checked on; returns whether it warned now."""
     precision = str((options.extra if options else {}).get("precision") or manifest.precision)
     key = (manifest.sha256, backend, precision)
-    if key in _WARNED or (backend, precision) in manifest.verified_on:
+    warned = _once_per_command(_WARNED)
+    if key in warned or (backend, precision) in manifest.verified_on:
         return False
-    _WARNED.add(key)
+    warned.add(key)
     checked = ", ".join(f"{b} {p}" for b, p in sorted(manifest.verified_on)) or "nothing on record"
     log.warning("%s runs on %s in %s, where its outputs were never checked against PyTorch (verified on: %s); "
                 "run aaclip-export --verify %s --backend %s on this machine", manifest.artifact_path.name, backend,
