@@ -111,20 +111,24 @@ def pixel_mask(anomaly_map: Any, p: ScoreParams) -> np.ndarray:
 
 SHOWN_THRESHOLD = 0.5
 """Where the calibrated threshold sits on the operator's [0, 1] scale."""
+MIN_OPERATOR_SCALE = 0.25
+"""The shortest raw distance from the threshold to the ends of the shown scale (a quarter of the normal frames'
+spread): a hand-set threshold near or below the median good part still gets a usable scale."""
 
 
 def operator_scale(threshold: float) -> float:
     """Raw score units from the threshold to the ends of the shown scale: the distance from the median good
     part (raw 0 after calibration, ``aaclip.calibration.thresholds.fit_normalization``) to the threshold, at
-    least 1 (the normal frames' spread), so a threshold near or below the median still spreads the scale."""
-    return max(float(threshold), 1.0)
+    least ``MIN_OPERATOR_SCALE``."""
+    return max(float(threshold), MIN_OPERATOR_SCALE)
 
 
 def operator_score(raw: Any, threshold: float) -> Any:
     """The score shown to people: ``clip(0.5 + 0.5 * (raw - threshold) / operator_scale(threshold), 0, 1)``.
 
     Monotone in ``raw``; ``raw == threshold`` shows 0.5, so shown >= 0.5 exactly when the raw score reaches
-    the threshold; a calibrated artifact shows its median good part as 0 and ``2 x threshold`` as 1. NaN stays
+    the threshold; a calibrated artifact shows its median good part as 0 and ``2 x threshold`` as 1 (an
+    uncalibrated one, threshold 0.5 on [0, 1]-normalized outputs, shows its raw score). NaN stays
     NaN (a broken output is not a score). A scalar in, a float out; an array in, a float64 array out."""
     values = np.asarray(raw, dtype=np.float64)
     shown = np.clip(SHOWN_THRESHOLD + SHOWN_THRESHOLD * (values - float(threshold)) / operator_scale(threshold),

@@ -119,10 +119,12 @@ def test_operator_score_puts_the_threshold_at_one_half_hand_computed():
     # calibrated: the median good part is raw 0; threshold 2 -> scale 2: raw 0 -> 0, 1 -> 0.25, 2 -> 0.5, 4 -> 1
     raw = np.array([-1.0, 0.0, 1.0, 2.0, 3.0, 4.0, 9.0, np.nan])
     np.testing.assert_array_equal(operator_score(raw, 2.0), [0.0, 0.0, 0.25, 0.5, 0.75, 1.0, 1.0, np.nan])
-    # a threshold below one normal spread keeps a scale of 1: threshold 0.5 -> 0.5 + 0.5 * (raw - 0.5)
-    np.testing.assert_array_equal(operator_score(np.array([-0.5, 0.0, 0.5, 1.5, 2.0]), 0.5),
-                                  [0.0, 0.25, 0.5, 1.0, 1.0])
-    assert operator_score(-3.0, -2.0) == 0.0 and operator_score(-2.0, -2.0) == 0.5  # a hand threshold below 0
+    # the export default (threshold 0.5) shows the raw score itself, clipped to [0, 1]
+    np.testing.assert_array_equal(operator_score(np.array([-0.5, 0.0, 0.25, 0.5, 0.75, 1.5]), 0.5),
+                                  [0.0, 0.0, 0.25, 0.5, 0.75, 1.0])
+    # a threshold near or below the median good part keeps a scale of 0.25
+    np.testing.assert_array_equal(operator_score(np.array([-0.25, 0.0, 0.1, 0.25]), 0.0), [0.0, 0.5, 0.7, 1.0])
+    assert operator_score(-2.25, -2.0) == 0.0 and operator_score(-2.0, -2.0) == 0.5  # a hand threshold below 0
     assert isinstance(operator_score(0.25, 2.0), float) and operator_score(0.25, 2.0) == 0.0625
     # monotone, and at or above 0.5 exactly where the raw score reaches the threshold
     rng = np.random.default_rng(0)
