@@ -146,6 +146,9 @@ def test_the_tutorial_runs_as_written(tmp_path, monkeypatch, one_torch_thread):
             assert fact in shown, f"the page no longer shows {fact!r} for `{command}`"
             assert fact in out, f"`{command}` no longer prints {fact!r}:\n{out}"
 
+    # the overlay the page names is one the eval wrote (a test-split photo)
+    named = re.search(r"the photo's own relative path \(`([^`]+)`", text).group(1)
+    assert Path("runs/flange/eval/overlays/flange", named).is_file(), named
     # the photos are the issue's case: 250x250 grayscale JPEGs, no masks
     import cv2
 
@@ -188,6 +191,17 @@ def _command(prog: str, args: list[str]) -> click.Command:
         assert name, f"{prog} {' '.join(args)}: no subcommand"
         command = command.commands[name]
     return command
+
+
+def test_the_page_starts_from_the_readme_install():
+    """The README installs into .venv without activating it: the page activates it before its first command
+    (else `python make_photos.py` finds no cv2 and the aaclip commands are not on PATH)."""
+    text = DOC.read_text()
+    readme = (DOC.parents[1] / "README.md").read_text()
+    assert "python3 -m venv .venv && .venv/bin/pip install" in readme  # what the page builds on
+    first_command = text.index("```console")
+    assert -1 < text.find("source .venv/bin/activate") < first_command
+    assert text.find("No module named 'cv2'") < first_command
 
 
 def test_the_commands_it_cannot_run_use_real_options():
