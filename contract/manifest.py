@@ -314,7 +314,8 @@ def load_manifest(artifact_path: PathLike) -> Manifest:
     path = manifest_path(artifact_path)
     if not path.is_file():
         if not artifact_path.exists():
-            raise ArtifactError(f"artifact {artifact_path} not found: no such file (nor its manifest {path.name})", None)
+            raise ArtifactError(f"artifact {artifact_path} not found: no such file (nor its manifest {path.name})",
+                                None)
         raise ArtifactError(
             f"no manifest for {artifact_path} (expected {path}); the runtime only runs artifacts exported "
             "with their manifest", None)

@@ -276,7 +276,8 @@ def cli(ckpt, out, fmt, precision, classes, input_size, opset, batch, workspace_
             graph_options = ExportOptions(precision=precision or "fp32", classes=_split_classes(classes),
                                           input_size=parse_input_size(input_size), opset=opset,
                                           external_data=external_data, clip_weights=clip_weights)
-            command = rebuild_command(ckpt, out, "triton", graph_options, ["--engine-batch", batch, "--model-name", model_name])
+            command = rebuild_command(ckpt, out, "triton", graph_options,
+                                      ["--engine-batch", batch, "--model-name", model_name])
             return export_onnx(ckpt, graph, graph_options, rebuild=command).path
 
         path = triton_repository(ckpt, out, options, export_graph)

@@ -4,7 +4,8 @@ Both runners come from the backend registry: the reference is the ``pytorch`` ba
 (``aaclip.export.reference``: the checkpoint's ``predict`` per class, on the training pre-processing), the
 artifact runs on the backends ``deployment_backends`` names: what ``--backend auto`` deploys a graph on
 here (OpenVINO on an Intel CPU) plus ONNX Runtime (CPU) as the reference, or TensorRT for an engine
-(needs a GPU); ``aaclip-export --verify`` records each result in the manifest (``parity``). ``compare_outputs`` is the comparator: maps are compared
+(needs a GPU); ``aaclip-export --verify`` records each result in the manifest (``parity``).
+``compare_outputs`` is the comparator: maps are compared
 relative to the reference map range (AA-CLIP maps span tens of units, see SPEC section 5), scores in
 absolute terms, plus the per-image map correlation and the IoU of the top-1% pixels.
 """
@@ -231,7 +232,8 @@ def _checkpoint_for(manifest: Manifest, ckpt: Optional[Path]) -> Path:
     source = manifest.data.get("source") or {}
     path = Path(ckpt) if ckpt is not None else Path(source.get("checkpoint") or "")
     if ckpt is None and not path.is_dir():
-        raise UserError(f"the checkpoint the artifact was exported from ({path}) is not here: pass --checkpoint CKPT_DIR")
+        raise UserError(f"the checkpoint the artifact was exported from ({path}) is not here: pass --checkpoint "
+                        "CKPT_DIR")
     if not path.is_dir():
         raise UserError(f"checkpoint directory not found: {path}")
     want = source.get("checkpoint_sha256")

@@ -83,7 +83,8 @@ class Decision:
         return {
             "timestamp": datetime.fromtimestamp(self.wall_time, timezone.utc).isoformat(timespec="milliseconds"),
             "source": self.source, "frame": self.frame, "class": self.class_name,
-            "score": _finite(self.score, 6), "raw_score": _finite(self.raw_score, 6), "decision": self.state, "anomalous": self.anomalous,
+            "score": _finite(self.score, 6), "raw_score": _finite(self.raw_score, 6), "decision": self.state,
+            "anomalous": self.anomalous,
             "alarm": self.alarm, "onset": self.onset, "map_max": _finite(self.map_max, 6), "cls_score": _finite(self.cls_score, 6),
             "threshold": _finite(self.threshold), "latency_ms": round(self.latency_s * 1e3, 3),
             "evidence": self.evidence, "run": self.run_id, "file": self.file, "calibrated": self.calibrated,

@@ -114,7 +114,8 @@ class _Collector:
         yield score
         yield raw
         yield age
-        yield GaugeMetricFamily("aaclip_score_threshold", "The raw image-score threshold in use (0.5 on the operator scale).",
+        yield GaugeMetricFamily("aaclip_score_threshold",
+                                "The raw image-score threshold in use (0.5 on the operator scale).",
                                 value=m.context.params.threshold)
         failures = CounterMetricFamily("aaclip_sink_failures", "Writes or messages a sink could not deliver.",
                                        labels=["sink"])

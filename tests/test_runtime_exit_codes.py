@@ -38,6 +38,7 @@ def wait_for(proc: subprocess.Popen, done, seconds: float = 60) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.both_cpus  # the subprocess inherits $AACLIP_CPU_VENDOR: openvino, then onnxruntime
 def test_finished_exits_0(tmp_path):
     art = make_onnx_artifact(tmp_path)
     r = runtime(art, "--camera", write_video(tmp_path / "v.avi", 4), "-q")
@@ -70,14 +71,20 @@ def test_wait_for_source_keeps_waiting_and_counts_its_tries(tmp_path):
     art = make_onnx_artifact(tmp_path)
     proc = start(art, "--camera", "7", "--open-timeout", "0.2", "--wait-for-source", "--reconnect-delay", "0.05",
                  "--reconnect-max", "0.1")
+    err_lines = []
+    reader = threading.Thread(target=lambda: err_lines.extend(proc.stderr), daemon=True)
+    reader.start()
     try:
-        time.sleep(1.5)  # it has not exited 2: it waits
-        assert proc.poll() is None, proc.communicate()
+        wait_for(proc, lambda: any("connect try 3 failed" in line for line in err_lines))
+        assert proc.poll() is None, err_lines  # past --open-timeout and not exited 2: it waits
         proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=30)
+        out = proc.stdout.read()
+        proc.wait(timeout=30)
+        reader.join(5)
     finally:
         if proc.poll() is None:
             proc.kill()
+    err = "".join(err_lines)
     assert proc.returncode == 0, err  # stopped by a signal; never delivered, so not "lost"
     assert "stopped by SIGTERM" in out and "reconnects 0 (" in out and "failed tries)" in out
     tries = int(out.split("reconnects 0 (")[1].split(" failed tries)")[0])

@@ -133,8 +133,8 @@ def announce_auto(fmt: str, chosen: str) -> None:
 
 
 def warn_if_unverified(manifest: Manifest, backend: str, options: Optional[RunnerOptions] = None) -> bool:
-    """Warn (once per command or process, artifact, backend and precision) when ``manifest``'s artifact runs on a backend
-    and precision its parity or accuracy gate was never checked on; returns whether it warned now."""
+    """Warn (once per command or process, artifact, backend and precision) when ``manifest``'s artifact runs on
+    a backend and precision its parity or accuracy gate was never checked on; returns whether it warned now."""
     precision = str((options.extra if options else {}).get("precision") or manifest.precision)
     key = (manifest.sha256, backend, precision)
     warned = _once_per_command(_WARNED)
