@@ -21,7 +21,7 @@ from .backends.triton import parse_endpoint
 from .capture import Backoff, default_drop
 from .loop import CameraLoop, LoopConfig, Summary, source_classes
 from .sinks import EVIDENCE_FORMATS, AnnotatedVideo, DisplaySink, EventLog, EvidenceWriter, Sink
-from .sources import DEFAULT_OPEN_TIMEOUT_MS, open_source
+from .sources import DEFAULT_OPEN_TIMEOUT_MS, NoFirstFrame, open_source
 
 log = logging.getLogger(__name__)
 
@@ -176,9 +176,13 @@ def run(config: RunConfig) -> Summary:
             for camera in config.cameras:
                 if stop.event.is_set():
                     break
-                sources.append(open_source(camera, loop=config.loop_files, open_timeout_ms=timeout_ms,
-                                           read_timeout_ms=max(timeout_ms // 2, 1000),
-                                           wait=config.wait_for_source, stop=stop.event))
+                try:
+                    sources.append(open_source(camera, loop=config.loop_files, open_timeout_ms=timeout_ms,
+                                               read_timeout_ms=max(timeout_ms // 2, 1000),
+                                               wait=config.wait_for_source, stop=stop.event))
+                except NoFirstFrame as exc:
+                    raise NoFirstFrame(f"{exc}; --open-timeout sets how long to wait, --wait-for-source keeps "
+                                       "waiting for a camera that starts after this PC") from None
             if stop.event.is_set():
                 log.info("stopped by %s before the loop started", stop.reason)
                 return Summary(stopped_by=stop.reason or "signal")

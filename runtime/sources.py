@@ -52,6 +52,10 @@ class SourceError(UserError):
     """A source that cannot deliver (never opened, nothing readable); the message names it and why."""
 
 
+class NoFirstFrame(SourceError):
+    """A live source without a first frame within its open timeout."""
+
+
 class Source:
     """One video source. Subclasses implement ``open``, ``read`` and ``release``."""
 
@@ -297,6 +301,5 @@ def open_source(spec: str | int, loop: bool = False, open_timeout_ms: int = DEFA
             return source
         if stop is None:
             time.sleep(min(RETRY_OPEN_S, left))
-    raise SourceError(f"camera {source.name} delivered no frame within {timeout_s:g} s ({tries} tries; "
-                      "--open-timeout): check its index or URL, cable and power, that no other program holds it; "
-                      "--wait-for-source keeps waiting for a camera that starts after this PC")
+    raise NoFirstFrame(f"camera {source.name} delivered no frame within {timeout_s:g} s ({tries} tries): check its "
+                       "index or URL, cable and power, and that no other program holds it")
