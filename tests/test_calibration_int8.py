@@ -101,14 +101,18 @@ def test_int8_graph_structure(fp32, int8_run):
 
     by_name = {n.name: n for n in model.graph.node}
     assert from_dq(by_name["/resblocks.0/mlp/c_fc/MatMul"], 0) and from_dq(by_name["/resblocks.0/mlp/c_fc/MatMul"], 1)
-    assert from_dq(by_name["/conv1/Conv"], 1)
+    kept = set(load_manifest(out).data["quantization"]["fp32_nodes_by_search"])  # the search's FP32 nodes
+    assert from_dq(by_name["/conv1/Conv"], 1) == ("/conv1/Conv" not in kept)
     for name, node in by_name.items():
         if node.op_type in ("LayerNormalization", "Softmax", "Resize", "ReduceMax") or (
                 node.op_type in ("MatMul", "Conv") and name.strip("/").count("/") == 0):
             assert not any(from_dq(node, i) for i in range(len(node.input))), name  # stays FP32
     assert not from_dq(by_name["/resblocks.0/attn/MatMul_1"], 0)  # attention scores: FP32
     plan = plan_quantization(onnx.load(str(fp32)))
-    assert all(from_dq(by_name[n], 0) and from_dq(by_name[n], 1) for n in plan.quantize)  # every range collected
+    assert kept < set(plan.quantize)
+    quantized = [n for n in plan.quantize if n not in kept]
+    assert all(from_dq(by_name[n], 0) and from_dq(by_name[n], 1) for n in quantized)  # every range collected
+    assert not any(from_dq(by_name[n], i) for n in kept for i in (0, 1))  # kept FP32 by the search: no Q/DQ at all
     assert not any(from_dq(by_name[n], 0) for n in plan.exclude if n in by_name)
 
 
