@@ -19,7 +19,9 @@ plan was tuned on alone):
 5. the plan is gated on the whole held-out set; if it fails there, the most sensitive low-precision units
    go back to FP32 one at a time until it passes.
 
-A time budget stops steps 2-4 early: what was not measured stays FP32 (the plan records ``complete: false``).
+A time budget stops steps 2-4 early (the plan records ``complete: false``): what was not measured stays FP32, and
+what was measured but not yet added one by one goes in together, left to step 5's back-off (which, with the
+final gate, runs after the budget).
 The plan (units low / kept FP32, their sensitivities, evaluations, seconds) is what the manifest records and
 what ``--plan`` re-applies without searching. NNCF's ``quantize_with_accuracy_control`` ranks and reverts
 single quantizers the same way; docs/calibration.md says why this search is our own (per-group units both
@@ -243,9 +245,9 @@ def search_plan(units: Sequence[Unit], evaluate: Evaluate, final: Evaluate, budg
             sensitivity[block] = badness(run(members, f"{block} alone"))
         failed_blocks = [b for b in blocks if b not in sensitivity or sensitivity[b] > 1.0]
         for block in sorted((b for b in sensitivity if sensitivity[b] <= 1.0), key=sensitivity.get):  # 3.
-            if clock.out:
+            if clock.out:  # no time to grow one by one: the final gate's back-off decides
                 complete = False
-                failed_blocks.append(block)
+                current += blocks[block]
                 continue
             if run(current + blocks[block], f"+ {block}").passed:
                 current += blocks[block]
@@ -260,9 +262,12 @@ def search_plan(units: Sequence[Unit], evaluate: Evaluate, final: Evaluate, budg
                 break
             sensitivity[name] = badness(run([name], f"{name} alone"))
         for name in sorted((n for n in group_units if sensitivity.get(n, float("inf")) <= 1.0), key=sensitivity.get):
+            if name in current:
+                continue
             if clock.out:
                 complete = False
-                break
+                current.append(name)
+                continue
             if run(current + [name], f"+ {name}").passed:
                 current.append(name)
     order = sorted(current, key=lambda n: sensitivity.get(n, sensitivity.get(block_of(_unit(units, n)), 0.0)),

@@ -217,3 +217,47 @@ def test_spearman_and_gate_report():
     # saturated scores: both constant keep their (trivial) order, every pair ties
     flat = evaluate_gate(maps, maps, np.full(4, 0.5), np.full(4, 0.5), labels)
     assert (flat.rank_corr, flat.auroc_fp32, flat.auroc_change) == (1.0, 0.5, 0.0)
+
+
+def test_search_plan_is_recorded_and_reproduced_from_the_manifest(fp32, int8_run, tmp_path):
+    r, out = int8_run
+    assert "plan: " in r.stdout and "units in low precision" in r.stdout and "kept FP32, whole:" in r.stdout
+    assert "expected speed-up over FP32: " in r.stdout
+    q = load_manifest(out).data["quantization"]
+    plan = q["plan"]
+    assert plan["searched"] is True and plan["evaluations"] >= 1 and plan["complete"] is True
+    assert len(plan["units_low"]) + len(plan["units_fp32"]) == 13  # patch embedding + 4 blocks x 3 groups
+    assert plan["units_low"] and q["gate"]["speedup"]["speedup"] > 0 and q["weight_bits"] == 7
+    assert "--plan" in load_manifest(out).rebuild_command
+
+    again = tmp_path / "again.int8.onnx"
+    r2 = invoke("int8", fp32, "--images", fp32.parent / "good", "--holdout", 16, "--plan", out, "--out", again, "-q")
+    assert r2.exit_code == 0, r2.output
+    assert "(re-applied from the manifest)" in r2.stdout
+    q2 = load_manifest(again).data["quantization"]
+    assert (q2["plan"]["units_low"], q2["plan"]["units_fp32"]) == (plan["units_low"], plan["units_fp32"])
+    assert q2["plan"]["searched"] is False and q2["fp32_nodes_by_search"] == q["fp32_nodes_by_search"]
+    assert sha256_file(again) == sha256_file(out)  # same frames, same plan: the same graph, byte for byte
+
+    r3 = invoke("int8", fp32, "--images", fp32.parent / "good", "--plan", fp32, "--out", tmp_path / "x.onnx", "-q")
+    assert r3.exit_code == 2 and "records no int8 plan" in r3.output
+
+
+def test_weight_bits_seven_by_default_eight_on_request(fp32, int8_run, tmp_path):
+    from onnx import numpy_helper
+
+    def weight_range(path):
+        model = onnx.load(str(path))
+        inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+        return max(int(np.abs(inits[n.input[0]].astype(int)).max()) for n in model.graph.node
+                   if n.op_type == "DequantizeLinear" and n.input[0] in inits and inits[n.input[0]].dtype == np.int8)
+
+    _, out = int8_run
+    assert weight_range(out) <= 64  # 7 bits: u8 x s7 pairs cannot saturate AVX2's int16 sums
+    eight = tmp_path / "w8.int8.onnx"
+    r = invoke("int8", fp32, "--images", fp32.parent / "good", "--holdout", 4, "--no-search", "--weight-bits", 8,
+               "--force", "--out", eight, "-q")
+    assert r.exit_code == 0, r.output
+    assert weight_range(eight) == 127
+    q = load_manifest(eight).data["quantization"]
+    assert q["weight_bits"] == 8 and q["plan"]["units_fp32"] == [] and q["plan"]["searched"] is False
