@@ -331,15 +331,20 @@ def int8(fp32_onnx: Path, images, data, camera, anomalies, class_name, frames, o
 @click.option("--force", is_flag=True, help="Record BF16 as allowed even when the gate fails (marked forced).")
 @click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True, help="Frames per inference call.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the synthetic test frames.")
+@_search_options
+@click.option("--emulate", is_flag=True,
+              help="On a CPU without BF16: preview the plan on ONNX Runtime with BF16 rounding; nothing is recorded.")
 @verbosity
 def bf16(fp32_onnx: Path, images, data, camera, anomalies, class_name, frames, holdout, max_map_err,
          min_map_corr, min_rank_corr, max_auroc_change, device, threads, precision_hint, perf_hint, cache_dir, force,
-         batch, seed) -> None:
-    """Gate OpenVINO's mixed BF16 (transformer matmuls BF16, the rest FP32) on FP32_ONNX against FP32.
+         batch, seed, search, time_budget, search_frames, plan, emulate) -> None:
+    """Search and gate OpenVINO's mixed BF16 on FP32_ONNX against FP32.
 
-    Runs the frames in FP32 and in mixed BF16 on OpenVINO (same device) and compares them with the
-    accuracy gate. When it passes, the manifest records it (precision_gates) and aaclip-runtime
-    --backend openvino --precision-hint bf16 runs the artifact; otherwise nothing is written (exit 1).
+    By default an accuracy search decides which transformer blocks (or their QKV / attention-output / MLP
+    groups) run BF16 and which stay FP32, least sensitive first into BF16 while the gate holds; everything
+    outside the transformer's matmuls stays FP32. When the gate passes, the manifest records the plan
+    (precision_gates) and aaclip-runtime --backend openvino --precision-hint bf16 runs it; otherwise nothing
+    is written (exit 1). Needs a CPU with BF16 (AVX512-BF16 or AMX); elsewhere --emulate previews the plan.
     """
     from .bf16 import PrecisionGateOptions, gate_precision
 
@@ -351,10 +356,18 @@ def bf16(fp32_onnx: Path, images, data, camera, anomalies, class_name, frames, h
         normals = _limit(normals, frames)
     limits = GateLimits(max_map_err=max_map_err, min_map_corr=min_map_corr, min_rank_corr=min_rank_corr,
                         max_auroc_change=max_auroc_change)
+    recorded = _recorded_plan(plan, "bf16") if plan is not None else None
     result = gate_precision(fp32_onnx, normals, bad, PrecisionGateOptions(
         max_frames=frames, holdout=holdout, limits=limits, force=force, batch=batch, seed=seed,
-        runner=runner_options(device, threads, None, perf_hint, cache_dir)))
+        runner=runner_options(device, threads, None, perf_hint, cache_dir), search=search, budget_s=time_budget,
+        search_frames=search_frames, plan=recorded, emulate=emulate))
+    _print_plan(result.search, result.units)
     _print_gate(result.gate)
+    _print_speedup(result.speedup, "BF16")
+    if result.emulated:
+        click.echo("emulated BF16 (rounding on ONNX Runtime, this CPU has no BF16): nothing recorded; run this command "
+                   "without --emulate on the line's machine to gate and record the plan")
+        return
     if not result.written:
         click.echo("error: BF16 not allowed for this artifact: the accuracy gate failed (see above); run it in fp32 "
                    "(or pass --force to allow it anyway)", err=True)
