@@ -50,8 +50,11 @@ def resolve_model(ckpt: Optional[Path], tiny: bool, shape: Optional[str], method
 @click.option("--backends", default=",".join(DEFAULT_BACKENDS), show_default=True,
               help=f"Comma-separated: {', '.join(BACKENDS)} (triton: the graph served by Triton, per --clients).")
 @click.option("--precisions", default="fp32,fp16", show_default=True,
-              help=f"Comma-separated: {', '.join(PRECISIONS)} (int8 needs --int8 or an INT8 --engine; bf16: OpenVINO's "
-                   "mixed BF16 on CPUs, PyTorch autocast on GPUs).")
+              help=f"Comma-separated: {', '.join(PRECISIONS)} (int8: the --int8 graph, else the accuracy search of "
+                   "aaclip-calibrate int8 runs on the FP32 graph; bf16: OpenVINO's mixed BF16 with its searched plan on "
+                   "CPUs with BF16, PyTorch autocast on GPUs).")
+@click.option("--time-budget", type=float, default=600.0, show_default=True, metavar="SECONDS",
+              help="Time the accuracy search may take per reduced precision (int8 without --int8, bf16).")
 @click.option("--batches", default="1,2,4", show_default=True, help="Comma-separated batch sizes.")
 @click.option("--reps", type=int, default=10, show_default=True, help="Timed calls per row.")
 @click.option("--warmup", type=int, default=2, show_default=True, help="Untimed calls before timing each row.")
@@ -83,7 +86,8 @@ def resolve_model(ckpt: Optional[Path], tiny: bool, shape: Optional[str], method
               help="(triton) Python of aaclip-serve's environment [default: $AACLIP_SERVE_PYTHON, else .venv-serve].")
 @click.option("-v", "--verbose", count=True, help="More log output.")
 @click.option("-q", "--quiet", is_flag=True, help="Warnings and errors only.")
-def main(ckpt: Optional[Path], tiny: bool, shape: Optional[str], method: Optional[str], backends: str, precisions: str, batches: str,
+def main(ckpt: Optional[Path], tiny: bool, shape: Optional[str], method: Optional[str], backends: str, precisions: str,
+         time_budget: float, batches: str,
          reps: int, warmup: int, out_dir: Path, loop: bool, overlay: bool, frames: int, parity_frames: int,
          int8: Optional[Path], engines: tuple[Path, ...], work_dir: Optional[Path], peak_tflops: Optional[float],
          no_plot: bool, seed: int, clients: str, server: Optional[str], serve_python: Optional[Path], verbose: int,
@@ -107,6 +111,7 @@ def main(ckpt: Optional[Path], tiny: bool, shape: Optional[str], method: Optiona
             precisions=parse_list(precisions, PRECISIONS, "--precisions"), batches=parse_batches(batches),
             reps=reps, warmup=warmup, loop=loop, overlay=overlay, frames=frames, parity_frames=parity_frames,
             int8=int8, engines=engines, work_dir=work_dir, peak_tflops=peak_tflops, seed=seed, plot=not no_plot,
+            time_budget=time_budget,
             clients=parse_batches(clients, "--clients"), server=server, serve_python=serve_python,
         )
         result, files = run_benchmark(cfg)
