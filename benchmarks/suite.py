@@ -68,6 +68,7 @@ class BenchConfig:
     engines: Sequence[Path] = ()
     work_dir: Optional[Path] = None   # exported graphs, the loop video (temporary when None)
     peak_tflops: Optional[float] = None
+    cpu_batches: Optional[Sequence[int]] = None  # CPU rows only at these batches (None: every batch)
     time_budget: float = 600.0   # the accuracy search's time budget per reduced precision (int8 without --int8, bf16)
     seed: int = 0
     plot: bool = True
@@ -422,7 +423,8 @@ def run_benchmark(cfg: BenchConfig, progress: Optional[Callable[[str], None]] = 
         ctx = _Context(cfg, work, env)
         precisions = list(cfg.precisions) + (["int8"] if cfg.int8 and "int8" not in cfg.precisions else [])
         caps = R.detect_capabilities(cfg.int8 is not None or "int8" in precisions, ctx.engine_precisions)
-        specs = R.expand_rows(cfg.backends, precisions, cfg.batches, caps)
+        specs = [s for s in R.expand_rows(cfg.backends, precisions, cfg.batches, caps)
+                 if cfg.cpu_batches is None or s.device != "cpu" or s.batch in cfg.cpu_batches]
         groups: dict[tuple, list[R.RowSpec]] = {}
         for spec in specs:
             groups.setdefault((spec.backend, spec.device, spec.precision), []).append(spec)
