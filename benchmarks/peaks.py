@@ -159,6 +159,44 @@ def _openvino_probe(m: int, k: int, n: int, threads: Optional[int]) -> dict[str,
     return calls
 
 
+def _onnxruntime_probe(m: int, k: int, n: int, threads: Optional[int]) -> dict[str, Callable[[], object]]:
+    """ONNX Runtime's CPU provider on one MatMul: FP32, and the Q/DQ form ``aaclip-calibrate int8`` writes
+    (symmetric INT8 activations and 7-bit per-channel weights), which ONNX Runtime runs with its integer kernels
+    (on x86 without VNNI: u8 x s8 ``vpmaddubsw``, where OpenVINO's INT8 can be slower than its FP32)."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((k, n)).astype(np.float32)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    scale = (np.abs(w).max(axis=0) / 63.0).astype(np.float32)
+    qw = np.clip(np.round(w / scale), -64, 63).astype(np.int8)
+    graphs = {
+        "fp32": ([helper.make_node("MatMul", ["x", "w"], ["y"])], [numpy_helper.from_array(w, "w")]),
+        "int8": ([helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
+                  helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]),
+                  helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["wd"], axis=1),
+                  helper.make_node("MatMul", ["xd", "wd"], ["y"])],
+                 [numpy_helper.from_array(np.float32(4.0 / 127), "xs"), numpy_helper.from_array(np.int8(0), "xz"),
+                  numpy_helper.from_array(qw, "wq"), numpy_helper.from_array(scale, "ws"),
+                  numpy_helper.from_array(np.zeros(n, np.int8), "wz")]),
+    }
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = int(threads)
+    calls = {}
+    for precision, (nodes, inits) in graphs.items():
+        graph = helper.make_graph(nodes, f"probe-{precision}", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                                               [m, k])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])], inits)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        calls[precision] = (lambda sess: lambda: sess.run(None, {"x": x}))(session)
+    return calls
+
+
 class PeakProbe:
     """The CPU matmul probes, built once and sampled as often as wanted; each probe's best rate counts.
 
@@ -177,7 +215,8 @@ class PeakProbe:
         self.samples = 0
         self.seconds = 0.0
         builders = builders if builders is not None else {
-            "numpy": lambda: _numpy_probe(m, k, n), "openvino": lambda: _openvino_probe(m, k, n, threads)}
+            "numpy": lambda: _numpy_probe(m, k, n), "onnxruntime": lambda: _onnxruntime_probe(m, k, n, threads),
+            "openvino": lambda: _openvino_probe(m, k, n, threads)}
         for name, build in builders.items():
             try:
                 for precision, call in build().items():

@@ -111,6 +111,8 @@ def test_peaks_table_and_cpu_estimate():
 def test_cpu_matmul_probe_measures_each_available_precision():
     m = measure_cpu_peaks(shape=(64, 128, 256), reps=2)
     assert m["shape"] == [64, 128, 256] and m["probes"]["numpy fp32"] > 0
+    assert m["probes"]["onnxruntime fp32"] > 0 and m["probes"]["onnxruntime int8"] > 0  # the Q/DQ form we write
+    assert m["peaks"]["int8"] == max(v for k, v in m["probes"].items() if k.endswith(" int8"))
     assert m["peaks"]["fp32"] == max(v for k, v in m["probes"].items() if k.endswith(" fp32"))
     import openvino
 
