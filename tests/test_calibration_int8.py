@@ -243,7 +243,7 @@ def test_search_plan_is_recorded_and_reproduced_from_the_manifest(fp32, int8_run
     assert r3.exit_code == 2 and "records no int8 plan" in r3.output
 
 
-def test_weight_bits_seven_by_default_eight_on_request(fp32, int8_run, tmp_path):
+def test_weight_bits_seven_by_default_eight_on_request(fp32, int8_run, tmp_path, monkeypatch):
     from onnx import numpy_helper
 
     def weight_range(path):
@@ -261,3 +261,31 @@ def test_weight_bits_seven_by_default_eight_on_request(fp32, int8_run, tmp_path)
     assert weight_range(eight) == 127
     q = load_manifest(eight).data["quantization"]
     assert q["weight_bits"] == 8 and q["plan"]["units_fp32"] == [] and q["plan"]["searched"] is False
+
+    # the runtime warns where 8-bit weights saturate (x86 without VNNI), and only there (CPU answer faked)
+    import logging
+
+    import aaclip.runtime.backends.onnxruntime as ortb
+
+    class Records(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.WARNING)
+            self.messages = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    records = Records()
+    logging.getLogger("aaclip.runtime.backends").addHandler(records)
+    monkeypatch.setattr(logging.getLogger("aaclip.runtime.backends"), "disabled", False)
+    for flags, warned in (({"sse4_1", "avx2", "fma"}, True), ({"avx2", "avx512f", "avx512_vnni"}, False),
+                          ({"avx2", "avx_vnni"}, False), ({"fp", "asimd", "asimddp"}, False)):
+        monkeypatch.setattr(ortb, "cpu_flags", lambda flags=flags: flags)
+        for graph, bits in ((eight, 8), (out, 7)):
+            records.messages.clear()
+            open_runner(load_manifest(graph), "onnxruntime", RunnerOptions(device="cpu"))
+            said = any("has no VNNI and the INT8 graph has 8-bit weights" in m for m in records.messages)
+            assert said == (warned and bits == 8), (flags, bits)
+    logging.getLogger("aaclip.runtime.backends").removeHandler(records)
+    assert ortb.int8_saturation_risk({"format": "QDQ"}, {"avx2"})  # graphs from before weight bits were recorded
+    assert ortb.int8_saturation_risk(None, {"avx2"}) is None  # not an INT8 graph
