@@ -451,7 +451,7 @@ def int8_units(fp32_path: Path, plan: QuantPlan) -> list[Unit]:
 
 
 def int8_manifest(fp32: Manifest, out: Path, sha256: str, plan: QuantPlan, calibration: dict, gate: dict,
-                  settings: "Int8Options", rebuild_command: str, search: Optional[dict] = None) -> dict:
+                  settings: "Int8Options", search: Optional[dict] = None) -> dict:
     """The INT8 graph's manifest: the FP32 graph's (contract, classes, score, input) + quantization facts."""
     ort = import_onnxruntime()
     data = copy.deepcopy(fp32.data)
@@ -478,7 +478,7 @@ def int8_manifest(fp32: Manifest, out: Path, sha256: str, plan: QuantPlan, calib
         "plan": search,
         "fp32_nodes_by_search": sorted(n for n, why in plan.exclude.items() if why.startswith(SEARCH_REASON)),
     }
-    data["rebuild_command"] = rebuild_command
+    data["rebuild_command"] = settings.rebuild_command
     return data
 
 
@@ -599,8 +599,9 @@ def quantize_artifact(fp32_onnx: Path, normals: FrameInput, anomalies: Optional[
         for leftover in work.iterdir():
             leftover.unlink()
         work.rmdir()
-        data = int8_manifest(manifest, staged, sha256_file(staged), qplan, calibration, gate_record, o,
-                             o.rebuild_command or f"aaclip-calibrate int8 {fp32_onnx} --out {out}", search.to_dict())
+        command = o.rebuild_command or f"aaclip-calibrate int8 {fp32_onnx} --out {out} --plan {out}"
+        data = int8_manifest(manifest, staged, sha256_file(staged), qplan, calibration, gate_record,
+                             dataclasses.replace(o, rebuild_command=command), search.to_dict())
         mpath = commit(tmp, out, (), keep_calibration(out, data, o.discard_calibration))
     if (manifest.data.get("score") or {}).get("source") == "calibration":
         log.warning("the score constants were copied from the FP32 graph; INT8 shifts raw outputs slightly: "
