@@ -279,7 +279,7 @@ def measured_cpu_peak(precision: str, measured: Optional[dict]) -> Optional[Peak
         return None
     best = max((k for k in measured["probes"] if k.endswith(" " + want)), key=lambda k: measured["probes"][k])
     m, k, n = measured["shape"]
-    return Peak(round(tflops, 4), f"measured: best of {measured['reps']} {m}x{k}x{n} {want.upper()} matmuls "
+    return Peak(float(tflops), f"measured: best of {measured['reps']} {m}x{k}x{n} {want.upper()} matmuls "
                                   f"({best}) on this machine during this run (sampled once per timing round)")
 
 

@@ -211,8 +211,9 @@ def search_plan(units: Sequence[Unit], evaluate: Evaluate, final: Evaluate, budg
     """Search the plan (module docstring) and return it with the final gate report on the whole held-out set.
 
     ``evaluate(low_units)`` gates a set of low-precision unit names on the search frames, ``final`` on the
-    whole held-out set. When even the best plan fails the final gate, every unit is FP32 and the report is
-    that of the last plan tried (the caller refuses it)."""
+    whole held-out set; ``final`` is called last with the plan returned (the caller stages that graph). When no
+    plan with a unit in low precision passes, the plan and report are those of everything in low precision (the
+    caller refuses it, or writes it with ``--force``)."""
     if not units:
         raise UserError("the graph has no transformer matmuls to put into low precision")
     clock = _Clock(budget_s, now)
