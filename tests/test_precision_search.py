@@ -47,6 +47,12 @@ def test_badness_is_the_worst_metric_over_its_allowance():
                    auroc_change=0.01, frames=4, normals=2, anomalies=2, limits=limits)
     assert badness(r) == pytest.approx(1.5)  # map correlation: 0.03 short of 1 against an allowance of 0.02
     assert badness(report(0.0)) == 0.0 and badness(report(0.02)) == pytest.approx(2.0)
+    worst_auroc = GateReport(map_err=0.001, map_corr=1.0, map_corr_min=1.0, rank_corr=0.99, auroc_fp32=0.6,
+                             auroc_int8=0.57, auroc_change=0.03, frames=4, normals=2, anomalies=2, limits=limits)
+    assert badness(worst_auroc) == pytest.approx(1.5)  # 0.03 against a 0.02 limit
+    no_labels = GateReport(map_err=0.001, map_corr=1.0, map_corr_min=1.0, rank_corr=0.97, auroc_fp32=None,
+                           auroc_int8=None, auroc_change=None, frames=4, normals=4, anomalies=0, limits=limits)
+    assert badness(no_labels) == pytest.approx(0.6)  # rank correlation 0.03 short against an allowance of 0.05
 
 
 def test_least_sensitive_go_first_and_failing_blocks_are_split_into_groups():
