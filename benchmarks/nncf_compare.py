@@ -53,7 +53,7 @@ def main(work: Path, accuracy_control: bool) -> None:
     from aaclip.contract.manifest import load_manifest
     from aaclip.export.onnx_export import export_onnx
     from aaclip.train.checkpoint import random_checkpoint
-    from aaclip.train.synth import draw_product
+    from aaclip.data.synth import draw_product
 
     work.mkdir(parents=True, exist_ok=True)
     fp32 = work / "model.onnx"

@@ -9,7 +9,7 @@ from aaclip.calibration.bf16 import bf16_units, emulated_graph
 from aaclip.calibration.cli import cli
 from aaclip.contract.manifest import load_manifest, open_artifact
 from aaclip.runtime.backends import RunnerOptions, open_runner
-from aaclip.train.synth import draw_product
+from aaclip.data.synth import draw_product
 from click.testing import CliRunner
 from model_fixtures import make_tiny_checkpoint
 
