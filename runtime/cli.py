@@ -2,12 +2,14 @@
 Inference Server (``grpc://HOST:8001/MODEL``), on cameras."""
 from __future__ import annotations
 
+import getpass
 import logging
 import signal
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import click
 from aaclip.contract.cli import Command, FiniteFloat, setup_logging
@@ -18,6 +20,8 @@ from .backends import AUTO, RunnerOptions, backend_names, open_runner
 from .backends.options import backend_options, runner_options
 from .backends.triton import parse_endpoint
 from .capture import Backoff, default_drop
+from .credentials import ENV_MQTT_PASSWORD, ENV_OPCUA_PASSWORD, ENV_WEBHOOK_SECRET, read_secret, refuse_url_password
+from .line_options import OPCUA_MODES, OPCUA_SECURITY, HttpOptions, MqttOptions, OpcuaOptions, WebhookOptions
 from .loop import CameraLoop, LoopConfig, Summary, source_classes
 from .sinks import EVIDENCE_FORMATS, AnnotatedVideo, DisplaySink, EventLog, EvidenceWriter, Sink
 from .sources import DEFAULT_OPEN_TIMEOUT_MS, open_source
@@ -80,11 +84,21 @@ class RunConfig:
     reconnect_max: float = 10.0
     evidence_max: Optional[int] = None
     open_timeout: float = DEFAULT_OPEN_TIMEOUT_MS / 1000.0
-    http: Optional[str] = None          # [HOST]:PORT of the line view, /metrics and /healthz
-    view_fps: float = 5.0
-    health_timeout: float = 10.0
-    mqtt: Optional[str] = None          # mqtt://HOST[:PORT]/PREFIX
-    webhook: Optional[str] = None       # http(s) URL receiving alarm events
+    # the line outputs: an options dataclass each (a plain string is its address/URL with defaults)
+    http: Union[None, str, HttpOptions] = None        # the line view, /metrics and /healthz
+    mqtt: Union[None, str, MqttOptions] = None        # mqtt://HOST[:PORT]/PREFIX
+    webhook: Union[None, str, WebhookOptions] = None  # http(s) URL receiving alarm events
+    opcua: Union[None, str, OpcuaOptions] = None      # opcua://HOST:PORT/ROOT: the PLC's or SCADA's server
+
+    def __post_init__(self) -> None:
+        if isinstance(self.http, str):
+            self.http = HttpOptions(listen=self.http)
+        if isinstance(self.mqtt, str):
+            self.mqtt = MqttOptions(url=self.mqtt)
+        if isinstance(self.webhook, str):
+            self.webhook = WebhookOptions(url=self.webhook)
+        if isinstance(self.opcua, str):
+            self.opcua = OpcuaOptions(endpoint=self.opcua)
 
     @property
     def backoff(self) -> Backoff:
@@ -121,23 +135,34 @@ def open_sinks(config: RunConfig, sources: list) -> list[Sink]:
 
 
 def open_line_sinks(config: RunConfig) -> list[Sink]:
-    """The line outputs asked for (``--http``, ``--mqtt``, ``--webhook``); their modules load only then."""
+    """The line outputs asked for (``--http``, ``--mqtt``, ``--webhook``, ``--opcua``); their modules load only
+    then, and their secrets are read from files or the environment only then."""
     sinks: list[Sink] = []
     try:
         if config.http is not None:
-            if not config.view_fps > 0 or not config.health_timeout > 0:
-                raise UserError("--view-fps and --health-timeout must be > 0")
             from .web import LineView
 
-            sinks.append(LineView(config.http, view_fps=config.view_fps, health_timeout_s=config.health_timeout))
+            sinks.append(LineView.from_options(config.http))
         if config.mqtt:
             from .mqtt import MqttSink
 
-            sinks.append(MqttSink(config.mqtt, backoff=config.backoff))
+            refuse_url_password("--mqtt", config.mqtt.url, f"give it with --mqtt-password-file FILE or "
+                                                          f"${ENV_MQTT_PASSWORD}")
+            password = read_secret("MQTT password", config.mqtt.password_file, ENV_MQTT_PASSWORD)
+            sinks.append(MqttSink(config.mqtt.url, backoff=config.backoff, password=password))
         if config.webhook:
             from .webhook import WebhookSink
 
-            sinks.append(WebhookSink(config.webhook))
+            refuse_url_password("--webhook", config.webhook.url, "sign the POSTs with --webhook-secret-file FILE")
+            secret = read_secret("webhook secret", config.webhook.secret_file, ENV_WEBHOOK_SECRET)
+            sinks.append(WebhookSink(config.webhook.url, secret=secret))
+        if config.opcua:
+            from .opcua import OpcuaSink
+
+            refuse_url_password("--opcua", config.opcua.endpoint, f"give --opcua-username and the password with "
+                                                                  f"--opcua-password-file FILE or ${ENV_OPCUA_PASSWORD}")
+            password = read_secret("OPC UA password", config.opcua.password_file, ENV_OPCUA_PASSWORD)
+            sinks.append(OpcuaSink(config.opcua, password=password, backoff=config.backoff))
     except BaseException:
         for sink in sinks:
             sink.close()
@@ -209,6 +234,43 @@ def run(config: RunConfig) -> Summary:
                 s.release()
 
 
+def line_outputs(http: Optional[str], view_fps: float, health_timeout: float, mqtt: Optional[str],
+                 webhook: Optional[str], opcua: Optional[str], **flags: Any) -> dict[str, Any]:
+    """The ``http``/``mqtt``/``webhook``/``opcua`` options dataclasses from the command's flags."""
+    f = flags
+    return {
+        "http": None if http is None else HttpOptions(
+            listen=http, view_fps=view_fps, health_timeout=health_timeout, token_file=f["http_token_file"],
+            users_file=f["http_users"], tls_cert=f["http_tls_cert"], tls_key=f["http_tls_key"],
+            healthz_open=not f["healthz_auth"], max_viewers=f["max_viewers"], timeout=f["http_timeout"],
+            allow_anonymous=f["http_allow_anonymous"]),
+        "mqtt": mqtt and MqttOptions(url=mqtt, password_file=f["mqtt_password_file"]),
+        "webhook": webhook and WebhookOptions(url=webhook, secret_file=f["webhook_secret_file"]),
+        "opcua": opcua and OpcuaOptions(
+            endpoint=opcua, mode=f["opcua_mode"], security=f["opcua_security"], certificate=f["opcua_certificate"],
+            private_key=f["opcua_private_key"], server_certificate=f["opcua_server_certificate"],
+            username=f["opcua_username"], password_file=f["opcua_password_file"], namespace=f["opcua_namespace"]),
+    }
+
+
+def _print_password_hash(ctx: click.Context, _param, value: bool) -> None:
+    """``--hash-password``: the scrypt hash of a password read without echo (or from stdin), then exit."""
+    if not value or ctx.resilient_parsing:
+        return
+    from .http_auth import hash_password
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != password:
+            raise click.UsageError("the two passwords differ; run --hash-password again")
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        raise click.UsageError("an empty password; give one")
+    click.echo(hash_password(password))
+    ctx.exit(0)
+
+
 @click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("artifact", metavar="ARTIFACT|grpc://HOST:8001/MODEL")
 @click.option("--camera", "cameras", multiple=True, metavar="SPEC",
@@ -250,29 +312,72 @@ def run(config: RunConfig) -> Summary:
 @click.option("--open-timeout", type=FiniteFloat(min=0.1), default=DEFAULT_OPEN_TIMEOUT_MS / 1000.0,
               show_default=True, help="Seconds a network camera may take to open (reads: half of it, >= 1 s).")
 @click.option("--http", metavar="[HOST]:PORT", default=None,
-              help="Serve the live line view, /metrics and /healthz: ':8080' on all interfaces, "
-                   "'127.0.0.1:8080' on this machine only. Nothing listens without it.")
+              help="Serve the live line view, /metrics and /healthz: ':8080' on this machine only, '0.0.0.0:8080' "
+                   "on every interface (then credentials are required, or --http-allow-anonymous). Nothing "
+                   "listens without it.")
 @click.option("--view-fps", type=FiniteFloat(min=0.0, min_open=True), default=5.0, show_default=True,
               help="Most frames per second rendered for the line view (only while someone watches).")
 @click.option("--health-timeout", type=FiniteFloat(min=0.0, min_open=True), default=10.0, show_default=True,
               help="/healthz turns unhealthy when a camera delivered no frame for this many seconds.")
+@click.option("--http-token-file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="File holding a bearer token that opens the line view and /metrics (Authorization: Bearer); "
+                   "else $AACLIP_HTTP_TOKEN.")
+@click.option("--http-users", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="File of NAME:HASH lines (hashes from aaclip-runtime --hash-password): users who may open the "
+                   "line view with their password (HTTP Basic).")
+@click.option("--http-tls-cert", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="PEM certificate (chain): serve HTTPS (with --http-tls-key).")
+@click.option("--http-tls-key", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="The PEM private key of --http-tls-cert.")
+@click.option("--healthz-auth", is_flag=True, help="/healthz asks for credentials too [default: open, for probes].")
+@click.option("--max-viewers", type=click.IntRange(min=0), default=10, show_default=True,
+              help="Concurrent live streams (all cameras); more viewers get 503.")
+@click.option("--http-timeout", type=FiniteFloat(min=0.0, min_open=True), default=10.0, show_default=True,
+              help="Seconds a client may take to send its request or to accept data before it is dropped.")
+@click.option("--http-allow-anonymous", is_flag=True,
+              help="Allow --http beyond this machine without credentials (logs a warning).")
 @click.option("--mqtt", metavar="URL", default=None,
-              help="Publish alarms (QoS 1) to mqtt://[USER:PASS@]HOST[:PORT]/PREFIX on PREFIX/CAMERA/alarm; "
+              help="Publish alarms (QoS 1) to mqtt://[USER@]HOST[:PORT]/PREFIX on PREFIX/CAMERA/alarm; "
                    "?decisions=1 adds every decision, ?queue=N bounds the outage queue (default 1000).")
+@click.option("--mqtt-password-file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="File holding the MQTT password (else $AACLIP_MQTT_PASSWORD); never in the URL.")
 @click.option("--webhook", metavar="URL", default=None, help="POST each alarm event (JSON) to this http(s) URL.")
+@click.option("--webhook-secret-file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="File holding the shared secret that signs each POST (X-Aaclip-Signature: t=...,v1=HMAC-SHA256); "
+                   "else $AACLIP_WEBHOOK_SECRET.")
+@click.option("--opcua", metavar="URL", default=None,
+              help="Write each camera's Alarm, Score, LastAlarmTime, FrameCounter, Heartbeat and ModelId into the "
+                   "OPC UA server at opcua://HOST:PORT/ROOT (or opc.tcp://...), nodes ns=NAMESPACE;s=ROOT.CAMERA.NAME.")
+@click.option("--opcua-mode", type=click.Choice(OPCUA_MODES), default="alarms", show_default=True,
+              help="Write on every decision, or only when a camera's alarm starts or ends (plus the heartbeat).")
+@click.option("--opcua-security", type=click.Choice(OPCUA_SECURITY), default="none", show_default=True,
+              help="Basic256Sha256: signed and encrypted with --opcua-certificate and --opcua-private-key.")
+@click.option("--opcua-certificate", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="The station's application instance certificate (DER or PEM) for --opcua-security.")
+@click.option("--opcua-private-key", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Its private key (PEM).")
+@click.option("--opcua-server-certificate", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Trust only this server certificate [default: the one the server's endpoints present].")
+@click.option("--opcua-username", default=None, help="OPC UA user (the password from --opcua-password-file).")
+@click.option("--opcua-password-file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="File holding the OPC UA password (else $AACLIP_OPCUA_PASSWORD).")
+@click.option("--opcua-namespace", default="urn:aaclip-edge", show_default=True,
+              help="Namespace URI of the station's nodes in the server.")
 @click.option("--in-flight", type=click.IntRange(min=1), default=None,
               help="Served model: batches on the server at once [default: one per camera, at least 2].")
 @click.option("-v", "--verbose", count=True, help="More log output.")
 @click.option("-q", "--quiet", is_flag=True, help="Warnings and errors only.")
+@click.option("--hash-password", is_flag=True, is_eager=True, expose_value=False, callback=_print_password_hash,
+              help="Read a password (asked twice on a terminal, else one line of stdin), print its scrypt hash for "
+                   "--http-users or [outputs.http] users, and exit.")
 def main(artifact: str, cameras: tuple[str, ...], backend: str, device: str, threads: Optional[int],
          precision_hint: Optional[str], perf_hint: Optional[str], cache_dir: Optional[str], batch: int,
          classes: tuple[str, ...],
          threshold: Optional[float], debounce: int, events: Optional[Path], evidence: Optional[Path],
          evidence_format: str, evidence_max: Optional[int], video: Optional[Path], video_fps: Optional[float],
          show: bool, drop: Optional[bool], loop_files: bool, max_frames: Optional[int], stats_every: float,
-         reconnect_delay: float, reconnect_max: float, open_timeout: float, http: Optional[str], view_fps: float,
-         health_timeout: float, mqtt: Optional[str], webhook: Optional[str], in_flight: Optional[int], verbose: int,
-         quiet: bool) -> None:
+         reconnect_delay: float, reconnect_max: float, open_timeout: float, in_flight: Optional[int], verbose: int,
+         quiet: bool, **line: Any) -> None:
     """Run ARTIFACT (model.onnx or model.engine, with its .manifest.json) on one or more cameras, or a model
     served by Triton Inference Server (grpc://HOST:8001/MODEL or http://HOST:8000/MODEL; its manifest comes
     from the server, and a lost server is reconnected to like a lost camera).
@@ -290,8 +395,7 @@ def main(artifact: str, cameras: tuple[str, ...], backend: str, device: str, thr
         debounce=debounce, events=events, evidence=evidence, evidence_format=evidence_format, video=video,
         video_fps=video_fps, show=show, drop=drop, loop_files=loop_files, max_frames=max_frames,
         stats_every=stats_every, reconnect_delay=reconnect_delay, reconnect_max=reconnect_max,
-        evidence_max=evidence_max, open_timeout=open_timeout, http=http, view_fps=view_fps,
-        health_timeout=health_timeout, mqtt=mqtt, webhook=webhook, in_flight=in_flight))
+        evidence_max=evidence_max, open_timeout=open_timeout, in_flight=in_flight, **line_outputs(**line)))
     click.echo(summary.text())
 
 
