@@ -199,7 +199,7 @@ class Receiver:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 status = receiver.statuses.pop(0) if receiver.statuses else 200
                 receiver.calls.append({"body": body, "type": self.headers["Content-Type"], "status": status,
-                                       "path": self.path})
+                                       "path": self.path, "headers": dict(self.headers)})
                 time.sleep(delay_s)
                 self.send_response(status)
                 self.send_header("Content-Length", "0")
