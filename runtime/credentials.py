@@ -38,12 +38,12 @@ def read_secret(what: str, file: Union[None, str, Path], env: Optional[str]) -> 
             text = path.read_text(encoding="utf-8")
         except OSError as e:
             raise UserError(f"cannot read the {what} file {path}: {e.strerror or e}") from None
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            log.warning("the %s file %s can be read by other users of this machine; chmod 600 %s", what, path, path)
         secret = text[:-1] if text.endswith("\n") else text
         secret = secret[:-1] if secret.endswith("\r") else secret
         if not secret:
             raise UserError(f"the {what} file {path} is empty; write the {what} into it")
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            log.warning("the %s file %s can be read by other users of this machine; chmod 600 %s", what, path, path)
         hide_in_logs(secret)
         return secret
     value = os.environ.get(env) if env else None
