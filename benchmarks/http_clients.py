@@ -86,21 +86,25 @@ def swarm(port: int, token: str, idle: int, streams: int, stop_event, result) ->
                 for i in range(streams)]
     for t in threads:
         t.start()
+    c0 = time.process_time()
     stop_event.wait()
+    cpu = time.process_time() - c0
     stop.set()
     for t in threads:
         t.join(6.0)
-    result.put({"stream_bytes": counts[:-1], "refused_or_failed": counts[-1]})
+    result.put({"stream_bytes": counts[:-1], "refused_or_failed": counts[-1], "clients_cpu_s": cpu})
 
 
-def window(loop: CameraLoop, view, seconds: float) -> dict:
-    """Frames the loop inspected and the process CPU over ``seconds``."""
+def window(view, loop_clock: int, seconds: float) -> dict:
+    """Frames the loop inspected, the runtime process's CPU and the loop thread's own CPU over ``seconds``."""
     cam = view.cameras[0]
-    f0, c0, t0 = cam.inspected, time.process_time(), time.perf_counter()
+    f0, c0, l0, t0 = cam.inspected, time.process_time(), time.clock_gettime(loop_clock), time.perf_counter()
     time.sleep(seconds)
-    f1, c1, t1 = cam.inspected, time.process_time(), time.perf_counter()
+    f1, c1, l1, t1 = cam.inspected, time.process_time(), time.clock_gettime(loop_clock), time.perf_counter()
+    n = max(f1 - f0, 1)
     return {"frames": f1 - f0, "seconds": t1 - t0, "fps": (f1 - f0) / (t1 - t0),
-            "cpu_ms_per_frame": 1e3 * (c1 - c0) / max(f1 - f0, 1), "views": view.views}
+            "cpu_ms_per_frame": 1e3 * (c1 - c0) / n, "loop_cpu_ms_per_frame": 1e3 * (l1 - l0) / n,
+            "views": view.views}
 
 
 @click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
@@ -150,6 +154,7 @@ def main(artifact: Optional[Path], backend: str, threads: int, idle: int, stream
             loop = CameraLoop(runner, manifest, [source], [0], LoopConfig(drop=False, stats_every=0), [view])
             thread = threading.Thread(target=loop.run, daemon=True)
             thread.start()
+            loop_clock = time.pthread_getcpuclockid(thread.ident)
             try:
                 deadline = time.monotonic() + 60
                 while not (view.cameras and view.cameras[0].inspected > 20):
@@ -157,13 +162,13 @@ def main(artifact: Optional[Path], backend: str, threads: int, idle: int, stream
                         raise UserError("the loop did not start")
                     time.sleep(0.1)
                 for rep in range(reps):
-                    windows.append({"rep": rep, "phase": "alone", **window(loop, view, seconds)})
+                    windows.append({"rep": rep, "phase": "alone", **window(view, loop_clock, seconds)})
                     stop, result = ctx.Event(), ctx.Queue()
                     proc = ctx.Process(target=swarm, args=(view.port, token, idle, streams, stop, result))
                     proc.start()
                     time.sleep(min(3.0, seconds / 3))  # the clients connect
                     connected = view.server.connections
-                    r = {"rep": rep, "phase": "clients", **window(loop, view, seconds),
+                    r = {"rep": rep, "phase": "clients", **window(view, loop_clock, seconds),
                          "connections": connected, "viewers": view.server.viewers}
                     stop.set()
                     r.update(result.get(timeout=30))
@@ -172,7 +177,7 @@ def main(artifact: Optional[Path], backend: str, threads: int, idle: int, stream
                     log.info("rep %d: alone %.1f fps, clients %.1f fps (%d connections)", rep, windows[-2]["fps"],
                              r["fps"], connected)
                     time.sleep(1.0)
-                windows.append({"rep": reps, "phase": "alone", **window(loop, view, seconds)})
+                windows.append({"rep": reps, "phase": "alone", **window(view, loop_clock, seconds)})
             finally:
                 loop.stop("benchmark")
                 thread.join(20)
@@ -185,13 +190,16 @@ def main(artifact: Optional[Path], backend: str, threads: int, idle: int, stream
             around = (alone[x["rep"]]["fps"] + alone[x["rep"] + 1]["fps"]) / 2
             x["ratio"] = x["fps"] / around
             ratios.append(x["ratio"])
-    rows = ["| window | rep | loop fps | vs alone around it | runtime CPU ms/frame | connections | streams open | "
-            "stream MB received |", "|---|---|---|---|---|---|---|---|"]
+    rows = ["| window | rep | loop fps | vs alone around it | runtime CPU ms/frame | loop thread CPU ms/frame | "
+            "connections | streams open | stream MB received | clients' process CPU s |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
     for x in windows:
         ratio = f"{x['ratio']:.3f}" if "ratio" in x else "-"
         mb = f"{sum(x['stream_bytes']) / 1e6:.1f}" if "stream_bytes" in x else "-"
+        clients_cpu = f"{x['clients_cpu_s']:.1f}" if "clients_cpu_s" in x else "-"
         rows.append(f"| {x['phase']} | {x['rep']} | {x['fps']:.1f} | {ratio} | {x['cpu_ms_per_frame']:.2f} | "
-                    f"{x.get('connections', '-')} | {x.get('viewers', '-')} | {mb} |")
+                    f"{x['loop_cpu_ms_per_frame']:.2f} | {x.get('connections', '-')} | {x.get('viewers', '-')} | "
+                    f"{mb} | {clients_cpu} |")
     median = statistics.median(ratios)
     load = os.getloadavg()
     text = "\n".join(rows) + (f"\n\nmedian ratio (clients / alone): {median:.3f}; load average at the end "
