@@ -441,7 +441,7 @@ def _load_security(options: OpcuaOptions) -> dict[str, Any]:
             raise UserError(f"cannot read the OPC UA {key.replace('_', ' ')} {path}: {e.strerror or e}") from None
     raw = data["certificate"]
     try:
-        cert = x509.load_pem_x509_certificate(raw) if raw.lstrip().startswith(b"-----") else \
+        cert = x509.load_pem_x509_certificate(raw) if _is_pem(raw) else \
             x509.load_der_x509_certificate(raw)
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
         uris = san.value.get_values_for_type(x509.UniformResourceIdentifier)
@@ -451,10 +451,29 @@ def _load_security(options: OpcuaOptions) -> dict[str, Any]:
     if not uris:
         raise UserError(f"the OPC UA certificate {options.certificate} has no application URI (a URI subject "
                         f"alternative name)")
-    # asyncua reads the files itself (by their extension: .der/.pem)
-    return {"application_uri": uris[0], "certificate": str(options.certificate),
-            "private_key": str(options.private_key),
-            "server_certificate": None if options.server_certificate is None else str(options.server_certificate)}
+    from cryptography.hazmat.primitives import serialization
+
+    key = data["private_key"]
+    try:
+        (serialization.load_pem_private_key if _is_pem(key) else serialization.load_der_private_key)(key, None)
+    except (ValueError, TypeError) as e:
+        raise UserError(f"the OPC UA private key {options.private_key} cannot be read ({e}); give the certificate's "
+                        f"unencrypted key, PEM or DER") from None
+    return {"application_uri": uris[0], **{k: _properties(path, data[k]) for k, path in files.items()}}
+
+
+def _is_pem(data: bytes) -> bool:
+    return data.lstrip().startswith(b"-----")
+
+
+def _properties(path: Optional[Path], data: Optional[bytes]):
+    """asyncua's handle of a certificate or key file, its format told by the content (asyncua would guess
+    from the extension, and a PEM key is often named .key)."""
+    if path is None or data is None:
+        return None
+    from asyncua.crypto import uacrypto
+
+    return uacrypto.CertProperties(str(path), extension="pem" if _is_pem(data) else "der")
 
 
 async def _disconnect(client) -> None:

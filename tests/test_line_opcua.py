@@ -2,9 +2,14 @@
 HMI or a SCADA does): the alarm and score nodes follow a video's decisions; the station survives a server
 restart (its nodes re-created, the outage's alarm changes written after it, overflow counted); Basic256Sha256
 with a user and a password file, and refusals (wrong password, no security)."""
+import re
+import shlex
+import shutil
+import subprocess
 import threading
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 
 import pytest
 from aaclip.contract.errors import UserError
@@ -142,13 +147,23 @@ def test_server_restart_nodes_recreated_outage_changes_written_and_overflow_coun
     assert sink.failures == 3 and sink.pending == 0
 
 
+def station_certificate(directory):
+    """The station's certificate and key made with the openssl command of docs/security.md (PEM, key as .key)."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "security.md").read_text()
+    command = re.search(r"```bash\n(openssl req .*?clientAuth\")\n```", text, re.S).group(1)
+    subprocess.run(shlex.split(command.replace("\\\n", " ")), cwd=directory, check=True, capture_output=True,
+                   timeout=60)
+    return directory / "station.pem", directory / "station.key"
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
 def test_basic256sha256_with_user_and_password_file(tmp_path):
     """The server offers only Basic256Sha256 SignAndEncrypt and checks users; the station connects with its
     certificate and the password from a file. A wrong password, or no security, gets no connection: the run
     still inspects every frame and counts the writes it could not make."""
     server = OpcServer(tmp_path / "plc", secure=True, users={"station": "plc-pass-8d1f"})
     server.start()
-    cert, key = make_certificate(tmp_path, "station", "urn:test:station", server=False)
+    cert, key = station_certificate(tmp_path)
     art = make_onnx_artifact(tmp_path)
     video = write_video(tmp_path / "v.avi", 30, defect_frames=DEFECTS)
     try:
@@ -183,6 +198,15 @@ def test_basic256sha256_with_user_and_password_file(tmp_path):
 
 def test_security_without_certificate_is_a_user_error(tmp_path):
     from aaclip.runtime.opcua import OpcuaSink
+
+    cert, key = make_certificate(tmp_path, "station", "urn:test:station", server=False)
+    (tmp_path / "bad.key").write_text("-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n")
+    with pytest.raises(UserError, match="private key .*bad.key cannot be read"):
+        OpcuaSink(OpcuaOptions(endpoint="opcua://127.0.0.1:1/x", security="Basic256Sha256", certificate=cert,
+                               private_key=tmp_path / "bad.key"))
+    with pytest.raises(UserError, match="no application URI|not an application instance certificate"):
+        OpcuaSink(OpcuaOptions(endpoint="opcua://127.0.0.1:1/x", security="Basic256Sha256", certificate=key,
+                               private_key=key))
 
     with pytest.raises(UserError, match="needs --opcua-certificate and --opcua-private-key"):
         OpcuaSink(OpcuaOptions(endpoint="opcua://127.0.0.1:1/x", security="Basic256Sha256"))
