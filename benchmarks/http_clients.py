@@ -33,7 +33,7 @@ from aaclip.contract.cli import Command, FiniteFloat, setup_logging
 from aaclip.contract.errors import UserError
 from aaclip.contract.manifest import open_artifact
 from aaclip.runtime.backends import RunnerOptions, open_runner
-from aaclip.runtime.line_options import HttpOptions
+from aaclip.runtime.station.outputs import HttpOutput
 from aaclip.runtime.loop import CameraLoop, LoopConfig
 from aaclip.runtime.sources import open_source
 
@@ -145,7 +145,7 @@ def main(artifact: Optional[Path], backend: str, threads: int, idle: int, stream
         token = os.urandom(16).hex()
         (work / "token").write_text(token)
         (work / "token").chmod(0o600)
-        view = LineView.from_options(HttpOptions(listen="127.0.0.1:0", view_fps=view_fps, token_file=work / "token",
+        view = LineView.from_options(HttpOutput(listen="127.0.0.1:0", view_fps=view_fps, token_file=work / "token",
                                                  max_viewers=max(streams, 1)))
         source = open_source(str(video), loop=True)
         ctx = multiprocessing.get_context("spawn")

@@ -45,7 +45,7 @@ from aaclip.contract.errors import UserError
 
 from .capture import Backoff
 from .decide import Decision
-from .line_options import OPCUA_MODES, OPCUA_SECURITY, OpcuaOptions
+from .station.outputs import OPCUA_MODES, OPCUA_SECURITY, OpcuaOutput
 from .sinks import LoopContext, Sink, slug
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ class OpcuaSink(Sink):
     name = "opcua"
     order = 20
 
-    def __init__(self, options: OpcuaOptions, password: Optional[str] = None, backoff: Optional[Backoff] = None,
+    def __init__(self, options: OpcuaOutput, password: Optional[str] = None, backoff: Optional[Backoff] = None,
                  drain_s: float = 3.0):
         try:
             import asyncua  # noqa: F401
@@ -420,7 +420,7 @@ def _add_item(ns: int, node, parent, name: str, variable: Optional[tuple]):
     return item
 
 
-def _load_security(options: OpcuaOptions) -> dict[str, Any]:
+def _load_security(options: OpcuaOutput) -> dict[str, Any]:
     """The certificate, key, pinned server certificate and application URI for Basic256Sha256 (read now, so a
     missing file fails before the first frame)."""
     from cryptography import x509

@@ -11,7 +11,7 @@ A standard-library threaded HTTP server (one thread per connection, daemon threa
 - ``/metrics``: Prometheus text format (``metrics``); ``/healthz``: 200 when every camera delivered a frame
   within ``--health-timeout`` seconds, else 503, with JSON details.
 
-Access (``HttpAccess``, from ``HttpOptions``): every route but an open ``/healthz`` passes
+Access (``HttpAccess``, from the ``[outputs.http]`` section, ``HttpOutput``): every route but an open ``/healthz`` passes
 ``http_auth.authorize`` first (bearer token and/or users with scrypt-hashed passwords; 401 otherwise);
 HTTPS when a certificate and key are given (the TLS handshake runs in the connection's thread, under the
 request timeout, so a slow handshake never holds the accepting thread). A bare ``:PORT`` listens on
@@ -39,8 +39,8 @@ from typing import Any, Optional
 from aaclip.contract.errors import UserError
 
 from .credentials import ENV_HTTP_TOKEN, read_secret
-from .http_auth import HttpAuth, authorize, check_users, load_users
-from .line_options import DEFAULT_HTTP_TIMEOUT_S, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_VIEWERS, HttpOptions
+from .http_auth import HttpAuth, authorize, load_users
+from .station.outputs import HttpOutput
 from .monitor import LineMonitor
 
 log = logging.getLogger(__name__)
@@ -81,17 +81,15 @@ class HttpAccess:
     auth: HttpAuth = field(default_factory=HttpAuth)
     tls: Optional[ssl.SSLContext] = None
     healthz_open: bool = True
-    max_viewers: int = DEFAULT_MAX_VIEWERS
-    max_connections: int = DEFAULT_MAX_CONNECTIONS
-    timeout: float = DEFAULT_HTTP_TIMEOUT_S
+    max_viewers: int = HttpOutput.max_viewers  # the station file's defaults
+    max_connections: int = HttpOutput.max_connections
+    timeout: float = HttpOutput.timeout
     allow_anonymous: bool = False
 
     @classmethod
-    def from_options(cls, options: HttpOptions) -> "HttpAccess":
+    def from_options(cls, options: HttpOutput) -> "HttpAccess":
         """Reads the token, the users and the certificate the options name (a UserError when one is unusable)."""
-        users = check_users(dict(options.users), "[outputs.http] users")
-        if options.users_file is not None:
-            users.update(load_users(options.users_file))
+        users = load_users(options.users_file) if options.users_file is not None else {}
         token = read_secret("HTTP bearer token", options.token_file, ENV_HTTP_TOKEN)
         if options.max_viewers < 0 or options.max_connections < 1 or not options.timeout > 0:
             raise UserError("--max-viewers must be >= 0, max_connections >= 1 and the HTTP timeout > 0")
@@ -368,7 +366,7 @@ class LineView(LineMonitor):
                  f"{access.auth.kinds} required" if access.auth.enabled else "no authentication")
 
     @classmethod
-    def from_options(cls, options: HttpOptions) -> "LineView":
+    def from_options(cls, options: HttpOutput) -> "LineView":
         if not options.view_fps > 0 or not options.health_timeout > 0:
             raise UserError("--view-fps and --health-timeout must be > 0")
         return cls(options.listen, view_fps=options.view_fps, health_timeout_s=options.health_timeout,

@@ -17,7 +17,7 @@ from aaclip.contract.manifest import load_manifest
 from aaclip.runtime.backends import open_runner
 from aaclip.runtime.capture import Backoff
 from aaclip.runtime.cli import RunConfig, run
-from aaclip.runtime.line_options import OpcuaOptions
+from aaclip.runtime.station.outputs import OpcuaOutput
 from aaclip.runtime.loop import CameraLoop, LoopConfig
 from aaclip.runtime.sinks import EventLog
 from line_fixtures import ScriptedCamera, wait_until
@@ -66,7 +66,7 @@ def test_a_plc_client_reads_the_alarm_and_score_of_a_video(tmp_path, server):
     events = tmp_path / "events.jsonl"
     try:
         summary = run(RunConfig(artifact=art, cameras=(str(video),), drop=False, events=events, stats_every=0,
-                                opcua=OpcuaOptions(endpoint=f"opcua://127.0.0.1:{server.port}/aaclip",
+                                opcua=OpcuaOutput(endpoint=f"opcua://127.0.0.1:{server.port}/aaclip",
                                                    mode="alarms")))
         assert summary.alarms == 3
         ev = read_events(events)
@@ -95,7 +95,7 @@ def test_server_restart_nodes_recreated_outage_changes_written_and_overflow_coun
     from aaclip.runtime.opcua import OpcuaSink
 
     camera = ScriptedCamera(live=False)
-    sink = OpcuaSink(OpcuaOptions(endpoint=f"opcua://127.0.0.1:{server.port}/aaclip", mode="decisions", queue=2,
+    sink = OpcuaSink(OpcuaOutput(endpoint=f"opcua://127.0.0.1:{server.port}/aaclip", mode="decisions", queue=2,
                                   heartbeat_s=0.2), backoff=Backoff(0.1, 0.3))
     events = tmp_path / "events.jsonl"
     m = load_manifest(make_onnx_artifact(tmp_path))
@@ -175,7 +175,7 @@ def test_basic256sha256_with_user_and_password_file(tmp_path):
             secret.chmod(0o600)
             server.logins.clear()
             before = len(server.writes)
-            options = OpcuaOptions(endpoint=f"opcua://127.0.0.1:{server.port}/aaclip", mode="alarms",
+            options = OpcuaOutput(endpoint=f"opcua://127.0.0.1:{server.port}/aaclip", mode="alarms",
                                    security=security, certificate=cert if security != "none" else None,
                                    private_key=key if security != "none" else None, username="station",
                                    password_file=secret)
@@ -202,13 +202,13 @@ def test_security_without_certificate_is_a_user_error(tmp_path):
     cert, key = make_certificate(tmp_path, "station", "urn:test:station", server=False)
     (tmp_path / "bad.key").write_text("-----BEGIN PRIVATE KEY-----\nnot a key\n-----END PRIVATE KEY-----\n")
     with pytest.raises(UserError, match="private key .*bad.key cannot be read"):
-        OpcuaSink(OpcuaOptions(endpoint="opcua://127.0.0.1:1/x", security="Basic256Sha256", certificate=cert,
+        OpcuaSink(OpcuaOutput(endpoint="opcua://127.0.0.1:1/x", security="Basic256Sha256", certificate=cert,
                                private_key=tmp_path / "bad.key"))
     with pytest.raises(UserError, match="no application URI|not an application instance certificate"):
-        OpcuaSink(OpcuaOptions(endpoint="opcua://127.0.0.1:1/x", security="Basic256Sha256", certificate=key,
+        OpcuaSink(OpcuaOutput(endpoint="opcua://127.0.0.1:1/x", security="Basic256Sha256", certificate=key,
                                private_key=key))
 
     with pytest.raises(UserError, match="needs --opcua-certificate and --opcua-private-key"):
-        OpcuaSink(OpcuaOptions(endpoint="opcua://127.0.0.1:1/x", security="Basic256Sha256"))
+        OpcuaSink(OpcuaOutput(endpoint="opcua://127.0.0.1:1/x", security="Basic256Sha256"))
     with pytest.raises(UserError, match="a password without --opcua-username"):
-        OpcuaSink(OpcuaOptions(endpoint="opcua://127.0.0.1:1/x"), password="p")
+        OpcuaSink(OpcuaOutput(endpoint="opcua://127.0.0.1:1/x"), password="p")

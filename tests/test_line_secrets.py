@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from aaclip.runtime.cli import RunConfig, run
-from aaclip.runtime.line_options import WebhookOptions
+from aaclip.runtime.station.outputs import WebhookOutput
 from line_fixtures import Mosquitto, Receiver, Subscriber, free_port, needs_mosquitto, needs_paho, wait_until
 from opcua_fixtures import OpcServer, needs_asyncua
 from runtime_fixtures import make_onnx_artifact, read_events, write_video
@@ -45,7 +45,7 @@ def test_signed_webhooks_verify_with_the_documented_snippet(tmp_path):
     video = write_video(tmp_path / "v.avi", 30, defect_frames=DEFECTS)
     try:
         run(RunConfig(artifact=art, cameras=(str(video),), drop=False, stats_every=0, events=tmp_path / "e.jsonl",
-                      webhook=WebhookOptions(url=receiver.url, secret_file=secret_file)))
+                      webhook=WebhookOutput(url=receiver.url, secret_file=secret_file)))
     finally:
         receiver.close()
     verify = doc_snippet()["verify"]
@@ -211,3 +211,49 @@ def test_log_filter_masks_registered_secrets(tmp_path):
     text = (tmp_path / "log.txt").read_text()
     assert "connecting with password=*** to host" in text and "bad password ***" in text
     assert "s3cr3t-Value-99" not in text
+
+
+def test_station_file_sections_round_trip_and_hold_no_secret(tmp_path):
+    """The flags -> --print-config -> --config round trip carries the access and secret-file keys of
+    [outputs.http], [outputs.mqtt], [outputs.webhook] and [outputs.opcua], never a secret; relative files in the
+    station file are taken from its folder; a password in a URL of the file is refused like on the command line."""
+    from aaclip.runtime.cli import main
+    from aaclip.runtime.station import load_station
+    from click.testing import CliRunner
+
+    art = make_onnx_artifact(tmp_path)
+    for name, value in SECRETS.items():
+        (tmp_path / f"{name}.secret").write_text(value + "\n")
+    args = [str(art), "--camera", "0", "--http", "0.0.0.0:8443", "--http-token-file", str(tmp_path / "http.secret"),
+            "--max-viewers", "4", "--healthz-auth", "--http-timeout", "5",
+            "--mqtt", "mqtt://station@broker/factory", "--mqtt-password-file", str(tmp_path / "mqtt.secret"),
+            "--webhook", "https://mes/hook", "--webhook-secret-file", str(tmp_path / "webhook.secret"),
+            "--opcua", "opcua://plc:4840/line1", "--opcua-mode", "decisions", "--opcua-username", "station",
+            "--opcua-password-file", str(tmp_path / "opcua.secret"), "--print-config"]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    for secret in SECRETS.values():
+        assert secret not in r.stdout
+    station_file = tmp_path / "station.toml"
+    station_file.write_text(r.stdout)
+    out = load_station(station_file).outputs
+    assert (out.http.listen, out.http.token_file, out.http.max_viewers, out.http.healthz_open, out.http.timeout) == \
+        ("0.0.0.0:8443", tmp_path / "http.secret", 4, False, 5.0)
+    assert (out.mqtt.url, out.mqtt.password_file) == ("mqtt://station@broker/factory", tmp_path / "mqtt.secret")
+    assert out.webhook.secret_file == tmp_path / "webhook.secret"
+    assert (out.opcua.endpoint, out.opcua.mode, out.opcua.username, out.opcua.password_file) == \
+        ("opcua://plc:4840/line1", "decisions", "station", tmp_path / "opcua.secret")
+    r2 = CliRunner().invoke(main, ["--config", str(station_file), "--print-config"])
+    assert r2.exit_code == 0 and r2.stdout == r.stdout  # the printed station reproduces itself
+
+    relative = tmp_path / "site"
+    relative.mkdir()
+    (relative / "token").write_text("t\n")
+    (relative / "station.toml").write_text(f'[artifacts.m]\npath = "{art}"\n[[cameras]]\nsource = "0"\n'
+                                           f'[outputs.http]\nlisten = ":0"\ntoken_file = "token"\n'
+                                           f'[outputs.mqtt]\nurl = "mqtt://op:pw@broker/x"\n')
+    loaded = load_station(relative / "station.toml")
+    assert loaded.outputs.http.token_file == relative / "token"
+    video = write_video(tmp_path / "v.avi", 2)
+    r3 = CliRunner().invoke(main, ["--config", str(relative / "station.toml"), "--camera", str(video)])
+    assert r3.exit_code == 2 and "contains a password" in r3.stderr and "pw@" not in r3.stderr, r3.output
