@@ -92,7 +92,7 @@ class HttpOutput:
     tls_cert: Optional[Path] = setting(None, "PEM certificate (chain): serve HTTPS", flag="--http-tls-cert")
     tls_key: Optional[Path] = setting(None, "its PEM private key", flag="--http-tls-key")
     healthz_open: bool = setting(True, "/healthz answers without credentials (liveness probes)",
-                                 flag="--healthz-auth")
+                                 flag="--healthz-open/--healthz-auth")
     max_viewers: int = setting(10, "live streams at once, all cameras; more get 503", check=at_least(0),
                                flag="--max-viewers")
     max_connections: int = setting(128, "open connections at once; more get 503 and are closed",
