@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
 from typing import Mapping, Optional
+from urllib.parse import urlsplit
 
 from aaclip.contract.errors import UserError
 
@@ -182,17 +183,35 @@ def _dummy_hash() -> str:
     return hash_password(os.urandom(16).hex())
 
 
-def authorize(handler, auth: Optional[HttpAuth]) -> bool:
-    """Call first in any route of a ``BaseHTTPRequestHandler`` that needs credentials: True when the request
-    may proceed; otherwise a 401 with the challenge has been sent and the handler must return."""
+def cross_site(headers) -> bool:
+    """True when a browser says the request comes from another site's page (``Origin``, else ``Referer``, names
+    another host:port than ``Host``): a form or script elsewhere riding on the browser's saved password."""
+    source = headers.get("Origin") or headers.get("Referer")
+    if not source or source == "null":
+        return source == "null"
+    return urlsplit(source).netloc.lower() != (headers.get("Host") or "").lower()
+
+
+def authorize(handler, auth: Optional[HttpAuth], write: bool = False) -> bool:
+    """Call first in any route of a ``BaseHTTPRequestHandler``: ``authorize(self, self.server.access.auth)``.
+    True when the request may proceed; otherwise a 401 with the challenge (or, for a ``write`` route such as a
+    POST that changes something, a 403 when it comes from another site's page: HTTP Basic credentials are sent
+    by the browser whatever page asks) has been sent and the handler must return."""
+    if write and cross_site(handler.headers):
+        _refuse(handler, HTTPStatus.FORBIDDEN, b"cross-site request refused\n")
+        return False
     if auth is None or auth.check(handler.headers.get("Authorization")) is not None:
         return True
-    body = b"authentication required\n"
-    handler.send_response(HTTPStatus.UNAUTHORIZED)
-    handler.send_header("WWW-Authenticate", auth.challenge())
+    _refuse(handler, HTTPStatus.UNAUTHORIZED, b"authentication required\n", auth.challenge())
+    return False
+
+
+def _refuse(handler, status: HTTPStatus, body: bytes, challenge: Optional[str] = None) -> None:
+    handler.send_response(status)
+    if challenge:
+        handler.send_header("WWW-Authenticate", challenge)
     handler.send_header("Content-Type", "text/plain; charset=utf-8")
     handler.send_header("Content-Length", str(len(body)))
     handler.send_header("Cache-Control", "no-store")
     handler.end_headers()
     handler.wfile.write(body)
-    return False

@@ -257,3 +257,15 @@ def test_station_file_sections_round_trip_and_hold_no_secret(tmp_path):
     video = write_video(tmp_path / "v.avi", 2)
     r3 = CliRunner().invoke(main, ["--config", str(relative / "station.toml"), "--camera", str(video)])
     assert r3.exit_code == 2 and "contains a password" in r3.stderr and "pw@" not in r3.stderr, r3.output
+
+
+def test_security_doc_station_example_reads(tmp_path):
+    from aaclip.runtime.station import load_station
+
+    text = re.search(r"```toml\n(.*?)```", DOC.read_text(), re.S).group(1)
+    art = make_onnx_artifact(tmp_path)
+    (tmp_path / "station.toml").write_text(f'[artifacts.m]\npath = "{art.name}"\n[[cameras]]\nsource = "0"\n' + text)
+    out = load_station(tmp_path / "station.toml").outputs
+    assert out.http.users_file == tmp_path / "secrets" / "users" and out.http.listen == "0.0.0.0:8080"
+    assert out.opcua.security == "Basic256Sha256" and out.opcua.password_file == tmp_path / "secrets" / "opcua.pw"
+    assert out.webhook.secret_file == tmp_path / "secrets" / "webhook.key"
