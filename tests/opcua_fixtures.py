@@ -122,7 +122,8 @@ class OpcServer:
 
     def _record(self, event, dispatcher) -> None:
         for item in event.request_params.NodesToWrite:
-            self.writes.append((item.NodeId.to_string(), item.Value.Value.Value))
+            if item.NodeId.NamespaceIndex != 0:  # not the server's own status updates
+                self.writes.append((item.NodeId.to_string(), item.Value.Value.Value))
 
     def stop(self) -> None:
         if self._loop is None:
