@@ -132,7 +132,8 @@ class OpcuaSink(Sink):
         self._started = threading.Event()
         self._closing = threading.Event()
         self._aloop: Optional[asyncio.AbstractEventLoop] = None
-        self._wake: Optional[asyncio.Event] = None
+        self._wake: Optional[asyncio.Event] = None  # set by emit (and close): writes are waiting
+        self._halt: Optional[asyncio.Event] = None  # set by close
         self._thread = threading.Thread(target=self._run, name="opcua", daemon=True)
         self._thread.start()
 
@@ -172,11 +173,13 @@ class OpcuaSink(Sink):
         if self.failures == 1 or self.failures % 100 == 0:
             log.warning("OPC UA %s: write dropped (%s; %d dropped so far)", self.url, why, self.failures)
 
-    def _poke(self) -> None:
-        aloop, wake = self._aloop, self._wake
-        if aloop is not None and wake is not None:
+    def _poke(self, halt: bool = False) -> None:
+        """Wake the worker: new writes (``wake``), or closing (``halt`` too: cuts a reconnect delay short)."""
+        aloop, events = self._aloop, [self._wake] + ([self._halt] if halt else [])
+        if aloop is not None and None not in events:
             try:
-                aloop.call_soon_threadsafe(wake.set)
+                for event in events:
+                    aloop.call_soon_threadsafe(event.set)
             except RuntimeError:  # the worker's loop has ended
                 pass
 
@@ -189,7 +192,7 @@ class OpcuaSink(Sink):
         if self._closing.is_set():
             return
         self._closing.set()
-        self._poke()
+        self._poke(halt=True)
         self._thread.join(self.drain_s + REQUEST_TIMEOUT_S + 2.0)
         left = self.pending
         if left:
@@ -203,8 +206,10 @@ class OpcuaSink(Sink):
         asyncio.run(self._main())
 
     async def _main(self) -> None:
+        self._wake, self._halt = asyncio.Event(), asyncio.Event()
         self._aloop = asyncio.get_running_loop()
-        self._wake = asyncio.Event()
+        if self._closing.is_set():
+            return
         delays = self.backoff.delays()
         failures = 0
         while not self._closing.is_set():
@@ -233,16 +238,13 @@ class OpcuaSink(Sink):
                 if client is not None:
                     await _disconnect(client)
             if not self._closing.is_set():
-                await self._sleep(next(delays))
+                await _wait(self._halt, next(delays))  # new decisions do not cut the backoff short
 
     async def _sleep(self, seconds: float) -> None:
+        """Until new writes are waiting, close, or ``seconds``; a wake that came while writing is not lost."""
+        if not self._closing.is_set():
+            await _wait(self._wake, seconds)
         self._wake.clear()
-        if self._closing.is_set():
-            return
-        try:
-            await asyncio.wait_for(self._wake.wait(), seconds)
-        except asyncio.TimeoutError:
-            pass
 
     async def _connect(self):
         from asyncua import Client, ua
@@ -474,6 +476,13 @@ def _properties(path: Optional[Path], data: Optional[bytes]):
     from asyncua.crypto import uacrypto
 
     return uacrypto.CertProperties(str(path), extension="pem" if _is_pem(data) else "der")
+
+
+async def _wait(event: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(event.wait(), seconds)
+    except asyncio.TimeoutError:
+        pass
 
 
 async def _disconnect(client) -> None:
