@@ -368,7 +368,7 @@ def main(**options: Any) -> None:
     if options["systemd_unit"] and config_path is None:
         raise UserError("--systemd-unit runs a station file: give --config STATION.toml (write one with "
                         "--print-config)")
-    base = load_station(config_path) if config_path is not None else StationConfig()
+    base = load_station(config_path, check=False) if config_path is not None else StationConfig()
     flags = given if config_path is not None else set(options)
 
     def effective(station: StationConfig) -> StationConfig:

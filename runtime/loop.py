@@ -277,7 +277,7 @@ class CameraLoop:
                     continue
                 want = cfg.batch
                 if cfg.max_frames is not None:
-                    want = min(want, cfg.max_frames - s.frames - sum(len(f) for f, _ in self._pending))
+                    want = min(want, cfg.max_frames - s.frames - sum(len(f) for _, f, _ in self._pending))
                     if want <= 0 and not self._pending:
                         self.stop("max-frames")
                         break

@@ -28,7 +28,7 @@ from .credentials import ENV_MQTT_PASSWORD, ENV_OPCUA_PASSWORD, ENV_WEBHOOK_SECR
 from .loop import CameraLoop, Lane, LoopConfig, Summary
 from .sinks import AnnotatedVideo, DisplaySink, EventLog, EvidenceWriter, Sink
 from .sources import open_source
-from .station import CameraSection, RuntimeSection, StationConfig, check_station, load_station
+from .station import RuntimeSection, StationConfig, check_station, load_station
 
 log = logging.getLogger(__name__)
 start_log = logging.getLogger("aaclip.runtime.cli")  # the start-up lines keep the command's logger name
@@ -237,7 +237,7 @@ def run_station(station: StationConfig, runner: Optional[RunnerOptions] = None,
 
     ``runner``: runner options instead of the [runtime] ones (tests pass fakes); ``reload_from``: reads the
     station again on SIGHUP (the file with the command line's overrides); ``extra_sinks``: more outputs."""
-    if not station.cameras:
+    if not station.cameras and station.origin is None:
         raise UserError("no camera given; pass --camera (device index, path, URL, csi://0 or a pipeline)")
     check_station(station)
     rt = station.runtime
@@ -422,4 +422,4 @@ class StationReload:
 
 def reader_of(path: Path, apply_flags: Callable[[StationConfig], StationConfig]) -> Callable[[], StationConfig]:
     """Reads ``path`` again with the command line's overrides applied (they keep winning over the file)."""
-    return lambda: apply_flags(load_station(path))
+    return lambda: apply_flags(load_station(path, check=False))

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from aaclip.runtime.decide import ALARM, ANOMALOUS, NORMAL, Decision
+from aaclip.runtime.decide import ALARM, NORMAL, Decision
 from aaclip.runtime.sinks import EventLog, EvidenceWriter
 
 

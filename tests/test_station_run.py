@@ -179,9 +179,11 @@ def _wait(predicate, proc, timeout=60.0):
 
 
 def test_sighup_reloads_thresholds_debounce_and_outputs_without_losing_a_frame(tmp_path):
-    """Two cameras looping over image folders, every frame inspected; SIGHUP changes a threshold, a debounce and
-    adds evidence between two frames; a second SIGHUP asks for a new source and is refused."""
+    """Two cameras on two artifacts looping over image folders, every frame inspected; SIGHUP changes a
+    threshold, a debounce and adds evidence between two frames; a second SIGHUP asks for a new source and is
+    refused."""
     make_onnx_artifact(tmp_path, "plates.onnx")
+    make_onnx_artifact(tmp_path, "caps.onnx", classes=("cap",))
     for name, defects in (("a", (2, 3, 4)), ("b", (5,))):
         (tmp_path / name).mkdir()
         for i in range(8):
@@ -197,13 +199,18 @@ debounce = 1
 [artifacts.plates]
 path = "plates.onnx"
 
+[artifacts.caps]
+path = "caps.onnx"
+
 [[cameras]]
 name = "a"
 source = "a"
+artifact = "plates"
 
 [[cameras]]
 name = "b"
 source = "b"
+artifact = "caps"
 threshold = 0.5
 
 [outputs.events]
@@ -233,6 +240,7 @@ path = "events.jsonl"
     cams = by_camera(read_events(events))
     for name, ev in cams.items():  # every frame of both cameras, in order: none lost around the reloads
         assert [e["frame"] for e in ev] == list(range(len(ev))), name
+    assert {e["class"] for e in cams["a"]} == {"bottle"} and {e["class"] for e in cams["b"]} == {"cap"}
     b = cams["b"]
     switch = next(i for i, e in enumerate(b) if e["threshold"] == 0.9)
     assert switch > 0 and {e["threshold"] for e in b[:switch]} == {0.5} and {e["threshold"] for e in b[switch:]} == {0.9}
@@ -250,3 +258,33 @@ path = "events.jsonl"
     assert "[outputs.evidence]" in err and "stopped by SIGTERM" in out
     # the refused reload left the running configuration: camera b still reads folder b (its defect frame 5)
     assert cams["b"][-1]["file"] == f"{cams['b'][-1]['frame'] % 8}.png"
+
+
+def test_one_line_view_shows_each_cameras_artifact(tmp_path):
+    from aaclip.runtime.monitor import LineMonitor
+    from aaclip.runtime.service import run_station
+    from aaclip.runtime.station import load_station
+
+    view = LineMonitor(metrics=False)
+    summary = run_station(load_station(two_camera_station(tmp_path)), extra_sinks=[view])
+    assert summary.frames == 28
+    left, right = (view.state(cam) for cam in view.cameras)
+    assert (left["camera"]["name"], left["model"]["artifact"], left["model"]["threshold"]) == ("left", "plates.onnx", 0.5)
+    assert (right["camera"]["name"], right["model"]["artifact"], right["model"]["threshold"]) == ("right", "caps.onnx", 0.7)
+    assert right["model"]["classes"] == ["a", "b"] and left["counters"]["inspected"] == 16
+    assert right["counters"]["alarms"] == 2 and left["counters"]["alarms"] == 1  # right: 3, 4 | 9; left: 6-8
+
+
+def test_a_file_of_outputs_with_the_cameras_on_the_command_line(tmp_path):
+    art = make_onnx_artifact(tmp_path, "plates.onnx")
+    video = write_video(tmp_path / "v.avi", 10, defect_frames=(3, 4))
+    outputs = tmp_path / "outputs.toml"
+    outputs.write_text('[outputs.events]\npath = "alarms.jsonl"\nmode = "alarms"\n')
+    r = invoke("--config", outputs, art, "--camera", video, "-q")
+    assert r.exit_code == 0, r.output
+    ev = read_events(tmp_path / "alarms.jsonl")
+    assert [e["frame"] for e in ev if e.get("type") != "summary"] == [3, 4]
+    assert [(e["type"], e["frames"], e["alarms"]) for e in ev if e.get("type") == "summary"] == [("summary", 10, 1)]
+    r = invoke("--config", outputs)
+    assert r.exit_code == 2 and r.stderr == f"error: {outputs}: the top level: no artifact; add [artifacts.NAME] with " \
+                                           f"path = \"model.onnx\" (or give ARTIFACT)\n"

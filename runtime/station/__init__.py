@@ -22,8 +22,9 @@ Adding a section (e.g. ``[outputs.opcua]``, ``[outputs.reviews]``):
 
 1. write its dataclass in ``outputs.py`` (or beside your code, imported there), each key a field declared
    with ``setting(default, "one-line doc", check=..., flag="--your-flag")``; supported types: ``str``,
-   ``int``, ``float``, ``bool``, ``Path`` (relative ones are taken from the file's folder) and ``Optional``
-   of those; a nested dataclass is a nested table;
+   ``int``, ``float``, ``bool``, ``Path`` (relative ones are taken from the file's folder), ``list[X]`` /
+   ``tuple[X, ...]`` of one of those (a TOML array) and ``Optional`` of those; a nested dataclass is a
+   nested table (``[outputs.http.auth]``);
 2. add one field to ``Outputs`` (``opcua: OpcUaOutput = setting(default_factory=OpcUaOutput)``): the field
    name is the section name;
 3. in ``runtime/cli.py``: map your flags to the fields (``FLAGS``) and open your sink in ``open_sinks``.

@@ -76,6 +76,13 @@ class _Reader:
         return converted
 
     def convert(self, base, raw: Any, table: tuple, key: str, f) -> Any:
+        if typing.get_origin(base) in (list, tuple):  # list[str], tuple[str, ...]: an array of one scalar type
+            item = typing.get_args(base)[0]
+            if not isinstance(raw, list):
+                raise self.fail(table, key, f"expected an array of {_NAMES[item]}, got {_show(raw)} ({_what(raw)})",
+                                f"write e.g. {key} = [{_EXAMPLES[item]}]")
+            items = [self.convert(item, x, table, key, f) for x in raw]
+            return tuple(items) if typing.get_origin(base) is tuple else items
         ok = {bool: isinstance(raw, bool), int: isinstance(raw, int) and not isinstance(raw, bool),
               float: isinstance(raw, (int, float)) and not isinstance(raw, bool),
               str: isinstance(raw, str), Path: isinstance(raw, str)}.get(base)
@@ -153,8 +160,9 @@ def read_station_text(path: Path) -> str:
 _AT_LINE = re.compile(r"\s*\(at line (\d+), column (\d+)\)")
 
 
-def load_station(path: Union[str, Path]) -> StationConfig:
-    """Read and check a station file (see ``check_station``); relative paths are taken from its folder."""
+def load_station(path: Union[str, Path], check: bool = True) -> StationConfig:
+    """Read a station file; relative paths are taken from its folder. ``check``: also what single keys cannot
+    tell (``check_station``; off when the command line adds the artifact or cameras, checked after)."""
     path = Path(path)
     text = read_station_text(path)
     try:
@@ -167,7 +175,8 @@ def load_station(path: Union[str, Path]) -> StationConfig:
         raise ConfigError(f"{at}: not valid TOML ({problem}); fix the syntax: key = value, strings in quotes, "
                           "[section] headers") from None
     config = station_from_dict(data, path, TomlLines(text))
-    check_station(config)
+    if check:
+        check_station(config)
     return config
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from .fields import above, at_least, one_of, setting
+from .fields import at_least, one_of, setting
 from .outputs import Outputs
 
 LOG_LEVELS = ("debug", "info", "warning")
