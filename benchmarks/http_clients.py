@@ -33,7 +33,7 @@ from aaclip.contract.cli import Command, FiniteFloat, setup_logging
 from aaclip.contract.errors import UserError
 from aaclip.contract.manifest import open_artifact
 from aaclip.runtime.backends import RunnerOptions, open_runner
-from aaclip.runtime.station.outputs import HttpOutput
+from aaclip.runtime.station.outputs import HttpAuthSettings, HttpOutput
 from aaclip.runtime.loop import CameraLoop, LoopConfig
 from aaclip.runtime.sources import open_source
 
@@ -145,8 +145,8 @@ def main(artifact: Optional[Path], backend: str, threads: int, idle: int, stream
         token = os.urandom(16).hex()
         (work / "token").write_text(token)
         (work / "token").chmod(0o600)
-        view = LineView.from_options(HttpOutput(listen="127.0.0.1:0", view_fps=view_fps, token_file=work / "token",
-                                                 max_viewers=max(streams, 1)))
+        view = LineView.from_options(HttpOutput(listen="127.0.0.1:0", view_fps=view_fps, max_viewers=max(streams, 1),
+                                                auth=HttpAuthSettings(token_file=work / "token")))
         source = open_source(str(video), loop=True)
         ctx = multiprocessing.get_context("spawn")
         windows = []

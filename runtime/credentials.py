@@ -23,6 +23,8 @@ from aaclip.contract.errors import UserError
 log = logging.getLogger(__name__)
 
 MASK = "***"
+MASK_MIN = 6         # shorter secrets are not masked in logs (and are warned about)
+SHORT_SECRET = 12    # a secret shorter than this is easy to guess
 ENV_MQTT_PASSWORD = "AACLIP_MQTT_PASSWORD"
 ENV_WEBHOOK_SECRET = "AACLIP_WEBHOOK_SECRET"
 ENV_OPCUA_PASSWORD = "AACLIP_OPCUA_PASSWORD"
@@ -44,13 +46,18 @@ def read_secret(what: str, file: Union[None, str, Path], env: Optional[str]) -> 
             raise UserError(f"the {what} file {path} is empty; write the {what} into it")
         if mode & (stat.S_IRWXG | stat.S_IRWXO):
             log.warning("the %s file %s can be read by other users of this machine; chmod 600 %s", what, path, path)
-        hide_in_logs(secret)
-        return secret
+        return _registered(what, secret, str(path))
     value = os.environ.get(env) if env else None
-    if value:
-        hide_in_logs(value)
-        return value
-    return None
+    return _registered(what, value, f"${env}") if value else None
+
+
+def _registered(what: str, secret: str, where: str) -> str:
+    if len(secret) < SHORT_SECRET:
+        log.warning("the %s in %s is short (%d characters): easy to guess%s; use at least %d random characters",
+                    what, where, len(secret), "" if len(secret) >= MASK_MIN else ", and not masked in logs",
+                    SHORT_SECRET)
+    hide_in_logs(secret)
+    return secret
 
 
 def refuse_url_password(option: str, url: Optional[str], fix: str) -> None:
@@ -97,7 +104,11 @@ _REDACTOR = _Redactor()
 
 
 def hide_in_logs(secret: str) -> None:
-    """Register ``secret`` with the filter on the root logger's handlers (installed on first use)."""
+    """Register ``secret`` with the filter on the root logger's handlers (installed on first use). A secret
+    shorter than ``MASK_MIN`` characters is not masked (it would turn every such letter of every line into
+    ``***``); ``read_secret`` warns about short secrets."""
+    if len(secret) < MASK_MIN:
+        return
     _REDACTOR.add(secret)
     for handler in logging.getLogger().handlers:
         if _REDACTOR not in handler.filters:

@@ -87,16 +87,23 @@ def load_users(path: Path) -> dict[str, str]:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except OSError as e:
         raise UserError(f"cannot read the users file {path}: {e.strerror or e}") from None
+    entries = [(f"{path} line {n}", line.strip()) for n, line in enumerate(lines, 1)]
+    return _users([(where, line) for where, line in entries if line and not line.startswith("#")], str(path))
+
+
+def parse_users(entries, where: str) -> dict[str, str]:
+    """``NAME:HASH`` strings (the station file's ``users``) -> name -> hash."""
+    return _users([(f"{where} entry {i}", e) for i, e in enumerate(entries, 1)], where)
+
+
+def _users(entries: list[tuple[str, str]], where: str) -> dict[str, str]:
     users: dict[str, str] = {}
-    for number, line in enumerate(lines, 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        name, sep, stored = line.partition(":")
+    for place, entry in entries:
+        name, sep, stored = entry.partition(":")
         if not sep or not name:
-            raise UserError(f"{path} line {number}: give NAME:HASH (the hash from aaclip-runtime --hash-password)")
+            raise UserError(f"{place}: give NAME:HASH (the hash from aaclip-runtime --hash-password)")
         users[name] = stored
-    return check_users(users, str(path))
+    return check_users(users, where)
 
 
 def check_users(users: Mapping[str, str], where: str) -> dict[str, str]:

@@ -39,7 +39,7 @@ from typing import Any, Optional
 from aaclip.contract.errors import UserError
 
 from .credentials import ENV_HTTP_TOKEN, read_secret
-from .http_auth import HttpAuth, authorize, load_users
+from .http_auth import HttpAuth, authorize, load_users, parse_users
 from .station.outputs import HttpOutput
 from .monitor import LineMonitor
 
@@ -89,8 +89,11 @@ class HttpAccess:
     @classmethod
     def from_options(cls, options: HttpOutput) -> "HttpAccess":
         """Reads the token, the users and the certificate the options name (a UserError when one is unusable)."""
-        users = load_users(options.users_file) if options.users_file is not None else {}
-        token = read_secret("HTTP bearer token", options.token_file, ENV_HTTP_TOKEN)
+        auth = options.auth
+        users = parse_users(auth.users, "[outputs.http.auth] users")
+        if auth.users_file is not None:
+            users.update(load_users(auth.users_file))
+        token = read_secret("HTTP bearer token", auth.token_file, ENV_HTTP_TOKEN)
         if options.max_viewers < 0 or options.max_connections < 1 or not options.timeout > 0:
             raise UserError("--max-viewers must be >= 0, max_connections >= 1 and the HTTP timeout > 0")
         return cls(auth=HttpAuth(token=token, users=users), tls=tls_context(options.tls_cert, options.tls_key),

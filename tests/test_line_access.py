@@ -13,7 +13,7 @@ import subprocess
 import pytest
 from aaclip.contract.errors import UserError
 from aaclip.runtime.http_auth import HttpAuth, hash_password, load_users, parse_hash, verify_password
-from aaclip.runtime.station.outputs import HttpOutput
+from aaclip.runtime.station.outputs import HttpAuthSettings, HttpOutput
 from aaclip.runtime.web import BOUNDARY, HttpAccess, LineView
 from line_fixtures import Feeder, ScriptedCamera, needs_prometheus, wait_until
 from test_line_web import running_loop
@@ -63,8 +63,8 @@ def test_401_without_credentials_200_with_token_or_password(tmp_path, tls):
     token_file.chmod(0o600)
     users_file.write_text(f"# line leads\nanna:{hash_password(PASSWORD)}\n")
     cert, key = self_signed(tmp_path) if tls else (None, None)
-    view = LineView.from_options(HttpOutput(listen="127.0.0.1:0", token_file=token_file, users_file=users_file,
-                                             tls_cert=cert, tls_key=key, view_fps=20))
+    view = LineView.from_options(HttpOutput(listen="127.0.0.1:0", auth=HttpAuthSettings(token_file=token_file,
+                                             users_file=users_file), tls_cert=cert, tls_key=key, view_fps=20))
     assert view.url.startswith("https://" if tls else "http://")
     camera = ScriptedCamera()
     feeder = Feeder(camera, fps=20)

@@ -237,7 +237,7 @@ def test_station_file_sections_round_trip_and_hold_no_secret(tmp_path):
     station_file = tmp_path / "station.toml"
     station_file.write_text(r.stdout)
     out = load_station(station_file).outputs
-    assert (out.http.listen, out.http.token_file, out.http.max_viewers, out.http.healthz_open, out.http.timeout) == \
+    assert (out.http.listen, out.http.auth.token_file, out.http.max_viewers, out.http.healthz_open, out.http.timeout) == \
         ("0.0.0.0:8443", tmp_path / "http.secret", 4, False, 5.0)
     assert (out.mqtt.url, out.mqtt.password_file) == ("mqtt://station@broker/factory", tmp_path / "mqtt.secret")
     assert out.webhook.secret_file == tmp_path / "webhook.secret"
@@ -248,24 +248,26 @@ def test_station_file_sections_round_trip_and_hold_no_secret(tmp_path):
 
     relative = tmp_path / "site"
     relative.mkdir()
-    (relative / "token").write_text("t\n")
+    (relative / "token").write_text("a-token-of-some-length\n")
     (relative / "station.toml").write_text(f'[artifacts.m]\npath = "{art}"\n[[cameras]]\nsource = "0"\n'
-                                           f'[outputs.http]\nlisten = ":0"\ntoken_file = "token"\n'
+                                           f'[outputs.http]\nlisten = ":0"\n[outputs.http.auth]\ntoken_file = "token"\n'
                                            f'[outputs.mqtt]\nurl = "mqtt://op:pw@broker/x"\n')
     loaded = load_station(relative / "station.toml")
-    assert loaded.outputs.http.token_file == relative / "token"
+    assert loaded.outputs.http.auth.token_file == relative / "token"
     video = write_video(tmp_path / "v.avi", 2)
     r3 = CliRunner().invoke(main, ["--config", str(relative / "station.toml"), "--camera", str(video)])
     assert r3.exit_code == 2 and "contains a password" in r3.stderr and "pw@" not in r3.stderr, r3.output
 
 
 def test_security_doc_station_example_reads(tmp_path):
+    from aaclip.runtime.http_auth import parse_users
     from aaclip.runtime.station import load_station
 
     text = re.search(r"```toml\n(.*?)```", DOC.read_text(), re.S).group(1)
     art = make_onnx_artifact(tmp_path)
     (tmp_path / "station.toml").write_text(f'[artifacts.m]\npath = "{art.name}"\n[[cameras]]\nsource = "0"\n' + text)
     out = load_station(tmp_path / "station.toml").outputs
-    assert out.http.users_file == tmp_path / "secrets" / "users" and out.http.listen == "0.0.0.0:8080"
+    assert out.http.auth.users_file == tmp_path / "secrets" / "users" and out.http.listen == "0.0.0.0:8080"
+    assert parse_users(out.http.auth.users, "x") == {"anna": out.http.auth.users[0].split(":", 1)[1]}
     assert out.opcua.security == "Basic256Sha256" and out.opcua.password_file == tmp_path / "secrets" / "opcua.pw"
     assert out.webhook.secret_file == tmp_path / "secrets" / "webhook.key"

@@ -38,6 +38,7 @@ from __future__ import annotations
 from .fields import above, at_least, one_of, setting
 from .load import ConfigError, check_station, load_station, station_from_dict
 from .outputs import (
+    HttpAuthSettings,
     DisplayOutput,
     EventsOutput,
     EvidenceOutput,
@@ -53,7 +54,7 @@ from .write import station_toml
 
 __all__ = [
     "ArtifactSection", "CameraSection", "ConfigError", "DisplayOutput", "EventsOutput", "EvidenceOutput",
-    "HttpOutput", "MqttOutput", "OpcuaOutput", "Outputs", "RuntimeSection", "StationConfig", "StationSection", "VideoOutput",
+    "HttpAuthSettings", "HttpOutput", "MqttOutput", "OpcuaOutput", "Outputs", "RuntimeSection", "StationConfig", "StationSection", "VideoOutput",
     "WebhookOutput", "above", "at_least", "check_station", "load_station", "one_of", "setting",
     "station_from_dict", "station_toml",
 ]

@@ -75,6 +75,18 @@ class DisplayOutput:
 
 
 @dataclass
+class HttpAuthSettings:
+    """``[outputs.http.auth]``: who may open the line view, its streams, thumbnails and /metrics (nobody needs
+    to when all three are empty; then --http stays on loopback unless allow_anonymous)."""
+
+    token_file: Optional[Path] = setting(None, "file holding the bearer token that opens the view and /metrics "
+                                               "[else $AACLIP_HTTP_TOKEN]", flag="--http-token-file")
+    users: list[str] = setting(default_factory=list, doc="\"NAME:HASH\" entries, the hash from aaclip-runtime "
+                                                        "--hash-password (never a password)")
+    users_file: Optional[Path] = setting(None, "file of NAME:HASH lines, more users", flag="--http-users")
+
+
+@dataclass
 class HttpOutput:
     """``[outputs.http]``: the live line view, /metrics and /healthz, and who may see them
     (docs/security.md)."""
@@ -85,10 +97,7 @@ class HttpOutput:
                               flag="--view-fps")
     health_timeout: float = setting(10.0, "/healthz is unhealthy when a camera gave no frame for this long (s)",
                                     check=above(0.0), flag="--health-timeout")
-    token_file: Optional[Path] = setting(None, "file holding the bearer token that opens the view and /metrics "
-                                               "[else $AACLIP_HTTP_TOKEN]", flag="--http-token-file")
-    users_file: Optional[Path] = setting(None, "file of NAME:HASH lines (aaclip-runtime --hash-password): users "
-                                               "who may open the view", flag="--http-users")
+    auth: HttpAuthSettings = setting(default_factory=HttpAuthSettings)
     tls_cert: Optional[Path] = setting(None, "PEM certificate (chain): serve HTTPS", flag="--http-tls-cert")
     tls_key: Optional[Path] = setting(None, "its PEM private key", flag="--http-tls-key")
     healthz_open: bool = setting(True, "/healthz answers without credentials (liveness probes)",
