@@ -221,3 +221,17 @@ def test_write_routes_refuse_cross_site_requests():
     assert cross_site({"Host": "station-7:8080", "Origin": "https://evil.example"})
     assert cross_site({"Host": "station-7:8080", "Referer": "http://evil.example/page"})
     assert cross_site({"Host": "station-7:8080", "Origin": "null"})  # sandboxed or file:// pages
+
+
+def test_users_inline_in_the_station_section(tmp_path):
+    """[outputs.http.auth] users = ["NAME:HASH"]: the hashes live in the station file."""
+    view = LineView.from_options(HttpOutput(listen="127.0.0.1:0", healthz_open=False,
+                                            auth=HttpAuthSettings(users=[f"anna:{hash_password(PASSWORD)}"])))
+    try:
+        assert request(view, "/healthz")[0] == 401
+        assert request(view, "/healthz", basic("anna", PASSWORD + "!"))[0] == 401
+        assert request(view, "/healthz", basic("anna", PASSWORD))[0] == 503  # let in; the loop has not started
+    finally:
+        view.close()
+    with pytest.raises(UserError, match="entry 1: give NAME:HASH"):
+        LineView.from_options(HttpOutput(listen="127.0.0.1:0", auth=HttpAuthSettings(users=[PASSWORD])))
