@@ -126,6 +126,7 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     block_on_close = False
+    request_queue_size = 64  # listen backlog: a burst of clients is accepted, not met with dropped SYNs (5)
 
     def __init__(self, address: tuple[str, int], monitor: LineMonitor, access: HttpAccess):
         host = address[0]
