@@ -40,6 +40,7 @@ from aaclip.contract.errors import UserError
 
 from .credentials import ENV_HTTP_TOKEN, read_secret
 from .http_auth import HttpAuth, authorize, load_users, parse_users
+from .metrics import INSTALL_HINT, open_metrics
 from .station.outputs import HttpOutput
 from .monitor import LineMonitor
 
@@ -256,8 +257,6 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _metrics(self, monitor: LineMonitor) -> None:
         if monitor.metrics is None:
-            from .metrics import INSTALL_HINT
-
             self._send(HTTPStatus.NOT_IMPLEMENTED, f"prometheus_client is not installed: {INSTALL_HINT}\n".encode(),
                        "text/plain; charset=utf-8")
             return
@@ -342,6 +341,7 @@ class LineView(LineMonitor):
     def __init__(self, address: str, view_fps: float = 5.0, view_width: int = 640, health_timeout_s: float = 10.0,
                  access: Optional[HttpAccess] = None):
         super().__init__(view_fps=view_fps, view_width=view_width, health_timeout_s=health_timeout_s)
+        self.metrics = open_metrics(self)  # None without prometheus_client: /metrics answers 501
         host, port = parse_address(address)
         access = access or HttpAccess()
         if not is_loopback(host) and not access.auth.enabled:
