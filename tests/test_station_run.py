@@ -265,7 +265,7 @@ def test_one_line_view_shows_each_cameras_artifact(tmp_path):
     from aaclip.runtime.service import run_station
     from aaclip.runtime.station import load_station
 
-    view = LineMonitor(metrics=False)
+    view = LineMonitor()
     summary = run_station(load_station(two_camera_station(tmp_path)), extra_sinks=[view])
     assert summary.frames == 28
     left, right = (view.state(cam) for cam in view.cameras)
