@@ -22,9 +22,9 @@ that gets an error naming the nodes to create on its side.
 
 The asyncua client runs on its own thread and event loop: ``emit`` only appends to a bounded queue
 (``queue``) and never waits for the network. While the server is away, alarm changes wait in the queue and
-are written after the reconnect (with ``--reconnect-delay``/``--reconnect-max`` backoff), followed by each
-camera's latest state; a write that finds the queue full, or a plain decision while disconnected, is dropped
-and counted in ``failures``. Security: ``Basic256Sha256`` with SignAndEncrypt, the station's certificate and
+are written after the reconnect (with ``--reconnect-delay``/``--reconnect-max`` backoff); a write that finds
+the queue full, or a plain decision while disconnected, is dropped and counted in ``failures``, and the
+camera's newest state is written once the queue is through (a dropped alarm end never leaves Alarm true). Security: ``Basic256Sha256`` with SignAndEncrypt, the station's certificate and
 key, optionally a pinned server certificate, and a user whose password comes from a file or
 ``$AACLIP_OPCUA_PASSWORD``.
 """
@@ -124,7 +124,8 @@ class OpcuaSink(Sink):
         self.connected = threading.Event()
         self._queue: deque[Update] = deque()
         self._lock = threading.Lock()
-        self._latest: dict[int, Update] = {}
+        self._latest: dict[int, Update] = {}  # each camera's newest state (last alarm time kept)
+        self._stale: set[int] = set()          # cameras whose newest state was dropped, not queued
         self._alarm: list[bool] = []
         self._frames: list[int] = []
         self._names: list[str] = []
@@ -162,9 +163,12 @@ class OpcuaSink(Sink):
         with self._lock:
             self._latest[i] = _merge(self._latest.get(i), update)
             if (not transition and not self.connected.is_set()) or len(self._queue) >= self.options.queue:
+                self._stale.add(i)  # the server misses this camera's newest state: written once the queue is
                 self._drop("queue full" if self.connected.is_set() or transition else "server away")
+                self._poke()
                 return
             self._queue.append(update)
+            self._stale.discard(i)  # the queue ends with its newest state
             self.accepted += 1
         self._poke()
 
@@ -309,14 +313,9 @@ class OpcuaSink(Sink):
         return nodes
 
     async def _serve(self, client, nodes: list[list[Any]]) -> None:
-        """Writes the queue (then each camera's latest state) and the heartbeat until close; raises when the
-        connection fails (the update in hand goes back to the head of the queue)."""
-        # after a reconnect: whatever waited, then the newest state of each camera (nothing stale stays)
-        with self._lock:
-            catch_up = list(self._latest.values())
+        """Writes the queue (then the newest state of cameras whose newest was dropped) and the heartbeat until
+        close; raises when the connection fails (the update in hand goes back to the head of the queue)."""
         await self._write_all(client, nodes)
-        for update in catch_up:
-            await self._write(client, nodes, update)
         await self._write(client, nodes, None)  # ModelId and the first heartbeat
         next_beat = time.monotonic() + self.options.heartbeat_s
         while not self._closing.is_set():
@@ -331,16 +330,24 @@ class OpcuaSink(Sink):
         await asyncio.wait_for(self._write(client, nodes, None), self.drain_s)
 
     async def _write_all(self, client, nodes) -> None:
+        """The queue in order; then, once it is empty, the newest state of each camera whose newest update
+        was dropped (so a dropped alarm end never leaves Alarm true, and nothing older follows something newer)."""
         while True:
             with self._lock:
-                if not self._queue:
+                if self._queue:
+                    update, requeue = self._queue.popleft(), True
+                elif self._stale:
+                    update, requeue = self._latest[self._stale.pop()], False
+                else:
                     return
-                update = self._queue.popleft()
             try:
                 await self._write(client, nodes, update)
             except BaseException:
                 with self._lock:
-                    self._queue.appendleft(update)
+                    if requeue:
+                        self._queue.appendleft(update)
+                    else:
+                        self._stale.add(update.camera)
                 raise
 
     async def _write(self, client, nodes, update: Optional[Update]) -> None:
