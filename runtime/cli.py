@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 import click
-from aaclip.contract.cli import Command, FiniteFloat, setup_logging
+from aaclip.contract.cli import EXIT_SOURCE_LOST, Command, FiniteFloat, setup_logging
 from aaclip.contract.errors import UserError
 
-from .backends import AUTO, RunnerOptions, backend_names
-from .backends.options import backend_options
+from .backends import AUTO, RunnerOptions
+from .backends.options import backend_option, backend_options
 from .backends.triton import parse_endpoint
 from .capture import Backoff, default_drop
 from .loop import LoopConfig, Summary
@@ -52,7 +52,7 @@ class RunConfig:
     artifact: Union[Path, str]  # a file, or a served model: grpc://HOST:8001/MODEL, http://HOST:8000/MODEL
     cameras: tuple[str, ...]
     backend: str = AUTO
-    runner: RunnerOptions = RunnerOptions()  # --device, --threads, --precision-hint, --perf-hint, --cache-dir
+    runner: RunnerOptions = RunnerOptions()  # --device, --threads, --precision, --perf-hint, --cache-dir
     batch: int = 1
     classes: tuple[str, ...] = ()
     threshold: Optional[float] = None
@@ -71,6 +71,7 @@ class RunConfig:
     reconnect_max: float = 10.0
     evidence_max: Optional[int] = None
     open_timeout: float = DEFAULT_OPEN_TIMEOUT_MS / 1000.0
+    wait_for_source: bool = False  # a live source without a first frame in open_timeout: wait, not exit 2
     # the line outputs: the address/URL alone, or the whole section (``station.outputs``: access, secrets files)
     http: Union[None, str, HttpOutput] = None        # [HOST]:PORT of the line view, /metrics and /healthz
     view_fps: float = 5.0
@@ -114,7 +115,8 @@ FLAGS: dict[str, tuple[str, str]] = {
     "debounce": ("runtime", "debounce"), "drop": ("runtime", "drop"), "loop_files": ("runtime", "loop"),
     "max_frames": ("runtime", "max_frames"), "stats_every": ("runtime", "stats_every"),
     "reconnect_delay": ("runtime", "reconnect_delay"), "reconnect_max": ("runtime", "reconnect_max"),
-    "open_timeout": ("runtime", "open_timeout"), "in_flight": ("runtime", "in_flight"),
+    "open_timeout": ("runtime", "open_timeout"), "wait_for_source": ("runtime", "wait_for_source"),
+    "in_flight": ("runtime", "in_flight"),
     "events": ("outputs.events", "path"), "events_mode": ("outputs.events", "mode"),
     "events_max_bytes": ("outputs.events", "max_bytes"), "events_keep": ("outputs.events", "keep"),
     "events_summary_every": ("outputs.events", "summary_every"),
@@ -234,9 +236,7 @@ def _print_password_hash(ctx: click.Context, _param, value: bool) -> None:
               help="Source, repeatable: device index (0), /dev/video0, v4l2:///dev/video0, csi://0, rtsp://..., "
                    "http(s)://..., video file (file://x.mp4 or x.mp4), image folder, or a GStreamer pipeline "
                    "(a string with '!').")
-@click.option("--backend", type=click.Choice(backend_names()), default=AUTO, show_default=True,
-              help="auto: TensorRT for .engine; for .onnx OpenVINO on an Intel CPU (when installed and no CUDA "
-                   "execution provider), else ONNX Runtime (CUDA, else CPU).")
+@backend_option()
 @backend_options
 @click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
               help="Frames per inference call (groups frames of several cameras).")
@@ -283,7 +283,11 @@ def _print_password_hash(ctx: click.Context, _param, value: bool) -> None:
 @click.option("--reconnect-max", type=FiniteFloat(min=0.0), default=10.0, show_default=True,
               help="Longest reconnect delay (s).")
 @click.option("--open-timeout", type=FiniteFloat(min=0.1), default=DEFAULT_OPEN_TIMEOUT_MS / 1000.0,
-              show_default=True, help="Seconds a network camera may take to open (reads: half of it, >= 1 s).")
+              show_default=True, help="Seconds a camera or stream may take to deliver its first frame at start; "
+                                      "none by then: exit 2 (network reads time out after half of it, >= 1 s).")
+@click.option("--wait-for-source", is_flag=True,
+              help="Wait for a camera that is not up at start (one that boots after this PC) instead of exiting 2 "
+                   "after --open-timeout; the wait is retried like a reconnect.")
 @click.option("--http", metavar="[HOST]:PORT", default=None,
               help="Serve the live line view, /metrics and /healthz: ':8080' on this machine only, '0.0.0.0:8080' "
                    "on every interface (then credentials are required, or --http-allow-anonymous). Nothing "
@@ -357,6 +361,11 @@ def main(**options: Any) -> None:
     HTTPS: docs/security.md); --mqtt, --webhook and --opcua send alarms to the line's systems, their secrets
     read from files. Ctrl-C or SIGTERM finishes the current frame, flushes outputs, prints a
     summary and exits 0; SIGHUP re-reads --config (thresholds, debounce and outputs change between two frames).
+
+    Exit status: 0 finished (end of the files, --max-frames) or stopped by Ctrl-C/SIGTERM; 2 bad input (one
+    'error:' line: a bad option or station file, a missing artifact, a camera without a first frame within
+    --open-timeout, a folder without a readable image); 3 a source that had delivered frames was lost when the
+    run ended; 130 a second Ctrl-C. See docs/cli.md.
     """
     ctx = click.get_current_context()
     given = {name for name in options
@@ -396,6 +405,10 @@ def main(**options: Any) -> None:
         return
     summary = run_station(station, reload_from=reader_of(config_path, effective) if config_path else None)
     click.echo(summary.text())
+    if summary.sources_lost:
+        click.echo(f"error: source lost: {', '.join(summary.sources_lost)} stopped delivering frames and had not come "
+                   "back when the run ended", err=True)
+        sys.exit(EXIT_SOURCE_LOST)
 
 
 __all__ = ["ConfigError", "FLAGS", "RunConfig", "apply_flags", "main", "open_model", "run", "with_cameras"]

@@ -21,13 +21,13 @@ from typing import Any, Callable, Optional, Sequence, Union
 from aaclip.contract.errors import UserError
 from aaclip.contract.manifest import Manifest, open_artifact
 
-from .backends import AUTO, RunnerOptions, open_runner
+from .backends import AUTO, RunnerOptions, open_runner, warn_if_unverified
 from .backends.triton import parse_endpoint
 from .capture import Backoff, default_drop
 from .credentials import ENV_MQTT_PASSWORD, ENV_OPCUA_PASSWORD, ENV_WEBHOOK_SECRET, read_secret, refuse_url_password
 from .loop import CameraLoop, Lane, LoopConfig, Summary
 from .sinks import AnnotatedVideo, DisplaySink, EventLog, EvidenceWriter, Sink
-from .sources import open_source
+from .sources import NoFirstFrame, open_source
 from .station import RuntimeSection, StationConfig, check_station, load_station
 
 log = logging.getLogger(__name__)
@@ -256,8 +256,15 @@ def run_station(station: StationConfig, runner: Optional[RunnerOptions] = None,
             for camera in station.cameras:
                 if stop.event.is_set():
                     break
-                source = open_source(camera.source, loop=rt.loop, open_timeout_ms=timeout_ms,
-                                     read_timeout_ms=max(timeout_ms // 2, 1000))
+                try:
+                    source = open_source(camera.source, loop=rt.loop, open_timeout_ms=timeout_ms,
+                                         read_timeout_ms=max(timeout_ms // 2, 1000), wait=rt.wait_for_source,
+                                         stop=stop.event)
+                except NoFirstFrame as exc:
+                    how = ("open_timeout and wait_for_source of [runtime]" if station.origin is not None else
+                           "--open-timeout sets how long to wait, --wait-for-source keeps waiting for a camera that "
+                           "starts after this PC")
+                    raise NoFirstFrame(f"{exc}; {how}") from None
                 if camera.name:
                     source.name = camera.name
                 sources.append(source)
@@ -269,6 +276,8 @@ def run_station(station: StationConfig, runner: Optional[RunnerOptions] = None,
             lanes = []
             for name, (manifest, backend, opts) in models.items():
                 active = runners.enter_context(open_runner(manifest, backend, opts))
+                if backend != "triton":  # a served model's backend is the server's
+                    warn_if_unverified(manifest, active.name, opts)
                 lanes.append(Lane(active, manifest, tuple(i for i, c in enumerate(station.cameras)
                                                           if station.camera_artifact(c) == name)))
             reloader = StationReload(reload_from, station, sinks, ctx) if reload_from is not None else None

@@ -87,8 +87,8 @@ def test_two_cameras_two_artifacts_from_one_file(tmp_path):
     assert [e["frame"] for e in left if e["onset"]] == [6]
     # right: its own artifact's class offset (+0.1 on every score), threshold 0.7 and debounce 1
     assert [e["frame"] for e in right if e["alarm"]] == list(RIGHT_DEFECTS)
-    assert all(0.31 < e["score"] < 0.33 for e in right if not e["alarm"])
-    assert all(0.20 < e["score"] < 0.23 for e in left if not e["anomalous"])
+    assert all(0.31 < e["raw_score"] < 0.33 for e in right if not e["alarm"])
+    assert all(0.20 < e["raw_score"] < 0.23 for e in left if not e["anomalous"])
 
 
 def test_flags_override_the_file(tmp_path):

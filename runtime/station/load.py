@@ -239,8 +239,8 @@ def check_station(config: StationConfig) -> None:
         raise fail((), None, "no artifact", 'add [artifacts.NAME] with path = "model.onnx" (or give ARTIFACT)')
     if not config.cameras:
         raise fail((), None, "no camera", 'add a [[cameras]] section with source = "0" (or give --camera)')
-    for name, artifact in config.artifacts.items():
-        if "://" not in artifact.path and not Path(artifact.path).expanduser().is_file():
+    for name, artifact in config.artifacts.items():  # (a command line's ARTIFACT: open_artifact says it)
+        if config.lines is not None and "://" not in artifact.path and not Path(artifact.path).expanduser().is_file():
             raise fail(("artifacts", name), "path", f"artifact {artifact.path} not found",
                        "correct the path, or export the model there (aaclip-export ... --out PATH)")
     seen: dict[str, int] = {}

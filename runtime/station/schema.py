@@ -60,8 +60,10 @@ class RuntimeSection:
     reconnect_delay: float = setting(0.5, "first reconnect delay (s), doubling", check=at_least(0.0),
                                      flag="--reconnect-delay")
     reconnect_max: float = setting(10.0, "longest reconnect delay (s)", check=at_least(0.0), flag="--reconnect-max")
-    open_timeout: float = setting(DEFAULT_OPEN_TIMEOUT_S, "seconds a network camera may take to open",
+    open_timeout: float = setting(DEFAULT_OPEN_TIMEOUT_S, "seconds a camera may take to deliver its first frame",
                                   check=at_least(0.1), flag="--open-timeout")
+    wait_for_source: bool = setting(False, "wait for a camera that is not up at start instead of exiting 2 after "
+                                           "open_timeout", flag="--wait-for-source")
     in_flight: Optional[int] = setting(None, "served model: batches on the server at once", check=at_least(1),
                                        flag="--in-flight")
     watchdog: bool = setting(True, "under systemd (NOTIFY_SOCKET): READY=1 after every camera's first frame, "
