@@ -8,7 +8,7 @@ MQTT broker. Per camera, under ``Objects/ROOT/CAMERA`` (node ids ``ns=<namespace
 
 =============== ========= ===========================================================================
 ``Alarm``        Boolean   the camera is in alarm (after the debounce)
-``Score``        Double    the last written decision's score (``Decision.score``)
+``Score``        Double    the last written decision's operator score (``Decision.score``: [0, 1], 0.5 = threshold)
 ``LastAlarmTime``DateTime  capture time of the last alarm onset (1601-01-01: none yet)
 ``FrameCounter`` UInt64    frames inspected on this camera (stalls when the camera stalls)
 ``Heartbeat``    UInt32    +1 every ``heartbeat_s`` while the station runs and is connected: a PLC watchdog
