@@ -6,14 +6,12 @@ logic lives in the PLC, which reads its own variables every scan; the station op
 plant's server keeps its users, certificates and audit log; and a lost server is reconnected to like a lost
 MQTT broker. Per camera, under ``Objects/ROOT/CAMERA`` (node ids ``ns=<namespace>;s=ROOT.CAMERA.NAME``):
 
-=============== ========= ===========================================================================
-``Alarm``        Boolean   the camera is in alarm (after the debounce)
-``Score``        Double    the last written decision's operator score (``Decision.score``: [0, 1], 0.5 = threshold)
-``LastAlarmTime``DateTime  capture time of the last alarm onset (1601-01-01: none yet)
-``FrameCounter`` UInt64    frames inspected on this camera (stalls when the camera stalls)
-``Heartbeat``    UInt32    +1 every ``heartbeat_s`` while the station runs and is connected: a PLC watchdog
-``ModelId``      String    ``ARTIFACT@SHA256[:12]`` of the model deciding
-=============== ========= ===========================================================================
+- ``Alarm`` (Boolean): the camera is in alarm (after the debounce);
+- ``Score`` (Double): the last written decision's operator score (``Decision.score``: [0, 1], 0.5 = threshold);
+- ``LastAlarmTime`` (DateTime): capture time of the last alarm onset (1601-01-01: none yet);
+- ``FrameCounter`` (UInt64): frames inspected on this camera (stalls when the camera stalls);
+- ``Heartbeat`` (UInt32): +1 every ``heartbeat_s`` while the station runs and is connected (a PLC watchdog);
+- ``ModelId`` (String): ``ARTIFACT@SHA256[:12]`` of the model deciding.
 
 ``mode = "decisions"`` writes all of them on every decision; ``"alarms"`` writes when a camera's alarm
 starts or ends (Alarm, Score, LastAlarmTime, FrameCounter) and the counter with the heartbeat. Nodes that
