@@ -127,7 +127,7 @@ class OpcuaSink(Sink):
         self._alarm: list[bool] = []
         self._frames: list[int] = []
         self._names: list[str] = []
-        self._model_id = ""
+        self._model_ids: list[str] = []
         self._started = threading.Event()
         self._closing = threading.Event()
         self._aloop: Optional[asyncio.AbstractEventLoop] = None
@@ -138,13 +138,13 @@ class OpcuaSink(Sink):
 
     # ---- the loop's thread -----------------------------------------------------------------------
     def start(self, context: LoopContext) -> None:
-        m = context.manifest
         self._names = [slug(n).replace(".", "_") for n in context.source_names]
         if len(set(self._names)) < len(self._names):  # two cameras with one name: keep their nodes apart
             self._names = [f"{n}_{i}" for i, n in enumerate(self._names)]
         self._alarm = [False] * len(self._names)
         self._frames = [0] * len(self._names)
-        self._model_id = f"{m.artifact_path.name}@{m.sha256[:12]}"
+        self._model_ids = [f"{a.artifact_path.name}@{a.sha256[:12]}"  # per camera: a station runs several models
+                           for a in (context.manifest_of(i) for i in range(len(self._names)))]
         self._started.set()
         self._poke()
 
@@ -355,7 +355,7 @@ class OpcuaSink(Sink):
         ids, values = [], []
         if update is None:
             for i, cam in enumerate(nodes):
-                for k, value in ((3, self._frames[i]), (4, self.heartbeats & 0xFFFFFFFF), (5, self._model_id)):
+                for k, value in ((3, self._frames[i]), (4, self.heartbeats & 0xFFFFFFFF), (5, self._model_ids[i])):
                     ids.append(cam[k])
                     values.append(value)
         else:
