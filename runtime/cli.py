@@ -7,10 +7,11 @@ flag sets which key; ``--print-config`` writes the station a command line descri
 from __future__ import annotations
 
 import copy
+import getpass
 import logging
 import re
 import sys
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -36,7 +37,7 @@ from .station import (
     station_toml,
 )
 from .station.load import resolve_source
-from .station.outputs import EVENT_MODES
+from .station.outputs import EVENT_MODES, OPCUA_MODES, OPCUA_SECURITY, HttpOutput, MqttOutput, OpcuaOutput, WebhookOutput
 
 log = logging.getLogger(__name__)
 
@@ -71,11 +72,13 @@ class RunConfig:
     evidence_max: Optional[int] = None
     open_timeout: float = DEFAULT_OPEN_TIMEOUT_MS / 1000.0
     wait_for_source: bool = False  # a live source without a first frame in open_timeout: wait, not exit 2
-    http: Optional[str] = None          # [HOST]:PORT of the line view, /metrics and /healthz
+    # the line outputs: the address/URL alone, or the whole section (``station.outputs``: access, secrets files)
+    http: Union[None, str, HttpOutput] = None        # [HOST]:PORT of the line view, /metrics and /healthz
     view_fps: float = 5.0
     health_timeout: float = 10.0
-    mqtt: Optional[str] = None          # mqtt://HOST[:PORT]/PREFIX
-    webhook: Optional[str] = None       # http(s) URL receiving alarm events
+    mqtt: Union[None, str, MqttOutput] = None        # mqtt://HOST[:PORT]/PREFIX
+    webhook: Union[None, str, WebhookOutput] = None  # http(s) URL receiving alarm events
+    opcua: Union[None, str, OpcuaOutput] = None      # opcua://HOST:PORT/ROOT: the PLC's or SCADA's server
 
     @property
     def backoff(self) -> Backoff:
@@ -93,10 +96,13 @@ class RunConfig:
     def station(self) -> StationConfig:
         """The station these options describe (no limit on evidence unless ``evidence_max``: as before)."""
         values = {name: getattr(self, name) for name in FLAGS if hasattr(self, name)}
+        sections = {name: values.pop(name) for name in OUTPUT_SECTIONS if is_dataclass(values.get(name))}
         values.update(loop_files=self.loop_files, device=self.runner.device, threads=self.runner.threads,
                       precision_hint=self.runner.extra.get("precision"), perf_hint=self.runner.extra.get("perf_hint"),
                       cache_dir=self.runner.extra.get("cache_dir"))
         station = apply_flags(StationConfig(), values, set(values))
+        for name, section in sections.items():
+            setattr(station.outputs, name, replace(section))
         station.outputs.evidence.max_files = self.evidence_max
         return with_cameras(station, str(self.artifact), self.cameras, self.classes)
 
@@ -120,9 +126,21 @@ FLAGS: dict[str, tuple[str, str]] = {
     "video": ("outputs.video", "path"), "video_fps": ("outputs.video", "fps"),
     "video_max_bytes": ("outputs.video", "max_bytes"), "show": ("outputs.display", "show"),
     "http": ("outputs.http", "listen"), "view_fps": ("outputs.http", "view_fps"),
-    "health_timeout": ("outputs.http", "health_timeout"), "mqtt": ("outputs.mqtt", "url"),
-    "webhook": ("outputs.webhook", "url"),
+    "health_timeout": ("outputs.http", "health_timeout"), "http_token_file": ("outputs.http.auth", "token_file"),
+    "http_users": ("outputs.http.auth", "users_file"), "http_tls_cert": ("outputs.http", "tls_cert"),
+    "http_tls_key": ("outputs.http", "tls_key"), "healthz_open": ("outputs.http", "healthz_open"),
+    "max_viewers": ("outputs.http", "max_viewers"), "http_timeout": ("outputs.http", "timeout"),
+    "http_allow_anonymous": ("outputs.http", "allow_anonymous"),
+    "mqtt": ("outputs.mqtt", "url"), "mqtt_password_file": ("outputs.mqtt", "password_file"),
+    "webhook": ("outputs.webhook", "url"), "webhook_secret_file": ("outputs.webhook", "secret_file"),
+    "opcua": ("outputs.opcua", "endpoint"), "opcua_mode": ("outputs.opcua", "mode"),
+    "opcua_security": ("outputs.opcua", "security"), "opcua_certificate": ("outputs.opcua", "certificate"),
+    "opcua_private_key": ("outputs.opcua", "private_key"),
+    "opcua_server_certificate": ("outputs.opcua", "server_certificate"),
+    "opcua_username": ("outputs.opcua", "username"), "opcua_password_file": ("outputs.opcua", "password_file"),
+    "opcua_namespace": ("outputs.opcua", "namespace"),
 }
+OUTPUT_SECTIONS = ("http", "mqtt", "webhook", "opcua")  # RunConfig fields that may hold a whole section
 
 
 def _section(station: StationConfig, path: str) -> Any:
@@ -182,6 +200,24 @@ def run(config: Union[RunConfig, StationConfig]) -> Summary:
             raise UserError(f"--debounce must be >= 1, got {config.debounce}")
         return run_station(config.station(), runner=config.runner)
     return run_station(config)
+
+
+def _print_password_hash(ctx: click.Context, _param, value: bool) -> None:
+    """``--hash-password``: the scrypt hash of a password read without echo (or from stdin), then exit."""
+    if not value or ctx.resilient_parsing:
+        return
+    from .http_auth import hash_password
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != password:
+            raise click.UsageError("the two passwords differ; run --hash-password again")
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        raise click.UsageError("an empty password; give one")
+    click.echo(hash_password(password))
+    ctx.exit(0)
 
 
 @click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
@@ -253,20 +289,67 @@ def run(config: Union[RunConfig, StationConfig]) -> Summary:
               help="Wait for a camera that is not up at start (one that boots after this PC) instead of exiting 2 "
                    "after --open-timeout; the wait is retried like a reconnect.")
 @click.option("--http", metavar="[HOST]:PORT", default=None,
-              help="Serve the live line view, /metrics and /healthz: ':8080' on all interfaces, "
-                   "'127.0.0.1:8080' on this machine only. Nothing listens without it.")
+              help="Serve the live line view, /metrics and /healthz: ':8080' on this machine only, '0.0.0.0:8080' "
+                   "on every interface (then credentials are required, or --http-allow-anonymous). Nothing "
+                   "listens without it.")
 @click.option("--view-fps", type=FiniteFloat(min=0.0, min_open=True), default=5.0, show_default=True,
               help="Most frames per second rendered for the line view (only while someone watches).")
 @click.option("--health-timeout", type=FiniteFloat(min=0.0, min_open=True), default=10.0, show_default=True,
               help="/healthz turns unhealthy when a camera delivered no frame for this many seconds.")
+@click.option("--http-token-file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="File holding a bearer token that opens the line view and /metrics (Authorization: Bearer); "
+                   "else $AACLIP_HTTP_TOKEN.")
+@click.option("--http-users", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="File of NAME:HASH lines (hashes from aaclip-runtime --hash-password): users who may open the "
+                   "line view with their password (HTTP Basic).")
+@click.option("--http-tls-cert", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="PEM certificate (chain): serve HTTPS (with --http-tls-key).")
+@click.option("--http-tls-key", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="The PEM private key of --http-tls-cert.")
+@click.option("--healthz-open/--healthz-auth", default=_D.outputs.http.healthz_open, show_default=True,
+              help="/healthz answers without credentials (for probes), or asks for them like every other page.")
+@click.option("--max-viewers", type=click.IntRange(min=0), default=_D.outputs.http.max_viewers, show_default=True,
+              help="Concurrent live streams (all cameras); more viewers get 503.")
+@click.option("--http-timeout", type=FiniteFloat(min=0.0, min_open=True), default=_D.outputs.http.timeout,
+              show_default=True,
+              help="Seconds a client may take to send its request or to accept data before it is dropped.")
+@click.option("--http-allow-anonymous", is_flag=True,
+              help="Allow --http beyond this machine without credentials (logs a warning).")
 @click.option("--mqtt", metavar="URL", default=None,
-              help="Publish alarms (QoS 1) to mqtt://[USER:PASS@]HOST[:PORT]/PREFIX on PREFIX/CAMERA/alarm; "
+              help="Publish alarms (QoS 1) to mqtt://[USER@]HOST[:PORT]/PREFIX on PREFIX/CAMERA/alarm; "
                    "?decisions=1 adds every decision, ?queue=N bounds the outage queue (default 1000).")
+@click.option("--mqtt-password-file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="File holding the MQTT password (else $AACLIP_MQTT_PASSWORD); never in the URL.")
 @click.option("--webhook", metavar="URL", default=None, help="POST each alarm event (JSON) to this http(s) URL.")
+@click.option("--webhook-secret-file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="File holding the shared secret that signs each POST (X-Aaclip-Signature: t=...,v1=HMAC-SHA256); "
+                   "else $AACLIP_WEBHOOK_SECRET.")
+@click.option("--opcua", metavar="URL", default=None,
+              help="Write each camera's Alarm, Score, LastAlarmTime, FrameCounter, Heartbeat and ModelId into the "
+                   "OPC UA server at opcua://HOST:PORT/ROOT (or opc.tcp://...), nodes ns=NAMESPACE;s=ROOT.CAMERA.NAME.")
+@click.option("--opcua-mode", type=click.Choice(OPCUA_MODES), default=_D.outputs.opcua.mode, show_default=True,
+              help="Write on every decision, or only when a camera's alarm starts or ends (plus the heartbeat).")
+@click.option("--opcua-security", type=click.Choice(OPCUA_SECURITY), default=_D.outputs.opcua.security,
+              show_default=True,
+              help="Basic256Sha256: signed and encrypted with --opcua-certificate and --opcua-private-key.")
+@click.option("--opcua-certificate", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="The station's application instance certificate (DER or PEM) for --opcua-security.")
+@click.option("--opcua-private-key", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Its private key (PEM or DER).")
+@click.option("--opcua-server-certificate", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Trust only this server certificate [default: the one the server's endpoints present].")
+@click.option("--opcua-username", default=None, help="OPC UA user (the password from --opcua-password-file).")
+@click.option("--opcua-password-file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="File holding the OPC UA password (else $AACLIP_OPCUA_PASSWORD).")
+@click.option("--opcua-namespace", default=_D.outputs.opcua.namespace, show_default=True,
+              help="Namespace URI of the station's nodes in the server.")
 @click.option("--in-flight", type=click.IntRange(min=1), default=None,
               help="Served model: batches on the server at once [default: one per camera, at least 2].")
 @click.option("-v", "--verbose", count=True, help="More log output.")
 @click.option("-q", "--quiet", is_flag=True, help="Warnings and errors only.")
+@click.option("--hash-password", is_flag=True, is_eager=True, expose_value=False, callback=_print_password_hash,
+              help="Read a password (asked twice on a terminal, else one line of stdin), print its scrypt hash for "
+                   "--http-users, and exit.")
 def main(**options: Any) -> None:
     """Run ARTIFACT (model.onnx or model.engine, with its .manifest.json) on one or more cameras, or a model
     served by Triton Inference Server (grpc://HOST:8001/MODEL or http://HOST:8000/MODEL; its manifest comes
@@ -274,8 +357,9 @@ def main(**options: Any) -> None:
     --config station.toml (several cameras and artifacts; --print-config writes one from a command line).
 
     Each frame gets a score (graph contract); an alarm fires after --debounce consecutive frames at or
-    above the threshold. --http serves a live page, /metrics and /healthz; --mqtt and --webhook send
-    alarms to the line's systems. Ctrl-C or SIGTERM finishes the current frame, flushes outputs, prints a
+    above the threshold. --http serves a live page, /metrics and /healthz (behind a token or passwords, over
+    HTTPS: docs/security.md); --mqtt, --webhook and --opcua send alarms to the line's systems, their secrets
+    read from files. Ctrl-C or SIGTERM finishes the current frame, flushes outputs, prints a
     summary and exits 0; SIGHUP re-reads --config (thresholds, debounce and outputs change between two frames).
 
     Exit status: 0 finished (end of the files, --max-frames) or stopped by Ctrl-C/SIGTERM; 2 bad input (one

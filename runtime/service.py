@@ -24,6 +24,7 @@ from aaclip.contract.manifest import Manifest, open_artifact
 from .backends import AUTO, RunnerOptions, open_runner, warn_if_unverified
 from .backends.triton import parse_endpoint
 from .capture import Backoff, default_drop
+from .credentials import ENV_MQTT_PASSWORD, ENV_OPCUA_PASSWORD, ENV_WEBHOOK_SECRET, read_secret, refuse_url_password
 from .loop import CameraLoop, Lane, LoopConfig, Summary
 from .sinks import AnnotatedVideo, DisplaySink, EventLog, EvidenceWriter, Sink
 from .sources import NoFirstFrame, open_source
@@ -103,7 +104,7 @@ def _http(s, ctx: OutputContext) -> Optional[Sink]:
         return None
     from .web import LineView
 
-    return LineView(s.listen, view_fps=s.view_fps, health_timeout_s=s.health_timeout)
+    return LineView.from_options(s)
 
 
 def _mqtt(s, ctx: OutputContext) -> Optional[Sink]:
@@ -111,7 +112,10 @@ def _mqtt(s, ctx: OutputContext) -> Optional[Sink]:
         return None
     from .mqtt import MqttSink
 
-    return MqttSink(s.url, backoff=ctx.backoff)
+    refuse_url_password("--mqtt", s.url, f"give it with --mqtt-password-file FILE (password_file) or "
+                                         f"${ENV_MQTT_PASSWORD}")
+    password = read_secret("MQTT password", s.password_file, ENV_MQTT_PASSWORD)
+    return MqttSink(s.url, backoff=ctx.backoff, password=password)
 
 
 def _webhook(s, ctx: OutputContext) -> Optional[Sink]:
@@ -119,12 +123,24 @@ def _webhook(s, ctx: OutputContext) -> Optional[Sink]:
         return None
     from .webhook import WebhookSink
 
-    return WebhookSink(s.url)
+    refuse_url_password("--webhook", s.url, "sign the POSTs with --webhook-secret-file FILE (secret_file)")
+    return WebhookSink(s.url, secret=read_secret("webhook secret", s.secret_file, ENV_WEBHOOK_SECRET))
+
+
+def _opcua(s, ctx: OutputContext) -> Optional[Sink]:
+    if not s.endpoint:
+        return None
+    from .opcua import OpcuaSink
+
+    refuse_url_password("--opcua", s.endpoint, f"give --opcua-username and the password with --opcua-password-file "
+                                               f"FILE (password_file) or ${ENV_OPCUA_PASSWORD}")
+    password = read_secret("OPC UA password", s.password_file, ENV_OPCUA_PASSWORD)
+    return OpcuaSink(s, password=password, backoff=ctx.backoff)
 
 
 OUTPUTS: dict[str, Callable[[Any, OutputContext], Optional[Sink]]] = {
     "events": _events, "evidence": _evidence, "video": _video, "display": _display, "http": _http,
-    "mqtt": _mqtt, "webhook": _webhook,
+    "mqtt": _mqtt, "webhook": _webhook, "opcua": _opcua,
 }
 """One opener per ``[outputs.NAME]`` section (``station.outputs.Outputs``): (section, context) -> a started-
 later ``Sink``, or None when the section leaves the output off. A new output adds its opener here."""

@@ -7,7 +7,7 @@
     [[cameras]]          source, name, class, artifact, threshold, debounce   (per camera)
     [outputs.events]     path, mode = "decisions"|"alarms", max_bytes, keep, summary_every
     [outputs.evidence]   dir, format, max_files, max_bytes, max_age_days
-    [outputs.video] [outputs.display] [outputs.http] [outputs.mqtt] [outputs.webhook]
+    [outputs.video] [outputs.display] [outputs.http] [outputs.mqtt] [outputs.webhook] [outputs.opcua]
 
 Modules: ``schema`` (the sections as dataclasses), ``outputs`` (one dataclass per ``[outputs.NAME]``),
 ``fields`` (``setting(...)``: how a key is declared, its doc line and its check), ``lines`` (where each key is
@@ -38,11 +38,13 @@ from __future__ import annotations
 from .fields import above, at_least, one_of, setting
 from .load import ConfigError, check_station, load_station, station_from_dict
 from .outputs import (
+    HttpAuthSettings,
     DisplayOutput,
     EventsOutput,
     EvidenceOutput,
     HttpOutput,
     MqttOutput,
+    OpcuaOutput,
     Outputs,
     VideoOutput,
     WebhookOutput,
@@ -52,7 +54,7 @@ from .write import station_toml
 
 __all__ = [
     "ArtifactSection", "CameraSection", "ConfigError", "DisplayOutput", "EventsOutput", "EvidenceOutput",
-    "HttpOutput", "MqttOutput", "Outputs", "RuntimeSection", "StationConfig", "StationSection", "VideoOutput",
+    "HttpAuthSettings", "HttpOutput", "MqttOutput", "OpcuaOutput", "Outputs", "RuntimeSection", "StationConfig", "StationSection", "VideoOutput",
     "WebhookOutput", "above", "at_least", "check_station", "load_station", "one_of", "setting",
     "station_from_dict", "station_toml",
 ]
