@@ -6,9 +6,14 @@ import of the official ``linear_layers`` checkpoints), ``clip_ad_trainer`` (SDP+
 ``dual_path`` (the surgery stream) and ``peer_ops`` (scipy's Gaussian). As the official code:
 
 - backbone: OpenCLIP's own factory rebuilds a model of non-native size from the plain JSON config,
-  so the activation is exact GELU except for OpenAI weights at their native size (QuickGELU): the
-  default here follows that rule for ``--pretrained openai``; give ``--activation quickgelu`` for an
-  OpenAI weights file at its native size. Position embedding: bicubic with antialias (OpenCLIP's).
+  so the activation is exact GELU except for OpenAI weights at their native size (QuickGELU, OpenAI's
+  loader): the default here follows that rule for ``--pretrained openai`` and for a weights file that is
+  OpenAI's (``backbone.openai_weights``: OpenAI's TorchScript archive, a file with its extra entries, or
+  a model only OpenAI released weights of, such as ViT-L-14-336). Position embedding: bicubic with
+  antialias (OpenCLIP's).
+- text anchors: ``anchor_precision`` "float16" (default) normalizes the DBSCAN cluster mean in float16 as
+  ``CA:util/prompt_ensemble.py`` does; "float32" is the clean variant (and the meaning of configs
+  written before the field existed).
 - object names: the class (folder) name verbatim, as the official dataset code passes it.
 - the map is smoothed with scipy's ``gaussian_filter`` (``sigma``, default 8 px; the official VisA runs
   of SDP+ use 2), symmetric padding.
@@ -33,6 +38,8 @@ from .registry import Family, register_family
 
 SDP, SDP_PLUS = "clip-ad", "clip-ad-plus"
 RVS_MODES = ("dbscan", "mean")
+ANCHOR_PRECISIONS = ("float16", "float32")  # official recipe / clean variant
+LEGACY_ANCHOR_PRECISION = "float32"  # what a config without the field computed (exact float64 mean)
 STAGE_TIE, STAGE_HI = 0.0, 0.05
 SOFTMAX_TIE, SOFTMAX_HI = 0.5, 1.0
 MAP_WEIGHT = 0.5
@@ -52,7 +59,8 @@ def native_image_size(name: str) -> int | None:
 @dataclass
 class ClipAdConfig(ModelConfig):
     """SDP: ``sigma`` (px) of the map smoothing; representative vectors ``rvs`` (``dbscan`` with ``dbscan_eps``,
-    ``dbscan_min_samples``: 0.5 / 15, VisA's runs 1.5 / 25; or ``mean``)."""
+    ``dbscan_min_samples``: 0.5 / 15, VisA's runs 1.5 / 25; or ``mean``); ``anchor_precision`` of the DBSCAN
+    cluster mean's normalization (``float16``: the official code's; ``float32``: exact)."""
 
     default_activation: ClassVar[str] = "gelu"
     default_pos_embed_resize: ClassVar[str] = "bicubic-antialias"
@@ -62,20 +70,37 @@ class ClipAdConfig(ModelConfig):
     rvs: str = "dbscan"
     dbscan_eps: float = 0.5
     dbscan_min_samples: int = 15
+    anchor_precision: str = "float16"
 
     def __post_init__(self) -> None:
         if isinstance(self.backbone, dict):
             self.backbone = BackboneConfig(**self.backbone)
         b = self.backbone
-        if b.activation is None and b.pretrained == "openai" and native_image_size(b.name) == int(self.image_size):
+        if b.activation is None and native_image_size(b.name) == int(self.image_size) and _openai(b):
             b.activation = "quickgelu"  # OpenCLIP loads OpenAI's own model only at the native size
         super().__post_init__()
         if self.rvs not in RVS_MODES:
             raise UserError(f"rvs must be one of {', '.join(RVS_MODES)}, got {self.rvs!r}")
+        if self.anchor_precision not in ANCHOR_PRECISIONS:
+            raise UserError(f"anchor_precision must be one of {', '.join(ANCHOR_PRECISIONS)}, got "
+                            f"{self.anchor_precision!r}")
         if not self.sigma > 0:
             raise UserError(f"sigma must be positive, got {self.sigma}")
         self.sigma = float(self.sigma)
         self.dbscan_min_samples = int(self.dbscan_min_samples)
+
+
+    @classmethod
+    def from_dict(cls, data):
+        data = dict(data)
+        data.setdefault("anchor_precision", LEGACY_ANCHOR_PRECISION)  # saved before the field: their anchors
+        return super().from_dict(data)
+
+
+def _openai(backbone: BackboneConfig) -> bool:
+    from ..backbone import openai_weights
+
+    return openai_weights(backbone)
 
 
 @dataclass
