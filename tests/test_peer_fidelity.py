@@ -326,3 +326,38 @@ def test_configs_without_the_new_fields_keep_their_meaning(archive, tmp_path):
     data /= np.linalg.norm(data, axis=1, keepdims=True)
     legacy = data.mean(0) / np.linalg.norm(data.mean(0))
     np.testing.assert_array_equal(representative_vector(data, "mean", 0.5, 15, "x"), legacy)  # the old default
+
+
+def test_family_parity_states_the_official_behaviours_each_config_reproduces(archive):
+    from aaclip.benchmarks.family_parity import official_tables
+    from aaclip.train.config import BackboneConfig
+    from aaclip.train.families.clip_ad import ClipAdConfig
+    from aaclip.train.families.res2clip import Res2ClipConfig
+    from aaclip.train.fidelity import official_behaviours
+
+    path, _ = archive
+
+    def config(cls, size=NATIVE, activation=None, **fields):
+        return cls(backbone=BackboneConfig(name="aaclip-tiny", weights=str(path), activation=activation),
+                   image_size=size, **fields)
+
+    def missed(cfg):
+        return [b.what.split(" (")[0].split(":")[0] for b in official_behaviours(cfg) if not b.reproduced]
+
+    test_set = "image score = test-set min-max of class score + of map maximum"
+    assert missed(config(ClipAdConfig)) == [test_set]  # the defaults reproduce the rest
+    assert missed(config(ClipAdConfig, OTHER)) == [test_set]  # GELU is the official choice off the native size
+    assert missed(config(ClipAdConfig, anchor_precision="float32")) == [
+        "cluster mean cast to float16 and normalized in float16", test_set]
+    assert missed(config(ClipAdConfig, activation="gelu")) == ["backbone built by OpenAI's loader", test_set]
+    assert missed(config(ClipAdConfig, OTHER, activation="quickgelu")) == ["backbone built by OpenCLIP's plain config",
+                                                                           test_set]
+    assert missed(config(Res2ClipConfig, OTHER)) == ["the official 1-shot reference lists"]
+    assert missed(config(Res2ClipConfig, OTHER, shots=2)) == [
+        "k = 1 normal reference per class", "the official 1-shot reference lists"]
+    rows = [{"method": "clip-ad", "image_size": NATIVE,
+             "official": [b.__dict__ for b in official_behaviours(config(ClipAdConfig, anchor_precision="float32"))]}]
+    table = "\n".join(official_tables(rows))
+    assert ("| cluster mean cast to float16 and normalized in float16 (anchor norms 1 +- 5e-4) | no | "
+            "--set anchor_precision=float32 |") in table
+    assert table.count("| yes |") == 6
