@@ -163,24 +163,27 @@ def test_clip_weights_takes_the_archive_with_each_familys_backbone(archive, tmp_
 
 
 # ---- CLIP-AD against the official computation ------------------------------------------------------------------
-def _official_anchors(clip, tokenizer, name: str) -> torch.Tensor:
+def _official_anchors(clip, tokenizer, name: str) -> tuple[torch.Tensor, list[tuple[int, int]]]:
     """``CA:util/prompt_ensemble.py`` with ``rep_vec='dbscan'`` on the CPU (float32 features): DBSCAN, numpy mean,
-    ``torch.tensor(..., dtype=torch.float16)``, ``/= norm()`` in float16. Returns (E, 2) in float16."""
+    ``torch.tensor(..., dtype=torch.float16)``, ``/= norm()`` in float16. Returns (E, 2) in float16 and, per
+    column, (sentences in the chosen cluster, sentences)."""
     from aaclip.train.clip_ad import prompt_sentences
     from sklearn.cluster import DBSCAN
 
-    cols = []
+    cols, sizes = [], []
     for sentences in prompt_sentences(name):
         emb = clip.encode_text(tokenizer(sentences))
         emb /= emb.norm(dim=-1, keepdim=True)
         data = emb.cpu().numpy()
-        labels = DBSCAN(eps=EPS, min_samples=MIN_SAMPLES).fit(data).labels_
-        assert 0 < (labels == np.argmax(np.bincount(labels[labels >= 0]))).sum() < len(data)  # a real cluster
-        vec = torch.tensor(np.mean(data[labels == np.argmax(np.bincount(labels[labels >= 0]))], axis=0),
-                           dtype=torch.float16).squeeze()
+        dbscan = DBSCAN(eps=EPS, min_samples=MIN_SAMPLES)
+        dbscan.fit(data)
+        labels = dbscan.labels_
+        label = np.argmax(np.bincount(labels[labels >= 0]))
+        vec = torch.tensor(np.mean(data[labels == label], axis=0), dtype=torch.float16).squeeze()
         vec /= vec.norm()
         cols.append(vec)
-    return torch.stack(cols, dim=1)
+        sizes.append((int((labels == label).sum()), len(data)))
+    return torch.stack(cols, dim=1), sizes
 
 
 def _official_sdp(clip, images, T, sigma):
@@ -238,8 +241,9 @@ def official(archive):
     tokenizer = open_clip.get_tokenizer("aaclip-tiny")
     frames = _frames()
     with torch.no_grad():
-        T16 = _official_anchors(clip, tokenizer, "disk")
+        T16, sizes = _official_anchors(clip, tokenizer, "disk")
         feats, amap, cls = _official_sdp(clip, _official_input(frames), T16.float(), sigma=2.0)
+    assert all(0 < n < total for n, total in sizes)  # DBSCAN found a real cluster: not the plain mean
     return {"T16": T16, "feats": feats, "map": amap, "cls": cls, "frames": frames}
 
 

@@ -101,7 +101,6 @@ _ALLOWED = {
     ("torch.jit._pickle", "build_tensorlist"): _identity,
     ("torch.jit._pickle", "build_doublelist"): _identity,
     ("torch.jit._pickle", "build_boollist"): _identity,
-    ("torch.jit._pickle", "build_tensor_from_id"): _identity,
 }
 
 
@@ -187,7 +186,7 @@ def read_torchscript_tensors(path: Path) -> dict[str, torch.Tensor]:
     _walk(root, "", out, set())
     if not out:
         raise UserError(f"{path}: the TorchScript archive holds no tensors")
-    return {k: v.clone() for k, v in out.items()}  # own memory per tensor (views share one storage otherwise)
+    return out
 
 
 __all__ = ["read_torchscript_tensors", "is_torchscript_archive", "ScriptObject"]
