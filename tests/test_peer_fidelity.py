@@ -139,7 +139,8 @@ def test_clip_weights_takes_the_archive_with_each_familys_backbone(archive, tmp_
     extra = []
     if method == "res2clip":
         (tmp_path / "refs" / "disk").mkdir(parents=True)
-        cv2.imwrite(str(tmp_path / "refs" / "disk" / "0.png"), synth.draw_product("disk", np.random.default_rng(0), size))
+        image = synth.draw_product("disk", np.random.default_rng(0), size)
+        cv2.imwrite(str(tmp_path / "refs" / "disk" / "0.png"), image)
         extra = ["--reference-images", tmp_path / "refs"]
     out = tmp_path / "ckpt"
     _cli(["init", "--method", method, "--backbone", "aaclip-tiny", "--clip-weights", path, "--image-size", size,

@@ -105,13 +105,15 @@ def test_eval_and_fit_take_relative_record_files(tree, tmp_path, monkeypatch):
     (root / "elsewhere.jsonl").write_text((root / rel_test).read_text())  # away from its images: --root
     a = _run(eval_main, ["--ckpt", ckpt, "--data", rel_test, "--out", tmp_path / "e1"])
     b = _run(eval_main, ["--ckpt", ckpt, "--data", root / "test_abs.jsonl", "--out", tmp_path / "e2"])
-    c = _run(eval_main, ["--ckpt", ckpt, "--data", "elsewhere.jsonl", "--root", rel_test.parent, "--out", tmp_path / "e3"])
+    c = _run(eval_main, ["--ckpt", ckpt, "--data", "elsewhere.jsonl", "--root", rel_test.parent,
+                         "--out", tmp_path / "e3"])
     assert all(f"metrics: {tmp_path / e / 'metrics.json'}" in t for e, t in (("e1", a), ("e2", b), ("e3", c)))
     reports = [json.loads((tmp_path / e / "metrics.json").read_text()) for e in ("e1", "e2", "e3")]
     assert reports[0]["mean"] and reports[0] == reports[1] == reports[2]
     rel_train = Path(paths["train"]).relative_to(root)
     fit = ["fit", "--method", "res2clip-ft", "--backbone", "aaclip-tiny", "--clip-weights", root / "clip.safetensors",
-           "--image-size", SIZE, "--option", "epochs=1", "--option", "batch=4", "--option", "max_steps_per_epoch=1", "-q"]
+           "--image-size", SIZE, "--option", "epochs=1", "--option", "batch=4", "--option", "max_steps_per_epoch=1",
+           "-q"]
     _train([*fit, "--data", rel_train, "--out", tmp_path / "f_rel"])
     _train([*fit, "--data", root / rel_train, "--out", tmp_path / "f_abs"])
     ours, theirs = (load_checkpoint(tmp_path / n).trainable_state_dict() for n in ("f_rel", "f_abs"))
@@ -137,7 +139,8 @@ def test_data_tools_take_relative_folders_and_files(tree, tmp_path, monkeypatch)
     tables = set()
     for data, extra in ((rel_test, []), ("elsewhere.jsonl", ["--root", rel_test.parent]), ("test_abs.jsonl", [])):
         tables.add(_run(data_main, ["check", data, *extra]))  # every image and mask found
-        _run(data_main, ["split", data, *extra, "--train", tmp_path / "tr.jsonl", "--test", tmp_path / "te.jsonl", "-q"])
+        _run(data_main, ["split", data, *extra, "--train", tmp_path / "tr.jsonl", "--test", tmp_path / "te.jsonl",
+                         "-q"])
         _run(data_main, ["shots", data, *extra, "--k", "1", "--out", tmp_path / "shots.jsonl", "-q"])
         for out in ("tr.jsonl", "te.jsonl", "shots.jsonl"):
             assert read_records(tmp_path / out)  # their paths resolve from where they were written
@@ -160,8 +163,9 @@ def test_calibrate_takes_relative_folders_and_records(tmp_path, monkeypatch):
                                                 + "\n" for x in lines))
     (tmp_path / "sub").mkdir()
     outputs = []
-    for cwd, source in ((tmp_path, ["--images", "good"]), (tmp_path / "sub", ["--images", "../good"]),
-                        (tmp_path / "sub", ["--images", tmp_path / "good"]), (tmp_path / "sub", ["--data", "../data.jsonl"]),
+    sub = tmp_path / "sub"
+    for cwd, source in ((tmp_path, ["--images", "good"]), (sub, ["--images", "../good"]),
+                        (sub, ["--images", tmp_path / "good"]), (sub, ["--data", "../data.jsonl"]),
                         (tmp_path, ["--data", "abs.jsonl"])):
         monkeypatch.chdir(cwd)
         text = _run(cli, ["threshold", art, *source, "--dry-run", "--no-plot", "-q"])
