@@ -44,7 +44,7 @@ def _cli(args, code=0):
 
 def _random_clip(quick: bool, seed: int = 0):
     import open_clip
-    from aaclip.train import backbone  # noqa: F401 - registers aaclip-tiny
+    from aaclip.train.common import backbone  # noqa: F401 - registers aaclip-tiny
 
     torch.manual_seed(seed)
     return open_clip.create_model("aaclip-tiny", force_quick_gelu=quick, device="cpu").eval()
@@ -70,7 +70,7 @@ def archive(tmp_path_factory):
 
 # ---- TorchScript archives, read without running them ------------------------------------------------------------
 def test_archive_tensors_equal_torch_jit_load(archive):
-    from aaclip.train.torchscript_archive import is_torchscript_archive, read_torchscript_tensors
+    from aaclip.train.common.torchscript_archive import is_torchscript_archive, read_torchscript_tensors
 
     path, expected = archive
     with pytest.raises(Exception, match="TorchScript"):  # the file torch.load(weights_only=True) refuses
@@ -103,7 +103,7 @@ class _System:
 
 
 def test_a_malicious_archive_is_refused_before_anything_runs(tmp_path, archive, monkeypatch):
-    from aaclip.train.torchscript_archive import read_torchscript_tensors
+    from aaclip.train.common.torchscript_archive import read_torchscript_tensors
 
     monkeypatch.chdir(tmp_path)
     marker = tmp_path / "pwned"
@@ -134,7 +134,7 @@ def test_clip_weights_takes_the_archive_with_each_familys_backbone(archive, tmp_
     the archive's (float16 values), the position embedding resized as the official code does."""
     path, expected = archive
     import cv2
-    from aaclip.train import synth
+    from aaclip.data import synth
 
     extra = []
     if method == "res2clip":
@@ -168,7 +168,7 @@ def _official_anchors(clip, tokenizer, name: str) -> tuple[torch.Tensor, list[tu
     """``CA:util/prompt_ensemble.py`` with ``rep_vec='dbscan'`` on the CPU (float32 features): DBSCAN, numpy mean,
     ``torch.tensor(..., dtype=torch.float16)``, ``/= norm()`` in float16. Returns (E, 2) in float16 and, per
     column, (sentences in the chosen cluster, sentences)."""
-    from aaclip.train.clip_ad import prompt_sentences
+    from aaclip.train.families.clip_ad.model import prompt_sentences
     from sklearn.cluster import DBSCAN
 
     cols, sizes = [], []
@@ -214,7 +214,7 @@ def _official_sdp(clip, images, T, sigma):
 
 
 def _frames(n=3):
-    from aaclip.train import synth
+    from aaclip.data import synth
 
     rng = np.random.default_rng(4)
     out = [synth.draw_product("disk", rng, NATIVE) for _ in range(n)]
@@ -312,7 +312,7 @@ def test_clip_ad_options_change_what_they_say(archive, official, tmp_path):
 def test_configs_without_the_new_fields_keep_their_meaning(archive, tmp_path):
     """A CLIP-AD checkpoint written before ``anchor_precision`` existed computes its anchors as it did (exact
     float64 mean, ``float32``); its recorded activation stays as recorded."""
-    from aaclip.train.clip_ad import representative_vector
+    from aaclip.train.families.clip_ad.model import representative_vector
 
     path, _ = archive
     new = _init_clip_ad(path, tmp_path / "new")
@@ -335,9 +335,9 @@ def test_configs_without_the_new_fields_keep_their_meaning(archive, tmp_path):
 
 def test_family_parity_states_the_official_behaviours_each_config_reproduces(archive):
     from aaclip.benchmarks.family_parity import official_tables
-    from aaclip.train.config import BackboneConfig
-    from aaclip.train.families.clip_ad import ClipAdConfig
-    from aaclip.train.families.res2clip import Res2ClipConfig
+    from aaclip.train.common.config import BackboneConfig
+    from aaclip.train.families.clip_ad.config import ClipAdConfig
+    from aaclip.train.families.res2clip.config import Res2ClipConfig
     from aaclip.train.fidelity import official_behaviours
 
     path, _ = archive

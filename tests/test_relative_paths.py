@@ -36,9 +36,9 @@ def _train(args) -> str:
 def tree(tmp_path_factory):
     """root/refimgs/<class>/*.png, root/lists/ (records beside, below and above their images), tiny weights,
     a synthetic dataset with its records (relative paths) and an absolute-path copy of them."""
-    from aaclip.train import synth
-    from aaclip.train.backbone import write_random_weights
-    from aaclip.train.records import read_records, resolve, write_records
+    from aaclip.data import synth
+    from aaclip.train.common.backbone import write_random_weights
+    from aaclip.data.records import read_records, resolve, write_records
 
     root = tmp_path_factory.mktemp("rel")
     rng = np.random.default_rng(2)
@@ -122,8 +122,8 @@ def test_eval_and_fit_take_relative_record_files(tree, tmp_path, monkeypatch):
 
 def test_data_tools_take_relative_folders_and_files(tree, tmp_path, monkeypatch):
     """`aaclip-data folder` (relative --good/--bad folders), `check`, `split`, `shots` (relative files, --root)."""
-    from aaclip.train.data_cli import main as data_main
-    from aaclip.train.records import read_records
+    from aaclip.data.cli import main as data_main
+    from aaclip.data.records import read_records
 
     root, paths = tree
     monkeypatch.chdir(root)

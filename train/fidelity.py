@@ -19,8 +19,8 @@ class Behaviour:
 
 
 def _clip_ad_activation(config) -> str:
-    from .backbone import openai_weights
-    from .families.clip_ad import native_image_size
+    from aaclip.train.common.backbone import openai_weights
+    from aaclip.train.families.clip_ad.config import native_image_size
 
     b = config.backbone
     return "quickgelu" if native_image_size(b.name) == config.image_size and openai_weights(b) else "gelu"
