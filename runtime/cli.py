@@ -85,6 +85,7 @@ class RunConfig:
     health_timeout: float = 10.0
     mqtt: Optional[str] = None          # mqtt://HOST[:PORT]/PREFIX
     webhook: Optional[str] = None       # http(s) URL receiving alarm events
+    reviews: Optional[Path] = None      # operator reviews from the line view (needs http)
 
     @property
     def backoff(self) -> Backoff:
@@ -124,12 +125,25 @@ def open_line_sinks(config: RunConfig) -> list[Sink]:
     """The line outputs asked for (``--http``, ``--mqtt``, ``--webhook``); their modules load only then."""
     sinks: list[Sink] = []
     try:
+        if config.reviews is not None and config.http is None:
+            raise UserError("--reviews needs --http: operators review alarms on the line view")
         if config.http is not None:
             if not config.view_fps > 0 or not config.health_timeout > 0:
                 raise UserError("--view-fps and --health-timeout must be > 0")
             from .web import LineView
 
-            sinks.append(LineView(config.http, view_fps=config.view_fps, health_timeout_s=config.health_timeout))
+            review_log = None
+            if config.reviews is not None:
+                from .reviews import ReviewLog, ReviewOptions
+
+                review_log = ReviewLog(ReviewOptions(config.reviews))
+            try:
+                sinks.append(LineView(config.http, view_fps=config.view_fps, health_timeout_s=config.health_timeout,
+                                      reviews=review_log))
+            except BaseException:
+                if review_log is not None:
+                    review_log.close()
+                raise
         if config.mqtt:
             from .mqtt import MqttSink
 
@@ -260,6 +274,10 @@ def run(config: RunConfig) -> Summary:
               help="Publish alarms (QoS 1) to mqtt://[USER:PASS@]HOST[:PORT]/PREFIX on PREFIX/CAMERA/alarm; "
                    "?decisions=1 adds every decision, ?queue=N bounds the outage queue (default 1000).")
 @click.option("--webhook", metavar="URL", default=None, help="POST each alarm event (JSON) to this http(s) URL.")
+@click.option("--reviews", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Let operators mark alarms 'real defect' / 'false alarm' and flag missed defects on the line "
+                   "view (needs --http); one JSON line per review appended here, reviewed frames kept in "
+                   "FILE's <stem>-frames/ folder. Refit with: aaclip-calibrate threshold ARTIFACT --reviews FILE.")
 @click.option("--in-flight", type=click.IntRange(min=1), default=None,
               help="Served model: batches on the server at once [default: one per camera, at least 2].")
 @click.option("-v", "--verbose", count=True, help="More log output.")
@@ -271,8 +289,8 @@ def main(artifact: str, cameras: tuple[str, ...], backend: str, device: str, thr
          evidence_format: str, evidence_max: Optional[int], video: Optional[Path], video_fps: Optional[float],
          show: bool, drop: Optional[bool], loop_files: bool, max_frames: Optional[int], stats_every: float,
          reconnect_delay: float, reconnect_max: float, open_timeout: float, http: Optional[str], view_fps: float,
-         health_timeout: float, mqtt: Optional[str], webhook: Optional[str], in_flight: Optional[int], verbose: int,
-         quiet: bool) -> None:
+         health_timeout: float, mqtt: Optional[str], webhook: Optional[str], reviews: Optional[Path],
+         in_flight: Optional[int], verbose: int, quiet: bool) -> None:
     """Run ARTIFACT (model.onnx or model.engine, with its .manifest.json) on one or more cameras, or a model
     served by Triton Inference Server (grpc://HOST:8001/MODEL or http://HOST:8000/MODEL; its manifest comes
     from the server, and a lost server is reconnected to like a lost camera).
@@ -291,7 +309,7 @@ def main(artifact: str, cameras: tuple[str, ...], backend: str, device: str, thr
         video_fps=video_fps, show=show, drop=drop, loop_files=loop_files, max_frames=max_frames,
         stats_every=stats_every, reconnect_delay=reconnect_delay, reconnect_max=reconnect_max,
         evidence_max=evidence_max, open_timeout=open_timeout, http=http, view_fps=view_fps,
-        health_timeout=health_timeout, mqtt=mqtt, webhook=webhook, in_flight=in_flight))
+        health_timeout=health_timeout, mqtt=mqtt, webhook=webhook, reviews=reviews, in_flight=in_flight))
     click.echo(summary.text())
 
 

@@ -21,7 +21,7 @@ from typing import Any, Optional, Sequence
 import cv2
 import numpy as np
 from aaclip.contract.errors import UserError
-from aaclip.contract.files import PathLike, atomic_path, remove_stale_temps
+from aaclip.contract.files import PathLike, append_line, atomic_path, remove_stale_temps
 from aaclip.contract.manifest import Manifest
 from aaclip.contract.score import ScoreParams
 
@@ -114,17 +114,9 @@ class EventLog(Sink):
         self.count = 0
 
     def write(self, event: dict[str, Any]) -> None:
-        data = (encode_event(event) + "\n").encode("utf-8")
-        start = os.lseek(self._fd, 0, os.SEEK_END)
         try:
-            written = os.write(self._fd, data)
-            if written != len(data):
-                raise OSError(28, f"short write ({written} of {len(data)} bytes)")
+            append_line(self._fd, (encode_event(event) + "\n").encode("utf-8"))
         except OSError as exc:
-            try:
-                os.ftruncate(self._fd, start)
-            except OSError:
-                pass
             self.failed(f"event not written to {self.path}", exc)
             return
         self.count += 1

@@ -9,7 +9,9 @@ A standard-library threaded HTTP server (one thread per connection, daemon threa
   no plugin); frames are rendered only while such a stream is open, at most ``--view-fps`` per second;
 - ``/cam/N/state.json``: what the page shows, polled by it; ``/cam/N/alarm/SEQ.jpg``: an alarm's thumbnail;
 - ``/metrics``: Prometheus text format (``metrics``); ``/healthz``: 200 when every camera delivered a frame
-  within ``--health-timeout`` seconds, else 503, with JSON details.
+  within ``--health-timeout`` seconds, else 503, with JSON details;
+- ``POST /cam/N/review``: an operator's verdict on an alarm or the frame on screen (``--reviews``; the
+  logic, the file and who may review are ``reviews``'s).
 
 A stalled client is dropped after ``CLIENT_TIMEOUT_S`` (socket timeout); it only ever held finished JPEG
 bytes, never a frame buffer. There is no authentication: bind to a trusted network (``127.0.0.1:8080``).
@@ -25,10 +27,11 @@ import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from aaclip.contract.errors import UserError
 
+from . import reviews
 from .monitor import LineMonitor
 
 log = logging.getLogger(__name__)
@@ -38,6 +41,17 @@ STREAM_SNDBUF = 256 * 1024  # socket send buffer of a stream: bounds what a stal
 STREAM_WAIT_S = 1.0       # how often a stream thread checks that the server still runs
 BOUNDARY = "aaclipframe"
 _CAM_ROUTE = re.compile(r"^/cam/(\d+)(?:/(stream\.mjpg|state\.json|alarm/(\d+)\.jpg))?/?$")
+_REVIEW_ROUTE = re.compile(r"^/cam/(\d+)/review$")
+
+Authenticate = Callable[[BaseHTTPRequestHandler], tuple[bool, Optional[str]]]
+"""The web server's access check of a request: (authenticated, user name or None). The line view's
+authentication plugs in here (``LineView(authenticate=...)``); review requests need it to pass, and
+without one they are taken from loopback clients only (``reviews.allowed``)."""
+
+
+def no_authentication(handler: BaseHTTPRequestHandler) -> tuple[bool, Optional[str]]:
+    """The default: no authentication configured."""
+    return False, None
 
 
 def parse_address(spec: str) -> tuple[str, int]:
@@ -61,10 +75,12 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     block_on_close = False
 
-    def __init__(self, address: tuple[str, int], monitor: LineMonitor):
+    def __init__(self, address: tuple[str, int], monitor: LineMonitor,
+                 authenticate: Authenticate = no_authentication):
         host = address[0]
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.monitor = monitor
+        self.authenticate = authenticate
         self.page = page_html()
         super().__init__(address, _Handler)
 
@@ -103,6 +119,38 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain; charset=utf-8")
         except (BrokenPipeError, ConnectionResetError, socket.timeout):
             self.close_connection = True
+
+    def do_POST(self) -> None:
+        match = _REVIEW_ROUTE.match(self.path.split("?", 1)[0])
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if not 0 <= length <= reviews.MAX_BODY:
+            self.close_connection = True
+            self._json({"error": f"a review is a JSON body of at most {reviews.MAX_BODY} bytes"},
+                       HTTPStatus.REQUEST_ENTITY_TOO_LARGE if length > 0 else HTTPStatus.BAD_REQUEST)
+            return
+        body = self.rfile.read(length)
+        if match is None:
+            self._send(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain; charset=utf-8")
+            return
+        if (self.headers.get("Content-Type") or "").split(";")[0].strip().lower() != "application/json":
+            self._json({"error": "send reviews as Content-Type: application/json"},
+                       HTTPStatus.UNSUPPORTED_MEDIA_TYPE)
+            return
+        authenticated, user = self.server.authenticate(self)
+        refusal = reviews.allowed(self.client_address[0], authenticated)
+        if refusal is not None:
+            log.warning("review from %s refused: %s", self.client_address[0], refusal)
+            self._json({"error": refusal}, HTTPStatus.FORBIDDEN)
+            return
+        cam = self.server.monitor.camera(int(match.group(1)))
+        if cam is None:
+            self._json({"error": "no such camera (or the loop has not started)"}, HTTPStatus.NOT_FOUND)
+            return
+        status, answer = reviews.handle_review(self.server.monitor, cam, body, user)
+        self._json(answer, HTTPStatus(status))
 
     # ---- routes --------------------------------------------------------------------------------------
     def _root(self, monitor: LineMonitor) -> None:
@@ -189,11 +237,13 @@ class LineView(LineMonitor):
     """The monitor with its HTTP server: listening from construction (a busy port fails before the first
     frame) until ``close``."""
 
-    def __init__(self, address: str, view_fps: float = 5.0, view_width: int = 640, health_timeout_s: float = 10.0):
-        super().__init__(view_fps=view_fps, view_width=view_width, health_timeout_s=health_timeout_s)
+    def __init__(self, address: str, view_fps: float = 5.0, view_width: int = 640, health_timeout_s: float = 10.0,
+                 reviews: Optional["reviews.ReviewLog"] = None, authenticate: Authenticate = no_authentication):
+        super().__init__(view_fps=view_fps, view_width=view_width, health_timeout_s=health_timeout_s,
+                         reviews=reviews)
         host, port = parse_address(address)
         try:
-            self.server = _Server((host, port), self)
+            self.server = _Server((host, port), self, authenticate)
         except OSError as e:
             raise UserError(f"--http {address}: cannot listen on {host or 'all interfaces'} port {port}: "
                             f"{e.strerror or e}") from None

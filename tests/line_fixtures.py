@@ -222,12 +222,14 @@ class Receiver:
         self.server.server_close()
 
 
-def chromium_driver(width: int = 1280, height: int = 820):
-    """Headless Chromium (the system's browser and chromedriver) through Selenium."""
+def chromium_driver(width: int = 1280, height: int = 820, page_load: str = "normal"):
+    """Headless Chromium (the system's browser and chromedriver) through Selenium. ``page_load="eager"``: ``get``
+    returns once the document is parsed (an MJPEG <img> of a camera that sends nothing yet never "loads")."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
+    options.page_load_strategy = page_load
     options.binary_location = CHROMIUM
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                 f"--window-size={width},{height}", "--disable-extensions", "--no-first-run"):

@@ -1,0 +1,385 @@
+"""Operator reviews of the line view: the reviews file, its loading, the verdict counters.
+
+An operator says on the line view that an alarm was a **real defect** (``confirmed``) or a **false alarm**
+(``false_alarm``), flags the frame on screen as a **missed defect** (``missed``), or takes a verdict back
+(``undo``). Each review is one strict JSON line appended to the reviews file (``--reviews FILE``, beside the
+events), in one ``write`` call like the events (``aaclip.contract.files.append_line``)::
+
+    {"timestamp": "2026-12-07T18:40:01.120+00:00", "camera": "line.avi", "frame": 17, "run": "3f2a9c1b7d0e",
+     "class": "plate", "artifact": "plates.onnx", "artifact_sha256": "9c4e...", "frame_time": "...",
+     "raw_score": 1.8734, "score": 0.61, "threshold": 1.2, "map_max": 0.53, "cls_score": 0.22,
+     "evidence": "reviews-frames/line.avi_00000017.jpg", "verdict": "false_alarm", "user": null}
+
+A frame is identified by (run, camera, frame); the last line of a frame wins, and ``undo`` withdraws its
+verdict. ``map_max`` and ``cls_score`` are the graph's raw outputs: ``aaclip-calibrate threshold --reviews``
+recomputes each frame's raw score from them with the manifest's current constants, exactly as the loop
+does. ``score`` is the operator score shown on the page (null where the runtime has none).
+
+Reviewed frames are kept with the reviews, in ``<reviews stem>-frames/`` beside the file: an alarm's
+evidence image is hard-linked (or copied) there, a missed defect's frame and overlay are saved there, so
+evidence rotation never takes a reviewed frame away. Bounds: the file is rotated at ``max_bytes``
+(``reviews.jsonl.1`` ... ``.keep``, the oldest deleted), the frames folder holds at most ``max_frames``
+images (the oldest deleted). At the defaults (4 MiB, 2 kept, 2000 frames) that is about 30,000 reviews:
+months of a line's shifts. On start the runtime reads the kept files, so reviews and counters survive a
+restart.
+
+Who may review: with authentication on the web server (``authenticate`` hook), the page's credentials;
+without it, only clients on this machine (loopback). Review requests must be JSON
+(``Content-Type: application/json``): a browser will not send that to another site's server without asking
+it first (CORS preflight, which this server never grants), so a web page elsewhere cannot post reviews.
+"""
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import math
+import os
+import shutil
+import threading
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Optional
+
+import cv2
+from aaclip.contract.errors import UserError
+from aaclip.contract.files import PathLike, append_line, atomic_path, remove_stale_temps
+
+from .overlay import evidence_image
+
+if TYPE_CHECKING:
+    from .decide import Decision
+    from .monitor import CameraState, LineMonitor
+
+log = logging.getLogger(__name__)
+
+CONFIRMED, FALSE_ALARM, MISSED, UNDO = "confirmed", "false_alarm", "missed", "undo"
+VERDICTS = (CONFIRMED, FALSE_ALARM, MISSED)
+"""What a frame can be judged: a real defect, a false alarm, a defect the model missed."""
+VERDICT_LABELS = {CONFIRMED: "real defect", FALSE_ALARM: "false alarm", MISSED: "missed defect"}
+REQUIRED = ("timestamp", "camera", "frame", "run", "class", "artifact_sha256", "raw_score", "map_max",
+            "cls_score", "verdict")
+DEFAULT_MAX_BYTES = 4 << 20
+DEFAULT_KEEP = 2
+DEFAULT_MAX_FRAMES = 2000
+RECENT_REVIEWS = 20   # reviews listed per camera on the page
+MAX_BODY = 4096       # bytes of a review request
+
+
+class ReviewError(UserError):
+    """A reviews file line that is not a review (the message names the file, the line and the fix)."""
+
+
+@dataclass(frozen=True)
+class ReviewOptions:
+    """``--reviews FILE`` (``[outputs.reviews]`` of a station config): the file and its bounds."""
+
+    path: Path
+    max_bytes: int = DEFAULT_MAX_BYTES  # rotate the file when it would grow past this
+    keep: int = DEFAULT_KEEP            # rotated files kept (FILE.1 ... FILE.keep)
+    max_frames: int = DEFAULT_MAX_FRAMES  # images kept in the frames folder
+
+
+def frames_folder(path: PathLike) -> Path:
+    """Where the reviewed frames of reviews file ``path`` are kept: ``<stem>-frames/`` beside it."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}-frames")
+
+
+def review_key(review: dict) -> tuple[str, str, int]:
+    """(run, camera, frame): the frame a review is about."""
+    return review["run"], review["camera"], review["frame"]
+
+
+# ---- the file --------------------------------------------------------------------------------------------
+def parse_review(text: str, where: str) -> dict:
+    """One line of a reviews file, checked; a ReviewError naming ``where`` otherwise."""
+    try:
+        review = json.loads(text, parse_constant=_no_constant)
+    except (json.JSONDecodeError, ValueError) as e:
+        raise ReviewError(f"{where}: not a strict JSON object ({e}); each line must be one review") from None
+    if not isinstance(review, dict):
+        raise ReviewError(f"{where}: expected a JSON object, got {type(review).__name__}")
+    missing = [k for k in REQUIRED if k not in review]
+    if missing:
+        raise ReviewError(f"{where}: missing field(s) {', '.join(missing)}; this is not a line the runtime wrote")
+    if review["verdict"] not in (*VERDICTS, UNDO):
+        raise ReviewError(f"{where}: verdict {review['verdict']!r} is none of {', '.join((*VERDICTS, UNDO))}")
+    frame = review["frame"]
+    if isinstance(frame, bool) or not isinstance(frame, int) or frame < 0:
+        raise ReviewError(f"{where}: frame must be a frame index (an integer >= 0), got {frame!r}")
+    for k in ("camera", "run", "class", "artifact_sha256"):
+        if not isinstance(review[k], str):
+            raise ReviewError(f"{where}: {k} must be a string, got {review[k]!r}")
+    for k in ("map_max", "cls_score"):
+        if review[k] is not None and (isinstance(review[k], bool) or not isinstance(review[k], (int, float))):
+            raise ReviewError(f"{where}: {k} must be a number or null, got {review[k]!r}")
+    return review
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def review_files(path: PathLike, keep: int = DEFAULT_KEEP) -> list[Path]:
+    """The reviews file's rotated files (oldest first) and the file itself, those that exist."""
+    path = Path(path)
+    files = [path.with_name(f"{path.name}.{i}") for i in range(keep, 0, -1)] + [path]
+    return [p for p in files if p.is_file()]
+
+
+def read_reviews(path: PathLike, keep: int = DEFAULT_KEEP, strict: bool = True) -> list[dict]:
+    """Every review of ``path`` and its rotated files, oldest first. ``strict``: a bad line is a ReviewError;
+    otherwise it is logged and skipped (the runtime keeps running on a file someone edited)."""
+    path = Path(path)
+    out: list[dict] = []
+    for file in review_files(path, keep):
+        with open(file, "rb") as f:
+            for n, raw in enumerate(f, start=1):
+                if not raw.strip():
+                    continue
+                try:
+                    out.append(parse_review(raw.decode("utf-8"), f"{file}:{n}"))
+                except (ReviewError, UnicodeDecodeError) as e:
+                    if strict:
+                        raise ReviewError(str(e)) if not isinstance(e, ReviewError) else e from None
+                    log.error("reviews: %s; line skipped", e)
+    return out
+
+
+def current_verdicts(reviews: Iterable[dict]) -> "OrderedDict[tuple, dict]":
+    """The standing verdict of each reviewed frame (the last line wins, ``undo`` withdraws), in review order."""
+    current: OrderedDict[tuple, dict] = OrderedDict()
+    for r in reviews:
+        key = review_key(r)
+        current.pop(key, None)
+        if r["verdict"] != UNDO:
+            current[key] = r
+    return current
+
+
+def verdict_counts(current: Iterable[dict]) -> dict[str, dict[str, int]]:
+    """Per camera: how many frames stand confirmed, false alarm and missed."""
+    counts: dict[str, dict[str, int]] = {}
+    for r in current:
+        counts.setdefault(r["camera"], dict.fromkeys(VERDICTS, 0))[r["verdict"]] += 1
+    return counts
+
+
+class ReviewLog:
+    """The reviews file of a running station: appends (one line, one ``write``), rotation, the frames folder,
+    and the standing verdicts (loaded from the kept files at start). Thread-safe: web requests call it."""
+
+    def __init__(self, options: ReviewOptions):
+        if options.max_bytes < 1024 or options.keep < 0 or options.max_frames < 1:
+            raise UserError("reviews: max_bytes must be >= 1024, keep >= 0 and max_frames >= 1")
+        self.options = options
+        self.path = Path(options.path)
+        self.frames = frames_folder(self.path)
+        self.lock = threading.Lock()
+        self.failures = 0
+        try:
+            self.frames.mkdir(parents=True, exist_ok=True)
+            self._fd: Optional[int] = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise UserError(f"cannot write the reviews file {self.path}: {e.strerror or e}") from None
+        remove_stale_temps(self.frames)
+        self.current = current_verdicts(read_reviews(self.path, options.keep, strict=False))
+        self._kept = deque(sorted((p for p in self.frames.iterdir() if p.is_file() and not p.name.startswith(".")),
+                                  key=lambda p: p.stat().st_mtime))
+        log.info("reviews in %s: %d reviewed frame(s) so far", self.path, len(self.current))
+
+    # ---- writing ----------------------------------------------------------------------------------------
+    def record(self, review: dict) -> dict:
+        """Append ``review`` (a dict of the file's fields) and let it stand; OSError when the disk refuses."""
+        data = (json.dumps(review, separators=(",", ":"), allow_nan=False) + "\n").encode("utf-8")
+        with self.lock:
+            if self._fd is None:
+                raise OSError("the reviews file is closed (the runtime is stopping)")
+            if os.fstat(self._fd).st_size + len(data) > self.options.max_bytes:
+                self._rotate()
+            try:
+                append_line(self._fd, data)
+            except OSError:
+                self.failures += 1
+                raise
+            key = review_key(review)
+            self.current.pop(key, None)
+            if review["verdict"] != UNDO:
+                self.current[key] = review
+        return review
+
+    def _rotate(self) -> None:
+        """FILE -> FILE.1 -> ... -> FILE.keep (the oldest deleted), then a fresh FILE (caller holds the lock)."""
+        os.close(self._fd)
+        self._fd = None
+        for i in range(self.options.keep, 0, -1):
+            src = self.path if i == 1 else self.path.with_name(f"{self.path.name}.{i - 1}")
+            if src.exists():
+                os.replace(src, self.path.with_name(f"{self.path.name}.{i}"))
+        if self.options.keep == 0:
+            self.path.unlink(missing_ok=True)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        log.info("reviews: %s rotated (at %d bytes; %d older file(s) kept)", self.path, self.options.max_bytes,
+                 self.options.keep)
+
+    def keep_evidence(self, evidence: Optional[str]) -> Optional[str]:
+        """The alarm's evidence image, hard-linked (or copied) into the frames folder; None when it is gone."""
+        if not evidence or not Path(evidence).is_file():
+            return None
+        src = Path(evidence)
+        dst = self.frames / src.name
+        if not dst.exists():
+            with atomic_path(dst, suffix=src.suffix) as tmp:
+                tmp.unlink()
+                try:
+                    os.link(src, tmp)
+                except OSError:
+                    shutil.copyfile(src, tmp)
+            self._kept_add(dst)
+        return str(dst)
+
+    def save_frame(self, frame, overlay, camera: str, frame_index: int) -> str:
+        """A missed defect's frame and overlay side by side (the evidence layout), as a lossless PNG."""
+        from .sinks import slug
+
+        dst = self.frames / f"{slug(camera)}_{frame_index:08d}_missed.png"
+        with atomic_path(dst, suffix=".png") as tmp:
+            if not cv2.imwrite(str(tmp), evidence_image(frame, overlay)):
+                raise OSError(f"cv2.imwrite could not write {tmp}")
+        self._kept_add(dst)
+        return str(dst)
+
+    def _kept_add(self, path: Path) -> None:
+        with self.lock:
+            self._kept.append(path)
+            while len(self._kept) > self.options.max_frames:
+                old = self._kept.popleft()
+                try:
+                    old.unlink()
+                except OSError:
+                    pass
+
+    # ---- reading ----------------------------------------------------------------------------------------
+    def counts(self) -> dict[str, dict[str, int]]:
+        with self.lock:
+            return verdict_counts(list(self.current.values()))
+
+    def camera_state(self, camera: str) -> dict[str, Any]:
+        """What the page shows of a camera's reviews: its counters and its latest reviews (newest first)."""
+        with self.lock:
+            mine = [r for r in self.current.values() if r["camera"] == camera]
+        counts = verdict_counts(mine).get(camera, dict.fromkeys(VERDICTS, 0))
+        judged = counts[CONFIRMED] + counts[FALSE_ALARM]
+        return {"counts": counts, "precision": counts[CONFIRMED] / judged if judged else None,
+                "recent": [_public(r) for r in reversed(mine[-RECENT_REVIEWS:])]}
+
+    def verdict_of(self, run: str, camera: str, frame: int) -> Optional[str]:
+        with self.lock:
+            r = self.current.get((run, camera, frame))
+        return None if r is None else r["verdict"]
+
+    def close(self) -> None:
+        with self.lock:
+            if self._fd is not None:
+                try:
+                    os.fsync(self._fd)
+                except OSError:
+                    pass
+                os.close(self._fd)
+                self._fd = None
+
+
+def _public(r: dict) -> dict:
+    return {k: r.get(k) for k in ("timestamp", "frame", "run", "class", "score", "raw_score", "evidence",
+                                  "verdict", "user")}
+
+
+# ---- requests from the page --------------------------------------------------------------------------------
+def allowed(client_host: str, authenticated: bool) -> Optional[str]:
+    """None when a review request may be taken, else why not: with authentication on the server, the
+    request passed it; without, only clients on this machine (loopback) may review."""
+    if authenticated:
+        return None
+    try:
+        if ipaddress.ip_address(client_host.split("%", 1)[0]).is_loopback:
+            return None
+        mapped = ipaddress.ip_address(client_host).ipv4_mapped if ":" in client_host else None
+        if mapped is not None and mapped.is_loopback:
+            return None
+    except ValueError:
+        pass
+    return ("reviews are accepted only from this machine while the line view has no authentication; "
+            "turn on the web server's authentication to review from other machines")
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _number(x: float) -> Optional[float]:
+    return float(x) if math.isfinite(x) else None
+
+
+def decision_review(monitor: "LineMonitor", decision: "Decision", verdict: str, evidence: Optional[str],
+                    user: Optional[str]) -> dict:
+    """The reviews-file line of ``verdict`` on ``decision``."""
+    raw = getattr(decision, "raw_score", None)
+    raw, shown = (decision.score, None) if raw is None else (raw, decision.score)  # shown score: aaclip.contract.score
+    m = monitor.context.manifest
+    return {"timestamp": _iso(time.time()), "camera": decision.source, "frame": decision.frame,
+            "run": decision.run_id, "class": decision.class_name, "artifact": m.artifact_path.name,
+            "artifact_sha256": m.sha256, "frame_time": _iso(decision.wall_time), "raw_score": _number(raw),
+            "score": None if shown is None else _number(shown), "threshold": _number(decision.threshold),
+            "map_max": _number(decision.map_max), "cls_score": _number(decision.cls_score),
+            "evidence": evidence, "verdict": verdict, "user": user}
+
+
+def handle_review(monitor: "LineMonitor", cam: "CameraState", body: bytes,
+                  user: Optional[str]) -> tuple[int, dict]:
+    """A review request from the page of ``cam`` -> (HTTP status, JSON answer).
+
+    ``{"verdict": "confirmed"|"false_alarm", "seq": N}``: an alarm card (``seq`` as in state.json);
+    ``{"verdict": "missed"}``: the frame on screen now; ``{"verdict": "undo", "run": R, "frame": F}``.
+    """
+    log_ = monitor.reviews
+    if log_ is None:
+        return 404, {"error": "reviews are off: start aaclip-runtime with --reviews FILE"}
+    try:
+        request = json.loads(body or b"{}")
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return 400, {"error": "the request body must be a JSON object"}
+    verdict = request.get("verdict") if isinstance(request, dict) else None
+    if verdict not in (*VERDICTS, UNDO):
+        return 400, {"error": f"verdict must be one of {', '.join((*VERDICTS, UNDO))}"}
+    try:
+        if verdict in (CONFIRMED, FALSE_ALARM):
+            alarm = monitor.alarm(cam, request.get("seq"))
+            if alarm is None:
+                return 404, {"error": f"no alarm {request.get('seq')!r} on this camera's page (only the last ones "
+                                      "are kept)"}
+            review = decision_review(monitor, alarm.decision, verdict, log_.keep_evidence(alarm.evidence), user)
+        elif verdict == MISSED:
+            shown = monitor.on_screen(cam)
+            if shown is None:
+                return 409, {"error": "no frame is on screen yet: open the live view first"}
+            decision, view = shown
+            path = log_.save_frame(view.frame, view.overlay, decision.source, decision.frame)
+            review = decision_review(monitor, decision, MISSED, path, user)
+        else:
+            key = (request.get("run"), cam.name, request.get("frame"))
+            with log_.lock:
+                standing = log_.current.get(key)
+            if standing is None:
+                return 404, {"error": "that frame has no verdict to undo"}
+            review = dict(standing, timestamp=_iso(time.time()), verdict=UNDO, user=user)
+        log_.record(review)
+    except (OSError, cv2.error) as e:
+        log.error("review of %s not written to %s: %s", cam.name, log_.path, e)
+        return 500, {"error": f"the review could not be written to {log_.path}: {e}"}
+    log.info("review: %s frame %d of %s (run %s) by %s", VERDICT_LABELS.get(verdict, verdict), review["frame"],
+             cam.name, review["run"], user or "an operator on this machine")
+    return 200, {"review": _public(review), "reviews": log_.camera_state(cam.name)}
