@@ -1,0 +1,110 @@
+"""The ``[outputs.*]`` sections: one dataclass per output, filled by the command-line flags and by the station
+file alike (so ``flags -> --print-config -> --config`` gives the same station).
+
+An output is on when its main key is set (``path``, ``dir``, ``listen``, ``url``; ``show`` for the window).
+The defaults bound the disk: events rotate by size with a fixed number of files kept, evidence is kept by
+count, bytes and age (docs/deploy-station.md gives the budget per camera and day).
+
+To add an output (e.g. ``[outputs.opcua]``): write its dataclass here with ``setting(...)`` fields, add one
+field for it to ``Outputs`` (its name is the TOML section name), fill it from your flags in ``runtime/cli.py``
+(``FLAGS``) and open its sink in ``runtime.cli.open_sinks``. The loader, the errors with lines, the
+writer of ``--print-config`` and SIGHUP reload then handle it with no further code.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from .fields import above, at_least, listen_address, one_of, setting
+
+EVENT_MODES = ("decisions", "alarms")
+EVIDENCE_FORMATS = ("jpg", "png")
+MiB = 1024 * 1024
+
+
+@dataclass
+class EventsOutput:
+    """``[outputs.events]``: JSON lines, one per decision (``decisions``) or per alarm frame plus a summary
+    line per camera every ``summary_every`` seconds (``alarms``); rotated at ``max_bytes`` into
+    ``events.jsonl.1`` .. ``.{keep}`` (the oldest deleted)."""
+
+    path: Optional[Path] = setting(None, "JSON-lines event log (off when unset)", flag="--events")
+    mode: str = setting("decisions", "decisions: every frame; alarms: alarm frames + a summary per camera",
+                        check=one_of(*EVENT_MODES), flag="--events-mode")
+    max_bytes: int = setting(64 * MiB, "rotate the file when it would pass this size", check=at_least(4096),
+                             flag="--events-max-bytes")
+    keep: int = setting(4, "rotated files kept (events.jsonl.1 .. .keep); the oldest is deleted",
+                        check=at_least(0), flag="--events-keep")
+    summary_every: float = setting(60.0, "alarms mode: seconds between summary lines of each camera",
+                                   check=above(0.0), flag="--events-summary-every")
+
+
+@dataclass
+class EvidenceOutput:
+    """``[outputs.evidence]``: the frame and its heat-map overlay of every alarm frame, one image each; the
+    oldest are deleted past ``max_files``, ``max_bytes`` or ``max_age_days``."""
+
+    dir: Optional[Path] = setting(None, "folder of alarm images (off when unset)", flag="--evidence")
+    format: str = setting("jpg", "jpg or png", check=one_of(*EVIDENCE_FORMATS), flag="--evidence-format")
+    max_files: int = setting(10_000, "keep at most this many images", check=at_least(1), flag="--evidence-max")
+    max_bytes: int = setting(1024 * MiB, "keep at most this many bytes of images", check=at_least(MiB),
+                             flag="--evidence-max-bytes")
+    max_age_days: float = setting(90.0, "delete images older than this", check=above(0.0),
+                                  flag="--evidence-max-age-days")
+
+
+@dataclass
+class VideoOutput:
+    """``[outputs.video]``: an annotated video per camera (for a run over recordings; it grows with the run)."""
+
+    path: Optional[Path] = setting(None, "annotated video, .avi = MJPG (off when unset)", flag="--video")
+    fps: Optional[float] = setting(None, "frame rate (default: the source's, else 15)", check=above(0.0),
+                                   flag="--video-fps")
+
+
+@dataclass
+class DisplayOutput:
+    """``[outputs.display]``: a window per camera (needs a display)."""
+
+    show: bool = setting(False, "show annotated frames in a window; q quits", flag="--show")
+
+
+@dataclass
+class HttpOutput:
+    """``[outputs.http]``: the live line view, /metrics and /healthz."""
+
+    listen: Optional[str] = setting(None, "[HOST]:PORT; \"127.0.0.1:8080\" = this machine only (off when unset)",
+                                    check=listen_address, flag="--http")
+    view_fps: float = setting(5.0, "most frames per second rendered for the view", check=above(0.0),
+                              flag="--view-fps")
+    health_timeout: float = setting(10.0, "/healthz is unhealthy when a camera gave no frame for this long (s)",
+                                    check=above(0.0), flag="--health-timeout")
+
+
+@dataclass
+class MqttOutput:
+    """``[outputs.mqtt]``: alarms (QoS 1) to PREFIX/CAMERA/alarm."""
+
+    url: Optional[str] = setting(None, "mqtt://[USER:PASS@]HOST[:PORT]/PREFIX[?decisions=1&queue=N] (off when unset)",
+                                 flag="--mqtt")
+
+
+@dataclass
+class WebhookOutput:
+    """``[outputs.webhook]``: each alarm event POSTed as JSON."""
+
+    url: Optional[str] = setting(None, "http(s) URL receiving alarm events (off when unset)", flag="--webhook")
+
+
+@dataclass
+class Outputs:
+    """Every ``[outputs.NAME]`` section: the field name is NAME, its type the section's dataclass."""
+
+    events: EventsOutput = setting(default_factory=EventsOutput)
+    evidence: EvidenceOutput = setting(default_factory=EvidenceOutput)
+    video: VideoOutput = setting(default_factory=VideoOutput)
+    display: DisplayOutput = setting(default_factory=DisplayOutput)
+    http: HttpOutput = setting(default_factory=HttpOutput)
+    mqtt: MqttOutput = setting(default_factory=MqttOutput)
+    webhook: WebhookOutput = setting(default_factory=WebhookOutput)
