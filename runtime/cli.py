@@ -134,9 +134,10 @@ def open_line_sinks(config: RunConfig) -> list[Sink]:
 
             review_log = None
             if config.reviews is not None:
-                from .reviews import ReviewLog, ReviewOptions
+                from .reviews import ReviewLog
+                from .station.outputs import ReviewsOutput
 
-                review_log = ReviewLog(ReviewOptions(config.reviews))
+                review_log = ReviewLog(ReviewsOutput(config.reviews))
             try:
                 sinks.append(LineView(config.http, view_fps=config.view_fps, health_timeout_s=config.health_timeout,
                                       reviews=review_log))

@@ -18,9 +18,10 @@ does. ``score`` is the operator score shown on the page (null where the runtime 
 Reviewed frames are kept with the reviews, in ``<reviews stem>-frames/`` beside the file: an alarm's
 evidence image is hard-linked (or copied) there, a missed defect's frame and overlay are saved there, so
 evidence rotation never takes a reviewed frame away. Bounds: the file is rotated at ``max_bytes``
-(``reviews.jsonl.1`` ... ``.keep``, the oldest deleted), the frames folder holds at most ``max_frames``
-images (the oldest deleted). At the defaults (4 MiB, 2 kept, 2000 frames) that is about 30,000 reviews:
-months of a line's shifts. On start the runtime reads the kept files, so reviews and counters survive a
+(``reviews.jsonl.1`` ... ``.keep``, the oldest deleted) like the events, the frames folder holds at most
+``max_frames`` images (the oldest deleted): ``[outputs.reviews]`` of the station file
+(``station.outputs.ReviewsOutput``). At the defaults (4 MiB, 2 kept, 2000 frames) that is about 30,000
+review lines and the last 2000 reviewed frames: months of a line's shifts. On start the runtime reads the kept files, so reviews and counters survive a
 restart.
 
 Who may review: with authentication on the web server (``authenticate`` hook), the page's credentials;
@@ -39,7 +40,6 @@ import shutil
 import threading
 import time
 from collections import OrderedDict, deque
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Optional
@@ -49,6 +49,7 @@ from aaclip.contract.errors import UserError
 from aaclip.contract.files import PathLike, append_line, atomic_path, remove_stale_temps
 
 from .overlay import evidence_image
+from .station.outputs import ReviewsOutput
 
 if TYPE_CHECKING:
     from .decide import Decision
@@ -62,25 +63,13 @@ VERDICTS = (CONFIRMED, FALSE_ALARM, MISSED)
 VERDICT_LABELS = {CONFIRMED: "real defect", FALSE_ALARM: "false alarm", MISSED: "missed defect"}
 REQUIRED = ("timestamp", "camera", "frame", "run", "class", "artifact_sha256", "raw_score", "map_max",
             "cls_score", "verdict")
-DEFAULT_MAX_BYTES = 4 << 20
-DEFAULT_KEEP = 2
-DEFAULT_MAX_FRAMES = 2000
+DEFAULT_KEEP = ReviewsOutput.keep
 RECENT_REVIEWS = 20   # reviews listed per camera on the page
 MAX_BODY = 4096       # bytes of a review request
 
 
 class ReviewError(UserError):
     """A reviews file line that is not a review (the message names the file, the line and the fix)."""
-
-
-@dataclass(frozen=True)
-class ReviewOptions:
-    """``--reviews FILE`` (``[outputs.reviews]`` of a station config): the file and its bounds."""
-
-    path: Path
-    max_bytes: int = DEFAULT_MAX_BYTES  # rotate the file when it would grow past this
-    keep: int = DEFAULT_KEEP            # rotated files kept (FILE.1 ... FILE.keep)
-    max_frames: int = DEFAULT_MAX_FRAMES  # images kept in the frames folder
 
 
 def frames_folder(path: PathLike) -> Path:
@@ -173,9 +162,9 @@ class ReviewLog:
     """The reviews file of a running station: appends (one line, one ``write``), rotation, the frames folder,
     and the standing verdicts (loaded from the kept files at start). Thread-safe: web requests call it."""
 
-    def __init__(self, options: ReviewOptions):
-        if options.max_bytes < 1024 or options.keep < 0 or options.max_frames < 1:
-            raise UserError("reviews: max_bytes must be >= 1024, keep >= 0 and max_frames >= 1")
+    def __init__(self, options: ReviewsOutput):
+        if options.path is None or options.max_bytes < 1024 or options.keep < 0 or options.max_frames < 1:
+            raise ValueError(f"reviews need a path, max_bytes >= 1024, keep >= 0, max_frames >= 1: {options}")
         self.options = options
         self.path = Path(options.path)
         self.frames = frames_folder(self.path)

@@ -28,7 +28,6 @@ from aaclip.runtime.loop import CameraLoop, LoopConfig
 from aaclip.runtime.reviews import (
     ReviewError,
     ReviewLog,
-    ReviewOptions,
     allowed,
     current_verdicts,
     frames_folder,
@@ -36,6 +35,7 @@ from aaclip.runtime.reviews import (
     read_reviews,
 )
 from aaclip.runtime.sources import Source, open_source
+from aaclip.runtime.station import ReviewsOutput, load_station
 from aaclip.train.data_cli import main as data_main
 from click.testing import CliRunner
 from line_fixtures import chromium_driver, needs_browser, needs_prometheus, wait_until
@@ -134,10 +134,10 @@ class HeldVideo(Source):
 
 
 @contextmanager
-def running_station(artifact: Path, out: Path, video: HeldVideo):
+def running_station(artifact: Path, out: Path, video: HeldVideo, view_fps: float = 20.0):
     """The loop with the sinks ``aaclip-runtime --events --evidence --http --reviews`` opens, in a thread."""
     config = RunConfig(artifact, (str(video.path),), events=out / "events.jsonl", evidence=out / "evidence",
-                       http="127.0.0.1:0", view_fps=20, reviews=out / "reviews.jsonl")
+                       http="127.0.0.1:0", view_fps=view_fps, reviews=out / "reviews.jsonl")
     sinks = open_sinks(config, [video])
     view = next(s for s in sinks if s.name == "web")
     m = open_artifact(artifact)
@@ -283,7 +283,8 @@ def test_review_requests_undo_missed_restart_and_records(station, tmp_path):
     on screen, bad requests refused; they stand after a restart; aaclip-data reviews makes records of them."""
     artifact, _, video_path = station
     video = HeldVideo(video_path)
-    with running_station(artifact, tmp_path, video) as (loop, view):
+    # one view per 1000 s: the first frame after the viewer came is rendered, and stays on screen
+    with running_station(artifact, tmp_path, video, view_fps=0.001) as (loop, view):
         with urllib.request.urlopen(view.url + "/cam/0/stream.mjpg", timeout=5) as stream:  # someone watches
             wait_until(lambda: view.cameras and view.cameras[0].watchers == 1, 5.0, "the viewer")
             video.replay()
@@ -298,9 +299,9 @@ def test_review_requests_undo_missed_restart_and_records(station, tmp_path):
         assert post(url, {"verdict": "false_alarm", "seq": seq[STAINS[0]]})[0] == 200
         assert post(url, {"verdict": "false_alarm", "seq": seq[STAINS[1]]})[0] == 200
         assert post(url, {"verdict": "confirmed", "seq": seq[DEFECT]})[0] == 200
-        status, answer = post(url, {"verdict": "missed"})  # the frame on screen now: the pass's last
-        assert status == 200 and answer["review"]["verdict"] == "missed"
-        missed_frame = answer["review"]["frame"]
+        status, answer = post(url, {"verdict": "missed"})  # the frame on screen now: the pass's first
+        assert status == 200 and answer["review"]["verdict"] == "missed" and answer["review"]["frame"] == 0
+        missed_frame = 0
         assert post(url, {"verdict": "confirmed", "seq": 999})[0] == 404
         assert post(url, {"verdict": "great"})[0] == 400
         assert post(url, {"verdict": "missed"}, content_type="text/plain")[0] == 415  # no cross-site posts
@@ -396,7 +397,7 @@ def test_reviews_file_rules(tmp_path):
     """Strict lines, the standing verdicts, rotation at max_bytes with the kept files read back, the loopback
     rule."""
     path = tmp_path / "reviews.jsonl"
-    log = ReviewLog(ReviewOptions(path, max_bytes=1024, keep=1, max_frames=2))
+    log = ReviewLog(ReviewsOutput(path, max_bytes=1024, keep=1, max_frames=2))
     base = {"timestamp": "t", "camera": "cam", "run": "r", "class": "c", "artifact_sha256": "s", "raw_score": 1.0,
             "map_max": 0.5, "cls_score": 0.2, "evidence": None, "user": None}
     for i in range(12):
@@ -410,7 +411,7 @@ def test_reviews_file_rules(tmp_path):
     standing = current_verdicts(kept)
     assert (11 not in {k[2] for k in standing}) and len(kept) < 13  # the oldest lines went with the rotation
     assert log.counts() == {"cam": {"confirmed": 6, "false_alarm": 5, "missed": 0}}  # in memory: all of the run
-    reopened = ReviewLog(ReviewOptions(path, max_bytes=1024, keep=1))
+    reopened = ReviewLog(ReviewsOutput(path, max_bytes=1024, keep=1))
     assert reopened.counts()["cam"]["false_alarm"] == sum(1 for r in standing.values() if r["verdict"] == "false_alarm")
     reopened.close()
 
@@ -421,3 +422,20 @@ def test_reviews_file_rules(tmp_path):
     assert allowed("127.0.0.1", False) is None and allowed("::1", False) is None
     assert allowed("::ffff:127.0.0.1", False) is None
     assert "only from this machine" in allowed("10.0.0.7", False) and allowed("10.0.0.7", True) is None
+
+
+def test_station_file_reviews_section(tmp_path):
+    """``[outputs.reviews]``: the path relative to the file, the bounds, their checks; --print-config writes it."""
+    from aaclip.runtime.station import ConfigError, station_toml
+
+    text = ('[artifacts.plates]\npath = "plates.onnx"\n[[cameras]]\nsource = "0"\n[outputs.http]\n'
+            'listen = "127.0.0.1:8080"\n[outputs.reviews]\npath = "reviews.jsonl"\nmax_bytes = 1048576\nkeep = 5\n')
+    (tmp_path / "station.toml").write_text(text)
+    (tmp_path / "plates.onnx").write_bytes(b"")
+    config = load_station(tmp_path / "station.toml")
+    assert config.outputs.reviews == ReviewsOutput(tmp_path / "reviews.jsonl", max_bytes=1 << 20, keep=5,
+                                                   max_frames=2000)
+    assert '[outputs.reviews]' in station_toml(config) and "keep = 5" in station_toml(config)
+    (tmp_path / "station.toml").write_text(text.replace("keep = 5", "keep = -1"))
+    with pytest.raises(ConfigError, match=r"line 10.*keep.*write a value >= 0"):
+        load_station(tmp_path / "station.toml")

@@ -98,6 +98,20 @@ class WebhookOutput:
 
 
 @dataclass
+class ReviewsOutput:
+    """``[outputs.reviews]``: operators' verdicts from the line view (needs ``[outputs.http]``), one JSON line
+    each (``aaclip.runtime.reviews``); rotated at ``max_bytes`` into ``reviews.jsonl.1`` .. ``.{keep}`` (the
+    oldest deleted) like the events; the reviewed frames kept in ``<stem>-frames/``, at most ``max_frames``."""
+
+    path: Optional[Path] = setting(None, "reviews file: the line view shows review buttons (off when unset)",
+                                   flag="--reviews")
+    max_bytes: int = setting(4 * MiB, "rotate the file when it would pass this size (4 MiB: ~10,000 reviews)",
+                             check=at_least(4096))
+    keep: int = setting(2, "rotated files kept (reviews.jsonl.1 .. .keep); the oldest is deleted", check=at_least(0))
+    max_frames: int = setting(2000, "reviewed frames kept beside the file (the oldest deleted)", check=at_least(1))
+
+
+@dataclass
 class Outputs:
     """Every ``[outputs.NAME]`` section: the field name is NAME, its type the section's dataclass."""
 
@@ -108,3 +122,4 @@ class Outputs:
     http: HttpOutput = setting(default_factory=HttpOutput)
     mqtt: MqttOutput = setting(default_factory=MqttOutput)
     webhook: WebhookOutput = setting(default_factory=WebhookOutput)
+    reviews: ReviewsOutput = setting(default_factory=ReviewsOutput)
