@@ -215,12 +215,13 @@ class ReviewLog:
         log.info("reviews: %s rotated (at %d bytes; %d older file(s) kept)", self.path, self.options.max_bytes,
                  self.options.keep)
 
-    def keep_evidence(self, evidence: Optional[str]) -> Optional[str]:
-        """The alarm's evidence image, hard-linked (or copied) into the frames folder; None when it is gone."""
+    def keep_evidence(self, evidence: Optional[str], run: str) -> Optional[str]:
+        """The alarm's evidence image, hard-linked (or copied) into the frames folder as ``RUN_NAME`` (frame
+        numbers start again in every run); None when it is gone."""
         if not evidence or not Path(evidence).is_file():
             return None
         src = Path(evidence)
-        dst = self.frames / src.name
+        dst = self.frames / f"{run}_{src.name}"
         if not dst.exists():
             with atomic_path(dst, suffix=src.suffix) as tmp:
                 tmp.unlink()
@@ -231,11 +232,11 @@ class ReviewLog:
             self._kept_add(dst)
         return str(dst)
 
-    def save_frame(self, frame, overlay, camera: str, frame_index: int) -> str:
+    def save_frame(self, frame, overlay, decision: "Decision") -> str:
         """A missed defect's frame and overlay side by side (the evidence layout), as a lossless PNG."""
         from .sinks import slug
 
-        dst = self.frames / f"{slug(camera)}_{frame_index:08d}_missed.png"
+        dst = self.frames / f"{decision.run_id}_{slug(decision.source)}_{decision.frame:08d}_missed.png"
         with atomic_path(dst, suffix=".png") as tmp:
             if not cv2.imwrite(str(tmp), evidence_image(frame, overlay)):
                 raise OSError(f"cv2.imwrite could not write {tmp}")
@@ -350,13 +351,14 @@ def handle_review(monitor: "LineMonitor", cam: "CameraState", body: bytes,
             if alarm is None:
                 return 404, {"error": f"no alarm {request.get('seq')!r} on this camera's page (only the last ones "
                                       "are kept)"}
-            review = decision_review(monitor, alarm.decision, verdict, log_.keep_evidence(alarm.evidence), user)
+            evidence = log_.keep_evidence(alarm.evidence, alarm.decision.run_id)
+            review = decision_review(monitor, alarm.decision, verdict, evidence, user)
         elif verdict == MISSED:
             shown = monitor.on_screen(cam)
             if shown is None:
                 return 409, {"error": "no frame is on screen yet: open the live view first"}
             decision, view = shown
-            path = log_.save_frame(view.frame, view.overlay, decision.source, decision.frame)
+            path = log_.save_frame(view.frame, view.overlay, decision)
             review = decision_review(monitor, decision, MISSED, path, user)
         else:
             key = (request.get("run"), cam.name, request.get("frame"))
