@@ -305,6 +305,7 @@ class LineMonitor(Sink):
             scores = [[round(t, 3), finite(s)] for t, s in cam.scores]
             alarms = [a.as_dict(cam.index) for a in cam.recent_alarms]
             runs = [a.decision.run_id if a.decision else "" for a in cam.recent_alarms]
+            screen = cam.on_screen[0].frame if cam.on_screen is not None else None
         health = self.health()
         model = dict(self.identity)
         if last is not None:  # the threshold in use (a recalibrated manifest is reloaded while running)
@@ -319,6 +320,7 @@ class LineMonitor(Sink):
             "cameras": [c.name for c in self.cameras],
             "model": model,
             "reviews": reviews,
+            "screen_frame": screen,  # the frame the live view shows (a "missed defect" flag is about it)
             "counters": counters,
             "last": None if last is None else {"frame": last.frame, "score": finite(last.score),
                                                "decision": last.state, "timestamp": iso_time(last.wall_time)},

@@ -203,14 +203,20 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Cache-Control", "no-store")
             self.send_header("Connection", "close")
             self.end_headers()
-            seq = -1
+            # Each part ends with the next part's delimiter, sent at once, and a frame that stays the newest for
+            # STREAM_WAIT_S is sent once more: Chromium shows a part only when the next one begins, so without
+            # the repeat the last frame of a line that stopped would never be shown (and a "missed defect"
+            # flag names the frame on screen).
+            self.wfile.write(f"--{BOUNDARY}\r\n".encode("ascii"))
+            seq, repeated = -1, True
             while not monitor.closed.is_set():
                 jpeg, new_seq = monitor.next_jpeg(cam, seq, STREAM_WAIT_S)
-                if jpeg is None or new_seq == seq:
+                if jpeg is None or (new_seq == seq and repeated):
                     continue
+                repeated = new_seq == seq
                 seq = new_seq
-                self.wfile.write(f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n"
-                                 .encode("ascii") + jpeg + b"\r\n")
+                self.wfile.write(f"Content-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n".encode("ascii")
+                                 + jpeg + f"\r\n--{BOUNDARY}\r\n".encode("ascii"))
                 self.wfile.flush()
         finally:
             monitor.watch(cam, -1)

@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 import pytest
 from aaclip.runtime.sources import Source
+from aaclip.runtime.web import BOUNDARY
 from runtime_fixtures import frame_image
 
 MOSQUITTO = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
@@ -235,3 +236,18 @@ def chromium_driver(width: int = 1280, height: int = 820, page_load: str = "norm
                 f"--window-size={width},{height}", "--disable-extensions", "--no-first-run"):
         options.add_argument(arg)
     return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+
+
+def read_parts(response, n):
+    """The next ``n`` JPEG parts of an MJPEG (multipart/x-mixed-replace) response."""
+    parts = []
+    while len(parts) < n:
+        assert response.readline() == f"--{BOUNDARY}\r\n".encode()
+        headers = {}
+        while (line := response.readline()) != b"\r\n":
+            key, _, val = line.decode().partition(":")
+            headers[key.lower()] = val.strip()
+        assert headers["content-type"] == "image/jpeg"
+        parts.append(response.read(int(headers["content-length"])))
+        assert response.read(2) == b"\r\n"
+    return parts
