@@ -121,7 +121,9 @@ class _Collector:
             reviews = GaugeMetricFamily("aaclip_reviewed_frames", "Frames operators reviewed on the line view, by "
                                         "standing verdict (confirmed, false_alarm, missed).",
                                         labels=["camera", "verdict"])
-            for camera, counts in m.reviews.counts().items():
+            counts_by_camera = {cam.name: dict.fromkeys(("confirmed", "false_alarm", "missed"), 0) for cam in m.cameras}
+            counts_by_camera.update(m.reviews.counts())
+            for camera, counts in counts_by_camera.items():
                 for verdict, n in counts.items():
                     reviews.add_metric([camera, verdict], n)
             yield reviews

@@ -131,10 +131,16 @@ def read_reviews(path: PathLike, keep: int = DEFAULT_KEEP, strict: bool = True) 
                 if not raw.strip():
                     continue
                 try:
-                    out.append(parse_review(raw.decode("utf-8"), f"{file}:{n}"))
-                except (ReviewError, UnicodeDecodeError) as e:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    text = None
+                try:
+                    if text is None:
+                        raise ReviewError(f"{file}:{n}: not UTF-8 text; this is not a line the runtime wrote")
+                    out.append(parse_review(text, f"{file}:{n}"))
+                except ReviewError as e:
                     if strict:
-                        raise ReviewError(str(e)) if not isinstance(e, ReviewError) else e from None
+                        raise
                     log.error("reviews: %s; line skipped", e)
     return out
 
@@ -335,8 +341,8 @@ def handle_review(monitor: "LineMonitor", cam: "CameraState", body: bytes,
     ``{"verdict": "confirmed"|"false_alarm", "seq": N}``: an alarm card (``seq`` as in state.json);
     ``{"verdict": "missed"}``: the frame on screen now; ``{"verdict": "undo", "run": R, "frame": F}``.
     """
-    log_ = monitor.reviews
-    if log_ is None:
+    book = monitor.reviews
+    if book is None:
         return 404, {"error": "reviews are off: start aaclip-runtime with --reviews FILE"}
     try:
         request = json.loads(body or b"{}")
@@ -351,26 +357,26 @@ def handle_review(monitor: "LineMonitor", cam: "CameraState", body: bytes,
             if alarm is None:
                 return 404, {"error": f"no alarm {request.get('seq')!r} on this camera's page (only the last ones "
                                       "are kept)"}
-            evidence = log_.keep_evidence(alarm.evidence, alarm.decision.run_id)
+            evidence = book.keep_evidence(alarm.evidence, alarm.decision.run_id)
             review = decision_review(monitor, alarm.decision, verdict, evidence, user)
         elif verdict == MISSED:
             shown = monitor.on_screen(cam)
             if shown is None:
                 return 409, {"error": "no frame is on screen yet: open the live view first"}
             decision, view = shown
-            path = log_.save_frame(view.frame, view.overlay, decision)
+            path = book.save_frame(view.frame, view.overlay, decision)
             review = decision_review(monitor, decision, MISSED, path, user)
         else:
             key = (request.get("run"), cam.name, request.get("frame"))
-            with log_.lock:
-                standing = log_.current.get(key)
+            with book.lock:
+                standing = book.current.get(key)
             if standing is None:
                 return 404, {"error": "that frame has no verdict to undo"}
             review = dict(standing, timestamp=_iso(time.time()), verdict=UNDO, user=user)
-        log_.record(review)
+        book.record(review)
     except (OSError, cv2.error) as e:
-        log.error("review of %s not written to %s: %s", cam.name, log_.path, e)
-        return 500, {"error": f"the review could not be written to {log_.path}: {e}"}
+        log.error("review of %s not written to %s: %s", cam.name, book.path, e)
+        return 500, {"error": f"the review could not be written to {book.path}: {e}"}
     log.info("review: %s frame %d of %s (run %s) by %s", VERDICT_LABELS.get(verdict, verdict), review["frame"],
              cam.name, review["run"], user or "an operator on this machine")
-    return 200, {"review": _public(review), "reviews": log_.camera_state(cam.name)}
+    return 200, {"review": _public(review), "reviews": book.camera_state(cam.name)}

@@ -22,6 +22,7 @@ import cv2
 import numpy as np
 import pytest
 from aaclip.calibration.cli import cli as calibrate_cli
+from aaclip.contract.errors import UserError
 from aaclip.contract.manifest import load_manifest, open_artifact
 from aaclip.runtime.backends import open_runner
 from aaclip.runtime.cli import RunConfig, open_sinks
@@ -428,6 +429,8 @@ def test_reviews_file_rules(tmp_path):
         parse_review(json.dumps(dict(base, frame=1, verdict="maybe")), "x.jsonl:1")
     with pytest.raises(ReviewError, match="not a strict JSON object"):
         parse_review(json.dumps(dict(base, frame=1, verdict="missed", raw_score=float("nan"))), "x")
+    with pytest.raises(UserError, match="--reviews needs --http"):
+        open_sinks(RunConfig(tmp_path / "m.onnx", ("0",), reviews=path), [])
     assert allowed("127.0.0.1", False) is None and allowed("::1", False) is None
     assert allowed("::ffff:127.0.0.1", False) is None
     assert "only from this machine" in allowed("10.0.0.7", False) and allowed("10.0.0.7", True) is None

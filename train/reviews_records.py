@@ -20,7 +20,7 @@ from pathlib import Path
 import cv2
 from aaclip.contract.errors import UserError
 from aaclip.contract.files import atomic_path
-from aaclip.runtime.reviews import FALSE_ALARM, UNDO, VERDICT_LABELS, current_verdicts, read_reviews
+from aaclip.runtime.reviews import FALSE_ALARM, UNDO, VERDICT_LABELS, current_verdicts, frames_folder, read_reviews
 from aaclip.runtime.sinks import slug
 
 from .records import ANOMALOUS, NORMAL, Record, write_records
@@ -49,11 +49,10 @@ class ReviewRecords:
 
 
 def _evidence_file(evidence: str, reviews_path: Path) -> Path:
-    """The evidence path as the runtime wrote it (relative to where it ran), else relative to the reviews file."""
-    p = Path(evidence)
-    if p.is_absolute() or p.is_file():
-        return p
-    return reviews_path.parent / p
+    """A review's image: in the frames folder beside the reviews file (where the runtime keeps them; found
+    wherever the two were moved together), else the path as the runtime wrote it."""
+    kept = frames_folder(reviews_path) / Path(evidence).name
+    return kept if kept.is_file() else Path(evidence)
 
 
 def review_records(reviews_path: Path, out: Path) -> ReviewRecords:
