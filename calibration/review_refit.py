@@ -29,7 +29,7 @@ from aaclip.contract.errors import UserError
 from aaclip.contract.files import sha256_file
 from aaclip.contract.manifest import Manifest, check_artifact, load_manifest
 from aaclip.contract.score import ScoreParams, image_score
-from aaclip.runtime.reviews import CONFIRMED, FALSE_ALARM, MISSED, current_verdicts, read_reviews
+from aaclip.contract.reviews import CONFIRMED, FALSE_ALARM, MISSED, current_verdicts, read_reviews
 
 from .inputs import FrameInput
 from .score_calibration import ThresholdOptions, fit_score_block, write_score_block

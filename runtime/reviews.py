@@ -1,28 +1,20 @@
-"""Operator reviews of the line view: the reviews file, its loading, the verdict counters.
+"""Operator reviews on the line view: the reviews log of a running station, and the review requests.
 
 An operator says on the line view that an alarm was a **real defect** (``confirmed``) or a **false alarm**
 (``false_alarm``), flags the frame on screen as a **missed defect** (``missed``), or takes a verdict back
-(``undo``). Each review is one strict JSON line appended to the reviews file (``--reviews FILE``, beside the
-events), in one ``write`` call like the events (``aaclip.contract.files.append_line``)::
-
-    {"timestamp": "2026-12-07T18:40:01.120+00:00", "camera": "line.avi", "frame": 17, "run": "3f2a9c1b7d0e",
-     "class": "plate", "artifact": "plates.onnx", "artifact_sha256": "9c4e...", "frame_time": "...",
-     "raw_score": 1.8734, "score": 0.61, "threshold": 1.2, "map_max": 0.53, "cls_score": 0.22,
-     "evidence": "reviews-frames/line.avi_00000017.jpg", "verdict": "false_alarm", "user": null}
-
-A frame is identified by (run, camera, frame); the last line of a frame wins, and ``undo`` withdraws its
-verdict. ``map_max`` and ``cls_score`` are the graph's raw outputs: ``aaclip-calibrate threshold --reviews``
-recomputes each frame's raw score from them with the manifest's current constants, exactly as the loop
-does. ``score`` is the operator score shown on the page (null where the runtime has none).
+(``undo``). Each review is one strict JSON line (the format: ``aaclip.contract.reviews``) appended to the
+reviews file (``--reviews FILE``, beside the events) in one ``write`` call like the events
+(``aaclip.contract.files.append_line``). ``raw_score``/``score`` are the decision's raw image score and the
+operator score shown on the page.
 
 Reviewed frames are kept with the reviews, in ``<reviews stem>-frames/`` beside the file: an alarm's
-evidence image is hard-linked (or copied) there, a missed defect's frame and overlay are saved there, so
-evidence rotation never takes a reviewed frame away. Bounds: the file is rotated at ``max_bytes``
-(``reviews.jsonl.1`` ... ``.keep``, the oldest deleted) like the events, the frames folder holds at most
-``max_frames`` images (the oldest deleted): ``[outputs.reviews]`` of the station file
+evidence image is hard-linked (or copied) there under its run id, a missed defect's frame and overlay are
+saved there as PNG, so evidence rotation never takes a reviewed frame away. Bounds, like the events: the
+file is rotated at ``max_bytes`` (``reviews.jsonl.1`` ... ``.keep``, the oldest deleted), the frames folder
+holds at most ``max_frames`` images (the oldest deleted): ``[outputs.reviews]`` of the station file
 (``station.outputs.ReviewsOutput``). At the defaults (4 MiB, 2 kept, 2000 frames) that is about 30,000
-review lines and the last 2000 reviewed frames: months of a line's shifts. On start the runtime reads the kept files, so reviews and counters survive a
-restart.
+review lines and the last 2000 reviewed frames: months of a line's shifts. On start the runtime reads the
+kept files, so the verdicts and counters survive a restart.
 
 Who may review: with authentication on the web server (``authenticate`` hook), the page's credentials;
 without it, only clients on this machine (loopback). Review requests must be JSON
@@ -39,14 +31,27 @@ import os
 import shutil
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import cv2
 from aaclip.contract.errors import UserError
-from aaclip.contract.files import PathLike, append_line, atomic_path, remove_stale_temps
+from aaclip.contract.files import append_line, atomic_path, remove_stale_temps
+from aaclip.contract.reviews import (
+    CONFIRMED,
+    FALSE_ALARM,
+    MISSED,
+    UNDO,
+    VERDICT_LABELS,
+    VERDICTS,
+    current_verdicts,
+    frames_folder,
+    read_reviews,
+    review_key,
+    verdict_counts,
+)
 
 from .overlay import evidence_image
 from .station.outputs import ReviewsOutput
@@ -57,111 +62,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CONFIRMED, FALSE_ALARM, MISSED, UNDO = "confirmed", "false_alarm", "missed", "undo"
-VERDICTS = (CONFIRMED, FALSE_ALARM, MISSED)
-"""What a frame can be judged: a real defect, a false alarm, a defect the model missed."""
-VERDICT_LABELS = {CONFIRMED: "real defect", FALSE_ALARM: "false alarm", MISSED: "missed defect"}
-REQUIRED = ("timestamp", "camera", "frame", "run", "class", "artifact_sha256", "raw_score", "map_max",
-            "cls_score", "verdict")
-DEFAULT_KEEP = ReviewsOutput.keep
 RECENT_REVIEWS = 20   # reviews listed per camera on the page
 MAX_BODY = 4096       # bytes of a review request
-
-
-class ReviewError(UserError):
-    """A reviews file line that is not a review (the message names the file, the line and the fix)."""
-
-
-def frames_folder(path: PathLike) -> Path:
-    """Where the reviewed frames of reviews file ``path`` are kept: ``<stem>-frames/`` beside it."""
-    path = Path(path)
-    return path.with_name(f"{path.stem}-frames")
-
-
-def review_key(review: dict) -> tuple[str, str, int]:
-    """(run, camera, frame): the frame a review is about."""
-    return review["run"], review["camera"], review["frame"]
-
-
-# ---- the file --------------------------------------------------------------------------------------------
-def parse_review(text: str, where: str) -> dict:
-    """One line of a reviews file, checked; a ReviewError naming ``where`` otherwise."""
-    try:
-        review = json.loads(text, parse_constant=_no_constant)
-    except (json.JSONDecodeError, ValueError) as e:
-        raise ReviewError(f"{where}: not a strict JSON object ({e}); each line must be one review") from None
-    if not isinstance(review, dict):
-        raise ReviewError(f"{where}: expected a JSON object, got {type(review).__name__}")
-    missing = [k for k in REQUIRED if k not in review]
-    if missing:
-        raise ReviewError(f"{where}: missing field(s) {', '.join(missing)}; this is not a line the runtime wrote")
-    if review["verdict"] not in (*VERDICTS, UNDO):
-        raise ReviewError(f"{where}: verdict {review['verdict']!r} is none of {', '.join((*VERDICTS, UNDO))}")
-    frame = review["frame"]
-    if isinstance(frame, bool) or not isinstance(frame, int) or frame < 0:
-        raise ReviewError(f"{where}: frame must be a frame index (an integer >= 0), got {frame!r}")
-    for k in ("camera", "run", "class", "artifact_sha256"):
-        if not isinstance(review[k], str):
-            raise ReviewError(f"{where}: {k} must be a string, got {review[k]!r}")
-    for k in ("map_max", "cls_score"):
-        if review[k] is not None and (isinstance(review[k], bool) or not isinstance(review[k], (int, float))):
-            raise ReviewError(f"{where}: {k} must be a number or null, got {review[k]!r}")
-    return review
-
-
-def _no_constant(name: str):
-    raise ValueError(f"{name} is not JSON")
-
-
-def review_files(path: PathLike, keep: int = DEFAULT_KEEP) -> list[Path]:
-    """The reviews file's rotated files (oldest first) and the file itself, those that exist."""
-    path = Path(path)
-    files = [path.with_name(f"{path.name}.{i}") for i in range(keep, 0, -1)] + [path]
-    return [p for p in files if p.is_file()]
-
-
-def read_reviews(path: PathLike, keep: int = DEFAULT_KEEP, strict: bool = True) -> list[dict]:
-    """Every review of ``path`` and its rotated files, oldest first. ``strict``: a bad line is a ReviewError;
-    otherwise it is logged and skipped (the runtime keeps running on a file someone edited)."""
-    path = Path(path)
-    out: list[dict] = []
-    for file in review_files(path, keep):
-        with open(file, "rb") as f:
-            for n, raw in enumerate(f, start=1):
-                if not raw.strip():
-                    continue
-                try:
-                    text = raw.decode("utf-8")
-                except UnicodeDecodeError:
-                    text = None
-                try:
-                    if text is None:
-                        raise ReviewError(f"{file}:{n}: not UTF-8 text; this is not a line the runtime wrote")
-                    out.append(parse_review(text, f"{file}:{n}"))
-                except ReviewError as e:
-                    if strict:
-                        raise
-                    log.error("reviews: %s; line skipped", e)
-    return out
-
-
-def current_verdicts(reviews: Iterable[dict]) -> "OrderedDict[tuple, dict]":
-    """The standing verdict of each reviewed frame (the last line wins, ``undo`` withdraws), in review order."""
-    current: OrderedDict[tuple, dict] = OrderedDict()
-    for r in reviews:
-        key = review_key(r)
-        current.pop(key, None)
-        if r["verdict"] != UNDO:
-            current[key] = r
-    return current
-
-
-def verdict_counts(current: Iterable[dict]) -> dict[str, dict[str, int]]:
-    """Per camera: how many frames stand confirmed, false alarm and missed."""
-    counts: dict[str, dict[str, int]] = {}
-    for r in current:
-        counts.setdefault(r["camera"], dict.fromkeys(VERDICTS, 0))[r["verdict"]] += 1
-    return counts
 
 
 class ReviewLog:

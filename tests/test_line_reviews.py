@@ -27,15 +27,8 @@ from aaclip.contract.manifest import load_manifest, open_artifact
 from aaclip.runtime.backends import open_runner
 from aaclip.runtime.cli import RunConfig, open_sinks
 from aaclip.runtime.loop import CameraLoop, LoopConfig
-from aaclip.runtime.reviews import (
-    ReviewError,
-    ReviewLog,
-    allowed,
-    current_verdicts,
-    frames_folder,
-    parse_review,
-    read_reviews,
-)
+from aaclip.contract.reviews import ReviewError, current_verdicts, frames_folder, parse_review, read_reviews
+from aaclip.runtime.reviews import ReviewLog, allowed
 from aaclip.runtime.sources import Source, open_source
 from aaclip.runtime.station import ReviewsOutput, load_station
 from aaclip.runtime.web import STREAM_WAIT_S

@@ -3,7 +3,7 @@
 Each standing review (``aaclip.runtime.reviews``: the last verdict of a frame, undone ones withdrawn)
 becomes one record: its frame as an image, label 1 for a confirmed or missed defect and 0 for a false
 alarm, the class the camera inspects. A review's evidence image holds the frame and its heat-map overlay
-side by side (``aaclip.runtime.overlay.evidence_image``); the left half, the frame as the camera saw it,
+side by side (the runtime's evidence layout); the left half, the frame as the camera saw it,
 is written as a PNG into ``<out stem>-images/`` beside the records file. Torch-free.
 
 Nothing is dropped silently: reviews whose evidence file is gone or unreadable, frames whose pixels
@@ -20,8 +20,7 @@ from pathlib import Path
 import cv2
 from aaclip.contract.errors import UserError
 from aaclip.contract.files import atomic_path
-from aaclip.runtime.reviews import FALSE_ALARM, UNDO, VERDICT_LABELS, current_verdicts, frames_folder, read_reviews
-from aaclip.runtime.sinks import slug
+from aaclip.contract.reviews import FALSE_ALARM, UNDO, VERDICT_LABELS, current_verdicts, frames_folder, read_reviews
 
 from .records import ANOMALOUS, NORMAL, Record, write_records
 
@@ -92,7 +91,7 @@ def review_records(reviews_path: Path, out: Path) -> ReviewRecords:
             result.duplicates.append(f"{where}: the same pixels as {seen[digest]}")
             continue
         seen[digest] = where
-        name = f"{slug(r['camera'])}_{r['run']}_{r['frame']:08d}.png"
+        name = f"{Path(r['evidence']).stem}.png"  # the runtime's name: run, camera, frame (unique per review)
         target = result.images / name
         with atomic_path(target, suffix=".png") as tmp:
             if not cv2.imwrite(str(tmp), frame):

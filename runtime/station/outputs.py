@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from aaclip.contract.reviews import DEFAULT_KEEP, DEFAULT_MAX_BYTES, DEFAULT_MAX_FRAMES
+
 from .fields import above, at_least, listen_address, one_of, setting
 
 EVENT_MODES = ("decisions", "alarms")
@@ -105,10 +107,10 @@ class ReviewsOutput:
 
     path: Optional[Path] = setting(None, "reviews file: the line view shows review buttons (off when unset)",
                                    flag="--reviews")
-    max_bytes: int = setting(4 * MiB, "rotate the file when it would pass this size (4 MiB: ~10,000 reviews)",
+    max_bytes: int = setting(DEFAULT_MAX_BYTES, "rotate the file when it would pass this size (4 MiB: ~10,000 reviews)",
                              check=at_least(4096))
-    keep: int = setting(2, "rotated files kept (reviews.jsonl.1 .. .keep); the oldest is deleted", check=at_least(0))
-    max_frames: int = setting(2000, "reviewed frames kept beside the file (the oldest deleted)", check=at_least(1))
+    keep: int = setting(DEFAULT_KEEP, "rotated files kept (reviews.jsonl.1 .. .keep); the oldest is deleted", check=at_least(0))
+    max_frames: int = setting(DEFAULT_MAX_FRAMES, "reviewed frames kept beside the file (the oldest deleted)", check=at_least(1))
 
 
 @dataclass
