@@ -460,4 +460,7 @@ def test_authentication_hook_names_the_reviewer(station, tmp_path):
             {"Content-Type": "application/json", "X-Test-User": "anna"}, method="POST")
         with urllib.request.urlopen(request, timeout=5) as r:
             assert json.loads(r.read())["review"]["user"] == "anna"
+        view.reviews.close()  # a file that cannot be written: the operator is told, nothing half-written
+        status, answer = post(view.url + "/cam/0/review", {"verdict": "false_alarm", "seq": state["alarms"][1]["seq"]})
+        assert status == 500 and answer["error"].startswith("the review could not be written to ")
     assert [r["user"] for r in strict_lines(tmp_path / "reviews.jsonl")] == ["anna"]
