@@ -171,7 +171,7 @@ class LineMonitor(Sink):
     order = 20         # after the evidence writer: an alarm's evidence path is known
 
     def __init__(self, view_fps: float = 5.0, view_width: int = 640, health_timeout_s: float = 10.0,
-                 metrics: bool = True, reviews: Optional["ReviewLog"] = None):
+                 reviews: Optional["ReviewLog"] = None):
         if not view_fps > 0:
             raise ValueError(f"view_fps must be > 0, got {view_fps}")
         self.view_period = 1.0 / view_fps
@@ -186,11 +186,6 @@ class LineMonitor(Sink):
         self.views = 0  # JPEGs encoded for the live view
         self.reviews = reviews  # operator reviews (``reviews``), None when off
         self.failures = 0
-        self.metrics = None
-        if metrics:
-            from .metrics import open_metrics
-
-            self.metrics = open_metrics(self)
 
     # ---- the loop's side ---------------------------------------------------------------------------
     def start(self, context: LoopContext) -> None:

@@ -32,6 +32,7 @@ from typing import Any, Callable, Optional
 from aaclip.contract.errors import UserError
 
 from . import reviews
+from .metrics import INSTALL_HINT, open_metrics
 from .monitor import LineMonitor
 
 log = logging.getLogger(__name__)
@@ -166,8 +167,6 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _metrics(self, monitor: LineMonitor) -> None:
         if monitor.metrics is None:
-            from .metrics import INSTALL_HINT
-
             self._send(HTTPStatus.NOT_IMPLEMENTED, f"prometheus_client is not installed: {INSTALL_HINT}\n".encode(),
                        "text/plain; charset=utf-8")
             return
@@ -247,6 +246,7 @@ class LineView(LineMonitor):
                  reviews: Optional["reviews.ReviewLog"] = None, authenticate: Authenticate = no_authentication):
         super().__init__(view_fps=view_fps, view_width=view_width, health_timeout_s=health_timeout_s,
                          reviews=reviews)
+        self.metrics = open_metrics(self)  # None without prometheus_client: /metrics answers 501
         host, port = parse_address(address)
         try:
             self.server = _Server((host, port), self, authenticate)

@@ -32,7 +32,7 @@ from aaclip.runtime.reviews import ReviewLog, allowed
 from aaclip.runtime.sources import Source, open_source
 from aaclip.runtime.station import ReviewsOutput, load_station
 from aaclip.runtime.web import STREAM_WAIT_S
-from aaclip.train.data_cli import main as data_main
+from aaclip.data.cli import main as data_main
 from click.testing import CliRunner
 from line_fixtures import chromium_driver, read_parts, needs_browser, needs_prometheus, wait_until
 from runtime_fixtures import make_onnx_artifact, read_events
