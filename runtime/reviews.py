@@ -34,7 +34,7 @@ import time
 from collections import deque
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Optional, Protocol
 
 import cv2
 from aaclip.contract.errors import UserError
@@ -58,7 +58,20 @@ from .station.outputs import ReviewsOutput
 
 if TYPE_CHECKING:
     from .decide import Decision
-    from .monitor import CameraState, LineMonitor
+    from .overlay import View
+    from .sinks import LoopContext
+
+
+class Reviewable(Protocol):
+    """What review requests need of the line monitor (``monitor.LineMonitor``; a protocol, so that this
+    module does not import the monitor, which holds a ``ReviewLog``)."""
+
+    reviews: Optional["ReviewLog"]
+    context: Optional["LoopContext"]
+
+    def alarm(self, cam: Any, seq: Any) -> Any: ...
+
+    def on_screen(self, cam: Any) -> Optional[tuple["Decision", "View"]]: ...
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +235,7 @@ def _number(x: float) -> Optional[float]:
     return float(x) if math.isfinite(x) else None
 
 
-def decision_review(monitor: "LineMonitor", decision: "Decision", verdict: str, evidence: Optional[str],
+def decision_review(monitor: Reviewable, decision: "Decision", verdict: str, evidence: Optional[str],
                     user: Optional[str]) -> dict:
     """The reviews-file line of ``verdict`` on ``decision``."""
     raw = getattr(decision, "raw_score", None)
@@ -236,7 +249,7 @@ def decision_review(monitor: "LineMonitor", decision: "Decision", verdict: str, 
             "evidence": evidence, "verdict": verdict, "user": user}
 
 
-def handle_review(monitor: "LineMonitor", cam: "CameraState", body: bytes,
+def handle_review(monitor: Reviewable, cam: Any, body: bytes,
                   user: Optional[str]) -> tuple[int, dict]:
     """A review request from the page of ``cam`` -> (HTTP status, JSON answer).
 
