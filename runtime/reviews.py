@@ -238,13 +238,12 @@ def _number(x: float) -> Optional[float]:
 def decision_review(monitor: Reviewable, decision: "Decision", verdict: str, evidence: Optional[str],
                     user: Optional[str]) -> dict:
     """The reviews-file line of ``verdict`` on ``decision``."""
-    raw = getattr(decision, "raw_score", None)
-    raw, shown = (decision.score, None) if raw is None else (raw, decision.score)  # shown score: aaclip.contract.score
     m = monitor.context.manifest
     return {"timestamp": _iso(time.time()), "camera": decision.source, "frame": decision.frame,
             "run": decision.run_id, "class": decision.class_name, "artifact": m.artifact_path.name,
-            "artifact_sha256": m.sha256, "frame_time": _iso(decision.wall_time), "raw_score": _number(raw),
-            "score": None if shown is None else _number(shown), "threshold": _number(decision.threshold),
+            "artifact_sha256": m.sha256, "frame_time": _iso(decision.wall_time),
+            "raw_score": _number(decision.raw_score), "score": _number(decision.score),
+            "threshold": _number(decision.threshold),
             "map_max": _number(decision.map_max), "cls_score": _number(decision.cls_score),
             "evidence": evidence, "verdict": verdict, "user": user}
 

@@ -239,7 +239,8 @@ def test_operators_review_in_chromium_refit_and_hot_reload(station, tmp_path, mo
             for r in lines:
                 assert (r["camera"], r["run"], r["artifact_sha256"], r["class"]) == (video.name, loop.run_id, sha,
                                                                                     "bottle")
-                assert r["raw_score"] == pytest.approx(events[r["frame"]]["score"], abs=1e-6)
+                assert r["raw_score"] == pytest.approx(events[r["frame"]]["raw_score"], abs=1e-6)
+                assert r["score"] == pytest.approx(events[r["frame"]]["score"], abs=1e-6) and r["score"] >= 0.5
                 assert r["raw_score"] >= before and r["threshold"] == before and r["user"] is None
                 assert Path(r["evidence"]).parent == frames_folder(Path("reviews.jsonl"))
                 assert Path(r["evidence"]).is_file()  # kept with the reviews (a hard link to the evidence)
@@ -275,7 +276,7 @@ def test_operators_review_in_chromium_refit_and_hot_reload(station, tmp_path, mo
     assert [e["frame"] - RUN_FRAMES for e in second if e["alarm"]] == [DEFECT]
     assert second[0]["threshold"] == before and all(e["threshold"] == after for e in second[1:])  # reloaded
     for a, b in zip(first, second):  # the same frames, scored alike: only the threshold moved
-        assert b["score"] == a["score"]
+        assert b["raw_score"] == a["raw_score"]
 
 
 def test_review_requests_undo_missed_restart_and_records(station, tmp_path):
