@@ -167,7 +167,7 @@ def summary_lines(r: RefitResult) -> list[str]:
     n_false, n_conf, n_missed = a.count(FALSE_ALARM), a.count(CONFIRMED), a.count(MISSED)
     lines = [f"reviews: {n_false} false alarm(s), {n_conf} confirmed defect(s), {n_missed} missed defect(s)"
              + (f"; {len(a.skipped)} skipped (see the warnings)" if a.skipped else ""),
-             f"threshold {r.before:.6g} -> {r.after:.6g}"]
+             f"raw threshold {r.before:.6g} -> {r.after:.6g} (shown as 0.5 on the page)"]
     if n_false:
         lines.append(f"false alarms on the reviewed frames: {_share(int((b.scores[FALSE_ALARM] >= r.before).sum()), n_false)}"
                      f" -> {_share(int((a.scores[FALSE_ALARM] >= r.after).sum()), n_false)}")
