@@ -16,8 +16,9 @@ holds at most ``max_frames`` images (the oldest deleted): ``[outputs.reviews]`` 
 review lines and the last 2000 reviewed frames: months of a line's shifts. On start the runtime reads the
 kept files, so the verdicts and counters survive a restart.
 
-Who may review: with authentication on the web server (``authenticate`` hook), the page's credentials;
-without it, only clients on this machine (loopback). Review requests must be JSON
+Who may review: with authentication on the line view (``http_auth``: a token or users), the page's
+credentials (the web server checks them first) and the user's name goes into ``user`` (``"token"`` for the
+bearer token); without it, only clients on this machine (loopback). Review requests must be JSON
 (``Content-Type: application/json``): a browser will not send that to another site's server without asking
 it first (CORS preflight, which this server never grants), so a web page elsewhere cannot post reviews.
 """

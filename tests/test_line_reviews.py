@@ -25,7 +25,9 @@ from aaclip.calibration.cli import cli as calibrate_cli
 from aaclip.contract.errors import UserError
 from aaclip.contract.manifest import load_manifest, open_artifact
 from aaclip.runtime.backends import open_runner
-from aaclip.runtime.cli import RunConfig, open_sinks
+from aaclip.runtime.capture import Backoff
+from aaclip.runtime.cli import RunConfig
+from aaclip.runtime.service import OutputContext, open_outputs
 from aaclip.runtime.loop import CameraLoop, LoopConfig
 from aaclip.contract.reviews import ReviewError, current_verdicts, frames_folder, parse_review, read_reviews
 from aaclip.runtime.reviews import ReviewLog, allowed
@@ -129,12 +131,21 @@ class HeldVideo(Source):
             self.video.release()
 
 
+def station_of(artifact: Path, out: Path, video: HeldVideo, view_fps: float = 20.0, users=()):
+    """``aaclip-runtime ARTIFACT --camera VIDEO --events --evidence --http --reviews``'s station, its outputs in
+    ``out`` as given (relative ones stay relative: short paths on the page)."""
+    station = RunConfig(artifact, (str(video.path),), http="127.0.0.1:0", view_fps=view_fps).station()
+    station.outputs.events.path, station.outputs.evidence.dir = out / "events.jsonl", out / "evidence"
+    station.outputs.reviews.path = out / "reviews.jsonl"
+    station.outputs.http.auth.users = list(users)
+    return station
+
+
 @contextmanager
-def running_station(artifact: Path, out: Path, video: HeldVideo, view_fps: float = 20.0):
-    """The loop with the sinks ``aaclip-runtime --events --evidence --http --reviews`` opens, in a thread."""
-    config = RunConfig(artifact, (str(video.path),), events=out / "events.jsonl", evidence=out / "evidence",
-                       http="127.0.0.1:0", view_fps=view_fps, reviews=out / "reviews.jsonl")
-    sinks = open_sinks(config, [video])
+def running_station(artifact: Path, out: Path, video: HeldVideo, view_fps: float = 20.0, users=()):
+    """The loop with the outputs ``aaclip-runtime --events --evidence --http --reviews`` opens, in a thread."""
+    station = station_of(artifact, out, video, view_fps, users)
+    sinks = list(open_outputs(station, OutputContext(station, [video], Backoff())).values())
     view = next(s for s in sinks if s.name == "web")
     m = open_artifact(artifact)
     with open_runner(m, "onnxruntime") as runner:
@@ -153,13 +164,15 @@ def running_station(artifact: Path, out: Path, video: HeldVideo, view_fps: float
             assert not thread.is_alive()
 
 
-def post(url, body, content_type="application/json"):
-    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": content_type}, method="POST")
+def post(url, body, content_type="application/json", headers=None):
+    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": content_type, **(headers or {})},
+                                     method="POST")
     try:
         with urllib.request.urlopen(request, timeout=5) as r:
             return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
+        text = e.read()
+        return e.code, json.loads(text) if e.headers.get("Content-Type") == "application/json" else text
 
 
 def strict_lines(path: Path) -> list[dict]:
@@ -423,8 +436,9 @@ def test_reviews_file_rules(tmp_path):
         parse_review(json.dumps(dict(base, frame=1, verdict="maybe")), "x.jsonl:1")
     with pytest.raises(ReviewError, match="not a strict JSON object"):
         parse_review(json.dumps(dict(base, frame=1, verdict="missed", raw_score=float("nan"))), "x")
-    with pytest.raises(UserError, match="--reviews needs --http"):
-        open_sinks(RunConfig(tmp_path / "m.onnx", ("0",), reviews=path), [])
+    station = RunConfig(tmp_path / "m.onnx", ("0",), reviews=path).station()
+    with pytest.raises(UserError, match="reviews need the line view: give --http"):
+        open_outputs(station, OutputContext(station, [], Backoff()))
     assert allowed("127.0.0.1", False) is None and allowed("::1", False) is None
     assert allowed("::ffff:127.0.0.1", False) is None
     assert "only from this machine" in allowed("10.0.0.7", False) and allowed("10.0.0.7", True) is None
@@ -447,21 +461,27 @@ def test_station_file_reviews_section(tmp_path):
         load_station(tmp_path / "station.toml")
 
 
-def test_authentication_hook_names_the_reviewer(station, tmp_path):
-    """The web server's access check (``LineView(authenticate=...)``) decides for reviews and names the user."""
+def test_reviews_need_the_pages_credentials(station, tmp_path):
+    """With users on the line view (i24's authentication), a review needs the page's credentials and records
+    who gave it; a review the disk refuses answers 500 with the reason."""
+    import base64
+
+    from aaclip.runtime.http_auth import hash_password
+
     artifact, _, video_path = station
     video = HeldVideo(video_path)
-    with running_station(artifact, tmp_path, video) as (loop, view):
+    basic = {"Authorization": "Basic " + base64.b64encode(b"anna:s3cret").decode()}
+    with running_station(artifact, tmp_path, video, users=[f"anna:{hash_password('s3cret')}"]) as (loop, view):
         video.replay()
         wait_until(lambda: view.cameras and view.cameras[0].inspected == RUN_FRAMES, 20.0, "the pass")
-        view.server.authenticate = lambda handler: (handler.headers.get("X-Test-User") == "anna", "anna")
-        state = json.loads(urllib.request.urlopen(view.url + "/cam/0/state.json", timeout=5).read())
-        request = urllib.request.Request(view.url + "/cam/0/review", json.dumps(
-            {"verdict": "confirmed", "seq": state["alarms"][0]["seq"]}).encode(),
-            {"Content-Type": "application/json", "X-Test-User": "anna"}, method="POST")
-        with urllib.request.urlopen(request, timeout=5) as r:
-            assert json.loads(r.read())["review"]["user"] == "anna"
+        url = view.url + "/cam/0/review"
+        request = urllib.request.Request(view.url + "/cam/0/state.json", headers=basic)
+        state = json.loads(urllib.request.urlopen(request, timeout=5).read())
+        body = {"verdict": "confirmed", "seq": state["alarms"][0]["seq"]}
+        assert post(url, body)[0] == 401  # no credentials, even from this machine
+        status, answer = post(url, body, headers=basic)
+        assert status == 200 and answer["review"]["user"] == "anna"
         view.reviews.close()  # a file that cannot be written: the operator is told, nothing half-written
-        status, answer = post(view.url + "/cam/0/review", {"verdict": "false_alarm", "seq": state["alarms"][1]["seq"]})
+        status, answer = post(url, {"verdict": "false_alarm", "seq": state["alarms"][1]["seq"]}, headers=basic)
         assert status == 500 and answer["error"].startswith("the review could not be written to ")
     assert [r["user"] for r in strict_lines(tmp_path / "reviews.jsonl")] == ["anna"]

@@ -6,8 +6,11 @@ import os
 import re
 from pathlib import Path
 
+from dataclasses import dataclass
+from typing import Optional
+
 import pytest
-from aaclip.runtime.station import ConfigError, StationConfig, load_station, station_toml
+from aaclip.runtime.station import ConfigError, StationConfig, load_station, setting, station_toml
 from aaclip.runtime.station.lines import TomlLines
 
 GOOD = """\
@@ -177,3 +180,42 @@ def test_lines_of_dotted_inline_and_multiline_keys():
 
 def test_station_config_defaults_are_a_valid_empty_station():
     assert StationConfig() == StationConfig() and StationConfig().runtime.debounce == 1
+
+
+def test_state_dir_is_where_relative_outputs_go(tmp_path):
+    c = load_station(station(tmp_path, GOOD.replace('name = "line 3"', 'name = "line 3"\nstate_dir = "/var/lib/x"')))
+    assert c.outputs.events.path == Path("/var/lib/x/events.jsonl") and c.outputs.evidence.dir == Path("/var/lib/x/evidence")
+    assert c.artifacts["plates"].path == str(tmp_path / "plates.onnx")  # inputs stay beside the file
+
+
+@dataclass
+class _Auth:
+    users: list[str] = setting(default_factory=list, doc="user names")
+    token_file: Optional[Path] = setting(None, "a file holding the token")
+
+
+@dataclass
+class _Web:
+    listen: Optional[str] = setting(None, "[HOST]:PORT")
+    ports: tuple[int, ...] = setting((), "more ports")
+    auth: _Auth = setting(default_factory=_Auth)
+
+
+def test_array_and_nested_table_settings_a_new_section_can_use(tmp_path):
+    """What a section added later may declare (a list of strings, a nested table): read, checked, written."""
+    from aaclip.runtime.station.load import _Reader, tomllib
+    from aaclip.runtime.station.write import _section
+
+    text = '[web]\nlisten = ":8080"\nports = [1, 2]\n[web.auth]\nusers = ["ana", "bo"]\ntoken_file = "t"\n'
+    reader = _Reader(tmp_path / "s.toml", TomlLines(text))
+    web = reader.section(_Web, tomllib.loads(text)["web"], ("web",))
+    assert web == _Web(":8080", (1, 2), _Auth(["ana", "bo"], tmp_path / "t"))
+    bad = text.replace('["ana", "bo"]', '["ana", 3]')
+    with pytest.raises(ConfigError, match=r"s.toml line 5: key 'users' of \[web.auth\]: expected a string"):
+        _Reader(tmp_path / "s.toml", TomlLines(bad)).section(_Web, tomllib.loads(bad)["web"], ("web",))
+    out: list[str] = []
+    _section("[web]", web, out)
+    written = "\n".join(out)
+    assert "\n[web.auth]\nusers = [\"ana\", \"bo\"]  # user names\n" in written
+    again = reader.section(_Web, tomllib.loads(written)["web"], ("web",))
+    assert again == web

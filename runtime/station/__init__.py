@@ -7,7 +7,7 @@
     [[cameras]]          source, name, class, artifact, threshold, debounce   (per camera)
     [outputs.events]     path, mode = "decisions"|"alarms", max_bytes, keep, summary_every
     [outputs.evidence]   dir, format, max_files, max_bytes, max_age_days
-    [outputs.video] [outputs.display] [outputs.http] [outputs.mqtt] [outputs.webhook]
+    [outputs.video] [outputs.display] [outputs.http] [outputs.mqtt] [outputs.webhook] [outputs.opcua]
     [outputs.reviews]    path, max_bytes, keep, max_frames   (operators' verdicts from the line view)
 
 Modules: ``schema`` (the sections as dataclasses), ``outputs`` (one dataclass per ``[outputs.NAME]``),
@@ -23,8 +23,9 @@ Adding a section (e.g. ``[outputs.opcua]``, ``[outputs.reviews]``):
 
 1. write its dataclass in ``outputs.py`` (or beside your code, imported there), each key a field declared
    with ``setting(default, "one-line doc", check=..., flag="--your-flag")``; supported types: ``str``,
-   ``int``, ``float``, ``bool``, ``Path`` (relative ones are taken from the file's folder) and ``Optional``
-   of those; a nested dataclass is a nested table;
+   ``int``, ``float``, ``bool``, ``Path`` (relative ones are taken from the file's folder), ``list[X]`` /
+   ``tuple[X, ...]`` of one of those (a TOML array) and ``Optional`` of those; a nested dataclass is a
+   nested table (``[outputs.http.auth]``);
 2. add one field to ``Outputs`` (``opcua: OpcUaOutput = setting(default_factory=OpcUaOutput)``): the field
    name is the section name;
 3. in ``runtime/cli.py``: map your flags to the fields (``FLAGS``) and open your sink in ``open_sinks``.
@@ -38,11 +39,13 @@ from __future__ import annotations
 from .fields import above, at_least, one_of, setting
 from .load import ConfigError, check_station, load_station, station_from_dict
 from .outputs import (
+    HttpAuthSettings,
     DisplayOutput,
     EventsOutput,
     EvidenceOutput,
     HttpOutput,
     MqttOutput,
+    OpcuaOutput,
     Outputs,
     ReviewsOutput,
     VideoOutput,
@@ -53,7 +56,7 @@ from .write import station_toml
 
 __all__ = [
     "ArtifactSection", "CameraSection", "ConfigError", "DisplayOutput", "EventsOutput", "EvidenceOutput",
-    "HttpOutput", "MqttOutput", "Outputs", "ReviewsOutput", "RuntimeSection", "StationConfig", "StationSection", "VideoOutput",
+    "HttpAuthSettings", "HttpOutput", "MqttOutput", "OpcuaOutput", "Outputs", "ReviewsOutput", "RuntimeSection", "StationConfig", "StationSection", "VideoOutput",
     "WebhookOutput", "above", "at_least", "check_station", "load_station", "one_of", "setting",
     "station_from_dict", "station_toml",
 ]

@@ -46,10 +46,3 @@ def above(low: float) -> Check:
     def check(value: Any) -> Optional[str]:
         return None if value > low and math.isfinite(value) else f"write a value > {low:g}"
     return check
-
-
-def listen_address(value: Any) -> Optional[str]:
-    host, sep, port = str(value).rpartition(":")
-    if sep and port.isdigit() and 0 <= int(port) < 65536:
-        return None
-    return "write [HOST]:PORT, e.g. \"127.0.0.1:8080\" (this machine only) or \":8080\" (every interface)"

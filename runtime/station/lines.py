@@ -84,3 +84,14 @@ class TomlLines:
                 return self.keys[(table[:-1], table[-1])]
             table = table[:-1]
         return None
+
+
+def describe(table: tuple, key: Optional[str]) -> str:
+    """``key 'max_bytes' of [outputs.events]``, ``key 'class' of camera #2``, ``[artifacts.plates]``."""
+    where = (f"camera #{table[1] + 1}" if len(table) >= 2 and table[0] == "cameras" and isinstance(table[1], int)
+             else f"[{dotted(table)}]" if table else "the top level")
+    return f"key '{key}' of {where}" if key is not None else where
+
+
+def dotted(table: tuple) -> str:
+    return ".".join(str(p) if isinstance(p, str) else f"#{p + 1}" for p in table)

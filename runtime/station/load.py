@@ -13,7 +13,7 @@ from typing import Any, Optional, Union
 from aaclip.contract.errors import UserError
 
 from .fields import toml_key
-from .lines import TomlLines
+from .lines import TomlLines, describe, dotted
 from .schema import ArtifactSection, CameraSection, StationConfig, settings
 
 if sys.version_info >= (3, 11):
@@ -48,7 +48,7 @@ class _Reader:
     def section(self, cls, value: Any, table: tuple):
         if not isinstance(value, dict):
             raise self.fail(table[:-1], str(table[-1]), f"expected a table, got {_what(value)}",
-                            f"write it as a [{_dotted(table)}] section with key = value lines")
+                            f"write it as a [{dotted(table)}] section with key = value lines")
         by_key = {toml_key(f): f for f in settings(cls)}
         hints = typing.get_type_hints(cls)
         kwargs = {}
@@ -76,6 +76,13 @@ class _Reader:
         return converted
 
     def convert(self, base, raw: Any, table: tuple, key: str, f) -> Any:
+        if typing.get_origin(base) in (list, tuple):  # list[str], tuple[str, ...]: an array of one scalar type
+            item = typing.get_args(base)[0]
+            if not isinstance(raw, list):
+                raise self.fail(table, key, f"expected an array of {_NAMES[item]}, got {_show(raw)} ({_what(raw)})",
+                                f"write e.g. {key} = [{_EXAMPLES[item]}]")
+            items = [self.convert(item, x, table, key, f) for x in raw]
+            return tuple(items) if typing.get_origin(base) is tuple else items
         ok = {bool: isinstance(raw, bool), int: isinstance(raw, int) and not isinstance(raw, bool),
               float: isinstance(raw, (int, float)) and not isinstance(raw, bool),
               str: isinstance(raw, str), Path: isinstance(raw, str)}.get(base)
@@ -94,17 +101,6 @@ class _Reader:
             path = Path(raw).expanduser()
             return path if path.is_absolute() else self.base / path
         return raw
-
-
-def describe(table: tuple, key: Optional[str]) -> str:
-    """``key 'max_bytes' of [outputs.events]``, ``key 'class' of camera #2``, ``[artifacts.plates]``."""
-    where = (f"camera #{table[1] + 1}" if len(table) >= 2 and table[0] == "cameras" and isinstance(table[1], int)
-             else f"[{_dotted(table)}]" if table else "the top level")
-    return f"key '{key}' of {where}" if key is not None else where
-
-
-def _dotted(table: tuple) -> str:
-    return ".".join(str(p) if isinstance(p, str) else f"#{p + 1}" for p in table)
 
 
 def _unoptional(hint: Any) -> Any:
@@ -164,8 +160,9 @@ def read_station_text(path: Path) -> str:
 _AT_LINE = re.compile(r"\s*\(at line (\d+), column (\d+)\)")
 
 
-def load_station(path: Union[str, Path]) -> StationConfig:
-    """Read and check a station file (see ``check_station``); relative paths are taken from its folder."""
+def load_station(path: Union[str, Path], check: bool = True) -> StationConfig:
+    """Read a station file; relative paths are taken from its folder. ``check``: also what single keys cannot
+    tell (``check_station``; off when the command line adds the artifact or cameras, checked after)."""
     path = Path(path)
     text = read_station_text(path)
     try:
@@ -178,7 +175,8 @@ def load_station(path: Union[str, Path]) -> StationConfig:
         raise ConfigError(f"{at}: not valid TOML ({problem}); fix the syntax: key = value, strings in quotes, "
                           "[section] headers") from None
     config = station_from_dict(data, path, TomlLines(text))
-    check_station(config)
+    if check:
+        check_station(config)
     return config
 
 
@@ -241,8 +239,8 @@ def check_station(config: StationConfig) -> None:
         raise fail((), None, "no artifact", 'add [artifacts.NAME] with path = "model.onnx" (or give ARTIFACT)')
     if not config.cameras:
         raise fail((), None, "no camera", 'add a [[cameras]] section with source = "0" (or give --camera)')
-    for name, artifact in config.artifacts.items():
-        if "://" not in artifact.path and not Path(artifact.path).expanduser().is_file():
+    for name, artifact in config.artifacts.items():  # (a command line's ARTIFACT: open_artifact says it)
+        if config.lines is not None and "://" not in artifact.path and not Path(artifact.path).expanduser().is_file():
             raise fail(("artifacts", name), "path", f"artifact {artifact.path} not found",
                        "correct the path, or export the model there (aaclip-export ... --out PATH)")
     seen: dict[str, int] = {}

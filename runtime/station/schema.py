@@ -6,14 +6,19 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from .fields import above, at_least, one_of, setting
+from .fields import at_least, one_of, setting
 from .outputs import Outputs
 
 LOG_LEVELS = ("debug", "info", "warning")
-BACKENDS = ("auto", "tensorrt", "onnxruntime", "openvino", "triton")
 PRECISIONS = ("fp32", "bf16")
 PERF_HINTS = ("latency", "throughput")
 DEFAULT_OPEN_TIMEOUT_S = 10.0
+
+
+def _backend(value: str):
+    from ..backends import backend_names  # the registry knows every backend, added ones included
+
+    return one_of(*backend_names())(value)
 
 
 @dataclass
@@ -30,7 +35,7 @@ class StationSection:
 class RuntimeSection:
     """``[runtime]``: how models run, and the defaults of every camera."""
 
-    backend: str = setting("auto", "auto, tensorrt, onnxruntime, openvino or triton", check=one_of(*BACKENDS),
+    backend: str = setting("auto", "auto, tensorrt, onnxruntime, openvino or triton", check=lambda v: _backend(v),
                            flag="--backend")
     precision: Optional[str] = setting(None, "openvino: fp32 or bf16 (bf16 only after aaclip-calibrate bf16)",
                                        check=one_of(*PRECISIONS), flag="--precision")
@@ -55,8 +60,10 @@ class RuntimeSection:
     reconnect_delay: float = setting(0.5, "first reconnect delay (s), doubling", check=at_least(0.0),
                                      flag="--reconnect-delay")
     reconnect_max: float = setting(10.0, "longest reconnect delay (s)", check=at_least(0.0), flag="--reconnect-max")
-    open_timeout: float = setting(DEFAULT_OPEN_TIMEOUT_S, "seconds a network camera may take to open",
+    open_timeout: float = setting(DEFAULT_OPEN_TIMEOUT_S, "seconds a camera may take to deliver its first frame",
                                   check=at_least(0.1), flag="--open-timeout")
+    wait_for_source: bool = setting(False, "wait for a camera that is not up at start instead of exiting 2 after "
+                                           "open_timeout", flag="--wait-for-source")
     in_flight: Optional[int] = setting(None, "served model: batches on the server at once", check=at_least(1),
                                        flag="--in-flight")
     watchdog: bool = setting(True, "under systemd (NOTIFY_SOCKET): READY=1 after every camera's first frame, "
@@ -111,8 +118,10 @@ class StationConfig:
         """``FILE line N: `` of a key (``where("cameras", 1, "class")``), for errors found after loading."""
         if self.origin is None or self.lines is None:
             return ""
+        from .lines import describe
+
         line = self.lines.line_of(tuple(path[:-1]), path[-1])
-        return f"{self.origin} line {line}: " if line else f"{self.origin}: "
+        return f"{self.origin}{f' line {line}' if line else ''}: {describe(tuple(path[:-1]), path[-1])}: "
 
 
 def settings(cls) -> list:

@@ -27,6 +27,8 @@ def toml_value(value: Any) -> str:
         return repr(value)
     if isinstance(value, (str, Path)):
         return toml_string(str(value))
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
     raise TypeError(f"cannot write {type(value).__name__} to TOML")
 
 
@@ -35,17 +37,21 @@ def toml_key_text(key: str) -> str:
 
 
 def _section(header: str, section: Any, out: list[str]) -> None:
+    """``[header]`` and its keys; a nested dataclass follows as ``[header.key]``."""
     out.append("")
     out.append(header)
+    nested = []
     for f in settings(type(section)):
         value = getattr(section, f.name)
-        if is_dataclass(value):
-            continue
         key, doc = toml_key(f), f.metadata.get("doc", "")
-        if value is None:
+        if is_dataclass(value):
+            nested.append((key, value))
+        elif value is None:
             out.append(f"# {key} = (unset){'  # ' + doc if doc else ''}")
         else:
             out.append(f"{key} = {toml_value(value)}{'  # ' + doc if doc else ''}")
+    for key, value in nested:
+        _section(f"{header[:-1]}.{toml_key_text(key)}]", value, out)
 
 
 def station_toml(config: StationConfig) -> str:
@@ -59,5 +65,5 @@ def station_toml(config: StationConfig) -> str:
     for camera in config.cameras:
         _section("[[cameras]]", camera, out)
     for f in settings(type(config.outputs)):
-        _section(f"[outputs.{toml_key(f)}]", getattr(config.outputs, f.name), out)
+        _section(f"[outputs.{toml_key_text(toml_key(f))}]", getattr(config.outputs, f.name), out)
     return "\n".join(out) + "\n"
