@@ -485,3 +485,34 @@ def test_reviews_need_the_pages_credentials(station, tmp_path):
         status, answer = post(url, {"verdict": "false_alarm", "seq": state["alarms"][1]["seq"]}, headers=basic)
         assert status == 500 and answer["error"].startswith("the review could not be written to ")
     assert [r["user"] for r in strict_lines(tmp_path / "reviews.jsonl")] == ["anna"]
+
+
+def test_a_reload_that_changes_the_reviews_reopens_the_line_view(tmp_path):
+    """SIGHUP: [outputs.reviews] lives in the line view, so a new reviews file reopens the view with it."""
+    import copy
+
+    from aaclip.runtime.service import StationReload
+
+    class Loop:  # what the reload asks of the loop here
+        def __init__(self):
+            self.removed, self.added = [], []
+
+        def replace_sinks(self, old, new):
+            self.removed += old
+            self.added += new
+            for sink in old:
+                sink.close()
+
+    running = RunConfig(tmp_path / "m.onnx", ("0",), http="127.0.0.1:0", reviews=tmp_path / "a.jsonl").station()
+    ctx = OutputContext(running, [], Backoff())
+    sinks = open_outputs(running, ctx)
+    new = copy.deepcopy(running)
+    new.outputs.reviews.path = tmp_path / "b.jsonl"
+    loop = Loop()
+    try:
+        assert StationReload(lambda: new, running, sinks, ctx)._outputs(loop, new) == ["http", "reviews"]
+        assert loop.removed[0].reviews.path == tmp_path / "a.jsonl"
+        assert loop.added[0].reviews.path == tmp_path / "b.jsonl" and (tmp_path / "b.jsonl").exists()
+    finally:
+        for sink in loop.added:
+            sink.close()
