@@ -19,7 +19,7 @@ from aaclip.contract.manifest import load_manifest
 from aaclip.runtime.backends import open_runner
 from aaclip.runtime.loop import CameraLoop, LoopConfig
 from aaclip.runtime.sinks import EventLog
-from aaclip.runtime.web import BOUNDARY, LineView, parse_address
+from aaclip.runtime.web import BOUNDARY, HttpAccess, LineView, parse_address
 from line_fixtures import Feeder, ScriptedCamera, chromium_driver, needs_browser, needs_prometheus, wait_until
 from runtime_fixtures import frame_image, make_onnx_artifact, read_events
 
@@ -50,7 +50,8 @@ def get(url, timeout=5.0):
 
 
 def test_parse_address():
-    assert parse_address(":8080") == ("", 8080) and parse_address("8080") == ("", 8080)
+    assert parse_address(":8080") == ("127.0.0.1", 8080) and parse_address("8080") == ("127.0.0.1", 8080)  # loopback
+    assert parse_address("0.0.0.0:8080") == ("0.0.0.0", 8080)
     assert parse_address("127.0.0.1:0") == ("127.0.0.1", 0) and parse_address("[::1]:9000") == ("::1", 9000)
     for bad in ("host:", "x:99999", "abc"):
         with pytest.raises(UserError, match="give \\[HOST\\]:PORT"):
@@ -144,7 +145,7 @@ def test_stream_renders_only_while_watched_and_stalled_clients_never_slow_the_lo
     from aaclip.runtime import web
 
     camera = ScriptedCamera()
-    view = LineView("127.0.0.1:0", view_fps=10)
+    view = LineView("127.0.0.1:0", view_fps=10, access=HttpAccess(timeout=0.5))  # a stalled client: out in 0.5 s
     feeder = Feeder(camera, fps=50)
     with running_loop(tmp_path, camera, [view]):
         feeder.start()
@@ -170,7 +171,6 @@ def test_stream_renders_only_while_watched_and_stalled_clients_never_slow_the_lo
 
         # A client that never reads: its thread blocks on a full socket, the loop does not notice.
         monkeypatch.setattr(web, "STREAM_SNDBUF", 4096)
-        monkeypatch.setattr(web._Handler, "timeout", 0.5)
         stalled = socket.socket()
         stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         stalled.connect(("127.0.0.1", view.port))
