@@ -122,7 +122,7 @@ def test_demo_runs_with_each_peer_family(tmp_path, monkeypatch, method):
     assert manifest["score"]["calibration"]["frames"] == demo.CALIBRATION_FRAMES
     rows = [json.loads(line) for line in (tmp_path / "runtime" / "events.jsonl").read_text().splitlines()]
     assert len(rows) == 2 * demo.FRAMES_PER_PART == s["runtime"]["frames"]
-    assert all(r["anomalous"] == (r["score"] >= manifest["score"]["threshold"]) for r in rows)
+    assert all(r["anomalous"] == (r["raw_score"] >= manifest["score"]["threshold"]) for r in rows)
     report = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert report["plate"]["n_images"] == 6 and 0.0 <= report["plate"]["pixel_auroc"] <= 1.0
     assert report_lines(s, tmp_path, 1.0)[0].startswith(f"aaclip-demo ({method}) finished")
