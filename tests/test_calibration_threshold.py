@@ -182,21 +182,29 @@ def test_dry_run_and_labelled_report(tmp_path):
     assert block["source"] == "calibration" and block["calibration"]["frames"] == 24
 
 
-def test_bad_inputs_exit_2_with_one_line(tmp_path):
+def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys):
     art = make_onnx_artifact(tmp_path, classes=("bottle", "cable"), class_offsets=(0.0, 1.0))
     write_normals(tmp_path / "good", 3)
     cases = [
-        (["threshold", art, "--images", tmp_path / "good"], "choose the one these frames show with --class NAME"),
+        (["threshold", art, "--images", tmp_path / "good"],
+         "model.onnx holds several classes; choose the one these frames show with --class NAME"),
         (["threshold", art], "give exactly one source of normal frames"),
         (["threshold", art, "--camera", tmp_path / "x.avi", "--class", "bottle"], "--camera needs --frames N"),
         (["threshold", art, "--images", tmp_path / "good", "--class", "bottle", "--far", "0.7"],
-         "far must be a rate in (0, 0.5)"),
-        (["threshold", art, "--images", tmp_path / "nothing", "--class", "bottle"], "not found"),
+         "far must be a rate in (0, 0.5), got 0.7"),
+        (["threshold", art, "--images", tmp_path / "nothing", "--class", "bottle"],
+         f"image folder {tmp_path / 'nothing'} not found"),
     ]
+    manifest_before = (tmp_path / "model.onnx.manifest.json").read_bytes()
+    capsys.readouterr()
     for args, message in cases:
         with pytest.raises(SystemExit) as exc:
             main([str(a) for a in args])
+        out, err = capsys.readouterr()
         assert exc.value.code == 2, args
+        assert out == "" and err.startswith(f"error: {message}") and err.count("\n") == 1, (args, err)
+    assert not (tmp_path / "model.onnx.calibration.png").exists()  # nothing written by a refused run
+    assert (tmp_path / "model.onnx.manifest.json").read_bytes() == manifest_before
 
 
 def test_bad_input_message(tmp_path, capsys):
