@@ -1,6 +1,7 @@
 """docs/reliability.md, the camera loop's part: full disks, read-only folders, bad options, dead and stalled
 sources, signals, recalibration while running, temporary files of killed runs."""
 import errno
+import importlib.util
 import json
 import os
 import re
@@ -311,8 +312,14 @@ def test_temporary_files_of_a_killed_run_are_removed_at_the_next_start(tmp_path)
     assert (tmp_path / "out.avi").stat().st_size > 0
 
 
-def test_manifest_whose_input_size_differs_from_the_graph_is_refused(tmp_path):
-    """A manifest copied beside another export (sha256 updated by hand) still cannot lie about the frame size."""
+@pytest.mark.parametrize("backend", [
+    "onnxruntime",
+    pytest.param("openvino", marks=pytest.mark.skipif(importlib.util.find_spec("openvino") is None,
+                                                      reason="openvino not installed (the dev extra installs it)")),
+])
+def test_manifest_whose_input_size_differs_from_the_graph_is_refused(tmp_path, backend):
+    """A manifest copied beside another export (sha256 updated by hand) still cannot lie about the frame size:
+    each backend checks its own graph's input (named explicitly: ``auto`` would test only one of them)."""
     from runtime_fixtures import build_darkness_onnx
 
     art = make_onnx_artifact(tmp_path)
@@ -323,5 +330,8 @@ def test_manifest_whose_input_size_differs_from_the_graph_is_refused(tmp_path):
     data["artifact"]["sha256"] = sha256_file(art)
     data["artifact"]["size_bytes"] = art.stat().st_size
     write_manifest(art, data)
-    r = cli(art, "--camera", write_video(tmp_path / "v.avi", 1))
-    assert r.exit_code == 2 and "the graph takes 32x48 frames but its manifest says 64x64" in r.stderr
+    r = cli(art, "--camera", write_video(tmp_path / "v.avi", 1), "--backend", backend)
+    assert r.exit_code == 2, r.output
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [r.stderr.splitlines()[-1]] and "Traceback" not in r.output, r.stderr
+    assert errors[0].startswith(f"error: {backend}: the graph takes 32x48 frames but its manifest says 64x64"), r.stderr
