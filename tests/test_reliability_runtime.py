@@ -3,6 +3,7 @@ sources, signals, recalibration while running, temporary files of killed runs.""
 import errno
 import importlib.util
 import json
+import logging
 import os
 import re
 import signal
@@ -19,11 +20,11 @@ from aaclip.contract.files import atomic_path
 from aaclip.contract.manifest import load_manifest, manifest_path, open_artifact, write_manifest
 from aaclip.runtime import sinks as sinks_module
 from aaclip.runtime.backends import open_runner
-from aaclip.runtime.capture import Backoff
+from aaclip.runtime.capture import MAX_UNREADABLE_IN_A_ROW, Backoff
 from aaclip.runtime.cli import RunConfig, main, run
 from aaclip.runtime.loop import CameraLoop, LoopConfig
 from aaclip.runtime.sinks import EventLog
-from aaclip.runtime.sources import ImageFolderSource, Source
+from aaclip.runtime.sources import ImageFolderSource, Source, open_source
 from click.testing import CliRunner
 from reliability_fixtures import fill, tmpfs
 from runtime_fixtures import make_onnx_artifact, read_events, write_video
@@ -151,37 +152,92 @@ def test_folder_of_broken_images_with_loop_ends_instead_of_spinning(tmp_path):
     folder.mkdir()
     for name in ("a.png", "b.jpg", "c.png"):
         (folder / name).write_bytes(b"not an image")
-    t0 = time.monotonic()
-    summary = run(RunConfig(art, (str(folder),), drop=False, loop_files=True, stats_every=0))
-    assert time.monotonic() - t0 < 20 and summary.frames == 0 and summary.unreadable >= 100
+    m = open_artifact(art)
+    with open_runner(m, "onnxruntime") as runner:
+        loop = CameraLoop(runner, m, [open_source(str(folder), loop=True)], [0],
+                          LoopConfig(drop=False, stats_every=0))
+        watchdog = threading.Timer(60, loop.stop, args=("watchdog",))  # a guard against spinning, not a limit
+        watchdog.start()
+        try:
+            summary = loop.run()
+        finally:
+            watchdog.cancel()
+    # it gave up after MAX_UNREADABLE_IN_A_ROW broken reads in a row instead of looping over them for ever
+    assert (summary.frames, summary.unreadable, summary.stopped_by) == (0, MAX_UNREADABLE_IN_A_ROW, "end")
 
 
 class NeverOpens(Source):
     name, is_live = "dead-camera", True
 
-    def __init__(self):
+    def __init__(self, on_open=None):
         self.opens = 0
+        self.on_open = on_open
 
     def open(self):
         self.opens += 1
+        if self.on_open:
+            self.on_open(self.opens)
         return False
 
     def read(self):
         return False, None
 
 
+class RecordingEvent(threading.Event):
+    """The loop's stop event, recording the timeouts the capture thread waits with (its reconnect delays)."""
+
+    def __init__(self):
+        super().__init__()
+        self.waits: list[float] = []
+
+    def wait(self, timeout=None):
+        if threading.current_thread().name.startswith("capture-"):
+            self.waits.append(timeout)
+        return super().wait(timeout)
+
+
+class CountLines(logging.Handler):
+    def __init__(self, text: str):
+        super().__init__()
+        self.text, self.count = text, 0
+
+    def emit(self, record):
+        self.count += self.text in record.getMessage()
+
+
 def test_camera_that_never_opens_backs_off_even_with_zero_delay(tmp_path, caplog):
     m = open_artifact(make_onnx_artifact(tmp_path))
-    source = NeverOpens()
-    with open_runner(m) as runner:
-        loop = CameraLoop(runner, m, [source], [0], LoopConfig(backoff=Backoff(0.0, 0.2), stats_every=0.3))
-        threading.Timer(1.5, loop.stop, args=("test",)).start()
-        with caplog.at_level("INFO"):
-            summary = loop.run()
-    # 0.05, 0.1, 0.2, 0.2, ... s: about 8 tries in 1.5 s, not thousands
-    assert 4 <= source.opens <= 12 and summary.frames == 0 and summary.stopped_by == "test"
-    assert caplog.text.count("capture 0.0 fps | infer 0.0 fps") >= 3  # stats lines keep coming while stalled
-    assert caplog.text.count("reconnect try") <= 6  # once per backoff step
+    stats = CountLines("capture 0.0 fps | infer 0.0 fps")
+    logging.getLogger().addHandler(stats)
+    stop_event = RecordingEvent()
+
+    def stop_when_seen_enough(opens):  # 8 tries and 3 stats lines: the loop kept reporting while stalled
+        if opens >= 8 and stats.count >= 3:
+            loop.stop("test")
+
+    source = NeverOpens(stop_when_seen_enough)
+    watchdog = None
+    try:
+        with open_runner(m, "onnxruntime") as runner:
+            loop = CameraLoop(runner, m, [source], [0], LoopConfig(backoff=Backoff(0.0, 0.2), stats_every=0.3,
+                                                                   stop_event=stop_event))
+            watchdog = threading.Timer(60, loop.stop, args=("watchdog",))
+            watchdog.start()
+            with caplog.at_level("INFO"):
+                summary = loop.run()
+    finally:
+        logging.getLogger().removeHandler(stats)
+        if watchdog is not None:
+            watchdog.cancel()
+    assert summary.frames == 0 and summary.stopped_by == "test" and stats.count >= 3
+    # every try waited first, 0.05, 0.1, 0.2, 0.2, ... s (never 0, whatever --reconnect-delay says); the last
+    # wait is the one the stop ended
+    it = Backoff(0.0, 0.2).delays()
+    assert stop_event.waits == [next(it) for _ in range(source.opens + 1)]
+    assert stop_event.waits[:4] == [0.05, 0.1, 0.2, 0.2]
+    # a warning once per backoff step (tries 1, 2, 3), then every 10th try
+    logged = [a for a in range(1, source.opens + 1) if a <= 3 or a % 10 == 0]
+    assert re.findall(r"reconnect try (\d+) failed", caplog.text) == [str(a) for a in logged]
 
 
 def _stalled_rtsp_server():
@@ -258,6 +314,28 @@ def test_events_carry_a_run_id_and_stay_strict_json_with_nan_outputs(tmp_path, m
     assert all(e["score"] is None and e["map_max"] is None and e["decision"] == "normal" for e in ev[6:])
 
 
+class Recalibrator(EventLog):
+    """The event log, plus a recalibration after the 4th decision (aaclip-calibrate writing the manifest while
+    the loop runs), and a stop 3 decisions after the new threshold is in use."""
+
+    def __init__(self, path: Path, art: Path, loop_holder: list):
+        super().__init__(path)
+        self.art, self.loop_holder = art, loop_holder
+        self.decisions = self.after = 0
+
+    def emit(self, decision, view):
+        super().emit(decision, view)
+        self.decisions += 1
+        if self.decisions == 4:
+            data = json.loads(manifest_path(self.art).read_text())
+            data["score"].update(threshold=0.1, source="calibration")  # what aaclip-calibrate writes
+            write_manifest(self.art, data)
+        if decision.threshold == 0.1:
+            self.after += 1
+            if self.after == 3:
+                self.loop_holder[0].stop("test")
+
+
 def test_recalibrated_manifest_is_picked_up_without_restart(tmp_path, caplog):
     art = make_onnx_artifact(tmp_path, threshold=0.5)
     folder = tmp_path / "frames"
@@ -269,25 +347,26 @@ def test_recalibrated_manifest_is_picked_up_without_restart(tmp_path, caplog):
         cv2.imwrite(str(folder / f"{i}.png"), frame_image(False, (64, 64), seed=i))  # clean: score ~0.22
     m = open_artifact(art)
     events = tmp_path / "ev.jsonl"
-    with open_runner(m) as runner:
+    holder: list = []
+    with open_runner(m, "onnxruntime") as runner:
         loop = CameraLoop(runner, m, [ImageFolderSource(sorted(folder.iterdir()), "frames", loop=True)], [0],
                           LoopConfig(drop=False, stats_every=0, reload_every_s=0.05, poll_s=0.01),
-                          [EventLog(events)])
-
-        def recalibrate():
-            time.sleep(0.3)
-            data = json.loads(manifest_path(art).read_text())
-            data["score"].update(threshold=0.1, source="calibration")  # what aaclip-calibrate writes
-            write_manifest(art, data)
-
-        threading.Thread(target=recalibrate).start()
-        threading.Timer(0.9, loop.stop, args=("test",)).start()
-        with caplog.at_level("WARNING"):
-            summary = loop.run()
+                          [Recalibrator(events, art, holder)])
+        holder.append(loop)
+        watchdog = threading.Timer(60, loop.stop, args=("watchdog",))
+        watchdog.start()
+        try:
+            with caplog.at_level("WARNING"):
+                summary = loop.run()
+        finally:
+            watchdog.cancel()
     ev = read_events(events)
+    assert summary.stopped_by == "test"
     assert summary.reloads == 1 and "score constants reloaded (threshold 0.5 -> 0.1)" in caplog.text
-    assert ev[0]["threshold"] == 0.5 and not ev[0]["anomalous"]
-    assert ev[-1]["threshold"] == 0.1 and ev[-1]["anomalous"]
+    thresholds = [e["threshold"] for e in ev]
+    switch = thresholds.index(0.1)
+    assert switch >= 4 and thresholds == [0.5] * switch + [0.1] * 3  # one switch, after the write, never back
+    assert not any(e["anomalous"] for e in ev[:switch]) and all(e["anomalous"] for e in ev[switch:])
     assert load_manifest(art).score.threshold == 0.1
 
 
