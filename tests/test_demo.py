@@ -3,6 +3,7 @@ import json
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 from aaclip.demo.cli import (
     CALIBRATION_FRAMES,
@@ -14,6 +15,7 @@ from aaclip.demo.cli import (
     run_demo,
 )
 from metric_reference import assert_report_matches, reference_metrics
+from plot_checks import bar_pixels_mask, dashed_columns, read_png
 
 
 def auroc_standard_error(auc: float, n_normal: int, n_anomalous: int) -> float:
@@ -54,7 +56,10 @@ def test_demo_calibration_is_in_the_manifest(demo):
     score = manifest["score"]
     assert score["source"] == "calibration" and score["threshold"] == s["calibration"]["threshold"]
     assert score["calibration"]["frames"] == CALIBRATION_FRAMES
-    assert (out / "calibration" / "scores.png").is_file()
+    assert s["calibration"]["plot"] == str(out / "calibration" / "scores.png")
+    plot = read_png(out / "calibration" / "scores.png")  # normal frames' bars, the test anomalies', the threshold
+    blue, red = (np.flatnonzero(m.any(axis=0)) for m in bar_pixels_mask(plot))
+    assert plot.shape == (400, 700, 3) and len(dashed_columns(plot)) in (1, 2) and blue.size > 5 and red.size > 5
 
 
 def test_demo_runtime_outputs(demo):
