@@ -26,7 +26,7 @@ from aaclip.runtime.loop import CameraLoop, LoopConfig
 from aaclip.runtime.sinks import EventLog
 from aaclip.runtime.sources import ImageFolderSource, Source, open_source
 from click.testing import CliRunner
-from reliability_fixtures import fill, tmpfs
+from reliability_fixtures import FAULTS, full_disk, read_only_folder
 from runtime_fixtures import make_onnx_artifact, read_events, write_video
 
 pytestmark = pytest.mark.reliability
@@ -49,11 +49,11 @@ def cli(*args):
 
 
 # ---- outputs on a full disk or a read-only folder --------------------------------------------------
-def test_full_disk_keeps_inspecting_counts_failures_and_never_writes_half_lines(tmp_path):
+@pytest.mark.parametrize("how", FAULTS)
+def test_full_disk_keeps_inspecting_counts_failures_and_never_writes_half_lines(tmp_path, how, monkeypatch):
     art = make_onnx_artifact(tmp_path)
     video = write_video(tmp_path / "v.avi", 40, defect_frames=list(range(5, 40, 3)))
-    with tmpfs(tmp_path / "out", size="64k") as out:
-        fill(out, leave_bytes=6000)  # room for a few events and no evidence image
+    with full_disk(tmp_path / "out", 6000, how, monkeypatch) as out:  # room for a few events (tmpfs: no evidence)
         summary = run(RunConfig(art, (str(video),), drop=False, events=out / "ev.jsonl", evidence=out / "evidence",
                                 stats_every=0))
         events = strict_events(out / "ev.jsonl")
@@ -85,10 +85,11 @@ def test_enospc_mid_line_is_cut_back_to_whole_lines(tmp_path, monkeypatch, caplo
     assert "No space left on device" in caplog.text
 
 
-def test_read_only_output_folder_is_one_error_line_at_start(tmp_path):
+@pytest.mark.parametrize("how", FAULTS)
+def test_read_only_output_folder_is_one_error_line_at_start(tmp_path, how, monkeypatch):
     art = make_onnx_artifact(tmp_path)
     video = write_video(tmp_path / "v.avi", 2)
-    with tmpfs(tmp_path / "ro", read_only=True) as ro:
+    with read_only_folder(tmp_path / "ro", how, monkeypatch) as ro:
         for option, target in (("--events", ro / "ev.jsonl"), ("--evidence", ro / "evidence"),
                                ("--video", ro / "out.avi")):
             r = cli(art, "--camera", video, option, target)
