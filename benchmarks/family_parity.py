@@ -43,7 +43,7 @@ TRAINED_SCALE = 0.02  # std of the random stand-in for trained weights (zero-ini
 
 def openai_format_weights(name: str, path: Path, seed: int) -> Path:
     """Seeded random weights of ``name`` (OpenCLIP = OpenAI key layout), float16-rounded, as safetensors."""
-    from aaclip.train.backbone import write_random_weights
+    from aaclip.train.common.backbone import write_random_weights
     from safetensors.torch import load_file, save_file
 
     if path.is_file():
@@ -59,7 +59,7 @@ def family_size(method: str, backbone: str, size: Optional[int]) -> int:
         return size
     if method.startswith("res2clip"):
         return 518
-    from aaclip.train.families.clip_ad import native_image_size
+    from aaclip.train.families.clip_ad.config import native_image_size
 
     return native_image_size(backbone) or 336
 
@@ -67,8 +67,9 @@ def family_size(method: str, backbone: str, size: Optional[int]) -> int:
 def make_checkpoint(method: str, weights: Path, backbone: str, size: int, out: Path, seed: int) -> Path:
     """The family's checkpoint with random stand-ins for trained weights and, for Res2CLIP, a real bank."""
     import torch
-    from aaclip.train.checkpoint import init_checkpoint, load_checkpoint, save_checkpoint
-    from aaclip.train.config import BackboneConfig
+    from aaclip.train.checkpoint import init_checkpoint, load_checkpoint
+    from aaclip.train.common.checkpoint_files import save_checkpoint
+    from aaclip.train.common.config import BackboneConfig
     from aaclip.train.families import get_family
 
     family = get_family(method)
@@ -77,7 +78,7 @@ def make_checkpoint(method: str, weights: Path, backbone: str, size: int, out: P
     refs = None
     if family.references:
         import cv2
-        from aaclip.train import synth
+        from aaclip.data import synth
 
         folder = out.parent / f"refs-{size}" / CLASS
         folder.mkdir(parents=True, exist_ok=True)
@@ -111,7 +112,7 @@ def export_in_child(ckpt: Path, out: Path, precision: str) -> dict:
 
 
 def frames_at(size: int, n: int, seed: int) -> np.ndarray:
-    from aaclip.train import synth
+    from aaclip.data import synth
 
     rng = np.random.default_rng(seed)
     out = []

@@ -1,6 +1,6 @@
 """FLOPs per image of a checkpoint's deployed graph: its model family's analytic count (``Family.flops``).
 
-AA-CLIP's count (``VisionGeometry`` ... ``model_flops``) lives with the family in ``aaclip.train.flops``.
+AA-CLIP's count (``VisionGeometry`` ... ``model_flops``) lives with the family in ``aaclip.train.families.aa_clip.flops``.
 """
 from __future__ import annotations
 

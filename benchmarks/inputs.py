@@ -23,7 +23,7 @@ def bench_frames(size: int, n: int, seed: int = 0, class_name: str = DEFAULT_CLA
     ``frame_hw`` renders at another (camera) resolution than ``size`` (the loop resizes them).
     """
     import cv2
-    from aaclip.train.synth import synthetic_video_frames
+    from aaclip.data.synth import synthetic_video_frames
 
     frames, _ = synthetic_video_frames(class_name, n, set(range(1, n, 3)), size, seed=seed)
     if frame_hw is not None and tuple(frame_hw) != (size, size):

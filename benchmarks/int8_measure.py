@@ -55,7 +55,7 @@ def main(backbone: str, size: int, frames: int, holdout: int, method: str, repea
     from aaclip.calibration.int8 import Int8Options, quantize_artifact
     from aaclip.export.onnx_export import export_onnx
     from aaclip.train.checkpoint import random_checkpoint
-    from aaclip.train.synth import draw_product
+    from aaclip.data.synth import draw_product
 
     with tempfile.TemporaryDirectory(prefix="aaclip-measure-") as tmp:
         root = Path(tmp)

@@ -80,7 +80,7 @@ class RssSampler(threading.Thread):
 def _write_frames(folder: Path, n: int, size: int, seed: int = 11) -> Path:
     import cv2
     import numpy as np
-    from aaclip.train.synth import draw_product
+    from aaclip.data.synth import draw_product
 
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -102,8 +102,8 @@ def step_checkpoint(work: Path, name: str, size: int) -> dict:
 def step_train(work: Path, stage: int, batch: int) -> dict:
     import torch
     from aaclip.train.checkpoint import load_checkpoint
-    from aaclip.train.records import Record
-    from aaclip.train.trainer import Trainer, TrainOptions
+    from aaclip.data.records import Record
+    from aaclip.train.families.aa_clip.trainer import Trainer, TrainOptions
 
     model = load_checkpoint(work / "ckpt")
     size = model.config.image_size

@@ -117,7 +117,7 @@ def data_inputs(data_file: Path, manifest: Manifest, class_name: Optional[str]
     Records are matched to the artifact's classes by ``class_name``; ``--class`` keeps one class only. A
     single-class artifact whose class name appears in no record takes all records (with a warning).
     """
-    from aaclip.train.records import read_records
+    from aaclip.data.records import read_records
 
     records = read_records(data_file)
     if class_name is not None:
@@ -140,7 +140,7 @@ def data_inputs(data_file: Path, manifest: Manifest, class_name: Optional[str]
             log.info("%d of %d records belong to other classes and are skipped", len(records) - len(chosen),
                      len(records))
     root = Path(data_file).parent
-    from aaclip.train.records import resolve
+    from aaclip.data.records import resolve
 
     def part(label: int, what: str) -> Optional[FrameInput]:
         sel = [(resolve(root, r.image_path), cid) for r, cid in chosen if r.label == label]
@@ -196,7 +196,7 @@ def synthetic_pairs(manifest: Manifest, n: int, seed: int = 0,
     Drawn at the artifact's input size (square at the smaller side, then fitted by the runtime's resize).
     The synthetic class is the artifact's class when it is one of ``synth.CLASSES``, else they cycle.
     """
-    from aaclip.train import synth
+    from aaclip.data import synth
 
     rng = np.random.default_rng(seed)
     size = max(synth.MIN_IMAGE_SIZE, min(manifest.height, manifest.width))

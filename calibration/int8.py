@@ -302,7 +302,7 @@ def holdout_set(manifest: Manifest, held_normals: Sequence[Item], anomalies: Opt
                 n_synthetic: int, seed: int, max_anomalies: int) -> tuple[list[Item], np.ndarray, str]:
     """Held-out frames and labels: held-out user normals + synthetic products, and labelled anomalies when
     given, else the same normals with synthetic defects (``synth.add_defect``)."""
-    from aaclip.train import synth
+    from aaclip.data import synth
 
     class_ids = sorted({it.class_id for it in held_normals}) or None
     syn_good, syn_bad = synthetic_pairs(manifest, n_synthetic, seed, class_ids) if n_synthetic else ([], [])

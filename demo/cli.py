@@ -71,7 +71,7 @@ def write_camera_video(path: Path, n_parts: int, defective_parts: frozenset[int]
     ``frames_per_part`` frames each; the parts in ``defective_parts`` carry defects. Returns the defect frames."""
     import cv2
     from aaclip.contract.files import atomic_path
-    from aaclip.train.synth import synthetic_video_frames
+    from aaclip.data.synth import synthetic_video_frames
 
     frames, defect_frames = [], []
     for part in range(n_parts):
@@ -107,7 +107,7 @@ def train_model(model, train, root: Path, ckpt: Path, seed: int) -> str:
     method = model.config.method
     family = get_family(method)
     if method == DEFAULT_METHOD:
-        from aaclip.train.trainer import Trainer, TrainOptions
+        from aaclip.train.families.aa_clip.trainer import Trainer, TrainOptions
 
         Trainer(model, train, root, ckpt, TrainOptions(seed=seed, **TRAIN)).run()
         return "two-stage training (text adapters, then image adapters)"
@@ -120,9 +120,10 @@ def prepare_checkpoint(ckpt: Path, out: Path, method: str, paths: dict, seed: in
     """The demo's random tiny checkpoint of ``method`` (its CLIP weights outside it, as real ones would be);
     a trainable family's classes come from the data at training time, a training-free one gets them now
     (and its references from the normal training images)."""
-    from aaclip.train.checkpoint import load_checkpoint, random_checkpoint, save_checkpoint
+    from aaclip.train.checkpoint import load_checkpoint, random_checkpoint
+    from aaclip.train.common.checkpoint_files import save_checkpoint
     from aaclip.train.families import get_family
-    from aaclip.train.records import class_names, read_records
+    from aaclip.data.records import class_names, read_records
 
     family = get_family(method)
     classes = {} if family.trainable else {c: family.object_name(c) for c in class_names(read_records(paths["train"]))}
@@ -131,7 +132,8 @@ def prepare_checkpoint(ckpt: Path, out: Path, method: str, paths: dict, seed: in
                       fields=dict(FAMILY_FIELDS.get(method, {})))
     model = load_checkpoint(ckpt)
     if family.references and classes:
-        from aaclip.train.references import add_references, reference_paths
+        from aaclip.data.references import reference_paths
+        from aaclip.train.families.res2clip.bank import add_references
 
         add_references(model, reference_paths(list(classes), model.config.shots, data=paths["train"]))
         save_checkpoint(model, ckpt)
@@ -150,8 +152,8 @@ def _run_stages(out: Path, seed: int, method: str) -> dict:
     from aaclip.contract.metrics import markdown_table
     from aaclip.train.evaluate import evaluate
     from aaclip.train.families import get_family
-    from aaclip.train.records import read_records
-    from aaclip.train.synth import generate_dataset
+    from aaclip.data.records import read_records
+    from aaclip.data.synth import generate_dataset
 
     family = get_family(method)
     total = 6

@@ -5,12 +5,12 @@ happens here: uint8 -> float, BGR -> RGB, NHWC -> NCHW, the optional resize from
 (PIL's 8-bit bicubic reproduced exactly with float32 MatMuls and Floor, see ``resize.py``), CLIP
 mean/std, the selection of each image's per-class constants (computed once at export time, held as a
 constant), and the family's deploy module (``Family.deploy``: for AA-CLIP the image tower with its
-adapters and the post-processing of ``aaclip.train.maps``, the one source of truth for SPEC section 5).
+adapters and the post-processing of ``aaclip.train.common.maps``, the one source of truth for SPEC section 5).
 
 The deploy module's ``predict`` is called as a method (not a module call), so its own arithmetic
 (similarities, blur, up-sampling) sits at the graph's top scope while its submodules (blocks, adapters,
 projections) keep their module scopes; INT8 quantization selects nodes by that (calibration/int8.py).
-In FP32 the deploy copy is numerically the model (``aaclip.train.deploy``: exportable attention); FP16
+In FP32 the deploy copy is numerically the model (``aaclip.train.common.deploy``: exportable attention); FP16
 runs the transformer blocks in half precision.
 """
 from __future__ import annotations
@@ -19,8 +19,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
-from aaclip.train.constants import CLIP_MEAN, CLIP_STD
-from aaclip.train.deploy import PRECISIONS, deploy_copy
+from aaclip.train.common.constants import CLIP_MEAN, CLIP_STD
+from aaclip.train.common.deploy import PRECISIONS, deploy_copy
 from aaclip.train.families import get_family
 from torch import nn
 

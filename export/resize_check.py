@@ -91,8 +91,8 @@ def candidates() -> dict[str, Callable[[np.ndarray, int], np.ndarray]]:
 
 
 def synthetic_full_hd(n: int, seed: int = 0, hw: tuple[int, int] = FULL_HD) -> list[np.ndarray]:
-    """BGR frames (full HD by default) of the synthetic products (aaclip.train.synth), cropped from squares."""
-    from aaclip.train import synth
+    """BGR frames (full HD by default) of the synthetic products (aaclip.data.synth), cropped from squares."""
+    from aaclip.data import synth
 
     rng = np.random.default_rng(seed)
     frames = []

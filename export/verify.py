@@ -163,7 +163,7 @@ def _synthetic_frames(classes: Sequence[str], n: int, hw: tuple[int, int], seed:
     ids = np.arange(n, dtype=np.int64) % len(classes)
     h, w = hw
     try:
-        from aaclip.train import synth
+        from aaclip.data import synth
     except ImportError:  # pragma: no cover - synth ships with aaclip.train
         synth = None
     frames = np.zeros((n, h, w, 3), np.uint8)

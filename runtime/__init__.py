@@ -1,6 +1,11 @@
 """aaclip.runtime: the lean camera loop that runs an exported artifact described by its manifest.
 
-Owns: manifest reading/checking, backends (TensorRT, ONNX Runtime), sources, sinks, scoring, the loop.
-May import: numpy, opencv, click, and optionally tensorrt/pycuda/onnxruntime. Never torch or open_clip,
-and nothing else from aaclip: this package must run on a bare Jetson.
+Owns: the backend registry and runners (``backends/``: ONNX Runtime, OpenVINO, TensorRT, Triton), video
+sources and capture (``sources``, ``capture``), per-frame decisions (``decide``), the loop (``loop``),
+drawing (``overlay``), sinks (``sinks``: events, evidence, video, display), the line outputs (the web view
+``web`` over the live state of ``monitor``, ``/metrics`` ``metrics``, ``mqtt``, ``webhook``) and
+``aaclip-runtime`` (``cli``).
+May import: aaclip.contract (manifest, score, feeds, files); numpy, opencv, click; optionally tensorrt,
+pycuda, onnxruntime, openvino, tritonclient, prometheus_client, paho-mqtt. Never torch or open_clip: it
+runs on a bare Jetson.
 """

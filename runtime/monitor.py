@@ -165,8 +165,7 @@ class LineMonitor(Sink):
     needs_maps = True  # alarm thumbnails and the live view show the heat map
     order = 20         # after the evidence writer: an alarm's evidence path is known
 
-    def __init__(self, view_fps: float = 5.0, view_width: int = 640, health_timeout_s: float = 10.0,
-                 metrics: bool = True):
+    def __init__(self, view_fps: float = 5.0, view_width: int = 640, health_timeout_s: float = 10.0):
         if not view_fps > 0:
             raise ValueError(f"view_fps must be > 0, got {view_fps}")
         self.view_period = 1.0 / view_fps
@@ -180,11 +179,6 @@ class LineMonitor(Sink):
         self.closed = threading.Event()
         self.views = 0  # JPEGs encoded for the live view
         self.failures = 0
-        self.metrics = None
-        if metrics:
-            from .metrics import open_metrics
-
-            self.metrics = open_metrics(self)
 
     # ---- the loop's side ---------------------------------------------------------------------------
     def start(self, context: LoopContext) -> None:

@@ -29,6 +29,7 @@ from typing import Any, Optional
 
 from aaclip.contract.errors import UserError
 
+from .metrics import INSTALL_HINT, open_metrics
 from .monitor import LineMonitor
 
 log = logging.getLogger(__name__)
@@ -118,8 +119,6 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _metrics(self, monitor: LineMonitor) -> None:
         if monitor.metrics is None:
-            from .metrics import INSTALL_HINT
-
             self._send(HTTPStatus.NOT_IMPLEMENTED, f"prometheus_client is not installed: {INSTALL_HINT}\n".encode(),
                        "text/plain; charset=utf-8")
             return
@@ -191,6 +190,7 @@ class LineView(LineMonitor):
 
     def __init__(self, address: str, view_fps: float = 5.0, view_width: int = 640, health_timeout_s: float = 10.0):
         super().__init__(view_fps=view_fps, view_width=view_width, health_timeout_s=health_timeout_s)
+        self.metrics = open_metrics(self)  # None without prometheus_client: /metrics answers 501
         host, port = parse_address(address)
         try:
             self.server = _Server((host, port), self)

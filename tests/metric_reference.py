@@ -28,7 +28,7 @@ def reference_metrics(ckpt: Path, records_file: Path, map_weight: float,
     (the ranges over that class's test set) and, where anomalies have masks, pixel AUROC/AP."""
     from aaclip.train.checkpoint import load_checkpoint
     from aaclip.train.evaluate import predict_records
-    from aaclip.train.records import read_records
+    from aaclip.data.records import read_records
 
     records = read_records(records_file)
     label_of = {r.image_path: r.label for r in records}

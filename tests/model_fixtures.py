@@ -9,7 +9,8 @@ TINY_CLASSES = {"disk": "metal disk", "wood": "wooden board"}
 
 
 def tiny_config(weights: str | None = None, seed: int = 0, **overrides):
-    from aaclip.train.config import AAClipConfig, BackboneConfig
+    from aaclip.train.common.config import BackboneConfig
+    from aaclip.train.families.aa_clip.config import AAClipConfig
 
     backbone = BackboneConfig(name=TINY, weights=weights, init_seed=None if weights else seed)
     fields = dict(backbone=backbone, image_size=TINY_SIZE, classes=dict(TINY_CLASSES))

@@ -12,7 +12,7 @@ from aaclip.benchmarks.loop_timing import STAGES, steady_state
 from aaclip.benchmarks.measure import latency_stats, time_calls
 from aaclip.benchmarks.peaks import cpu_peak, device_peak, gpu_peak, measure_cpu_peaks, measured_cpu_peak
 from aaclip.benchmarks.report import ROW_COLUMNS
-from aaclip.train.flops import VisionGeometry, flops_breakdown, geometry_from_config, model_flops
+from aaclip.train.families.aa_clip.flops import VisionGeometry, flops_breakdown, geometry_from_config, model_flops
 from model_fixtures import tiny_config
 
 

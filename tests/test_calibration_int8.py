@@ -11,7 +11,7 @@ from aaclip.contract.files import sha256_file
 from aaclip.contract.manifest import check_artifact, load_manifest
 from aaclip.contract.metrics import spearman
 from aaclip.runtime.backends import RunnerOptions, open_runner
-from aaclip.train.synth import draw_product
+from aaclip.data.synth import draw_product
 from click.testing import CliRunner
 from model_fixtures import make_tiny_checkpoint
 from runtime_fixtures import make_onnx_artifact

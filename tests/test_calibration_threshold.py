@@ -16,7 +16,7 @@ from aaclip.contract.files import sha256_file
 from aaclip.contract.manifest import load_manifest
 from aaclip.runtime.backends.onnxruntime import OnnxRuntimeRunner
 from aaclip.runtime.cli import main as runtime_main
-from aaclip.train.synth import draw_product
+from aaclip.data.synth import draw_product
 from click.testing import CliRunner
 from plot_checks import bar_pixels_mask, dashed_columns, read_png
 from runtime_fixtures import SIZE, frame_image, make_onnx_artifact, read_events

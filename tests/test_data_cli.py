@@ -11,8 +11,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from aaclip.train.data_cli import main
-from aaclip.train.records import Record, read_records
+from aaclip.data.cli import main
+from aaclip.data.records import Record, read_records
 from click.testing import CliRunner
 
 
@@ -154,9 +154,9 @@ def test_synth_wiring_with_stub(tmp_path, monkeypatch):
         calls.append((Path(out_dir), kw))
         return {"train": Path(out_dir) / "train.jsonl", "test": Path(out_dir) / "test.jsonl"}
 
-    stub = types.ModuleType("aaclip.train.synth")
+    stub = types.ModuleType("aaclip.data.synth")
     stub.generate_dataset = generate_dataset
-    monkeypatch.setitem(sys.modules, "aaclip.train.synth", stub)
+    monkeypatch.setitem(sys.modules, "aaclip.data.synth", stub)
     out = tmp_path / "syn"
     res = _run("synth", str(out), "--seed", "5", "--size", "32", "--classes", "a, b",
                "--train-normal", "1", "--test-normal", "2", "--test-anomalous", "3")
@@ -169,8 +169,8 @@ def test_synth_wiring_with_stub(tmp_path, monkeypatch):
     assert res.exit_code == 2 and "names no class" in res.output
 
 
-@pytest.mark.skipif(importlib.util.find_spec("aaclip.train.synth") is None,
-                    reason="aaclip.train.synth not written yet")
+@pytest.mark.skipif(importlib.util.find_spec("aaclip.data.synth") is None,
+                    reason="aaclip.data.synth not written yet")
 def test_synth_real(tmp_path):
     out = tmp_path / "syn"
     res = _run("synth", str(out), "--size", "32", "--classes", "disk,wood", "--train-normal", "1",
@@ -188,7 +188,7 @@ def test_help_and_module_entry():
     for cmd in ("mvtec", "visa", "btad", "shots", "check", "synth"):
         assert cmd in res.output
     assert "ROOT/<split>.jsonl" in _run("mvtec", "--help").output
-    proc = subprocess.run([sys.executable, "-m", "aaclip.train.data_cli", "check", "/nonexistent.jsonl"],
+    proc = subprocess.run([sys.executable, "-m", "aaclip.data.cli", "check", "/nonexistent.jsonl"],
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: records file not found: /nonexistent.jsonl; pass an existing .jsonl file"

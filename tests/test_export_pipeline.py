@@ -79,7 +79,7 @@ def fp32_camera(ckpt, model, out_dir):
 @pytest.fixture(scope="session")
 def frames():
     """Eight 64x64 BGR frames: synthetic products, half with a defect."""
-    from aaclip.train import synth
+    from aaclip.data import synth
 
     rng = np.random.default_rng(3)
     out = []
@@ -189,7 +189,7 @@ def test_fp16_graph_types_and_parity_with_fp32(fp16_single, fp32_single, frames)
 
 
 def test_camera_resolution_graph_resizes_like_training(fp32_camera, model, anchors):
-    from aaclip.train import synth
+    from aaclip.data import synth
     from PIL import Image
 
     proto = onnx.load(str(fp32_camera.path))
@@ -274,7 +274,7 @@ def test_manifest_round_trip(fp32_multi, fp32_single, ckpt):
     assert d["outputs"][0]["shape"] == ["B", 64, 64]
     assert d["score"] == {"map_lo": 2.0, "map_hi": 6.0, "cls_lo": 0.5, "cls_hi": 1.0, "map_weight": 0.5,
                           "threshold": 0.5, "pixel_threshold": 0.5, "source": "default", "calibration": None}
-    from aaclip.train.families.aaclip import default_score
+    from aaclip.train.families.aa_clip.family import default_score
 
     assert d["score"] == default_score(4, "industrial").to_block("default")
     assert d["tools"]["opset"] == 17 and d["tools"]["torch"] == torch.__version__

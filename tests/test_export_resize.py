@@ -26,7 +26,7 @@ def _pil(rgb: np.ndarray, h: int, w: int) -> np.ndarray:
 
 def _frames(h: int, w: int, seed: int) -> list[np.ndarray]:
     """Random noise (every rounding case) and a natural-looking product with saturated highlights."""
-    from aaclip.train import synth
+    from aaclip.data import synth
 
     rng = np.random.default_rng(seed)
     noise = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)

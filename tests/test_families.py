@@ -10,9 +10,10 @@ import torch
 import torch.nn.functional as F
 from aaclip.contract.errors import UserError
 from aaclip.train.checkpoint import load_checkpoint, random_checkpoint
-from aaclip.train.config import AAClipConfig, BackboneConfig, ModelConfig
+from aaclip.train.common.config import BackboneConfig, ModelConfig
+from aaclip.train.families.aa_clip.config import AAClipConfig
 from aaclip.train.families import Family, family_names, get_family
-from aaclip.train.model import AAClip
+from aaclip.train.families.aa_clip.model import AAClip
 from click.testing import CliRunner
 from model_fixtures import TINY, TINY_SIZE, make_tiny_checkpoint
 
@@ -73,7 +74,7 @@ def test_unknown_method_or_newer_format_in_a_config_is_refused(tmp_path):
 @pytest.mark.parametrize("mode, interpolation, antialias", [("bicubic-antialias", "bicubic", True),
                                                             ("bilinear", "bilinear", False)])
 def test_position_embedding_resize_follows_the_config(tmp_path, mode, interpolation, antialias):
-    from aaclip.train.backbone import build_clip, read_state_dict, write_random_weights
+    from aaclip.train.common.backbone import build_clip, read_state_dict, write_random_weights
 
     weights = write_random_weights(TINY, tmp_path / "w.safetensors", seed=0)
     native = read_state_dict(weights)["visual.positional_embedding"]  # 6 x 6 grid + class slot
@@ -104,7 +105,7 @@ def test_random_checkpoint_is_one_builder_for_every_use(tmp_path):
 
 
 def test_train_init_writes_an_untrained_checkpoint(tmp_path):
-    from aaclip.train.backbone import write_random_weights
+    from aaclip.train.common.backbone import write_random_weights
     from aaclip.train.train_cli import main
 
     weights = write_random_weights(TINY, tmp_path / "clip.safetensors", seed=0)
@@ -163,7 +164,7 @@ def test_pretrained_tag_is_resized_with_the_backbones_mode(monkeypatch):
     """A pretrained tag with a non-default resize mode: the weights load at their native size and are
     resized with the config's mode (OpenCLIP alone would resize them bicubic+antialias)."""
     import open_clip
-    from aaclip.train import backbone as bb
+    from aaclip.train.common import backbone as bb
 
     real = open_clip.create_model
     natives = []

@@ -10,16 +10,16 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from aaclip.train import losses, maps
+from aaclip.train.common import losses, maps
 from aaclip.train.checkpoint import load_checkpoint
-from aaclip.train.data_cli import main as data_main
+from aaclip.data.cli import main as data_main
 from aaclip.train.eval_cli import main as eval_main
 from aaclip.train.evaluate import NOT_COMPUTED, class_metrics, overlay_name
-from aaclip.train.layouts import folder_records
-from aaclip.train.records import Record, read_records
-from aaclip.train.shots import split_records
-from aaclip.train.synth import add_defect, draw_product
-from aaclip.train.trainer import Trainer, TrainOptions
+from aaclip.data.layouts import folder_records
+from aaclip.data.records import Record, read_records
+from aaclip.data.shots import split_records
+from aaclip.data.synth import add_defect, draw_product
+from aaclip.train.families.aa_clip.trainer import Trainer, TrainOptions
 from click.testing import CliRunner
 from metric_reference import assert_report_matches, reference_metrics
 from model_fixtures import make_tiny_checkpoint

@@ -6,8 +6,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from aaclip.train.layouts import btad_records, mvtec_records, visa_records
-from aaclip.train.records import DataError, Record
+from aaclip.data.layouts import btad_records, mvtec_records, visa_records
+from aaclip.data.records import DataError, Record
 
 
 def _img(path: Path) -> None:

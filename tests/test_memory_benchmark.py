@@ -13,7 +13,7 @@ from aaclip.calibration import int8
 from aaclip.contract.manifest import load_manifest
 from aaclip.export.onnx_export import export_onnx
 from aaclip.train.checkpoint import random_checkpoint
-from aaclip.train.synth import draw_product
+from aaclip.data.synth import draw_product
 
 
 @pytest.fixture(scope="module")

@@ -4,12 +4,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from aaclip.train import maps
-from aaclip.train.adapters import ResidualAdapter, blend
+from aaclip.train.common import maps
+from aaclip.train.families.aa_clip.adapters import ResidualAdapter, blend
 from aaclip.train.checkpoint import build_model
-from aaclip.train.constants import default_levels
-from aaclip.train.prompts import prompt_sentences
-from aaclip.train.vv_attention import stage1_visual_features, vv_block
+from aaclip.train.common.constants import default_levels
+from aaclip.train.common.prompts import prompt_sentences
+from aaclip.train.common.vv_attention import stage1_visual_features, vv_block
 from model_fixtures import TINY_SIZE, tiny_config
 
 
@@ -94,7 +94,7 @@ def test_text_tower_with_zero_lambda_equals_openclip(model):
 
 
 def test_position_embedding_resized_bicubic_antialias(tmp_path):
-    from aaclip.train.backbone import build_clip, read_state_dict, write_random_weights
+    from aaclip.train.common.backbone import build_clip, read_state_dict, write_random_weights
 
     write_random_weights("aaclip-tiny", tmp_path / "w.safetensors", seed=4)
     clip, _ = build_clip(tiny_config(weights=str(tmp_path / "w.safetensors")))

@@ -17,7 +17,7 @@ from aaclip.runtime.backends.base import infer_frames
 from aaclip.runtime.backends.openvino import FP32_SCOPES, OpenVinoRunner
 from aaclip.runtime.backends.options import runner_options
 from aaclip.runtime.cli import RunConfig, run
-from aaclip.train.synth import draw_product
+from aaclip.data.synth import draw_product
 from click.testing import CliRunner
 from model_fixtures import make_tiny_checkpoint
 from runtime_fixtures import CLEAN_LEVEL, frame_image, make_onnx_artifact, read_events, write_video

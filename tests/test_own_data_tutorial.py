@@ -16,9 +16,9 @@ from aaclip.calibration.cli import cli as calibrate_main
 from aaclip.contract.manifest import load_manifest
 from aaclip.export.cli import cli as export_main
 from aaclip.runtime.cli import main as runtime_main
-from aaclip.train.data_cli import main as data_main
+from aaclip.data.cli import main as data_main
 from aaclip.train.eval_cli import main as eval_main
-from aaclip.train.records import read_records
+from aaclip.data.records import read_records
 from aaclip.train.train_cli import main as train_main
 from click.testing import CliRunner
 from metric_reference import assert_report_matches, reference_metrics

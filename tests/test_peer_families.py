@@ -42,8 +42,8 @@ def _train_cli_error(args) -> str:
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    from aaclip.train.backbone import write_random_weights
-    from aaclip.train.synth import generate_dataset
+    from aaclip.train.common.backbone import write_random_weights
+    from aaclip.data.synth import generate_dataset
 
     root = tmp_path_factory.mktemp("peers")
     paths = generate_dataset(root / "data", classes=list(CLASSES), image_size=SIZE, n_train_normal=3,
@@ -85,7 +85,7 @@ def models(ckpts):
 
 @pytest.fixture(scope="module")
 def frames():
-    from aaclip.train import synth
+    from aaclip.data import synth
 
     rng = np.random.default_rng(3)
     out = [synth.draw_product(CLASSES[i % 2], rng, SIZE) for i in range(3)]
@@ -101,9 +101,9 @@ def _normalized(frames):
 
 # ---- registry, configs, backbones -------------------------------------------------------------------------
 def test_families_are_registered_with_their_backbone_settings(ckpts, models):
-    from aaclip.train.config import BackboneConfig
+    from aaclip.train.common.config import BackboneConfig
     from aaclip.train.families import get_family
-    from aaclip.train.families.clip_ad import ClipAdConfig
+    from aaclip.train.families.clip_ad.config import ClipAdConfig
 
     listed = _train_cli(["methods"])
     for line in ("clip-ad\ttraining-free\t", "clip-ad-plus\ttrainable, import-official\t", "res2clip\ttraining-free\t",
@@ -130,7 +130,7 @@ def test_families_are_registered_with_their_backbone_settings(ckpts, models):
 
 # ---- CLIP-AD: maps and scores by hand -------------------------------------------------------------------------
 def test_representative_vectors(caplog):
-    from aaclip.train.clip_ad import prompt_sentences, representative_vector
+    from aaclip.train.families.clip_ad.model import prompt_sentences, representative_vector
 
     normal, abnormal = prompt_sentences("metal_nut")
     assert (len(normal), len(abnormal)) == (198, 220)
@@ -193,7 +193,7 @@ def _official_res2clip(m, images, bank_rows, rt_text, rt_res):
     """``R2:test.py`` for one class (sorted sparsemax, the 5x5 kernel module, the identity interpolate, torch.sort)."""
     import math
 
-    from aaclip.train.peer_ops import sparsemax_sorted
+    from aaclip.train.common.peer_ops import sparsemax_sorted
 
     feats, g = m.encode(images)
     n, G = m.shots * m.patches, m.grid
@@ -242,7 +242,7 @@ def _official_res2clip(m, images, bank_rows, rt_text, rt_res):
 
 @pytest.mark.parametrize("method", ["res2clip", "res2clip-ft"])
 def test_res2clip_equals_the_official_test_loop(models, frames, method):
-    from aaclip.train.res2clip import text_sentences
+    from aaclip.train.families.res2clip.model import text_sentences
 
     m = models[method]
     normal, anomalous = text_sentences()
@@ -264,9 +264,9 @@ def test_res2clip_equals_the_official_test_loop(models, frames, method):
 
 
 def test_res2clip_bank_is_built_from_the_chosen_normal_images(workspace, ckpts, models):
-    from aaclip.train.preprocess import load_rgb, normalize, to_unit_tensor
-    from aaclip.train.records import read_records, resolve
-    from aaclip.train.shots import sample_shots
+    from aaclip.train.common.preprocess import load_rgb, normalize, to_unit_tensor
+    from aaclip.data.records import read_records, resolve
+    from aaclip.data.shots import sample_shots
 
     root, paths = workspace
     m = models["res2clip"]
@@ -281,7 +281,7 @@ def test_res2clip_bank_is_built_from_the_chosen_normal_images(workspace, ckpts, 
 
 def test_reference_images_and_the_references_command(workspace, ckpts, tmp_path):
     import cv2
-    from aaclip.train import synth
+    from aaclip.data import synth
 
     root, _ = workspace
     refs = tmp_path / "refs"
@@ -347,8 +347,8 @@ def test_fit_resumes_to_the_uninterrupted_result(workspace, ckpts, tmp_path, met
 
 
 def test_sdp_plus_loss_is_focal_plus_dice_per_tap(models, frames):
-    from aaclip.train.clip_ad_trainer import sdp_plus_loss
-    from aaclip.train.losses import dice_loss, focal_loss
+    from aaclip.train.families.clip_ad.trainer import sdp_plus_loss
+    from aaclip.train.common.losses import dice_loss, focal_loss
 
     m = models["clip-ad-plus"]
     x = _normalized(frames[:2])

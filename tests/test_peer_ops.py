@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from aaclip.train.dual_path import DualPathBlock, dpam_streams, surgery_streams
-from aaclip.train.peer_ops import (
+from aaclip.train.common.dual_path import DualPathBlock, dpam_streams, surgery_streams
+from aaclip.train.common.peer_ops import (
     scipy_gaussian_blur,
     sparsemax,
     sparsemax_sorted,
@@ -25,7 +25,7 @@ from aaclip.train.peer_ops import (
 def tiny_visual():
     """A random aaclip-tiny image tower at 64 px (4 blocks, width 64, 4 heads, 8 x 8 grid)."""
     import open_clip
-    from aaclip.train import backbone  # noqa: F401 - registers aaclip-tiny
+    from aaclip.train.common import backbone  # noqa: F401 - registers aaclip-tiny
 
     torch.manual_seed(0)
     clip = open_clip.create_model("aaclip-tiny", force_image_size=64, device="cpu").eval()
@@ -191,7 +191,7 @@ def test_clip_ad_streams_equal_the_official_forward_with_its_in_place_trap(tiny_
 def test_clip_ad_stage_sums_over_two_blocks():
     """8 blocks: each stage's surgery feature is the sum of its 2 blocks' V-V outputs (restart per stage)."""
     import open_clip
-    from aaclip.train import backbone  # noqa: F401
+    from aaclip.train.common import backbone  # noqa: F401
 
     torch.manual_seed(1)
     cfg = open_clip.get_model_config("aaclip-tiny")
@@ -246,7 +246,7 @@ def test_res2clip_dpam_stream_equals_anomalyclip_forward(tiny_visual):
 def test_feature_surgery_closed_form():
     """``CA:util/surgery.py`` clip_feature_surgery (w = p / mean(p), element-wise features minus their mean over
     the classes, summed) equals p_a (F T_a) - p_n (F T_n) on the anomaly channel."""
-    from aaclip.train.clip_ad import surgery_map
+    from aaclip.train.families.clip_ad.model import surgery_map
 
     rng = np.random.default_rng(3)
     feats = [F.normalize(torch.from_numpy(rng.normal(size=(2, 10, 8)).astype(np.float32)), dim=-1) for _ in range(4)]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from aaclip.contract.errors import UserError
-from aaclip.train.records import (
+from aaclip.data.records import (
     DataError,
     Record,
     class_counts,
@@ -81,7 +81,7 @@ def test_normal_without_mask_field_and_extra_fields(tmp_path, caplog):
             '{"image_path": "m.png", "label": 0, "class_name": "c", "note": "y", "score": 1}',
         ],
     )
-    with caplog.at_level(logging.DEBUG, logger="aaclip.train.records"):
+    with caplog.at_level(logging.DEBUG, logger="aaclip.data.records"):
         recs = read_records(path, check_files=False)
     assert recs == [Record("n.png", 0, "c"), Record("m.png", 0, "c")]
     unknown = [r.getMessage() for r in caplog.records if "unknown field" in r.getMessage()]

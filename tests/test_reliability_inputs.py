@@ -14,7 +14,7 @@ from aaclip.contract.images import ImageError, header_size, read_image
 from aaclip.contract.manifest import open_artifact
 from aaclip.export.verify import verification_frames
 from aaclip.runtime.cli import RunConfig, run
-from aaclip.train.records import read_records
+from aaclip.data.records import read_records
 from runtime_fixtures import make_onnx_artifact
 
 pytestmark = pytest.mark.reliability
@@ -96,7 +96,7 @@ def test_evaluation_skips_records_with_bad_files(tmp_path, caplog):
     """One truncated test image must not abort an evaluation after its inference: it is skipped and counted."""
     from aaclip.train.checkpoint import load_checkpoint
     from aaclip.train.evaluate import predict_records
-    from aaclip.train.synth import generate_dataset
+    from aaclip.data.synth import generate_dataset
     from model_fixtures import make_tiny_checkpoint
 
     paths = generate_dataset(tmp_path / "data", classes=["disk"], image_size=64, n_train_normal=1,

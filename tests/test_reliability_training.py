@@ -1,8 +1,8 @@
 """docs/reliability.md, training's part: the same seed and data give the same weights, a folder holding
 another run is never resumed by mistake, a damaged resume state is one clear error."""
 import pytest
-from aaclip.train.backbone import write_random_weights
-from aaclip.train.synth import generate_dataset
+from aaclip.train.common.backbone import write_random_weights
+from aaclip.data.synth import generate_dataset
 from aaclip.train.train_cli import main as train_main
 from click.testing import CliRunner
 

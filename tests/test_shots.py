@@ -4,8 +4,8 @@ from __future__ import annotations
 import random
 
 import pytest
-from aaclip.train.records import DataError, Record
-from aaclip.train.shots import sample_shots
+from aaclip.data.records import DataError, Record
+from aaclip.data.shots import sample_shots
 
 
 def _records(name: str, n_normal: int, n_anomalous: int) -> list[Record]:

@@ -1,4 +1,4 @@
-"""Tests for the synthetic data generator (aaclip.train.synth)."""
+"""Tests for the synthetic data generator (aaclip.data.synth)."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 from aaclip.contract.errors import UserError
-from aaclip.train import synth
+from aaclip.data import synth
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -232,7 +232,7 @@ def test_video_frames_and_masks(class_name):
 
 
 def test_module_does_not_import_torch():
-    code = "import sys, aaclip.train.synth; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, aaclip.data.synth; assert 'torch' not in sys.modules, 'torch imported'"
     env_path = ":".join(p for p in sys.path if p)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             env={"PYTHONPATH": env_path, "PATH": "/usr/bin:/bin"})

@@ -23,7 +23,7 @@ pytest.importorskip("onnxruntime")
 
 import torch.nn.functional as F  # noqa: E402
 from aaclip.contract.score import ScoreParams, image_score  # noqa: E402
-from aaclip.train.config import ModelConfig  # noqa: E402
+from aaclip.train.common.config import ModelConfig  # noqa: E402
 from aaclip.train.families import Family, get_family, register_family, unregister_family  # noqa: E402
 from aaclip.train.families.base import FamilyModel  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
@@ -86,7 +86,7 @@ class ToyTrainer:
     """Per-patch BCE against the mask pooled to the patch grid; history.jsonl gets one line per step."""
 
     def __init__(self, model, records, root, out_dir, options: ToyOptions):
-        from aaclip.train.dataset import AnomalyDataset
+        from aaclip.train.common.dataset import AnomalyDataset
 
         self.model, self.out_dir, self.options = model, Path(out_dir), options
         classes = sorted({r.class_name for r in records})
@@ -97,7 +97,7 @@ class ToyTrainer:
 
     def run(self) -> Path:
         from aaclip.contract.files import atomic_write_text
-        from aaclip.train.checkpoint import HISTORY_FILE, save_checkpoint
+        from aaclip.train.common.checkpoint_files import HISTORY_FILE, save_checkpoint
 
         o, m = self.options, self.model
         torch.manual_seed(o.seed)
@@ -148,8 +148,8 @@ def toy_family():
 # ---- the pipeline --------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    from aaclip.train.backbone import write_random_weights
-    from aaclip.train.synth import generate_dataset
+    from aaclip.train.common.backbone import write_random_weights
+    from aaclip.data.synth import generate_dataset
 
     root = tmp_path_factory.mktemp("toy")
     paths = generate_dataset(root / "data", classes=list(CLASSES), image_size=SIZE, n_train_normal=6,
@@ -226,7 +226,7 @@ def test_export_graph_matches_the_toy_predict(exported, trained):
     from aaclip.export.verify import VerifyOptions, verify_artifact
     from aaclip.runtime.backends.onnxruntime import OnnxRuntimeRunner
     from aaclip.train.checkpoint import load_checkpoint
-    from aaclip.train.synth import draw_product
+    from aaclip.data.synth import draw_product
 
     manifest = load_manifest(exported.path)
     assert manifest.method == "toy" and manifest.classes == ("disk", "wood") and manifest.class_input == "class_id"
@@ -258,7 +258,7 @@ def test_calibrated_toy_artifact_runs_in_the_camera_loop(exported, tmp_path):
     from aaclip.contract.manifest import load_manifest
     from aaclip.runtime.backends.onnxruntime import OnnxRuntimeRunner
     from aaclip.runtime.cli import main as runtime_main
-    from aaclip.train.synth import add_defect, draw_product
+    from aaclip.data.synth import add_defect, draw_product
 
     rng = np.random.default_rng(1)
     normals = tmp_path / "normals"

@@ -6,10 +6,10 @@ import subprocess
 import sys
 
 import pytest
-from aaclip.train.backbone import write_random_weights
+from aaclip.train.common.backbone import write_random_weights
 from aaclip.train.eval_cli import main as eval_main
-from aaclip.train.records import read_records
-from aaclip.train.synth import generate_dataset
+from aaclip.data.records import read_records
+from aaclip.data.synth import generate_dataset
 from aaclip.train.train_cli import main as train_main
 from click.testing import CliRunner
 from metric_reference import assert_report_matches, reference_metrics
@@ -112,8 +112,8 @@ def test_progress_logs_steps_per_second_and_eta_from_the_first_step(caplog, monk
     LOG_EVERY_S seconds: a large backbone shows life within seconds."""
     import logging
 
-    from aaclip.train import progress as progress_module
-    from aaclip.train.progress import Progress, format_seconds
+    from aaclip.train.common import progress as progress_module
+    from aaclip.train.common.progress import Progress, format_seconds
 
     clock = SteppedClock()
     monkeypatch.setattr(progress_module, "time", clock)
@@ -153,7 +153,7 @@ def test_train_help_names_the_tiny_backbone_and_lists_backbones():
 def test_tiny_backbone_defaults_to_its_toy_resolution(tmp_path):
     """aaclip-tiny without --image-size runs at 64 px (at AA-CLIP's 518 px the toy costs seconds per step for
     nothing); --image-size still chooses; every other backbone keeps AA-CLIP's 518 px."""
-    from aaclip.train.config import default_image_size
+    from aaclip.train.common.config import default_image_size
 
     for name, extra, size in (("plain", [], 64), ("sized", ["--image-size", "96"], 96)):
         res = CliRunner().invoke(train_main, ["init", "--backbone", "aaclip-tiny", "--random-init", "0", "--classes",

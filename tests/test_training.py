@@ -4,14 +4,15 @@ import json
 import pytest
 import torch
 from aaclip.contract.errors import UserError
-from aaclip.train import losses
-from aaclip.train.aaclip_official import import_official
-from aaclip.train.checkpoint import build_model, load_checkpoint, save_checkpoint
-from aaclip.train.config import ADAPTERS_FILE
+from aaclip.train.common import losses
+from aaclip.train.families.aa_clip.official import import_official
+from aaclip.train.checkpoint import build_model, load_checkpoint
+from aaclip.train.common.checkpoint_files import save_checkpoint
+from aaclip.train.common.config import ADAPTERS_FILE
 from aaclip.train.evaluate import evaluate
-from aaclip.train.records import read_records
-from aaclip.train.synth import generate_dataset
-from aaclip.train.trainer import Trainer, TrainOptions, read_history
+from aaclip.data.records import read_records
+from aaclip.data.synth import generate_dataset
+from aaclip.train.families.aa_clip.trainer import Trainer, TrainOptions, read_history
 from model_fixtures import make_tiny_checkpoint, tiny_config
 
 
@@ -131,7 +132,7 @@ def test_checkpoint_round_trip_and_errors(tmp_path):
 
 def test_clip_weights_hash_is_checked(tmp_path):
     from aaclip.contract.files import sha256_file
-    from aaclip.train.backbone import write_random_weights
+    from aaclip.train.common.backbone import write_random_weights
 
     w = write_random_weights("aaclip-tiny", tmp_path / "w.safetensors", seed=0)
     cfg = tiny_config(weights=str(w))

@@ -9,7 +9,6 @@ docs/checkpoint-format.md.
 """
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import logging
@@ -19,44 +18,21 @@ from typing import Any, Optional
 
 import torch
 from aaclip.contract.errors import UserError
-from aaclip.contract.files import atomic_path, atomic_write_json
+from aaclip.contract.files import atomic_write_json
 from aaclip.contract.manifest import DEFAULT_METHOD
 
-from .backbone import build_clip, resolve_weights
-from .config import ADAPTERS_FILE, CONFIG_FILE, TINY_BACKBONE, TINY_IMAGE_SIZE, BackboneConfig, ModelConfig, load_config
-from .families import get_family
+from aaclip.train.common.backbone import build_on_backbone
+from aaclip.train.common.checkpoint_files import save_checkpoint
+from aaclip.train.common.config import (ADAPTERS_FILE, CONFIG_FILE, TINY_BACKBONE, TINY_IMAGE_SIZE, BackboneConfig, ModelConfig,
+                                        config_method, read_config_data)
+from aaclip.train.families import get_family
 
 log = logging.getLogger(__name__)
-
-STATE_FILE = "train_state.pt"  # a trainer's resume state; its presence means "a run to continue"
-HISTORY_FILE = "history.jsonl"  # one JSON line per finished epoch
 
 
 def build_model(config: ModelConfig, base_dir: Optional[Path] = None, check_hash: bool = True):
     """The family model of ``config`` on its frozen backbone (trainable weights: fresh initialization)."""
-    family = get_family(config.method)
-    clip, tokenizer = build_clip(config, base_dir=base_dir, check_hash=check_hash)
-    weights = resolve_weights(config.backbone, base_dir)
-    if weights is not None:  # absolute from here on, so the config can be saved anywhere
-        config.backbone.weights = str(weights.resolve())
-    return family.build(clip, tokenizer, config)
-
-
-def read_train_state(out_dir: Path) -> Optional[dict]:
-    """The resume state of a training run in ``out_dir`` (None when there is none); a damaged file (empty,
-    truncated by a kill or a full disk) is a clear error with the way out."""
-    path = Path(out_dir) / STATE_FILE
-    if not path.exists():
-        return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(state, dict) or "epoch" not in state:
-            raise ValueError("not a training state")
-    except Exception as exc:  # noqa: BLE001 - torch raises many kinds for damaged files
-        raise UserError(f"{path} is damaged ({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
-                        f"): delete it to restart training (the weights of the last finished epoch stay in "
-                        f"{ADAPTERS_FILE}), or train into another --out") from None
-    return state
+    return build_on_backbone(config, get_family(config.method).build, base_dir=base_dir, check_hash=check_hash)
 
 
 RUN_FILE = "run.json"
@@ -81,25 +57,6 @@ def check_same_run(out_dir: Path, run: dict) -> None:
     atomic_write_json(path, run)
 
 
-def save_checkpoint(model, out_dir: Path) -> Path:
-    """Write the trainable weights and the config atomically; returns the directory."""
-    from safetensors.torch import save_file
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    state = {k: v.contiguous().cpu() for k, v in model.trainable_state_dict().items()}
-    with atomic_path(out_dir / ADAPTERS_FILE, suffix=".safetensors") as tmp:
-        save_file(state, str(tmp), metadata={"format": "aaclip-adapters", "version": "1",
-                                             "method": model.config.method})
-    config = copy.deepcopy(model.config)
-    if config.backbone.weights is not None:  # relative when the weights live inside the checkpoint
-        weights = Path(config.backbone.weights).resolve()
-        if weights.is_relative_to(out_dir.resolve()):
-            config.backbone.weights = str(weights.relative_to(out_dir.resolve()))
-    config.save(out_dir / CONFIG_FILE)
-    return out_dir
-
-
 def read_adapters(ckpt_dir: Path) -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -111,6 +68,12 @@ def read_adapters(ckpt_dir: Path) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise UserError(f"{path} is corrupt ({exc}): re-run training or re-import the checkpoint") from exc
+
+
+def load_config(path: Path) -> ModelConfig:
+    """Read a checkpoint's ``config.json`` into its family's config class (dispatch on ``method``)."""
+    data = read_config_data(path)
+    return get_family(config_method(data)).config_class.from_dict(data)
 
 
 def checkpoint_config(ckpt_dir: Path) -> ModelConfig:
@@ -152,7 +115,7 @@ def init_checkpoint(out_dir: Path, config: ModelConfig, seed: int = 0,
     are reproducible (a backbone with ``init_seed`` re-seeds with that first). ``references`` ({class: image
     paths}) are built into the model of a family that keeps references (Res2CLIP's banks) before saving.
     """
-    from .backbone import vision_geometry
+    from aaclip.train.common.backbone import vision_geometry
 
     torch.manual_seed(seed)
     model = build_model(config, base_dir=Path(out_dir))
@@ -161,7 +124,7 @@ def init_checkpoint(out_dir: Path, config: ModelConfig, seed: int = 0,
         raise UserError(f"image size {config.image_size} is not a multiple of {config.backbone.name}'s patch "
                         f"size {patch}")
     if references:
-        from .references import add_references
+        from aaclip.train.families.res2clip.bank import add_references
 
         add_references(model, references, dict(config.classes))
     return save_checkpoint(model, out_dir)
@@ -191,7 +154,7 @@ class RandomSpec:
 
 def random_checkpoint(out_dir: Path, spec: Optional[RandomSpec] = None, **changes: Any) -> Path:
     """Write a random checkpoint of ``spec`` (with ``changes`` applied) into ``out_dir``; returns it."""
-    from .backbone import write_random_weights
+    from aaclip.train.common.backbone import write_random_weights
 
     spec = replace(spec or RandomSpec(), **changes)
     out_dir = Path(out_dir)

@@ -45,11 +45,11 @@ def main(ckpt, data, root, out, clip_weights, method, overlays, batch_size, devi
     """
     from aaclip.contract.metrics import markdown_table
 
-    from .checkpoint import checkpoint_config, load_checkpoint
-    from .evaluate import evaluate, save_overlays
-    from .families import check_method
-    from .records import read_records
-    from .trainer import pick_device
+    from aaclip.train.checkpoint import checkpoint_config, load_checkpoint
+    from aaclip.train.evaluate import evaluate, save_overlays
+    from aaclip.train.families import check_method
+    from aaclip.data.records import read_records
+    from aaclip.train.common.driver import pick_device
 
     check_method(checkpoint_config(ckpt).method, method, f"checkpoint {ckpt}")
     records = read_records(data, root=root)

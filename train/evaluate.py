@@ -25,11 +25,11 @@ import torch
 from aaclip.contract import metrics
 from aaclip.contract.score import ScoreParams, image_score
 
-from .constants import MAP_WEIGHT
-from .dataset import AnomalyDataset
-from .families import get_family
-from .progress import Progress
-from .records import Record
+from aaclip.train.common.constants import MAP_WEIGHT
+from aaclip.train.common.dataset import AnomalyDataset
+from aaclip.train.families import get_family
+from aaclip.train.common.progress import Progress
+from aaclip.data.records import Record
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def usable_records(records: Sequence[Record], root: Path) -> list[Record]:
     from aaclip.contract.errors import UserError
     from aaclip.contract.images import ImageError, SkippedImages, read_image
 
-    from .records import resolve
+    from aaclip.data.records import resolve
 
     skipped = SkippedImages(f"evaluation data ({root})")
     kept = []
@@ -150,8 +150,8 @@ def save_overlays(preds: dict[str, dict], root: Path, out_dir: Path, image_size:
     from aaclip.contract.files import atomic_path
     from aaclip.runtime.overlay import evidence_image, heat_overlay
 
-    from .preprocess import load_rgb
-    from .records import resolve
+    from aaclip.train.common.preprocess import load_rgb
+    from aaclip.data.records import resolve
 
     n = 0
     for cls, pred in preds.items():

@@ -35,7 +35,7 @@ def _method_option(f):
 
 
 def _backbone_options(f):
-    from .config import ACTIVATIONS, DEFAULT_IMAGE_SIZE, POS_EMBED_RESIZE, TINY_BACKBONE, TINY_IMAGE_SIZE
+    from aaclip.train.common.config import ACTIVATIONS, DEFAULT_IMAGE_SIZE, POS_EMBED_RESIZE, TINY_BACKBONE, TINY_IMAGE_SIZE
 
     f = click.option("--backbone", default="ViT-L-14-336", show_default=True,
                      help="OpenCLIP model name: ViT-L-14-336 (AA-CLIP's; 518 px), ViT-B-16, ViT-L-14, ... "
@@ -67,7 +67,7 @@ def _set_option(f):
 def _backbone_config(backbone, clip_weights, pretrained, random_init, activation, pos_embed_resize):
     from aaclip.contract.files import sha256_file
 
-    from .config import BackboneConfig
+    from aaclip.train.common.config import BackboneConfig
 
     given = [x is not None for x in (clip_weights, pretrained, random_init)]
     if sum(given) != 1:
@@ -108,7 +108,7 @@ def new_config(family, backbone, image_size: Optional[int], domain: str, classes
     if unknown:
         raise UserError(f"--set {unknown[0]}: {family.name} configs have no such field; its fields: "
                         f"{', '.join(allowed) or 'none'}")
-    from .config import default_image_size
+    from aaclip.train.common.config import default_image_size
 
     size = image_size if image_size is not None else default_image_size(backbone.name)
     return family.config_class(backbone=backbone, image_size=size, domain=domain, classes=classes, **fields)
@@ -201,10 +201,12 @@ def fit(ctx, method, data, root, out, backbone, clip_weights, pretrained, random
     stage 2 image adapters)."""
     import torch
 
-    from .checkpoint import STATE_FILE, build_model, check_same_run, load_checkpoint, read_train_state
-    from .config import CONFIG_FILE
-    from .families import check_method, get_family
-    from .records import class_names, read_records
+    from aaclip.train.checkpoint import build_model, check_same_run, load_checkpoint
+
+    from aaclip.train.common.checkpoint_files import STATE_FILE, read_train_state
+    from aaclip.train.common.config import CONFIG_FILE
+    from aaclip.train.families import check_method, get_family
+    from aaclip.data.records import class_names, read_records
 
     family = get_family(method)
     if not family.trainable:
@@ -289,9 +291,10 @@ def init(method, out, backbone, clip_weights, pretrained, random_init, activatio
     before training (zero-shot use, tests): what export, eval, calibration and benchmarks take.
     Families with per-class references (res2clip) build them from --reference-images or --reference-data
     (--set shots=K normal images per class, default 1)."""
-    from .checkpoint import STATE_FILE, init_checkpoint
-    from .config import CONFIG_FILE
-    from .families import get_family
+    from aaclip.train.checkpoint import init_checkpoint
+    from aaclip.train.common.checkpoint_files import STATE_FILE
+    from aaclip.train.common.config import CONFIG_FILE
+    from aaclip.train.families import get_family
 
     family = get_family(method)
     names = [c.strip() for c in classes.split(",") if c.strip()]
@@ -308,7 +311,7 @@ def init(method, out, backbone, clip_weights, pretrained, random_init, activatio
         image_size, domain, {c: family.object_name(c, prompts) for c in names}, parse_pairs(config_fields, "--set"))
     references = None
     if family.references:
-        from .references import reference_paths
+        from aaclip.data.references import reference_paths
 
         references = reference_paths(names, config.shots, reference_seed, reference_images, reference_data)
     elif reference_images is not None or reference_data is not None:
@@ -320,8 +323,8 @@ def init(method, out, backbone, clip_weights, pretrained, random_init, activatio
 
 
 def _echo_references(ckpt: Path) -> None:
-    from .checkpoint import checkpoint_config
-    from .references import bank_bytes, describe
+    from aaclip.train.checkpoint import checkpoint_config
+    from aaclip.train.families.res2clip.bank import bank_bytes, describe
 
     config = checkpoint_config(ckpt)
     for line in describe({c: bank_bytes(config) for c in config.classes}, config.shots):
@@ -336,9 +339,11 @@ def _echo_references(ckpt: Path) -> None:
 def references_cmd(ckpt, reference_images, reference_data, reference_seed, classes):
     """Build the per-class reference banks of a checkpoint that keeps them (res2clip, res2clip-ft): new
     classes are added, existing ones rebuilt from the new images; the checkpoint is rewritten in place."""
-    from .checkpoint import load_checkpoint, save_checkpoint
-    from .families import get_family
-    from .references import add_references, reference_paths
+    from aaclip.train.checkpoint import load_checkpoint
+    from aaclip.train.common.checkpoint_files import save_checkpoint
+    from aaclip.train.families import get_family
+    from aaclip.data.references import reference_paths
+    from aaclip.train.families.res2clip.bank import add_references
 
     model = load_checkpoint(ckpt)
     family = get_family(model.config.method)
@@ -367,7 +372,7 @@ def import_official(src, method, out, backbone, clip_weights, pretrained, random
                     image_size, epoch, import_options, domain, classes):
     """Convert a method's official checkpoint (AA-CLIP: text_adapter.pth + image_adapter_<epoch>.pth of
     the reference code) into a checkpoint folder."""
-    from .families import get_family
+    from aaclip.train.families import get_family
 
     family = get_family(method)
     if family.import_official is None:
@@ -390,7 +395,7 @@ def import_official(src, method, out, backbone, clip_weights, pretrained, random
 @verbosity
 def methods():
     """List the registered model families."""
-    from .families import family_names, get_family
+    from aaclip.train.families import family_names, get_family
 
     for name in family_names():
         f = get_family(name)
@@ -405,7 +410,7 @@ def backbones():
     """List the OpenCLIP model names --backbone accepts, with their pretrained tags (--pretrained)."""
     import open_clip
 
-    from . import backbone as _  # noqa: F401 - registers aaclip-tiny
+    from aaclip.train.common import backbone as _  # noqa: F401 - registers aaclip-tiny
 
     tags: dict[str, list[str]] = {}
     for name, tag in open_clip.list_pretrained():

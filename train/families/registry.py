@@ -3,7 +3,9 @@
 A family is everything the pipeline needs to know about one anomaly-detection method on an OpenCLIP
 backbone. Commands never name a method's classes: they look the family up by the ``method`` of a
 checkpoint config (``aaclip-eval``, ``aaclip-export``) or of ``--method`` (``aaclip-train``,
-``aaclip-bench``) and call its hooks. Importing this module is cheap (no torch).
+``aaclip-bench``) and call its hooks. Importing this module is cheap (no torch). The families that ship
+with aaclip-edge register themselves when ``aaclip.train.families`` is imported (which Python does before
+it imports this module).
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from typing import Any, Callable, Optional
 
 from aaclip.contract.errors import UserError
 from aaclip.contract.manifest import DEFAULT_METHOD
+from aaclip.data.object_names import object_name
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +45,7 @@ class Family:
     - ``flops(config) -> dict``: analytic FLOPs per image of the deployed graph,
       ``{"breakdown": {part: int, ..., "total": int}, "convention": str, ...}`` (``aaclip-bench``).
     - ``default_object_name(class_name) -> str``: the prompt name of a class nobody named
-      (``--object-name``); None: the built-in tables of ``aaclip.train.object_names`` (AA-CLIP's names).
+      (``--object-name``); None: the built-in tables of ``aaclip.data.object_names`` (AA-CLIP's names).
     - ``references``: the model keeps per-class reference images of normal parts (``model.set_references``;
       ``aaclip-train init --reference-images`` / ``aaclip-train references``), e.g. Res2CLIP's bank.
     """
@@ -81,26 +84,12 @@ class Family:
             return overrides[class_name]
         if self.default_object_name is not None:
             return self.default_object_name(class_name)
-        from ..object_names import object_name
-
         return object_name(class_name)
 
 
 _REGISTRY: dict[str, Family] = {}
-_BUILTINS_LOADED = False
-
-
-def _load_builtins() -> None:
-    """Import the families that ship with aaclip-edge (each registers itself on import)."""
-    global _BUILTINS_LOADED
-    if not _BUILTINS_LOADED:
-        _BUILTINS_LOADED = True
-        from . import aaclip, clip_ad, res2clip  # noqa: F401
-
-
 def register_family(family: Family, replace: bool = False) -> Family:
     """Add ``family`` to the registry (``replace=True`` to redefine a name); returns it."""
-    _load_builtins()
     if family.name in _REGISTRY and not replace and _REGISTRY[family.name] is not family:
         raise ValueError(f"a family named {family.name!r} is already registered")
     _REGISTRY[family.name] = family
@@ -113,13 +102,11 @@ def unregister_family(name: str) -> None:
 
 
 def family_names() -> list[str]:
-    _load_builtins()
     return sorted(_REGISTRY)
 
 
 def get_family(name: str) -> Family:
     """The family registered as ``name``; a UserError listing the registered ones otherwise."""
-    _load_builtins()
     try:
         return _REGISTRY[name]
     except (KeyError, TypeError):
