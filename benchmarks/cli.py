@@ -39,13 +39,13 @@ def resolve_model(ckpt: Optional[Path], tiny: bool, shape: Optional[str], method
 
 
 @click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--ckpt", type=click.Path(path_type=Path, file_okay=False), default=None,
+@click.option("--checkpoint", "ckpt", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Checkpoint directory to benchmark (aaclip-train output).")
 @click.option("--tiny", is_flag=True, help="A tiny random model (seconds; for smoke tests of the benchmark).")
 @click.option("--shape", metavar="NAME@SIZE", default=None,
               help="The real architecture with random weights, no download, e.g. ViT-L-14-336@518.")
 @click.option("--method", metavar="NAME", default=None,
-              help="Model family of the --tiny/--shape random checkpoint [default: aa-clip]; with --ckpt it only "
+              help="Model family of the --tiny/--shape random checkpoint [default: aa-clip]; with --checkpoint it only "
                    "checks the checkpoint's.")
 @click.option("--backends", default=",".join(DEFAULT_BACKENDS), show_default=True,
               help=f"Comma-separated: {', '.join(BACKENDS)} (triton: the graph served by Triton, per --clients).")
@@ -55,7 +55,7 @@ def resolve_model(ckpt: Optional[Path], tiny: bool, shape: Optional[str], method
 @click.option("--batches", default="1,2,4", show_default=True, help="Comma-separated batch sizes.")
 @click.option("--reps", type=int, default=10, show_default=True, help="Timed calls per row.")
 @click.option("--warmup", type=int, default=2, show_default=True, help="Untimed calls before timing each row.")
-@click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), default=Path("bench-results"),
+@click.option("--out", "-o", "out_dir", type=click.Path(path_type=Path, file_okay=False), default=Path("bench-results"),
               show_default=True, help="Folder for benchmark.json/.csv/.md/.png.")
 @click.option("--loop/--no-loop", default=True, show_default=True,
               help="Also run the end-to-end runtime loop on a synthetic video for each ONNX/engine row.")

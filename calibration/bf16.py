@@ -108,7 +108,7 @@ def gate_precision(artifact: Path, normals: FrameInput, anomalies: Optional[Fram
     path = write_manifest(artifact, data)
     if manifest.calibrated:
         log.warning("the score constants were fitted on FP32 outputs; %s shifts raw outputs slightly: run "
-                    "aaclip-calibrate threshold %s --backend openvino --precision-hint %s", o.precision, artifact,
+                    "aaclip-calibrate threshold %s --backend openvino --precision %s", o.precision, artifact,
                     o.precision)
     return PrecisionGateResult(report, True, record, path)
 

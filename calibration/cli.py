@@ -21,8 +21,7 @@ from aaclip.contract.cli import FiniteFloat, Group, verbosity
 from aaclip.contract.errors import UserError
 from aaclip.contract.files import image_files
 from aaclip.contract.manifest import Manifest, load_manifest
-from aaclip.runtime.backends import backend_names
-from aaclip.runtime.backends.options import backend_options, runner_options
+from aaclip.runtime.backends.options import backend_option, backend_options, runner_options
 
 from . import thresholds
 from .gate import MAX_AUROC_CHANGE, MAX_MAP_ERR, MIN_MAP_CORR, MIN_RANK_CORR, GateLimits
@@ -133,8 +132,7 @@ def cli() -> None:
               help="False-alarm rate per normal pixel for the pixel (overlay) threshold.")
 @click.option("--pixel-samples", type=click.IntRange(min=0), default=4096, show_default=True,
               help="Anomaly-map pixels sampled per frame for the pixel threshold (0: derive it from map_max).")
-@click.option("--backend", type=click.Choice(backend_names()), default="auto", show_default=True,
-              help="Backend that runs the frames; use the one the runtime will use.")
+@backend_option("Use the one the runtime will use. ")
 @backend_options
 @click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
               help="Frames per inference call (as aaclip-runtime --batch).")
@@ -273,12 +271,12 @@ def bf16(fp32_onnx: Path, images, data, camera, anomalies, class_name, frames, h
 
     Runs the frames in FP32 and in mixed BF16 on OpenVINO (same device) and compares them with the
     accuracy gate. When it passes, the manifest records it (precision_gates) and aaclip-runtime
-    --backend openvino --precision-hint bf16 runs the artifact; otherwise nothing is written (exit 1).
+    --backend openvino --precision bf16 runs the artifact; otherwise nothing is written (exit 1).
     """
     from .bf16 import PrecisionGateOptions, gate_precision
 
     if precision_hint not in (None, "bf16"):
-        raise UserError("aaclip-calibrate bf16 gates --precision-hint bf16; drop --precision-hint")
+        raise UserError("aaclip-calibrate bf16 gates --precision bf16; drop --precision")
     manifest = load_manifest(fp32_onnx)
     normals, bad = resolve_inputs(manifest, images, data, camera, frames, anomalies, class_name)
     if camera is None:
@@ -295,7 +293,7 @@ def bf16(fp32_onnx: Path, images, data, camera, anomalies, class_name, frames, h
         sys.exit(1)
     if not result.gate.passed:
         click.echo("warning: gate failed, recorded because of --force", err=True)
-    click.echo(f"wrote {result.manifest}: aaclip-runtime {fp32_onnx} --backend openvino --precision-hint bf16")
+    click.echo(f"wrote {result.manifest}: aaclip-runtime {fp32_onnx} --backend openvino --precision bf16")
 
 
 def main(argv: Optional[list[str]] = None) -> None:

@@ -58,7 +58,7 @@ def _layout_command(name: str, build: Callable[[Path, str], list[Record]], title
     @click.argument("root", type=click.Path(path_type=Path))
     @click.option("--split", type=click.Choice(SPLITS), default="test", show_default=True,
                   help="Which images: train, test or both (all).")
-    @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    @click.option("--out", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
                   help="Output .jsonl file [default: ROOT/<split>.jsonl].")
     @verbosity
     def command(root: Path, split: str, out: Path | None) -> None:
@@ -90,7 +90,7 @@ def _default_class(folders: list[Path]) -> str:
                    "[default with ROOT: ROOT/ground_truth or ROOT/masks when present].")
 @click.option("--class", "class_name", metavar="NAME", default=None,
               help="Class name of the images; also the object the prompts name [default: the folder's name].")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--out", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Output .jsonl [default: ROOT/records.jsonl, or records.jsonl in the folders' common parent].")
 @verbosity
 def folder(root: Path | None, good: tuple[Path, ...], bad: tuple[Path, ...], masks: Path | None,
@@ -159,7 +159,7 @@ def split(records_file: Path, test_fraction: float, seed: int, root: Path | None
 @click.option("--allow-fewer", is_flag=True, help="Take all images of a class that has fewer than k.")
 @click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Data root of IN [default: IN's folder].")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--out", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Output .jsonl [default: <IN folder>/<IN stem>_<k>shot_seed<seed>.jsonl].")
 @verbosity
 def shots(records_file: Path, k: int, seed: int, label: str, allow_fewer: bool, root: Path | None,

@@ -4,23 +4,24 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import click
-from aaclip.contract.cli import Command, FiniteFloat, setup_logging
+from aaclip.contract.cli import EXIT_SOURCE_LOST, Command, FiniteFloat, setup_logging
 from aaclip.contract.errors import UserError
 from aaclip.contract.manifest import Manifest, open_artifact
 
-from .backends import AUTO, RunnerOptions, backend_names, open_runner
-from .backends.options import backend_options, runner_options
+from .backends import AUTO, RunnerOptions, open_runner, warn_if_unverified
+from .backends.options import backend_option, backend_options, runner_options
 from .backends.triton import parse_endpoint
 from .capture import Backoff, default_drop
 from .loop import CameraLoop, LoopConfig, Summary, source_classes
 from .sinks import EVIDENCE_FORMATS, AnnotatedVideo, DisplaySink, EventLog, EvidenceWriter, Sink
-from .sources import DEFAULT_OPEN_TIMEOUT_MS, open_source
+from .sources import DEFAULT_OPEN_TIMEOUT_MS, NoFirstFrame, open_source
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ class RunConfig:
     artifact: Union[Path, str]  # a file, or a served model: grpc://HOST:8001/MODEL, http://HOST:8000/MODEL
     cameras: tuple[str, ...]
     backend: str = AUTO
-    runner: RunnerOptions = RunnerOptions()  # --device, --threads, --precision-hint, --perf-hint, --cache-dir
+    runner: RunnerOptions = RunnerOptions()  # --device, --threads, --precision, --perf-hint, --cache-dir
     batch: int = 1
     classes: tuple[str, ...] = ()
     threshold: Optional[float] = None
@@ -80,6 +81,7 @@ class RunConfig:
     reconnect_max: float = 10.0
     evidence_max: Optional[int] = None
     open_timeout: float = DEFAULT_OPEN_TIMEOUT_MS / 1000.0
+    wait_for_source: bool = False  # a live source without a first frame in open_timeout: wait, not exit 2
     http: Optional[str] = None          # [HOST]:PORT of the line view, /metrics and /healthz
     view_fps: float = 5.0
     health_timeout: float = 10.0
@@ -174,13 +176,20 @@ def run(config: RunConfig) -> Summary:
             for camera in config.cameras:
                 if stop.event.is_set():
                     break
-                sources.append(open_source(camera, loop=config.loop_files, open_timeout_ms=timeout_ms,
-                                           read_timeout_ms=max(timeout_ms // 2, 1000)))
+                try:
+                    sources.append(open_source(camera, loop=config.loop_files, open_timeout_ms=timeout_ms,
+                                               read_timeout_ms=max(timeout_ms // 2, 1000),
+                                               wait=config.wait_for_source, stop=stop.event))
+                except NoFirstFrame as exc:
+                    raise NoFirstFrame(f"{exc}; --open-timeout sets how long to wait, --wait-for-source keeps "
+                                       "waiting for a camera that starts after this PC") from None
             if stop.event.is_set():
                 log.info("stopped by %s before the loop started", stop.reason)
                 return Summary(stopped_by=stop.reason or "signal")
             sinks = open_sinks(config, sources)
             with open_runner(manifest, backend, options or config.runner) as runner:
+                if backend != "triton":  # a served model's backend is the server's
+                    warn_if_unverified(manifest, runner.name, options or config.runner)
                 loop_config = config.loop_config(stop.event, sources)
                 loop = CameraLoop(runner, manifest, sources, class_ids, loop_config, sinks)
                 if not manifest.calibrated:
@@ -215,9 +224,7 @@ def run(config: RunConfig) -> Summary:
               help="Source, repeatable: device index (0), /dev/video0, v4l2:///dev/video0, csi://0, rtsp://..., "
                    "http(s)://..., video file (file://x.mp4 or x.mp4), image folder, or a GStreamer pipeline "
                    "(a string with '!').")
-@click.option("--backend", type=click.Choice(backend_names()), default=AUTO, show_default=True,
-              help="auto: TensorRT for .engine; for .onnx OpenVINO on an Intel CPU (when installed and no CUDA "
-                   "execution provider), else ONNX Runtime (CUDA, else CPU).")
+@backend_option()
 @backend_options
 @click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
               help="Frames per inference call (groups frames of several cameras).")
@@ -248,7 +255,11 @@ def run(config: RunConfig) -> Summary:
 @click.option("--reconnect-max", type=FiniteFloat(min=0.0), default=10.0, show_default=True,
               help="Longest reconnect delay (s).")
 @click.option("--open-timeout", type=FiniteFloat(min=0.1), default=DEFAULT_OPEN_TIMEOUT_MS / 1000.0,
-              show_default=True, help="Seconds a network camera may take to open (reads: half of it, >= 1 s).")
+              show_default=True, help="Seconds a camera or stream may take to deliver its first frame at start; "
+                                      "none by then: exit 2 (network reads time out after half of it, >= 1 s).")
+@click.option("--wait-for-source", is_flag=True,
+              help="Wait for a camera that is not up at start (one that boots after this PC) instead of exiting 2 "
+                   "after --open-timeout; the wait is retried like a reconnect.")
 @click.option("--http", metavar="[HOST]:PORT", default=None,
               help="Serve the live line view, /metrics and /healthz: ':8080' on all interfaces, "
                    "'127.0.0.1:8080' on this machine only. Nothing listens without it.")
@@ -270,7 +281,8 @@ def main(artifact: str, cameras: tuple[str, ...], backend: str, device: str, thr
          threshold: Optional[float], debounce: int, events: Optional[Path], evidence: Optional[Path],
          evidence_format: str, evidence_max: Optional[int], video: Optional[Path], video_fps: Optional[float],
          show: bool, drop: Optional[bool], loop_files: bool, max_frames: Optional[int], stats_every: float,
-         reconnect_delay: float, reconnect_max: float, open_timeout: float, http: Optional[str], view_fps: float,
+         reconnect_delay: float, reconnect_max: float, open_timeout: float, wait_for_source: bool,
+         http: Optional[str], view_fps: float,
          health_timeout: float, mqtt: Optional[str], webhook: Optional[str], in_flight: Optional[int], verbose: int,
          quiet: bool) -> None:
     """Run ARTIFACT (model.onnx or model.engine, with its .manifest.json) on one or more cameras, or a model
@@ -281,6 +293,11 @@ def main(artifact: str, cameras: tuple[str, ...], backend: str, device: str, thr
     above the threshold. --http serves a live page, /metrics and /healthz; --mqtt and --webhook send
     alarms to the line's systems. Ctrl-C or SIGTERM finishes the current frame, flushes outputs, prints a
     summary and exits 0.
+
+    Exit status: 0 finished (end of the files, --max-frames) or stopped by Ctrl-C/SIGTERM; 2 bad input (one
+    'error:' line: a bad option, a missing artifact, a camera without a first frame within --open-timeout, a
+    folder without a readable image); 3 a source that had delivered frames was lost when the run ended; 130 a
+    second Ctrl-C. See docs/cli.md.
     """
     setup_logging(verbose, quiet)
     summary = run(RunConfig(
@@ -290,9 +307,14 @@ def main(artifact: str, cameras: tuple[str, ...], backend: str, device: str, thr
         debounce=debounce, events=events, evidence=evidence, evidence_format=evidence_format, video=video,
         video_fps=video_fps, show=show, drop=drop, loop_files=loop_files, max_frames=max_frames,
         stats_every=stats_every, reconnect_delay=reconnect_delay, reconnect_max=reconnect_max,
-        evidence_max=evidence_max, open_timeout=open_timeout, http=http, view_fps=view_fps,
+        evidence_max=evidence_max, open_timeout=open_timeout, wait_for_source=wait_for_source, http=http,
+        view_fps=view_fps,
         health_timeout=health_timeout, mqtt=mqtt, webhook=webhook, in_flight=in_flight))
     click.echo(summary.text())
+    if summary.sources_lost:
+        click.echo(f"error: source lost: {', '.join(summary.sources_lost)} stopped delivering frames and had not come "
+                   "back when the run ended", err=True)
+        sys.exit(EXIT_SOURCE_LOST)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 """Per-frame decisions: each frame's image score (``aaclip.contract.score``) against the threshold,
-debounced per source into alarms, as one ``Decision`` record that every sink consumes."""
+debounced per source into alarms, as one ``Decision`` record that every sink consumes. ``Decision.score``
+is the operator's [0, 1] score (threshold at 0.5) that pages, banners and events show;
+``Decision.raw_score`` the raw image score the threshold applies to."""
 from __future__ import annotations
 
 import json
@@ -9,7 +11,7 @@ from datetime import datetime, timezone
 from typing import Any, Optional, Sequence
 
 import numpy as np
-from aaclip.contract.score import ScoreParams, image_score
+from aaclip.contract.score import ScoreParams, image_score, operator_score
 
 # Decision states written to the event log.
 NORMAL = "normal"
@@ -53,7 +55,7 @@ class Decision:
     source_index: int
     frame: int            # index of the frame in its source (dropped frames counted)
     class_name: str
-    score: float
+    score: float          # shown to people: [0, 1], the threshold at 0.5 (contract.score.operator_score)
     state: str            # NORMAL, ANOMALOUS or ALARM
     onset: bool           # first frame of an alarm
     map_max: float
@@ -66,6 +68,7 @@ class Decision:
     inference_s: float = 0.0  # the backend call that scored this frame (its whole batch)
     file: Optional[str] = None  # the image file of a frame read from a folder (relative to the folder)
     calibrated: bool = True     # False: the threshold is the export default or set by hand (--threshold)
+    raw_score: float = float("nan")  # the image score the raw threshold applies to (engineers, metrics)
 
     @property
     def anomalous(self) -> bool:
@@ -80,7 +83,8 @@ class Decision:
         return {
             "timestamp": datetime.fromtimestamp(self.wall_time, timezone.utc).isoformat(timespec="milliseconds"),
             "source": self.source, "frame": self.frame, "class": self.class_name,
-            "score": _finite(self.score, 6), "decision": self.state, "anomalous": self.anomalous,
+            "score": _finite(self.score, 6), "raw_score": _finite(self.raw_score, 6), "decision": self.state,
+            "anomalous": self.anomalous,
             "alarm": self.alarm, "onset": self.onset, "map_max": _finite(self.map_max, 6), "cls_score": _finite(self.cls_score, 6),
             "threshold": _finite(self.threshold), "latency_ms": round(self.latency_s * 1e3, 3),
             "evidence": self.evidence, "run": self.run_id, "file": self.file, "calibrated": self.calibrated,
@@ -120,13 +124,13 @@ class Decider:
         values = image_score(map_max[: len(frames)], cls_score[: len(frames)], self.params)
         out = []
         for i, f in enumerate(frames):
-            score = float(values[i])
+            raw = float(values[i])
             debouncer = self.debouncers[f.source_index]
             # NaN never reaches the threshold: a broken output is reported as normal with a null score
-            state = debouncer.update(bool(score >= self.params.threshold))
+            state = debouncer.update(bool(raw >= self.params.threshold))
             out.append(Decision(
                 source=f.source_name, source_index=f.source_index, frame=f.index, class_name=class_names[i],
-                score=score, state=state, onset=state == ALARM and debouncer.onset, map_max=float(map_max[i]),
+                score=operator_score(raw, self.params.threshold), raw_score=raw, state=state, onset=state == ALARM and debouncer.onset, map_max=float(map_max[i]),
                 cls_score=float(cls_score[i]), threshold=self.params.threshold, wall_time=f.wall_time,
                 latency_s=t_done - f.t_capture, inference_s=inference_s, run_id=self.run_id, file=f.file,
                 calibrated=self.calibrated))

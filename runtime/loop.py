@@ -62,6 +62,8 @@ class Summary:
     dropped: int = 0
     unreadable: int = 0
     reconnects: int = 0
+    failed_reconnects: int = 0   # reconnect (or first connect) tries that failed
+    sources_lost: tuple = ()     # sources that had delivered frames and were gone when the run ended
     evidence: int = 0
     write_failures: int = 0  # events, evidence or video frames a sink could not write (disk full, read-only)
     reloads: int = 0         # times new score constants were taken from a recalibrated manifest
@@ -87,9 +89,14 @@ class Summary:
         return (f"summary: {self.frames} frames in {self.elapsed_s:.1f} s ({self.infer_fps:.1f} fps), "
                 f"{self.anomalous} anomalous, {self.alarms} alarms ({self.alarm_frames} alarm frames), "
                 f"captured {self.captured}, dropped {self.dropped}, unreadable {self.unreadable}, "
-                f"reconnects {self.reconnects}, evidence {self.evidence}, write failures {self.write_failures}, "
+                f"reconnects {self.reconnects}{self._failed_tries()}, evidence {self.evidence}, "
+                f"write failures {self.write_failures}, "
                 f"latency p50 {self.p50_ms:.1f} ms p95 {self.p95_ms:.1f} ms, stopped by {self.stopped_by}, "
-                f"lost {self.lost}, backend reconnects {self.backend_reconnects}, run {self.run_id}")
+                f"lost {self.lost}, backend reconnects {self.backend_reconnects}, run {self.run_id}"
+                + (f"; source lost: {', '.join(self.sources_lost)}" if self.sources_lost else ""))
+
+    def _failed_tries(self) -> str:
+        return f" ({self.failed_reconnects} failed tries)" if self.failed_reconnects else ""
 
 
 def source_classes(manifest: Manifest, names: Sequence[str], n_sources: int) -> list[int]:
@@ -185,6 +192,7 @@ class CameraLoop:
             s.elapsed_s = time.perf_counter() - t0
             s.captured, s.dropped = hub.captured, hub.dropped
             s.unreadable, s.reconnects = hub.unreadable, hub.reconnects
+            s.failed_reconnects, s.sources_lost = hub.failed_reconnects, tuple(hub.down)
             s.alarms = self.decider.alarms
             s.write_failures = sum(getattr(sink, "failures", 0) for sink in self.sinks)
             s.p50_ms, s.p95_ms = self.stats.percentiles_ms()
@@ -281,8 +289,8 @@ class CameraLoop:
             if sink.stop_reason:
                 self.stop(sink.stop_reason)
         if decision.onset:
-            log.warning("ALARM %s frame %d: %s score %.3f", decision.source, decision.frame, decision.class_name,
-                        decision.score)
+            log.warning("ALARM %s frame %d: %s score %.2f (raw %.4g)", decision.source, decision.frame,
+                        decision.class_name, decision.score, decision.raw_score)
         self.summary.count(decision)
         self.stats.record(decision.latency_s)
 

@@ -21,6 +21,7 @@ from typing import Any, Optional
 
 import cv2
 import numpy as np
+from aaclip.contract.score import SHOWN_THRESHOLD
 
 from .decide import Decision
 from .overlay import View
@@ -155,7 +156,8 @@ def model_identity(context: LoopContext) -> dict[str, Any]:
             "format": m.artifact_format, "backend": context.backend, "sha256": m.sha256[:12],
             "created": m.data.get("created"), "calibrated": m.calibrated,
             "calibration_date": calibration.get("date") if m.calibrated else None,
-            "threshold": finite(context.params.threshold), "classes": list(m.classes)}
+            "threshold": finite(context.params.threshold), "shown_threshold": SHOWN_THRESHOLD,
+            "classes": list(m.classes)}
 
 
 class LineMonitor(Sink):

@@ -179,7 +179,7 @@ def test_cli_rejects_bad_model_choice(tmp_path):
     from click.testing import CliRunner
 
     result = CliRunner().invoke(main, ["--tiny", "--shape", "ViT-B-16@224", "--out", str(tmp_path)])
-    assert result.exit_code == 2 and "exactly one of --ckpt DIR, --tiny or --shape" in result.output
+    assert result.exit_code == 2 and "exactly one of --checkpoint DIR, --tiny or --shape" in result.output
     result = CliRunner().invoke(main, ["--shape", "ViT-B-16", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "NAME@SIZE" in result.output
     result = CliRunner().invoke(main, ["--tiny", "--precisions", "fp8", "--out", str(tmp_path)])

@@ -265,7 +265,9 @@ def test_page_in_headless_chromium(tmp_path):
             thumb = item.find_element(By.TAG_NAME, "img")
             wait_until(lambda: driver.execute_script("return arguments[0].naturalWidth", thumb) == 240, 5.0,
                        "the alarm thumbnail")
-            assert "bottle score 0.6" in item.text and text("alarms-count") == "1"
+            # the operator's score on [0, 1], alarm at 0.50 (the default threshold 0.5 shows raw 0.62 as 0.62)
+            assert "bottle score 0.62" in item.text and text("alarms-count") == "1"
+            assert "(alarm at 0.50)" in text("decision") and "raw threshold 0.5000" in text("model")
             time.sleep(0.6)  # a few more frames after the alarm, for the chart
             shot = tmp_path / "line-view.png"
             driver.save_screenshot(str(shot))

@@ -495,7 +495,7 @@ def test_tensorrt_rtx_builds_each_family(exported, tmp_path, method):
     graph.write_bytes(src.path.read_bytes())
     (tmp_path / "g.onnx.manifest.json").write_text(src.manifest.read_text())
     with pytest.raises(SystemExit) as exc:
-        export_cli.main([str(graph), "--format", "engine", "--trt-flavour", "tensorrt-rtx", "--batch", "1:1:2", "-q"])
+        export_cli.main([str(graph), "--format", "engine", "--trt-flavour", "tensorrt-rtx", "--engine-batch", "1:1:2", "-q"])
     assert exc.value.code in (0, None)
     manifest = load_manifest(tmp_path / "g.engine")
     check_artifact(manifest)

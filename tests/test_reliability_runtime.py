@@ -14,8 +14,10 @@ import threading
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
+from aaclip.contract.errors import UserError
 from aaclip.contract.files import atomic_path
 from aaclip.contract.manifest import load_manifest, manifest_path, open_artifact, write_manifest
 from aaclip.runtime import sinks as sinks_module
@@ -153,18 +155,25 @@ def test_folder_of_broken_images_with_loop_ends_instead_of_spinning(tmp_path):
     folder.mkdir()
     for name in ("a.png", "b.jpg", "c.png"):
         (folder / name).write_bytes(b"not an image")
+    # refused at start, each file named
+    with pytest.raises(UserError, match=r"camera .*broken: no readable image; skipped a.png \(not an image OpenCV "
+                                        r"can decode\), b.jpg \(.*\), c.png \("):
+        run(RunConfig(art, (str(folder),), drop=False, loop_files=True, stats_every=0))
+    # readable at start, broken while looping: given up after MAX_UNREADABLE_IN_A_ROW, and reported lost
+    cv2.imwrite(str(folder / "a.png"), np.full((32, 32, 3), 90, np.uint8))
     m = open_artifact(art)
+    source = open_source(str(folder), loop=True)
+    (folder / "a.png").write_bytes(b"not an image any more")
     with open_runner(m, "onnxruntime") as runner:
-        loop = CameraLoop(runner, m, [open_source(str(folder), loop=True)], [0],
-                          LoopConfig(drop=False, stats_every=0))
+        loop = CameraLoop(runner, m, [source], [0], LoopConfig(stats_every=0))
         watchdog = threading.Timer(60, loop.stop, args=("watchdog",))  # a guard against spinning, not a limit
         watchdog.start()
         try:
             summary = loop.run()
         finally:
             watchdog.cancel()
-    # it gave up after MAX_UNREADABLE_IN_A_ROW broken reads in a row instead of looping over them for ever
     assert (summary.frames, summary.unreadable, summary.stopped_by) == (0, MAX_UNREADABLE_IN_A_ROW, "end")
+    assert summary.sources_lost == ("broken",) and summary.text().endswith("; source lost: broken")
 
 
 class NeverOpens(Source):
@@ -236,9 +245,9 @@ def test_camera_that_never_opens_backs_off_even_with_zero_delay(tmp_path, caplog
     it = Backoff(0.0, 0.2).delays()
     assert stop_event.waits == [next(it) for _ in range(source.opens + 1)]
     assert stop_event.waits[:4] == [0.05, 0.1, 0.2, 0.2]
-    # a warning once per backoff step (tries 1, 2, 3), then every 10th try
+    # a warning once per backoff step (tries 1, 2, 3), then every 10th try; never delivered: "connect try"
     logged = [a for a in range(1, source.opens + 1) if a <= 3 or a % 10 == 0]
-    assert re.findall(r"reconnect try (\d+) failed", caplog.text) == [str(a) for a in logged]
+    assert re.findall(r"dead-camera: (\w+) try (\d+) failed", caplog.text) == [("connect", str(a)) for a in logged]
 
 
 def _stalled_rtsp_server():
@@ -297,7 +306,8 @@ def test_events_carry_a_run_id_and_stay_strict_json_with_nan_outputs(tmp_path, m
     art = make_onnx_artifact(tmp_path)
     video = write_video(tmp_path / "v.avi", 6, defect_frames=[2])
     events = tmp_path / "ev.jsonl"
-    first = run(RunConfig(art, (str(video),), drop=False, events=events, stats_every=0))
+    # the NaN outputs are injected into ONNX Runtime's runner: name it (auto picks OpenVINO on an Intel CPU)
+    first = run(RunConfig(art, (str(video),), backend="onnxruntime", drop=False, events=events, stats_every=0))
     from aaclip.runtime.backends.onnxruntime import OnnxRuntimeRunner
 
     real = OnnxRuntimeRunner.infer_impl
@@ -308,7 +318,7 @@ def test_events_carry_a_run_id_and_stay_strict_json_with_nan_outputs(tmp_path, m
         return out
 
     monkeypatch.setattr(OnnxRuntimeRunner, "infer_impl", nan_outputs)
-    second = run(RunConfig(art, (str(video),), drop=False, events=events, stats_every=0))
+    second = run(RunConfig(art, (str(video),), backend="onnxruntime", drop=False, events=events, stats_every=0))
     ev = strict_events(events)
     assert {e["run"] for e in ev[:6]} == {first.run_id} and {e["run"] for e in ev[6:]} == {second.run_id}
     assert first.run_id != second.run_id and len(first.run_id) == 12

@@ -165,7 +165,7 @@ def main():
 @click.option("--data", "data", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Training JSON-lines (see `aaclip-data`).")
 @click.option("--root", type=click.Path(file_okay=False, path_type=Path), help="Data root (default: the file's folder).")
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Checkpoint directory; re-running with the same directory resumes.")
 @_backbone_options
 @click.option("--domain", type=click.Choice(["industrial", "medical"]), default="industrial", show_default=True)
@@ -274,7 +274,7 @@ def _reference_options(f):
 
 @main.command("init")
 @_method_option
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Checkpoint directory.")
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False, path_type=Path), help="Checkpoint directory.")
 @_backbone_options
 @click.option("--classes", required=True, help="Comma-separated class names the checkpoint serves.")
 @click.option("--object-name", "object_names", multiple=True, metavar="CLASS=NAME",
@@ -360,7 +360,7 @@ def references_cmd(ckpt, reference_images, reference_data, reference_seed, class
 @main.command("import-official")
 @click.argument("src", type=click.Path(exists=True, path_type=Path))
 @_method_option
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False, path_type=Path))
 @_backbone_options
 @click.option("--epoch", type=int, help="(aa-clip) Which image_adapter_<epoch>.pth [default: the latest].")
 @click.option("--option", "import_options", multiple=True, metavar="KEY=VALUE",

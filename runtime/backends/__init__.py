@@ -12,8 +12,10 @@ from __future__ import annotations
 from aaclip.contract.manifest import Manifest
 
 from .base import Runner
+from .machine import describe_machine, onnxruntime_has_cuda
 from .registry import (
     AUTO,
+    AUTO_RULE,
     Backend,
     RunnerOptions,
     backend_names,
@@ -22,6 +24,8 @@ from .registry import (
     module_installed,
     open_runner,
     register_backend,
+    resolve_backend,
+    warn_if_unverified,
 )
 
 
@@ -75,15 +79,9 @@ def _openvino(manifest: Manifest, options: RunnerOptions) -> Runner:
 
 def _openvino_suits_auto() -> bool:
     """Auto picks OpenVINO for graphs on an Intel CPU, unless ONNX Runtime can use an NVIDIA GPU here."""
-    from .openvino import intel_cpu
+    from .machine import intel_cpu
 
-    if not intel_cpu():
-        return False
-    if module_installed("onnxruntime")():
-        import onnxruntime
-
-        return "CUDAExecutionProvider" not in onnxruntime.get_available_providers()
-    return True
+    return intel_cpu() and not onnxruntime_has_cuda()
 
 
 register_backend(Backend(
@@ -99,5 +97,6 @@ register_backend(Backend(
     install_hint="pip install 'aaclip-edge[triton]' (tritonclient[grpc,http])", auto_rank=1000,
     description="a model served by Triton Inference Server (grpc:// or http:// artifact), KServe v2"))
 
-__all__ = ["AUTO", "Backend", "Runner", "RunnerOptions", "backend_names", "choose_backend", "get_backend",
+__all__ = ["AUTO", "AUTO_RULE", "Backend", "Runner", "RunnerOptions", "backend_names", "choose_backend",
+           "describe_machine", "get_backend", "resolve_backend", "warn_if_unverified",
            "module_installed", "open_runner", "register_backend"]

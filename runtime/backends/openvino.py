@@ -40,6 +40,7 @@ import numpy as np
 from aaclip.contract.errors import UserError
 
 from .base import Runner
+from .machine import cpu_vendor, intel_cpu  # re-exported: where they used to live
 
 log = logging.getLogger(__name__)
 
@@ -64,22 +65,6 @@ def import_openvino() -> Any:
         raise UserError("the openvino backend needs the openvino package: pip install openvino "
                         "(or pip install 'aaclip-edge[openvino]')") from None
     return openvino
-
-
-def cpu_vendor() -> Optional[str]:
-    """The CPU vendor id from /proc/cpuinfo ('GenuineIntel', 'AuthenticAMD'), None when not readable."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        return None
-    return None
-
-
-def intel_cpu() -> bool:
-    return cpu_vendor() == "GenuineIntel"
 
 
 def default_cache_dir() -> Path:
@@ -312,7 +297,7 @@ class OpenVinoRunner(Runner):
             caps = core.get_property(s.device, "OPTIMIZATION_CAPABILITIES")
             if "BF16" not in caps:
                 raise UserError(f"{core.get_property(s.device, 'FULL_DEVICE_NAME')} has no BF16 support "
-                                f"(OpenVINO: {', '.join(caps)}); use --precision-hint fp32 (or an INT8 graph)")
+                                f"(OpenVINO: {', '.join(caps)}); use --precision fp32 (or an INT8 graph)")
 
     def _sources(self, core) -> list[tuple[str, dict]]:
         """(model file, compile config) per stage."""
@@ -379,7 +364,7 @@ class OpenVinoRunner(Runner):
 def gate_record(manifest_data: Mapping, precision: str) -> Optional[dict]:
     """The manifest's record of the accuracy gate for ``precision`` on OpenVINO (None: never gated): the
     ``precision_gates`` entry of an FP32 graph (aaclip-calibrate bf16), or an INT8 graph's own gate when it
-    ran on OpenVINO with that precision hint (aaclip-calibrate int8 --backend openvino --precision-hint)."""
+    ran on OpenVINO with that precision hint (aaclip-calibrate int8 --backend openvino --precision)."""
     gates = manifest_data.get("precision_gates") or {}
     record = gates.get(f"openvino-{precision}") if isinstance(gates, Mapping) else None
     if isinstance(record, Mapping):
