@@ -26,6 +26,7 @@ from aaclip.runtime.backends.options import backend_option, backend_options, run
 from . import thresholds
 from .gate import MAX_AUROC_CHANGE, MAX_MAP_ERR, MIN_MAP_CORR, MIN_RANK_CORR, GateLimits
 from .inputs import FrameInput, camera_input, class_id_for, data_inputs, file_input, folder_input
+from .search import DEFAULT_BUDGET_S
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,58 @@ def _gate_options(f):
     ]):
         f = option(f)
     return f
+
+
+def _search_options(f):
+    for option in reversed([
+        click.option("--search/--no-search", default=True, show_default=True,
+                     help="Accuracy search: which blocks / groups (QKV, attention output, MLP) stay FP32 so the gate "
+                          "holds (--no-search: everything in low precision, one gate)."),
+        click.option("--time-budget", type=FiniteFloat(min=1.0), default=DEFAULT_BUDGET_S, show_default=True,
+                     metavar="SECONDS", help="Time the search may take; what it could not measure stays FP32."),
+        click.option("--search-frames", type=click.IntRange(min=2), default=32, show_default=True,
+                     help="Held-out frames (half normal, half anomalous) each search step is gated on; the final plan "
+                          "is gated on all of them."),
+        click.option("--plan", type=click.Path(path_type=Path, dir_okay=False),
+                     help="Re-apply the plan recorded in this artifact's manifest (or the manifest itself): no search."),
+    ]):
+        f = option(f)
+    return f
+
+
+def _recorded_plan(path: Path, precision: str) -> dict:
+    """The precision plan recorded in the manifest of ``path`` (an artifact or its manifest)."""
+    import json as _json
+
+    from aaclip.contract.manifest import manifest_path
+
+    file = Path(path) if str(path).endswith(".manifest.json") else manifest_path(Path(path))
+    try:
+        data = _json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"--plan {path}: cannot read its manifest {file.name} ({exc}); give an artifact written "
+                        f"by aaclip-calibrate {precision} or its manifest") from None
+    if precision == "int8":
+        record = (data.get("quantization") or {}).get("plan")
+    else:
+        record = ((data.get("precision_gates") or {}).get(f"openvino-{precision}") or {}).get("plan")
+    if not record:
+        raise UserError(f"--plan {path}: its manifest records no {precision} plan; run the search (drop --plan)")
+    return record
+
+
+def _print_plan(plan, units) -> None:
+    if plan is None:
+        return
+    for line in plan.summary(units):
+        click.echo(line)
+
+
+def _print_speedup(speedup, name: str) -> None:
+    if speedup and speedup.get("speedup"):
+        click.echo(f"expected speed-up over FP32: {speedup['speedup']:.2f}x ({name} {speedup['reduced_s']:.3g} s vs "
+                   f"FP32 {speedup['fp32_s']:.3g} s for the gate's {speedup['frames']} frames on {speedup['backend']}, "
+                   "this CPU, one run each; aaclip-bench measures it properly)")
 
 
 def _print_gate(gate) -> None:
@@ -197,6 +250,10 @@ def threshold(artifact: Path, images, data, camera, anomalies, class_name, frame
               help="Replace a calibrated INT8 graph at --out whose outputs change (its thresholds are lost).")
 @click.option("--batch", type=click.IntRange(min=1), default=8, show_default=True, help="Frames per inference call.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the synthetic held-out set.")
+@_search_options
+@click.option("--weight-bits", type=click.IntRange(7, 8), default=7, show_default=True,
+              help="Bits of the INT8 weights: 7 keeps accuracy on every CPU (x86 without VNNI saturates with 8); 8 for "
+                   "graphs only TensorRT or VNNI/AMX CPUs run.")
 @click.option("--engine", type=click.Path(path_type=Path, dir_okay=False),
               help="Also build a TensorRT engine from the INT8 graph (same build as aaclip-export --format engine).")
 @click.option("--trt-flavour", "flavour", type=click.Choice(["tensorrt", "tensorrt-rtx"]), default="tensorrt",
@@ -205,12 +262,16 @@ def threshold(artifact: Path, images, data, camera, anomalies, class_name, frame
 @verbosity
 def int8(fp32_onnx: Path, images, data, camera, anomalies, class_name, frames, out, holdout, method,
          max_map_err, min_map_corr, min_rank_corr, max_auroc_change, backend, device, threads, precision_hint,
-         perf_hint, cache_dir, force, discard_calibration, batch, seed, engine, flavour, engine_batch) -> None:
+         perf_hint, cache_dir, force, discard_calibration, batch, seed, search, time_budget, search_frames, plan,
+         weight_bits, engine, flavour, engine_batch) -> None:
     """Quantize FP32_ONNX to an INT8 Q/DQ graph calibrated on normal frames, gated against FP32.
 
-    The gate compares INT8 with FP32 on held-out frames (held-out normal frames plus synthetic products,
-    with labelled anomalies or synthetic defects) and refuses to write the INT8 graph (exit 1) when a
-    metric misses its limit, unless --force.
+    By default an accuracy search decides which transformer blocks (or their QKV / attention-output / MLP
+    groups) stay FP32: least sensitive first into INT8 while the gate holds (--time-budget bounds it; --plan
+    re-applies a recorded plan). The gate compares INT8 with FP32 on held-out frames (held-out normal frames
+    plus synthetic products, with labelled anomalies or synthetic defects) and refuses to write the INT8 graph
+    (exit 1) when a metric misses its limit, unless --force. Prints the plan, the gate's figures and the
+    speed-up measured on the gate's frames.
     """
     from .int8 import Int8Options, build_int8_engine, quantize_artifact
 
@@ -225,8 +286,10 @@ def int8(fp32_onnx: Path, images, data, camera, anomalies, class_name, frames, o
     source = (["--images", str(images)] if images else ["--data", str(data)] if data else
               ["--camera", str(camera)])
     target = out or fp32_onnx.with_name(fp32_onnx.stem + ".int8.onnx")
+    recorded = _recorded_plan(plan, "int8") if plan is not None else None
     command = shlex.join(["aaclip-calibrate", "int8", str(fp32_onnx), *source, "--frames", str(frames),
-                          "--method", method, "--out", str(target), "--backend", backend]
+                          "--method", method, "--out", str(target), "--backend", backend,
+                          "--weight-bits", str(weight_bits), "--plan", str(plan or target)]
                          + (["--class", class_name] if class_name else [])
                          + (["--engine", str(engine), "--trt-flavour", flavour, "--engine-batch", engine_batch]
                             if engine else []))
@@ -235,10 +298,13 @@ def int8(fp32_onnx: Path, images, data, camera, anomalies, class_name, frames, o
     result = quantize_artifact(fp32_onnx, normals, bad, Int8Options(
         out=out, max_frames=frames, holdout=holdout, limits=limits, force=force, method=method, batch=batch, seed=seed,
         rebuild_command=command, discard_calibration=discard_calibration, backend=backend,
-        runner=runner_options(device, threads, precision_hint, perf_hint, cache_dir)))
+        runner=runner_options(device, threads, precision_hint, perf_hint, cache_dir), search=search,
+        budget_s=time_budget, search_frames=search_frames, weight_bits=weight_bits, plan=recorded))
     click.echo(f"INT8 calibration: {result.calibration['frames']} frames ({result.calibration['input']}), "
                f"{len(result.plan.quantize)} nodes quantized, {len(result.plan.exclude)} kept FP32")
+    _print_plan(result.search, result.units)
     _print_gate(result.gate)
+    _print_speedup(result.speedup, "INT8")
     if not result.written:
         click.echo("error: INT8 graph not written: the accuracy gate failed (see above); calibrate on more varied "
                    "normal frames, try --method percentile, or pass --force to write it anyway", err=True)
@@ -263,15 +329,20 @@ def int8(fp32_onnx: Path, images, data, camera, anomalies, class_name, frames, o
 @click.option("--force", is_flag=True, help="Record BF16 as allowed even when the gate fails (marked forced).")
 @click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True, help="Frames per inference call.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the synthetic test frames.")
+@_search_options
+@click.option("--emulate", is_flag=True,
+              help="On a CPU without BF16: preview the plan on ONNX Runtime with BF16 rounding; nothing is recorded.")
 @verbosity
 def bf16(fp32_onnx: Path, images, data, camera, anomalies, class_name, frames, holdout, max_map_err,
          min_map_corr, min_rank_corr, max_auroc_change, device, threads, precision_hint, perf_hint, cache_dir, force,
-         batch, seed) -> None:
-    """Gate OpenVINO's mixed BF16 (transformer matmuls BF16, the rest FP32) on FP32_ONNX against FP32.
+         batch, seed, search, time_budget, search_frames, plan, emulate) -> None:
+    """Search and gate OpenVINO's mixed BF16 on FP32_ONNX against FP32.
 
-    Runs the frames in FP32 and in mixed BF16 on OpenVINO (same device) and compares them with the
-    accuracy gate. When it passes, the manifest records it (precision_gates) and aaclip-runtime
-    --backend openvino --precision bf16 runs the artifact; otherwise nothing is written (exit 1).
+    By default an accuracy search decides which transformer blocks (or their QKV / attention-output / MLP
+    groups) run BF16 and which stay FP32, least sensitive first into BF16 while the gate holds; everything
+    outside the transformer's matmuls stays FP32. When the gate passes, the manifest records the plan
+    (precision_gates) and aaclip-runtime --backend openvino --precision bf16 runs it; otherwise nothing
+    is written (exit 1). Needs a CPU with BF16 (AVX512-BF16 or AMX); elsewhere --emulate previews the plan.
     """
     from .bf16 import PrecisionGateOptions, gate_precision
 
@@ -283,10 +354,18 @@ def bf16(fp32_onnx: Path, images, data, camera, anomalies, class_name, frames, h
         normals = _limit(normals, frames)
     limits = GateLimits(max_map_err=max_map_err, min_map_corr=min_map_corr, min_rank_corr=min_rank_corr,
                         max_auroc_change=max_auroc_change)
+    recorded = _recorded_plan(plan, "bf16") if plan is not None else None
     result = gate_precision(fp32_onnx, normals, bad, PrecisionGateOptions(
         max_frames=frames, holdout=holdout, limits=limits, force=force, batch=batch, seed=seed,
-        runner=runner_options(device, threads, None, perf_hint, cache_dir)))
+        runner=runner_options(device, threads, None, perf_hint, cache_dir), search=search, budget_s=time_budget,
+        search_frames=search_frames, plan=recorded, emulate=emulate))
+    _print_plan(result.search, result.units)
     _print_gate(result.gate)
+    _print_speedup(result.speedup, "BF16")
+    if result.emulated:
+        click.echo("emulated BF16 (rounding on ONNX Runtime, this CPU has no BF16): nothing recorded; run this command "
+                   "without --emulate on the line's machine to gate and record the plan")
+        return
     if not result.written:
         click.echo("error: BF16 not allowed for this artifact: the accuracy gate failed (see above); run it in fp32 "
                    "(or pass --force to allow it anyway)", err=True)

@@ -148,15 +148,16 @@ def camera_labels(names: tuple[str, ...]) -> list[str]:
     return [n if names.count(n) == 1 else f"{n}#{i}" for i, n in enumerate(names)]
 
 
-def model_identity(context: LoopContext) -> dict[str, Any]:
-    """What the page and ``aaclip_model_info`` say about the model."""
-    m = context.manifest
+def model_identity(context: LoopContext, source: int = 0) -> dict[str, Any]:
+    """What the page and ``aaclip_model_info`` say about the model of camera ``source`` (a station may run
+    several artifacts)."""
+    m = context.manifest_of(source)
     calibration = m.data["score"].get("calibration") or {}
     return {"artifact": m.artifact_path.name, "method": m.method, "precision": m.precision,
-            "format": m.artifact_format, "backend": context.backend, "sha256": m.sha256[:12],
+            "format": m.artifact_format, "backend": context.backend_of(source), "sha256": m.sha256[:12],
             "created": m.data.get("created"), "calibrated": m.calibrated,
             "calibration_date": calibration.get("date") if m.calibrated else None,
-            "threshold": finite(context.params.threshold), "shown_threshold": SHOWN_THRESHOLD,
+            "threshold": finite(context.params_of(source).threshold), "shown_threshold": SHOWN_THRESHOLD,
             "classes": list(m.classes)}
 
 
@@ -177,6 +178,7 @@ class LineMonitor(Sink):
         self.cameras: list[CameraState] = []
         self.context: Optional[LoopContext] = None
         self.identity: dict[str, Any] = {}
+        self.identities: list[dict[str, Any]] = []  # per camera: its artifact (a station may run several)
         self.started = threading.Event()
         self.closed = threading.Event()
         self.views = 0  # JPEGs encoded for the live view
@@ -189,6 +191,7 @@ class LineMonitor(Sink):
         self.cameras = [CameraState(i, n, labels[i], now) for i, n in enumerate(context.source_names)]
         self.context = context
         self.identity = model_identity(context)
+        self.identities = [model_identity(context, i) for i in range(len(context.source_names))]
         self.started.set()
 
     def _view_due(self, cam: CameraState, now: float) -> bool:
@@ -285,7 +288,7 @@ class LineMonitor(Sink):
         return {
             "camera": {"index": cam.index, "name": cam.name},
             "cameras": [c.name for c in self.cameras],
-            "model": self.identity,
+            "model": dict(self.identities[cam.index], **({} if last is None else {"threshold": finite(last.threshold)})),
             "counters": counters,
             "last": None if last is None else {"frame": last.frame, "score": finite(last.score),
                                                "decision": last.state, "timestamp": iso_time(last.wall_time)},

@@ -19,7 +19,7 @@ from aaclip.contract.manifest import load_manifest
 from aaclip.runtime.backends import open_runner
 from aaclip.runtime.loop import CameraLoop, LoopConfig
 from aaclip.runtime.sinks import EventLog
-from aaclip.runtime.web import BOUNDARY, LineView, parse_address
+from aaclip.runtime.web import BOUNDARY, HttpAccess, LineView, parse_address
 from line_fixtures import (Feeder, ScriptedCamera, chromium_driver, moving_part, needs_browser, needs_prometheus,
                            wait_until)
 from runtime_fixtures import frame_image, make_onnx_artifact, read_events
@@ -51,7 +51,8 @@ def get(url, timeout=5.0):
 
 
 def test_parse_address():
-    assert parse_address(":8080") == ("", 8080) and parse_address("8080") == ("", 8080)
+    assert parse_address(":8080") == ("127.0.0.1", 8080) and parse_address("8080") == ("127.0.0.1", 8080)  # loopback
+    assert parse_address("0.0.0.0:8080") == ("0.0.0.0", 8080)
     assert parse_address("127.0.0.1:0") == ("127.0.0.1", 0) and parse_address("[::1]:9000") == ("::1", 9000)
     for bad in ("host:", "x:99999", "abc"):
         with pytest.raises(UserError, match="give \\[HOST\\]:PORT"):
@@ -158,7 +159,8 @@ def test_stream_renders_only_while_watched_and_stalled_clients_never_slow_the_lo
     clock = ViewClock()
     monkeypatch.setattr(monitor, "time", clock)
     camera = ScriptedCamera()
-    view = LineView("127.0.0.1:0", view_fps=8)  # a view at most every 0.125 s of the view's clock (exact in binary)
+    access = HttpAccess(timeout=600.0)  # a client that accepts nothing stays until it leaves (set lower below)
+    view = LineView("127.0.0.1:0", view_fps=8, access=access)  # a view at most every 0.125 s of the view's clock
     frames = [moving_part(frame_image(False, (240, 320), seed=i), i) for i in range(8)]
 
     def feed(n: int, step: float = 0.0) -> None:
@@ -199,7 +201,6 @@ def test_stream_renders_only_while_watched_and_stalled_clients_never_slow_the_lo
 
         # A client that never reads: its thread blocks on a full socket, the loop does not notice.
         monkeypatch.setattr(web, "STREAM_SNDBUF", 4096)
-        monkeypatch.setattr(web._Handler, "timeout", None)  # no socket timeout: stalled until the client leaves
         stalled = socket.socket()
         stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         stalled.connect(("127.0.0.1", view.port))
@@ -217,7 +218,7 @@ def test_stream_renders_only_while_watched_and_stalled_clients_never_slow_the_lo
         wait_until(lambda: cam.watchers == 0, 30.0, "the stalled client's thread to end")
 
         # with a socket timeout, a client that stays connected but never reads is dropped
-        monkeypatch.setattr(web._Handler, "timeout", 0.3)
+        access.timeout = 0.3  # read by each new connection
         stalled = socket.socket()
         stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         stalled.connect(("127.0.0.1", view.port))

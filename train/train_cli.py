@@ -43,12 +43,15 @@ def _backbone_options(f):
                           "(4 blocks, width 64, at 64 px; with --random-init: a toy for tests and demos, trains "
                           "in seconds on a CPU).")(f)
     f = click.option("--clip-weights", type=click.Path(dir_okay=False, path_type=Path),
-                     help="Local CLIP checkpoint (safetensors or state dict).")(f)
+                     help="Local CLIP checkpoint: safetensors, a state dict, or OpenAI's TorchScript .pt "
+                          "(read without running its code).")(f)
     f = click.option("--pretrained", help="OpenCLIP pretrained tag instead of a file, e.g. 'openai' (needs network).")(f)
     f = click.option("--random-init", type=int, metavar="SEED",
                      help="Random CLIP weights (tests and demos only: the model learns nothing transferable).")(f)
     f = click.option("--activation", type=click.Choice(ACTIVATIONS),
-                     help="GELU flavour of both towers [default: the family's; aa-clip: gelu, as the paper].")(f)
+                     help="GELU flavour of both towers [default: the family's official one; aa-clip: gelu; "
+                          "res2clip: quickgelu; clip-ad: quickgelu for OpenAI weights at their native size, "
+                          "else gelu].")(f)
     f = click.option("--pos-embed-resize", type=click.Choice(list(POS_EMBED_RESIZE)),
                      help="Position-embedding resize to --image-size [default: the family's; aa-clip: "
                           "bicubic-antialias].")(f)

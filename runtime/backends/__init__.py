@@ -9,6 +9,8 @@ packages add backends.
 """
 from __future__ import annotations
 
+import logging
+
 from aaclip.contract.manifest import Manifest
 
 from .base import Runner
@@ -32,8 +34,13 @@ from .registry import (
 def _onnxruntime(manifest: Manifest, options: RunnerOptions) -> Runner:
     from aaclip.contract.errors import UserError
 
+    from . import onnxruntime as ortb
     from .onnxruntime import CPU_PROVIDERS, DEFAULT_PROVIDERS, OnnxRuntimeRunner
 
+    if manifest.precision == "int8" and options.device != "cuda":
+        risk = ortb.int8_saturation_risk(manifest.data.get("quantization"), ortb.cpu_flags())
+        if risk:
+            logging.getLogger(__name__).warning("%s", risk)
     if options.extra.get("precision") not in (None, manifest.precision):
         raise UserError(f"onnxruntime runs the artifact's own precision ({manifest.precision}); a precision hint "
                         "needs --backend openvino")
