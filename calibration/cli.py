@@ -3,6 +3,7 @@
     aaclip-calibrate threshold model.onnx --images good_parts/            # writes the manifest's score block
     aaclip-calibrate threshold model.engine --camera csi://0 --frames 10000 --far 0.001
     aaclip-calibrate threshold model.onnx --data test.jsonl --dry-run       # label 1 records: report only
+    aaclip-calibrate threshold model.onnx --reviews reviews.jsonl --images good_parts/  # operators' verdicts
     aaclip-calibrate int8 model.onnx --images good_parts/ --engine model.int8.engine --trt-flavour tensorrt
 
 Exit status: 0 done, 1 the INT8 gate refused the graph, 2 bad input (one 'error: ...' line).
@@ -193,15 +194,21 @@ def cli() -> None:
               help="Histogram PNG [default: ARTIFACT.calibration.png; not written by --dry-run].")
 @click.option("--no-plot", is_flag=True, help="Do not write the histogram.")
 @click.option("--dry-run", is_flag=True, help="Print the score block; write nothing.")
+@click.option("--reviews", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+              help="Refit the threshold from the operators' reviews (aaclip-runtime --reviews): false alarms stay "
+                   "below it, confirmed and missed defects above; with --images the constants are first fitted on "
+                   "those good images. Refuses (exit 2) when no threshold separates the verdicts.")
 @verbosity
 def threshold(artifact: Path, images, data, camera, anomalies, class_name, frames, far, pixel_far,
               pixel_samples, backend, device, threads, precision_hint, perf_hint, cache_dir, batch, plot, no_plot,
-              dry_run) -> None:
+              dry_run, reviews) -> None:
     """Fit normalization constants and thresholds of ARTIFACT on normal frames; write them into its manifest.
 
     Only the manifest changes (atomically); the artifact and its sha256 stay as they are, and
-    aaclip-runtime uses the new constants without any flag. Labelled anomalies (--data label 1,
-    --anomalies) are only reported (AUROC, detection rate, F1-optimal threshold), never used to fit.
+    aaclip-runtime uses the new constants without any flag (a running one reloads them and logs the
+    old and new threshold). Labelled anomalies (--data label 1, --anomalies) are only reported (AUROC,
+    detection rate, F1-optimal threshold), never used to fit. --reviews is the exception: the verdicts
+    operators gave on the line view bound the threshold (docs/calibration.md, "Refit from reviews").
     """
     from .plot import save_score_histogram
     from .score_calibration import ThresholdOptions, calibrate_artifact, summary_lines
@@ -209,6 +216,11 @@ def threshold(artifact: Path, images, data, camera, anomalies, class_name, frame
     thresholds._check_far(far)
     thresholds._check_far(pixel_far, "pixel-far")
     manifest = load_manifest(artifact)
+    if reviews is not None:
+        _refit(artifact, manifest, reviews, images, (data, camera, anomalies), class_name, frames, ThresholdOptions(
+            far=far, pixel_far=pixel_far, backend=backend, batch=batch, pixel_samples=pixel_samples, dry_run=dry_run,
+            runner=runner_options(device, threads, precision_hint, perf_hint, cache_dir)))
+        return
     normals, bad = resolve_inputs(manifest, images, data, camera, frames, anomalies, class_name)
     if camera is None:
         normals = _limit(normals, frames)
@@ -228,6 +240,22 @@ def threshold(artifact: Path, images, data, camera, anomalies, class_name, frame
         if save_score_histogram(path, result.normal_scores, result.score["threshold"], result.anomaly_scores,
                                 f"{artifact.name}: {c['frames']} normal frames, {c['method']} at far {c['far']:g}"):
             click.echo(f"plot {path}")
+
+
+def _refit(artifact: Path, manifest: Manifest, reviews: Path, images: Optional[Path], others: tuple,
+           class_name: Optional[str], frames: Optional[int], options) -> None:
+    """``threshold --reviews``: refit from the reviews (and the good images of --images)."""
+    from .review_refit import refit_threshold, summary_lines
+
+    if any(v is not None for v in others):
+        raise UserError("--reviews refits from the reviews and the good images of --images; drop --data, --camera "
+                        "and --anomalies")
+    normals = _limit(folder_input(images, class_id_for(manifest, class_name)), frames) if images else None
+    result = refit_threshold(artifact, reviews, normals, options)
+    for line in summary_lines(result):
+        click.echo(line)
+    click.echo("dry run: manifest not written" if options.dry_run else
+               f"wrote {result.manifest_path} (a running aaclip-runtime reloads it within seconds)")
 
 
 @cli.command(context_settings=CONTEXT)

@@ -146,3 +146,22 @@ def sha256_file(path: PathLike, chunk: int = 1 << 20) -> str:
         for block in iter(lambda: f.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def append_line(fd: int, data: bytes) -> None:
+    """Append ``data`` (one whole line) to the file open as ``fd`` (``O_APPEND``) in one ``write`` call.
+
+    A write the disk refuses (full, read-only, short write) raises ``OSError`` after cutting the partial
+    bytes off again, so the file never ends in a half line: the rule of the event log and the reviews file.
+    """
+    start = os.lseek(fd, 0, os.SEEK_END)
+    try:
+        written = os.write(fd, data)
+        if written != len(data):
+            raise OSError(28, f"short write ({written} of {len(data)} bytes)")
+    except OSError:
+        try:
+            os.ftruncate(fd, start)
+        except OSError:
+            pass
+        raise

@@ -43,6 +43,10 @@ def main() -> None:
 
 def _write(records: list[Record], root: Path, out: Path) -> None:
     write_records(out, rebase(records, root, out.parent))
+    _summary(records, out)
+
+
+def _summary(records: list[Record], out: Path) -> None:
     counts = class_counts(records)
     n_anom = sum(a for _, a in counts.values())
     n_masked = sum(masked_counts(records).values())
@@ -198,6 +202,26 @@ def check(records_file: Path, root: Path | None, no_files: bool) -> None:
     if a_all > sum(masked.values()):
         click.echo(f"{a_all - sum(masked.values())} anomalous images have no mask: image-level labels "
                    "(pixel losses and pixel metrics skip them)")
+
+
+@main.command()
+@click.argument("reviews_file", metavar="REVIEWS", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.option("--out", "-o", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Output .jsonl; the frames go into <out stem>-images/ beside it.")
+@verbosity
+def reviews(reviews_file: Path, out: Path) -> None:
+    """Turn the frames operators reviewed on the line view (aaclip-runtime --reviews) into records.
+
+    Real and missed defects become label 1, false alarms label 0, with the class the camera inspects; each
+    frame (the left half of its evidence image) is written as a PNG. Reviews whose evidence is gone, frames
+    duplicating an earlier one, replaced and undone verdicts are listed, not dropped silently.
+    """
+    from aaclip.data.reviews_records import review_records
+
+    result = review_records(reviews_file, out)
+    for line in result.notes():
+        click.echo(line)
+    _summary(result.records, out)
 
 
 @main.command()

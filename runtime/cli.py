@@ -79,6 +79,7 @@ class RunConfig:
     mqtt: Union[None, str, MqttOutput] = None        # mqtt://HOST[:PORT]/PREFIX
     webhook: Union[None, str, WebhookOutput] = None  # http(s) URL receiving alarm events
     opcua: Union[None, str, OpcuaOutput] = None      # opcua://HOST:PORT/ROOT: the PLC's or SCADA's server
+    reviews: Optional[Path] = None                   # operators' verdicts from the line view (needs http)
 
     @property
     def backoff(self) -> Backoff:
@@ -138,7 +139,7 @@ FLAGS: dict[str, tuple[str, str]] = {
     "opcua_private_key": ("outputs.opcua", "private_key"),
     "opcua_server_certificate": ("outputs.opcua", "server_certificate"),
     "opcua_username": ("outputs.opcua", "username"), "opcua_password_file": ("outputs.opcua", "password_file"),
-    "opcua_namespace": ("outputs.opcua", "namespace"),
+    "opcua_namespace": ("outputs.opcua", "namespace"), "reviews": ("outputs.reviews", "path"),
 }
 OUTPUT_SECTIONS = ("http", "mqtt", "webhook", "opcua")  # RunConfig fields that may hold a whole section
 
@@ -343,6 +344,10 @@ def _print_password_hash(ctx: click.Context, _param, value: bool) -> None:
               help="File holding the OPC UA password (else $AACLIP_OPCUA_PASSWORD).")
 @click.option("--opcua-namespace", default=_D.outputs.opcua.namespace, show_default=True,
               help="Namespace URI of the station's nodes in the server.")
+@click.option("--reviews", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Let operators mark alarms 'real defect' / 'false alarm' and flag missed defects on the line "
+                   "view (needs --http); one JSON line per review appended here, reviewed frames kept in "
+                   "FILE's <stem>-frames/ folder. Refit with: aaclip-calibrate threshold ARTIFACT --reviews FILE.")
 @click.option("--in-flight", type=click.IntRange(min=1), default=None,
               help="Served model: batches on the server at once [default: one per camera, at least 2].")
 @click.option("-v", "--verbose", count=True, help="More log output.")

@@ -122,6 +122,17 @@ class _Collector:
         for sink in m.context.sinks:
             failures.add_metric([sink.name], sink.failures)
         yield failures
+        if m.reviews is not None:
+            # a gauge: an operator's undo takes a verdict back, so the numbers may go down
+            reviews = GaugeMetricFamily("aaclip_reviewed_frames", "Frames operators reviewed on the line view, by "
+                                        "standing verdict (confirmed, false_alarm, missed).",
+                                        labels=["camera", "verdict"])
+            counts_by_camera = {cam.name: dict.fromkeys(("confirmed", "false_alarm", "missed"), 0) for cam in m.cameras}
+            counts_by_camera.update(m.reviews.counts())
+            for camera, counts in counts_by_camera.items():
+                for verdict, n in counts.items():
+                    reviews.add_metric([camera, verdict], n)
+            yield reviews
         info = InfoMetricFamily("aaclip_model", "The model the runtime runs.")
         info.add_metric([], {k: _label(m.identity[k]) for k in MODEL_LABELS})
         yield info

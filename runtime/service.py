@@ -104,7 +104,24 @@ def _http(s, ctx: OutputContext) -> Optional[Sink]:
         return None
     from .web import LineView
 
-    return LineView.from_options(s)
+    reviews = None
+    if ctx.station.outputs.reviews.path is not None:  # the review buttons of the line view
+        from .reviews import ReviewLog
+
+        reviews = ReviewLog(ctx.station.outputs.reviews)
+    try:
+        return LineView.from_options(s, reviews=reviews)
+    except BaseException:
+        if reviews is not None:
+            reviews.close()
+        raise
+
+
+def _reviews(s, ctx: OutputContext) -> Optional[Sink]:
+    """``[outputs.reviews]`` is part of the line view (``_http`` opens it); alone it has nowhere to show."""
+    if s.path is not None and ctx.station.outputs.http.listen is None:
+        raise UserError("reviews need the line view: give --http (or [outputs.http] listen) with --reviews")
+    return None
 
 
 def _mqtt(s, ctx: OutputContext) -> Optional[Sink]:
@@ -140,7 +157,7 @@ def _opcua(s, ctx: OutputContext) -> Optional[Sink]:
 
 OUTPUTS: dict[str, Callable[[Any, OutputContext], Optional[Sink]]] = {
     "events": _events, "evidence": _evidence, "video": _video, "display": _display, "http": _http,
-    "mqtt": _mqtt, "webhook": _webhook, "opcua": _opcua,
+    "mqtt": _mqtt, "webhook": _webhook, "opcua": _opcua, "reviews": _reviews,
 }
 """One opener per ``[outputs.NAME]`` section (``station.outputs.Outputs``): (section, context) -> a started-
 later ``Sink``, or None when the section leaves the output off. A new output adds its opener here."""
@@ -407,7 +424,8 @@ class StationReload:
         changed = []
         for f in fields(new.outputs):
             old_settings, new_settings = getattr(self.running.outputs, f.name), getattr(new.outputs, f.name)
-            if old_settings == new_settings:
+            reviews_changed = f.name == "http" and self.running.outputs.reviews != new.outputs.reviews
+            if old_settings == new_settings and not reviews_changed:  # the line view holds the reviews log
                 continue
             old_sink = self.sinks.get(f.name)
             if old_sink is not None:  # closed first: a new web view may listen on the same port

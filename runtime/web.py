@@ -9,7 +9,9 @@ A standard-library threaded HTTP server (one thread per connection, daemon threa
   no plugin); frames are rendered only while such a stream is open, at most ``--view-fps`` per second;
 - ``/cam/N/state.json``: what the page shows, polled by it; ``/cam/N/alarm/SEQ.jpg``: an alarm's thumbnail;
 - ``/metrics``: Prometheus text format (``metrics``); ``/healthz``: 200 when every camera delivered a frame
-  within ``--health-timeout`` seconds, else 503, with JSON details.
+  within ``--health-timeout`` seconds, else 503, with JSON details;
+- ``POST /cam/N/review``: an operator's verdict on an alarm or the frame on screen (``--reviews``; the
+  logic, the file and who may review are ``reviews``'s).
 
 Access (``HttpAccess``, from the ``[outputs.http]`` section, ``HttpOutput``): every route but an open ``/healthz`` passes
 ``http_auth.authorize`` first (bearer token and/or users with scrypt-hashed passwords; 401 otherwise);
@@ -34,15 +36,19 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from aaclip.contract.errors import UserError
 
+from . import reviews
 from .credentials import ENV_HTTP_TOKEN, read_secret
 from .http_auth import HttpAuth, authorize, load_users, parse_users
 from .metrics import INSTALL_HINT, open_metrics
 from .station.outputs import HttpOutput
 from .monitor import LineMonitor
+
+if TYPE_CHECKING:
+    from .reviews import ReviewLog
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +56,7 @@ STREAM_SNDBUF = 256 * 1024  # socket send buffer of a stream: bounds what a stal
 STREAM_WAIT_S = 1.0       # how often a stream thread checks that the server still runs
 BOUNDARY = "aaclipframe"
 _CAM_ROUTE = re.compile(r"^/cam/(\d+)(?:/(stream\.mjpg|state\.json|alarm/(\d+)\.jpg))?/?$")
-
+_REVIEW_ROUTE = re.compile(r"^/cam/(\d+)/review$")
 
 def parse_address(spec: str) -> tuple[str, int]:
     """``:8080`` or ``8080`` (this machine only: 127.0.0.1), ``0.0.0.0:8080`` (every IPv4 interface),
@@ -243,6 +249,41 @@ class _Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError, socket.timeout):
             self.close_connection = True
 
+    def do_POST(self) -> None:
+        match = _REVIEW_ROUTE.match(self.path.split("?", 1)[0])
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if not 0 <= length <= reviews.MAX_BODY:
+            self.close_connection = True
+            self._json({"error": f"a review is a JSON body of at most {reviews.MAX_BODY} bytes"},
+                       HTTPStatus.REQUEST_ENTITY_TOO_LARGE if length > 0 else HTTPStatus.BAD_REQUEST)
+            return
+        body = self.rfile.read(length)
+        if match is None:
+            self._send(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain; charset=utf-8")
+            return
+        if (self.headers.get("Content-Type") or "").split(";")[0].strip().lower() != "application/json":
+            self._json({"error": "send reviews as Content-Type: application/json"},
+                       HTTPStatus.UNSUPPORTED_MEDIA_TYPE)
+            return
+        auth = self.server.access.auth
+        if not authorize(self, auth):  # the page's credentials (401 with the challenge otherwise)
+            return
+        who = auth.check(self.headers.get("Authorization")) if auth.enabled else None  # cached: no second scrypt
+        refusal = reviews.allowed(self.client_address[0], auth.enabled)
+        if refusal is not None:
+            log.warning("review from %s refused: %s", self.client_address[0], refusal)
+            self._json({"error": refusal}, HTTPStatus.FORBIDDEN)
+            return
+        cam = self.server.monitor.camera(int(match.group(1)))
+        if cam is None:
+            self._json({"error": "no such camera (or the loop has not started)"}, HTTPStatus.NOT_FOUND)
+            return
+        status, answer = reviews.handle_review(self.server.monitor, cam, body, who)
+        self._json(answer, HTTPStatus(status))
+
     # ---- routes --------------------------------------------------------------------------------------
     def _root(self, monitor: LineMonitor) -> None:
         if len(monitor.cameras) == 1 or not monitor.started.is_set():
@@ -304,14 +345,20 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Cache-Control", "no-store")
             self.send_header("Connection", "close")
             self.end_headers()
-            seq = -1
+            # Each part ends with the next part's delimiter, sent at once, and a frame that stays the newest for
+            # STREAM_WAIT_S is sent once more: Chromium shows a part only when the next one begins, so without
+            # the repeat the last frame of a line that stopped would never be shown (and a "missed defect"
+            # flag names the frame on screen).
+            self.wfile.write(f"--{BOUNDARY}\r\n".encode("ascii"))
+            seq, repeated = -1, True
             while not monitor.closed.is_set():
                 jpeg, new_seq = monitor.next_jpeg(cam, seq, STREAM_WAIT_S)
-                if jpeg is None or new_seq == seq:
+                if jpeg is None or (new_seq == seq and repeated):
                     continue
+                repeated = new_seq == seq
                 seq = new_seq
-                self.wfile.write(f"--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n"
-                                 .encode("ascii") + jpeg + b"\r\n")
+                self.wfile.write(f"Content-Type: image/jpeg\r\nContent-Length: {len(jpeg)}\r\n\r\n".encode("ascii")
+                                 + jpeg + f"\r\n--{BOUNDARY}\r\n".encode("ascii"))
                 self.wfile.flush()
         finally:
             monitor.watch(cam, -1)
@@ -339,8 +386,9 @@ class LineView(LineMonitor):
     frame) until ``close``."""
 
     def __init__(self, address: str, view_fps: float = 5.0, view_width: int = 640, health_timeout_s: float = 10.0,
-                 access: Optional[HttpAccess] = None):
-        super().__init__(view_fps=view_fps, view_width=view_width, health_timeout_s=health_timeout_s)
+                 access: Optional[HttpAccess] = None, reviews: Optional["ReviewLog"] = None):
+        super().__init__(view_fps=view_fps, view_width=view_width, health_timeout_s=health_timeout_s,
+                         reviews=reviews)
         self.metrics = open_metrics(self)  # None without prometheus_client: /metrics answers 501
         host, port = parse_address(address)
         access = access or HttpAccess()
@@ -370,11 +418,11 @@ class LineView(LineMonitor):
                  f"{access.auth.kinds} required" if access.auth.enabled else "no authentication")
 
     @classmethod
-    def from_options(cls, options: HttpOutput) -> "LineView":
+    def from_options(cls, options: HttpOutput, reviews: Optional["ReviewLog"] = None) -> "LineView":
         if not options.view_fps > 0 or not options.health_timeout > 0:
             raise UserError("--view-fps and --health-timeout must be > 0")
         return cls(options.listen, view_fps=options.view_fps, health_timeout_s=options.health_timeout,
-                   access=HttpAccess.from_options(options))
+                   access=HttpAccess.from_options(options), reviews=reviews)
 
     @property
     def url(self) -> str:

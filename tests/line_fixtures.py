@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 import pytest
 from aaclip.runtime.sources import Source
+from aaclip.runtime.web import BOUNDARY
 from runtime_fixtures import frame_image
 
 MOSQUITTO = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
@@ -237,14 +238,31 @@ class Receiver:
         self.server.server_close()
 
 
-def chromium_driver(width: int = 1280, height: int = 820):
-    """Headless Chromium (the system's browser and chromedriver) through Selenium."""
+def chromium_driver(width: int = 1280, height: int = 820, page_load: str = "normal"):
+    """Headless Chromium (the system's browser and chromedriver) through Selenium. ``page_load="eager"``: ``get``
+    returns once the document is parsed (an MJPEG <img> of a camera that sends nothing yet never "loads")."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
+    options.page_load_strategy = page_load
     options.binary_location = CHROMIUM
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                 f"--window-size={width},{height}", "--disable-extensions", "--no-first-run"):
         options.add_argument(arg)
     return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+
+
+def read_parts(response, n):
+    """The next ``n`` JPEG parts of an MJPEG (multipart/x-mixed-replace) response."""
+    parts = []
+    while len(parts) < n:
+        assert response.readline() == f"--{BOUNDARY}\r\n".encode()
+        headers = {}
+        while (line := response.readline()) != b"\r\n":
+            key, _, val = line.decode().partition(":")
+            headers[key.lower()] = val.strip()
+        assert headers["content-type"] == "image/jpeg"
+        parts.append(response.read(int(headers["content-length"])))
+        assert response.read(2) == b"\r\n"
+    return parts

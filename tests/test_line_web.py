@@ -20,8 +20,16 @@ from aaclip.runtime.backends import open_runner
 from aaclip.runtime.loop import CameraLoop, LoopConfig
 from aaclip.runtime.sinks import EventLog
 from aaclip.runtime.web import BOUNDARY, HttpAccess, LineView, parse_address
-from line_fixtures import (Feeder, ScriptedCamera, chromium_driver, moving_part, needs_browser, needs_prometheus,
-                           wait_until)
+from line_fixtures import (
+    Feeder,
+    ScriptedCamera,
+    chromium_driver,
+    moving_part,
+    needs_browser,
+    needs_prometheus,
+    read_parts,
+    wait_until,
+)
 from runtime_fixtures import frame_image, make_onnx_artifact, read_events
 
 
@@ -125,21 +133,6 @@ def test_metrics_equal_the_summary_and_healthz_turns_unhealthy(tmp_path):
         ("fp32", "onnxruntime", "false")
     with pytest.raises(urllib.error.URLError):  # the server closed with the loop: nothing listens
         get(view.url + "/healthz")
-
-
-def read_parts(response, n):
-    """The next ``n`` JPEG parts of an MJPEG (multipart/x-mixed-replace) response."""
-    parts = []
-    while len(parts) < n:
-        assert response.readline() == f"--{BOUNDARY}\r\n".encode()
-        headers = {}
-        while (line := response.readline()) != b"\r\n":
-            key, _, val = line.decode().partition(":")
-            headers[key.lower()] = val.strip()
-        assert headers["content-type"] == "image/jpeg"
-        parts.append(response.read(int(headers["content-length"])))
-        assert response.read(2) == b"\r\n"
-    return parts
 
 
 class ViewClock:

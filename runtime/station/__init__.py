@@ -8,6 +8,7 @@
     [outputs.events]     path, mode = "decisions"|"alarms", max_bytes, keep, summary_every
     [outputs.evidence]   dir, format, max_files, max_bytes, max_age_days
     [outputs.video] [outputs.display] [outputs.http] [outputs.mqtt] [outputs.webhook] [outputs.opcua]
+    [outputs.reviews]    path, max_bytes, keep, max_frames   (operators' verdicts from the line view)
 
 Modules: ``schema`` (the sections as dataclasses), ``outputs`` (one dataclass per ``[outputs.NAME]``),
 ``fields`` (``setting(...)``: how a key is declared, its doc line and its check), ``lines`` (where each key is
@@ -46,6 +47,7 @@ from .outputs import (
     MqttOutput,
     OpcuaOutput,
     Outputs,
+    ReviewsOutput,
     VideoOutput,
     WebhookOutput,
 )
@@ -54,7 +56,7 @@ from .write import station_toml
 
 __all__ = [
     "ArtifactSection", "CameraSection", "ConfigError", "DisplayOutput", "EventsOutput", "EvidenceOutput",
-    "HttpAuthSettings", "HttpOutput", "MqttOutput", "OpcuaOutput", "Outputs", "RuntimeSection", "StationConfig", "StationSection", "VideoOutput",
+    "HttpAuthSettings", "HttpOutput", "MqttOutput", "OpcuaOutput", "Outputs", "ReviewsOutput", "RuntimeSection", "StationConfig", "StationSection", "VideoOutput",
     "WebhookOutput", "above", "at_least", "check_station", "load_station", "one_of", "setting",
     "station_from_dict", "station_toml",
 ]

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+from aaclip.contract.reviews import DEFAULT_KEEP, DEFAULT_MAX_BYTES, DEFAULT_MAX_FRAMES
+
 from .fields import above, at_least, one_of, setting
 
 EVENT_MODES = ("decisions", "alarms")
@@ -158,6 +160,20 @@ class OpcuaOutput:
 
 
 @dataclass
+class ReviewsOutput:
+    """``[outputs.reviews]``: operators' verdicts from the line view (needs ``[outputs.http]``), one JSON line
+    each (``aaclip.runtime.reviews``); rotated at ``max_bytes`` into ``reviews.jsonl.1`` .. ``.{keep}`` (the
+    oldest deleted) like the events; the reviewed frames kept in ``<stem>-frames/``, at most ``max_frames``."""
+
+    path: Optional[Path] = setting(None, "reviews file: the line view shows review buttons (off when unset)",
+                                   flag="--reviews")
+    max_bytes: int = setting(DEFAULT_MAX_BYTES, "rotate the file when it would pass this size (4 MiB: ~10,000 reviews)",
+                             check=at_least(4096))
+    keep: int = setting(DEFAULT_KEEP, "rotated files kept (reviews.jsonl.1 .. .keep); the oldest is deleted", check=at_least(0))
+    max_frames: int = setting(DEFAULT_MAX_FRAMES, "reviewed frames kept beside the file (the oldest deleted)", check=at_least(1))
+
+
+@dataclass
 class Outputs:
     """Every ``[outputs.NAME]`` section: the field name is NAME, its type the section's dataclass."""
 
@@ -169,3 +185,4 @@ class Outputs:
     mqtt: MqttOutput = setting(default_factory=MqttOutput)
     webhook: WebhookOutput = setting(default_factory=WebhookOutput)
     opcua: OpcuaOutput = setting(default_factory=OpcuaOutput)
+    reviews: ReviewsOutput = setting(default_factory=ReviewsOutput)
