@@ -130,7 +130,7 @@ def test_demo_runs_with_each_peer_family(tmp_path, monkeypatch, method):
     assert manifest["score"]["calibration"]["frames"] == demo.CALIBRATION_FRAMES
     rows = [json.loads(line) for line in (tmp_path / "runtime" / "events.jsonl").read_text().splitlines()]
     assert len(rows) == 2 * demo.FRAMES_PER_PART == s["runtime"]["frames"]
-    assert all(r["anomalous"] == (r["raw_score"] >= manifest["score"]["threshold"]) for r in rows)  # raw vs raw
+    assert all(r["anomalous"] == (r["raw_score"] >= manifest["score"]["threshold"]) for r in rows)
     report = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert report["plate"]["n_images"] == 6
     # the family's own image score (CLIP-AD: half map, half cls; Res2CLIP: the per-frame score alone), scored
