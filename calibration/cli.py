@@ -10,6 +10,7 @@ Exit status: 0 done, 1 the INT8 gate refused the graph, 2 bad input (one 'error:
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import shlex
@@ -23,6 +24,7 @@ from aaclip.contract.errors import UserError
 from aaclip.contract.files import image_files
 from aaclip.contract.manifest import Manifest, load_manifest
 from aaclip.runtime.backends.options import backend_option, backend_options, runner_options
+from aaclip.runtime.source_options import FirstFrameWait, first_frame_options
 
 from . import thresholds
 from .gate import MAX_AUROC_CHANGE, MAX_MAP_ERR, MIN_MAP_CORR, MIN_RANK_CORR, GateLimits
@@ -35,8 +37,8 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 
 
 def resolve_inputs(manifest: Manifest, images: Optional[Path], data: Optional[Path], camera: Optional[str],
-                   frames: Optional[int], anomalies: Optional[Path], class_name: Optional[str]
-                   ) -> tuple[FrameInput, Optional[FrameInput]]:
+                   frames: Optional[int], anomalies: Optional[Path], class_name: Optional[str],
+                   first_frame: FirstFrameWait = FirstFrameWait()) -> tuple[FrameInput, Optional[FrameInput]]:
     """(normal frames, labelled anomalies or None) from exactly one of --images / --data / --camera."""
     given = [n for n, v in (("--images", images), ("--data", data), ("--camera", camera)) if v is not None]
     if len(given) != 1:
@@ -51,7 +53,7 @@ def resolve_inputs(manifest: Manifest, images: Optional[Path], data: Optional[Pa
         if frames is None:
             raise UserError("--camera needs --frames N: how many frames of good parts to record "
                             "(10000 for the default 0.001 false-alarm rate)")
-        normals = camera_input(camera, frames, class_id_for(manifest, class_name))
+        normals = camera_input(camera, frames, class_id_for(manifest, class_name), first_frame)
     if anomalies is not None:
         if bad is not None:
             raise UserError("anomalies come from the label-1 records of --data; drop --anomalies or --data")
@@ -72,6 +74,7 @@ def _limit(frames_input: FrameInput, limit: Optional[int]) -> FrameInput:
 
 
 def _source_options(f):
+    f = first_frame_options(f)  # listed after --class
     for option in reversed([
         click.option("--images", type=click.Path(path_type=Path, file_okay=False),
                      help="Folder of images of good (normal) parts."),
@@ -87,7 +90,17 @@ def _source_options(f):
                      help="Class the frames show (required for multi-class artifacts unless --data names it)."),
     ]):
         f = option(f)
-    return f
+    return _first_frame(f)
+
+
+def _first_frame(f):
+    """The command sees --open-timeout and --wait-for-source (aaclip-runtime's, for --camera) as one
+    ``first_frame``."""
+    @functools.wraps(f)
+    def wrapper(*args, open_timeout: float, wait_for_source: bool, **kwargs):
+        return f(*args, first_frame=FirstFrameWait(open_timeout, wait_for_source), **kwargs)
+
+    return wrapper
 
 
 def _gate_options(f):
@@ -201,7 +214,7 @@ def cli() -> None:
 @verbosity
 def threshold(artifact: Path, images, data, camera, anomalies, class_name, frames, far, pixel_far,
               pixel_samples, backend, device, threads, precision_hint, perf_hint, cache_dir, batch, plot, no_plot,
-              dry_run, reviews) -> None:
+              dry_run, reviews, first_frame) -> None:
     """Fit normalization constants and thresholds of ARTIFACT on normal frames; write them into its manifest.
 
     Only the manifest changes (atomically); the artifact and its sha256 stay as they are, and
@@ -221,7 +234,7 @@ def threshold(artifact: Path, images, data, camera, anomalies, class_name, frame
             far=far, pixel_far=pixel_far, backend=backend, batch=batch, pixel_samples=pixel_samples, dry_run=dry_run,
             runner=runner_options(device, threads, precision_hint, perf_hint, cache_dir)))
         return
-    normals, bad = resolve_inputs(manifest, images, data, camera, frames, anomalies, class_name)
+    normals, bad = resolve_inputs(manifest, images, data, camera, frames, anomalies, class_name, first_frame)
     if camera is None:
         normals = _limit(normals, frames)
     result = calibrate_artifact(artifact, normals, bad, ThresholdOptions(
@@ -291,7 +304,7 @@ def _refit(artifact: Path, manifest: Manifest, reviews: Path, images: Optional[P
 def int8(fp32_onnx: Path, images, data, camera, anomalies, class_name, frames, out, holdout, method,
          max_map_err, min_map_corr, min_rank_corr, max_auroc_change, backend, device, threads, precision_hint,
          perf_hint, cache_dir, force, discard_calibration, batch, seed, search, time_budget, search_frames, plan,
-         weight_bits, engine, flavour, engine_batch) -> None:
+         weight_bits, engine, flavour, engine_batch, first_frame) -> None:
     """Quantize FP32_ONNX to an INT8 Q/DQ graph calibrated on normal frames, gated against FP32.
 
     By default an accuracy search decides which transformer blocks (or their QKV / attention-output / MLP
@@ -310,7 +323,7 @@ def int8(fp32_onnx: Path, images, data, camera, anomalies, class_name, frames, o
         profile = parse_batch(engine_batch)
         load_flavour(flavour)  # fail before the slow part when TensorRT is missing
     manifest = load_manifest(fp32_onnx)
-    normals, bad = resolve_inputs(manifest, images, data, camera, frames, anomalies, class_name)
+    normals, bad = resolve_inputs(manifest, images, data, camera, frames, anomalies, class_name, first_frame)
     source = (["--images", str(images)] if images else ["--data", str(data)] if data else
               ["--camera", str(camera)])
     target = out or fp32_onnx.with_name(fp32_onnx.stem + ".int8.onnx")
@@ -363,7 +376,7 @@ def int8(fp32_onnx: Path, images, data, camera, anomalies, class_name, frames, o
 @verbosity
 def bf16(fp32_onnx: Path, images, data, camera, anomalies, class_name, frames, holdout, max_map_err,
          min_map_corr, min_rank_corr, max_auroc_change, device, threads, precision_hint, perf_hint, cache_dir, force,
-         batch, seed, search, time_budget, search_frames, plan, emulate) -> None:
+         batch, seed, search, time_budget, search_frames, plan, emulate, first_frame) -> None:
     """Search and gate OpenVINO's mixed BF16 on FP32_ONNX against FP32.
 
     By default an accuracy search decides which transformer blocks (or their QKV / attention-output / MLP
@@ -377,7 +390,7 @@ def bf16(fp32_onnx: Path, images, data, camera, anomalies, class_name, frames, h
     if precision_hint not in (None, "bf16"):
         raise UserError("aaclip-calibrate bf16 gates --precision bf16; drop --precision")
     manifest = load_manifest(fp32_onnx)
-    normals, bad = resolve_inputs(manifest, images, data, camera, frames, anomalies, class_name)
+    normals, bad = resolve_inputs(manifest, images, data, camera, frames, anomalies, class_name, first_frame)
     if camera is None:
         normals = _limit(normals, frames)
     limits = GateLimits(max_map_err=max_map_err, min_map_corr=min_map_corr, min_rank_corr=min_rank_corr,

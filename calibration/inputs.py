@@ -22,7 +22,8 @@ from aaclip.contract.errors import UserError
 from aaclip.contract.files import image_files
 from aaclip.contract.images import ImageError, SkippedImages, read_image
 from aaclip.contract.manifest import Manifest
-from aaclip.runtime.sources import open_source
+from aaclip.runtime.source_options import OPEN_HINT, FirstFrameWait
+from aaclip.runtime.sources import NoFirstFrame, open_source
 
 log = logging.getLogger(__name__)
 
@@ -156,8 +157,22 @@ def data_inputs(data_file: Path, manifest: Manifest, class_name: Optional[str]
 
 
 # ---- cameras ---------------------------------------------------------------------------------------
-def _camera_items(spec: str, n_frames: int, class_id: int) -> Iterator[Item]:
-    source = open_source(spec)
+def open_camera(spec: str, wait: FirstFrameWait):
+    """``spec`` opened with its first frame; exit 2 (``NoFirstFrame``) when none came within the open timeout,
+    unless ``--wait-for-source``: then it is tried again until it delivers (Ctrl-C stops)."""
+    tries = 0
+    while True:
+        try:
+            return open_source(spec, open_timeout_ms=wait.open_timeout_ms, read_timeout_ms=wait.read_timeout_ms)
+        except NoFirstFrame as exc:
+            if not wait.wait_for_source:
+                raise NoFirstFrame(f"{exc}; {OPEN_HINT}") from None
+            tries += 1
+            log.warning("%s; still waiting for it (--wait-for-source, wait %d)", exc, tries)
+
+
+def _camera_items(spec: str, n_frames: int, class_id: int, wait: FirstFrameWait) -> Iterator[Item]:
+    source = open_camera(spec, wait)
     try:
         got, failures = 0, 0
         while got < n_frames:
@@ -182,10 +197,11 @@ def _camera_items(spec: str, n_frames: int, class_id: int) -> Iterator[Item]:
         source.release()
 
 
-def camera_input(spec: str, n_frames: int, class_id: int) -> FrameInput:
+def camera_input(spec: str, n_frames: int, class_id: int, wait: FirstFrameWait = FirstFrameWait()) -> FrameInput:
     if n_frames < 2:
         raise UserError(f"--frames must be >= 2 to calibrate from a camera, got {n_frames}")
-    return FrameInput(f"camera {spec} ({n_frames} frames)", lambda: _camera_items(spec, n_frames, class_id), None)
+    return FrameInput(f"camera {spec} ({n_frames} frames)", lambda: _camera_items(spec, n_frames, class_id, wait),
+                      None)
 
 
 # ---- synthetic held-out set ------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from .capture import Backoff, default_drop
 from .loop import LoopConfig, Summary
 from .service import StopSignals, open_model, reader_of, run_station  # noqa: F401 - StopSignals: API
 from .sinks import EVIDENCE_FORMATS
-from .sources import DEFAULT_OPEN_TIMEOUT_MS
+from .source_options import DEFAULT_OPEN_TIMEOUT_S, first_frame_options
 from .station import (
     ArtifactSection,
     CameraSection,
@@ -70,7 +70,7 @@ class RunConfig:
     reconnect_delay: float = 0.5
     reconnect_max: float = 10.0
     evidence_max: Optional[int] = None
-    open_timeout: float = DEFAULT_OPEN_TIMEOUT_MS / 1000.0
+    open_timeout: float = DEFAULT_OPEN_TIMEOUT_S
     wait_for_source: bool = False  # a live source without a first frame in open_timeout: wait, not exit 2
     # the line outputs: the address/URL alone, or the whole section (``station.outputs``: access, secrets files)
     http: Union[None, str, HttpOutput] = None        # [HOST]:PORT of the line view, /metrics and /healthz
@@ -283,12 +283,7 @@ def _print_password_hash(ctx: click.Context, _param, value: bool) -> None:
               help="First reconnect delay in seconds (doubles on each failure; at least 0.05).")
 @click.option("--reconnect-max", type=FiniteFloat(min=0.0), default=10.0, show_default=True,
               help="Longest reconnect delay (s).")
-@click.option("--open-timeout", type=FiniteFloat(min=0.1), default=DEFAULT_OPEN_TIMEOUT_MS / 1000.0,
-              show_default=True, help="Seconds a camera or stream may take to deliver its first frame at start; "
-                                      "none by then: exit 2 (network reads time out after half of it, >= 1 s).")
-@click.option("--wait-for-source", is_flag=True,
-              help="Wait for a camera that is not up at start (one that boots after this PC) instead of exiting 2 "
-                   "after --open-timeout; the wait is retried like a reconnect.")
+@first_frame_options
 @click.option("--http", metavar="[HOST]:PORT", default=None,
               help="Serve the live line view, /metrics and /healthz: ':8080' on this machine only, '0.0.0.0:8080' "
                    "on every interface (then credentials are required, or --http-allow-anonymous). Nothing "

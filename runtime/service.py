@@ -28,6 +28,7 @@ from .credentials import ENV_MQTT_PASSWORD, ENV_OPCUA_PASSWORD, ENV_WEBHOOK_SECR
 from .loop import CameraLoop, Lane, LoopConfig, Summary
 from .sinks import AnnotatedVideo, DisplaySink, EventLog, EvidenceWriter, Sink
 from .sources import NoFirstFrame, open_source
+from .source_options import OPEN_HINT, FirstFrameWait
 from .station import RuntimeSection, StationConfig, check_station, load_station
 
 log = logging.getLogger(__name__)
@@ -269,18 +270,16 @@ def run_station(station: StationConfig, runner: Optional[RunnerOptions] = None,
     sinks: dict[str, Sink] = {}
     with StopSignals(reload_event) as stop, contextlib.ExitStack() as runners:
         try:
-            timeout_ms = int(rt.open_timeout * 1000)
+            wait = FirstFrameWait(rt.open_timeout, rt.wait_for_source)
             for camera in station.cameras:
                 if stop.event.is_set():
                     break
                 try:
-                    source = open_source(camera.source, loop=rt.loop, open_timeout_ms=timeout_ms,
-                                         read_timeout_ms=max(timeout_ms // 2, 1000), wait=rt.wait_for_source,
+                    source = open_source(camera.source, loop=rt.loop, open_timeout_ms=wait.open_timeout_ms,
+                                         read_timeout_ms=wait.read_timeout_ms, wait=wait.wait_for_source,
                                          stop=stop.event)
                 except NoFirstFrame as exc:
-                    how = ("open_timeout and wait_for_source of [runtime]" if station.origin is not None else
-                           "--open-timeout sets how long to wait, --wait-for-source keeps waiting for a camera that "
-                           "starts after this PC")
+                    how = "open_timeout and wait_for_source of [runtime]" if station.origin is not None else OPEN_HINT
                     raise NoFirstFrame(f"{exc}; {how}") from None
                 if camera.name:
                     source.name = camera.name

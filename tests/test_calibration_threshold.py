@@ -167,6 +167,45 @@ def test_calibrate_from_synthetic_video_camera(tmp_path):
     assert not (tmp_path / "model.onnx.calibration.png").exists()
 
 
+def test_a_camera_that_never_delivers_exits_2_within_open_timeout(tmp_path):
+    """aaclip-runtime's --open-timeout, with the same meaning and the same one-line error (no /dev/video7 here)."""
+    art = make_onnx_artifact(tmp_path)
+    before = (tmp_path / "model.onnx.manifest.json").read_bytes()
+    r = invoke("threshold", art, "--camera", 7, "--frames", 5, "--open-timeout", 0.3, "-q")
+    assert r.exit_code == 2, r.output
+    line = r.output.strip().splitlines()[-1]
+    assert line.startswith("error: camera camera7 delivered no frame within 0.3 s (")
+    assert line.endswith("; --open-timeout sets how long to wait, --wait-for-source keeps waiting for a camera "
+                         "that starts after this PC")
+    assert (tmp_path / "model.onnx.manifest.json").read_bytes() == before
+
+
+def test_wait_for_source_waits_for_a_late_camera(tmp_path, monkeypatch):
+    """--wait-for-source: a camera without a first frame within --open-timeout is tried again (each try given
+    that timeout) until it delivers, instead of exit 2."""
+    import aaclip.calibration.inputs as inputs
+    from aaclip.runtime.sources import NoFirstFrame
+
+    art = make_onnx_artifact(tmp_path)
+    video = write_mjpg(tmp_path / "cam.avi", [faint_frame(i, False) for i in range(12)])
+    real_open, tries = inputs.open_source, []
+
+    def late_camera(spec, **timeouts):  # down for its first two tries, then up
+        tries.append(timeouts)
+        if len(tries) <= 2:
+            raise NoFirstFrame(f"camera {spec} delivered no frame within 0.3 s (1 tries)")
+        return real_open(spec, **timeouts)
+
+    monkeypatch.setattr(inputs, "open_source", late_camera)
+    r = invoke("threshold", art, "--camera", video, "--frames", 10, "--open-timeout", 0.3, "--wait-for-source",
+               "--no-plot")
+    assert r.exit_code == 0, r.output
+    assert "calibrated on 10 normal frames" in r.stdout
+    assert tries == [{"open_timeout_ms": 300, "read_timeout_ms": 1000}] * 3
+    waits = [line for line in r.output.splitlines() if "still waiting for it (--wait-for-source" in line]
+    assert len(waits) == 2 and waits[-1].endswith("wait 2)")
+
+
 def test_dry_run_and_labelled_report(tmp_path):
     art = make_onnx_artifact(tmp_path)
     before = (tmp_path / "model.onnx.manifest.json").read_bytes()
