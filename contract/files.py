@@ -148,8 +148,9 @@ def sha256_file(path: PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def append_line(fd: int, data: bytes) -> None:
-    """Append ``data`` (one whole line) to the file open as ``fd`` (``O_APPEND``) in one ``write`` call.
+def append_line(fd: int, data: bytes) -> int:
+    """Append ``data`` (one whole line) to the file open as ``fd`` (``O_APPEND``) in one ``write`` call; the
+    file's size after it.
 
     A write the disk refuses (full, read-only, short write) raises ``OSError`` after cutting the partial
     bytes off again, so the file never ends in a half line: the rule of the event log and the reviews file.
@@ -165,3 +166,82 @@ def append_line(fd: int, data: bytes) -> None:
         except OSError:
             pass
         raise
+    return start + written
+
+
+def rotated_files(path: PathLike, keep: int) -> list[Path]:
+    """``path`` and its rotated copies ``path.1`` .. ``path.keep`` (``RotatingLines``), newest first, those that
+    exist."""
+    path = Path(path)
+    names = [path] + [path.with_name(f"{path.name}.{k}") for k in range(1, keep + 1)]
+    return [p for p in names if p.is_file()]
+
+
+class RotatingLines:
+    """A lines file bounded by size: the event log and the reviews file.
+
+    Each line is appended whole (``append_line``). Before a line would take a non-empty file past ``max_bytes``
+    (None: never) the file is rotated, ``FILE`` -> ``FILE.1`` -> ... -> ``FILE.keep``, the oldest deleted
+    (``keep`` 0: the file starts again empty), so it never holds more than ``(keep + 1) * max_bytes``.
+    A rotation the disk refuses goes to ``on_error(what, exc)`` and the line is still appended; a refused line
+    raises ``OSError``. Not thread-safe: a caller with threads holds its lock around ``append``.
+    """
+
+    def __init__(self, path: PathLike, max_bytes: "int | None", keep: int, on_error=None):
+        self.path = Path(path)
+        self.max_bytes, self.keep = max_bytes, max(0, keep)
+        self.on_error = on_error or (lambda what, exc: log.warning("%s: %s", what, exc))
+        self._fd: "int | None" = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self.size = os.fstat(self._fd).st_size
+        self.rotations = 0
+        self.bytes_written = 0  # over the object's life, rotated-away files included
+
+    @property
+    def closed(self) -> bool:
+        return self._fd is None
+
+    def append(self, data: bytes) -> None:
+        """Append one line (``data`` ends with a newline), rotating first when it would not fit."""
+        if self.max_bytes is not None and self.size > 0 and self.size + len(data) > self.max_bytes:
+            self._rotate()
+        if self._fd is None:
+            raise OSError(f"{self.path} is not open")
+        self.size = append_line(self._fd, data)
+        self.bytes_written += len(data)  # append_line writes all of it or raises
+
+    def _rotate(self) -> None:
+        os.close(self._fd)
+        self._fd = None
+        try:
+            if self.keep == 0:
+                self.path.unlink(missing_ok=True)
+            else:
+                for k in range(self.keep - 1, 0, -1):
+                    older = self.path.with_name(f"{self.path.name}.{k}")
+                    if older.exists():
+                        os.replace(older, self.path.with_name(f"{self.path.name}.{k + 1}"))
+                os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+            self.rotations += 1
+            log.debug("%s rotated (at %s bytes; %d older file(s) kept)", self.path, self.max_bytes, self.keep)
+        except OSError as exc:
+            self.on_error(f"{self.path} not rotated", exc)
+        try:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            self.size = os.fstat(self._fd).st_size
+        except OSError as exc:
+            self.on_error(f"{self.path} not reopened after rotation", exc)
+
+    def files(self) -> list[Path]:
+        """The file and its rotated copies that exist, newest first."""
+        return rotated_files(self.path, self.keep)
+
+    def close(self) -> None:
+        """fsync (a refusal goes to ``on_error``) and close; appends after it raise ``OSError``."""
+        if self._fd is None:
+            return
+        try:
+            os.fsync(self._fd)
+        except OSError as exc:
+            self.on_error(f"{self.path} not synced to disk", exc)
+        os.close(self._fd)
+        self._fd = None

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Iterable
 
 from .errors import UserError
-from .files import PathLike
+from .files import PathLike, rotated_files
 
 log = logging.getLogger(__name__)
 
@@ -85,9 +85,7 @@ def _no_constant(name: str):
 
 def review_files(path: PathLike, keep: int = DEFAULT_KEEP) -> list[Path]:
     """The reviews file's rotated files (oldest first) and the file itself, those that exist."""
-    path = Path(path)
-    files = [path.with_name(f"{path.name}.{i}") for i in range(keep, 0, -1)] + [path]
-    return [p for p in files if p.is_file()]
+    return rotated_files(path, keep)[::-1]
 
 
 def read_reviews(path: PathLike, keep: int = DEFAULT_KEEP, strict: bool = True) -> list[dict]:

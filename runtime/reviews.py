@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Optional, Protocol
 
 import cv2
 from aaclip.contract.errors import UserError
-from aaclip.contract.files import append_line, atomic_path, remove_stale_temps
+from aaclip.contract.files import RotatingLines, atomic_path, remove_stale_temps
 from aaclip.contract.reviews import (
     CONFIRMED,
     FALSE_ALARM,
@@ -94,7 +94,7 @@ class ReviewLog:
         self.failures = 0
         try:
             self.frames.mkdir(parents=True, exist_ok=True)
-            self._fd: Optional[int] = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            self.file = RotatingLines(self.path, options.max_bytes, options.keep, self._not_rotated)
         except OSError as e:
             raise UserError(f"cannot write the reviews file {self.path}: {e.strerror or e}") from None
         remove_stale_temps(self.frames)
@@ -108,12 +108,10 @@ class ReviewLog:
         """Append ``review`` (a dict of the file's fields) and let it stand; OSError when the disk refuses."""
         data = (json.dumps(review, separators=(",", ":"), allow_nan=False) + "\n").encode("utf-8")
         with self.lock:
-            if self._fd is None:
+            if self.file.closed:
                 raise OSError("the reviews file is closed (the runtime is stopping)")
-            if os.fstat(self._fd).st_size + len(data) > self.options.max_bytes:
-                self._rotate()
             try:
-                append_line(self._fd, data)
+                self.file.append(data)
             except OSError:
                 self.failures += 1
                 raise
@@ -123,19 +121,9 @@ class ReviewLog:
                 self.current[key] = review
         return review
 
-    def _rotate(self) -> None:
-        """FILE -> FILE.1 -> ... -> FILE.keep (the oldest deleted), then a fresh FILE (caller holds the lock)."""
-        os.close(self._fd)
-        self._fd = None
-        for i in range(self.options.keep, 0, -1):
-            src = self.path if i == 1 else self.path.with_name(f"{self.path.name}.{i - 1}")
-            if src.exists():
-                os.replace(src, self.path.with_name(f"{self.path.name}.{i}"))
-        if self.options.keep == 0:
-            self.path.unlink(missing_ok=True)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        log.info("reviews: %s rotated (at %d bytes; %d older file(s) kept)", self.path, self.options.max_bytes,
-                 self.options.keep)
+    def _not_rotated(self, what: str, exc: OSError) -> None:
+        self.failures += 1
+        log.warning("reviews: %s: %s", what, exc.strerror or exc)
 
     def keep_evidence(self, evidence: Optional[str], run: str) -> Optional[str]:
         """The alarm's evidence image, hard-linked (or copied) into the frames folder as ``RUN_NAME`` (frame
@@ -196,13 +184,7 @@ class ReviewLog:
 
     def close(self) -> None:
         with self.lock:
-            if self._fd is not None:
-                try:
-                    os.fsync(self._fd)
-                except OSError:
-                    pass
-                os.close(self._fd)
-                self._fd = None
+            self.file.close()
 
 
 def _public(r: dict) -> dict:

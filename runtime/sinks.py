@@ -24,7 +24,7 @@ from typing import Any, Callable, Optional, Sequence
 import cv2
 import numpy as np
 from aaclip.contract.errors import UserError
-from aaclip.contract.files import PathLike, atomic_path, remove_stale_temps
+from aaclip.contract.files import PathLike, RotatingLines, atomic_path, remove_stale_temps
 from aaclip.contract.manifest import Manifest
 from aaclip.contract.score import ScoreParams
 
@@ -109,15 +109,6 @@ def _reason(exc: BaseException) -> str:
     return exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
 
 
-def open_output(path: Path, flags: int) -> int:
-    """``os.open`` of an output file; a UserError naming the file and why when it cannot be opened."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return os.open(path, flags, 0o644)
-    except OSError as exc:
-        raise UserError(f"cannot write {path}: {_reason(exc)}") from None
-
-
 class EventLog(Sink):
     """Events as strict JSON lines, appended one whole line per ``write`` system call, on a bounded disk.
 
@@ -125,7 +116,7 @@ class EventLog(Sink):
     one summary line (``"type": "summary"``) every ``summary_every`` seconds of capture time. The file is
     rotated before a line would take it past ``max_bytes``: ``events.jsonl`` -> ``events.jsonl.1`` -> ... ->
     ``events.jsonl.{keep}``, the oldest deleted (``keep`` 0: the file starts again empty), so the log never
-    holds more than ``(keep + 1) * max_bytes``.
+    holds more than ``(keep + 1) * max_bytes`` (``aaclip.contract.files.RotatingLines``, as the reviews file).
 
     A write the disk refuses (full, read-only, I/O error) is counted and its partial bytes are cut off
     again, so the file never holds a half line.
@@ -140,62 +131,35 @@ class EventLog(Sink):
             raise UserError(f"unknown events mode {mode!r}; choose {' or '.join(EVENT_MODES)}")
         self.path = Path(path)
         self.mode, self.max_bytes, self.keep, self.summary_every = mode, max_bytes, max(0, keep), summary_every
-        self._fd: Optional[int] = open_output(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-        self._size = os.fstat(self._fd).st_size
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.file = RotatingLines(self.path, max_bytes, keep, self.failed)
+        except OSError as exc:
+            raise UserError(f"cannot write {self.path}: {_reason(exc)}") from None
         self.count = 0
-        self.rotations = 0
-        self.bytes_written = 0  # over the sink's life, rotated-away files included
         self.summaries = 0
         self._summaries: dict[int, "_Summary"] = {}
 
+    @property
+    def rotations(self) -> int:
+        return self.file.rotations
+
+    @property
+    def bytes_written(self) -> int:
+        """Over the sink's life, rotated-away files included."""
+        return self.file.bytes_written
+
     def write(self, event: dict[str, Any]) -> None:
-        data = (encode_event(event) + "\n").encode("utf-8")
-        if self.max_bytes is not None and self._size > 0 and self._size + len(data) > self.max_bytes:
-            self._rotate()
-        if self._fd is None:
-            return
-        start = os.lseek(self._fd, 0, os.SEEK_END)
         try:
-            written = os.write(self._fd, data)
-            if written != len(data):
-                raise OSError(28, f"short write ({written} of {len(data)} bytes)")
+            self.file.append((encode_event(event) + "\n").encode("utf-8"))
         except OSError as exc:
-            try:
-                os.ftruncate(self._fd, start)
-            except OSError:
-                pass
             self.failed(f"event not written to {self.path}", exc)
             return
-        self._size = start + written
-        self.bytes_written += written
         self.count += 1
-
-    def _rotate(self) -> None:
-        """events.jsonl.{k} -> .{k+1} (the last one replaced), events.jsonl -> .1, a new events.jsonl."""
-        os.close(self._fd)
-        self._fd = None
-        try:
-            if self.keep == 0:
-                self.path.unlink()
-            else:
-                for k in range(self.keep - 1, 0, -1):
-                    older = self.path.with_name(f"{self.path.name}.{k}")
-                    if older.exists():
-                        os.replace(older, self.path.with_name(f"{self.path.name}.{k + 1}"))
-                os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
-            self.rotations += 1
-        except OSError as exc:
-            self.failed(f"{self.path} not rotated", exc)
-        try:
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            self._size = os.fstat(self._fd).st_size
-        except OSError as exc:
-            self.failed(f"{self.path} not reopened after rotation", exc)
 
     def files(self) -> list[Path]:
         """The event file and its rotated copies that exist, newest first."""
-        names = [self.path] + [self.path.with_name(f"{self.path.name}.{k}") for k in range(1, self.keep + 1)]
-        return [p for p in names if p.exists()]
+        return self.file.files()
 
     def emit(self, decision: Decision, view: Optional[View]) -> None:
         if self.mode == "decisions":
@@ -220,13 +184,7 @@ class EventLog(Sink):
                 self.write(summary.event(summary.run_id))
                 self.summaries += 1
         self._summaries.clear()
-        if self._fd is not None:
-            try:
-                os.fsync(self._fd)
-            except OSError as exc:
-                self.failed(f"events of {self.path} not synced to disk", exc)
-            os.close(self._fd)
-            self._fd = None
+        self.file.close()
 
 
 class _Summary:

@@ -39,6 +39,49 @@ def test_events_rotate_by_size_and_keep_the_newest(tmp_path):
     assert len(frames) > 2 * per_file and log.rotations == 400 // per_file - (400 % per_file == 0)
 
 
+def _events_and_reviews(kind: str, path: Path):
+    """(write(i), failures(), close) of the events file or the reviews file, both rotated at 1024 bytes, keep 1."""
+    from aaclip.runtime.reviews import ReviewLog
+    from aaclip.runtime.station.outputs import ReviewsOutput
+
+    if kind == "events":
+        log = EventLog(path, max_bytes=1024, keep=1)
+        return (lambda i: log.write({"frame": i, "pad": "x" * 60})), (lambda: log.failures), log.close
+    log = ReviewLog(ReviewsOutput(path, max_bytes=1024, keep=1, max_frames=2))
+    base = {"timestamp": "t", "camera": "cam", "run": "r", "class": "c", "artifact_sha256": "s", "raw_score": 1.0,
+            "map_max": 0.5, "cls_score": 0.2, "evidence": None, "user": None, "verdict": "confirmed"}
+    return (lambda i: log.record(dict(base, frame=i))), (lambda: log.failures), log.close
+
+
+@pytest.mark.parametrize("kind", ["events", "reviews"])
+def test_a_refused_rotation_is_counted_and_the_line_still_written(tmp_path, monkeypatch, kind):
+    """The events file and the reviews file rotate by one implementation (contract.files.RotatingLines): a
+    rotation the disk refuses is counted, the line goes into the file as it is, and the next rotation the disk
+    allows bounds the file again; no line is lost or written twice."""
+    path = tmp_path / f"{kind}.jsonl"
+    write, failures, close = _events_and_reviews(kind, path)
+    real_replace, refused = os.replace, []
+
+    def read_only_replace(src, dst):
+        refused.append(Path(dst).name)
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(os, "replace", read_only_replace)
+    for i in range(100):  # until the first line that needs a rotation
+        write(i)
+        if refused:
+            break
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert refused == [f"{kind}.jsonl.1"] and failures() == 1 and not path.with_name(f"{kind}.jsonl.1").exists()
+    assert path.stat().st_size > 1024  # refused: the line went into the full file
+    for j in range(i + 1, i + 4):
+        write(j)
+    close()
+    rotated = path.with_name(f"{kind}.jsonl.1")
+    assert failures() == 1 and rotated.stat().st_size > 1024 and path.stat().st_size <= 1024
+    assert [e["frame"] for e in lines(rotated) + lines(path)] == list(range(i + 4))
+
+
 def test_events_keep_zero_starts_the_file_again(tmp_path):
     path = tmp_path / "events.jsonl"
     log = EventLog(path, max_bytes=4096, keep=0)
