@@ -23,7 +23,7 @@ from .backends import AUTO, RunnerOptions
 from .backends.options import backend_option, backend_options
 from .backends.triton import parse_endpoint
 from .capture import Backoff, default_drop
-from .loop import LoopConfig, Summary
+from .loop import LoopConfig, Summary, one_per_camera
 from .service import StopSignals, open_model, reader_of, run_station  # noqa: F401 - StopSignals: API
 from .sinks import EVIDENCE_FORMATS
 from .source_options import DEFAULT_OPEN_TIMEOUT_S, first_frame_options
@@ -186,11 +186,8 @@ def with_cameras(station: StationConfig, artifact: Optional[str], cameras: tuple
         station.cameras = [CameraSection(source=resolve_source(c, Path.cwd())) for c in cameras]
         station.lines = None
     if classes:
-        if len(classes) not in (1, len(station.cameras)):
-            raise UserError(f"give --class once, or once per camera ({len(station.cameras)} cameras, "
-                            f"{len(classes)} --class)")
-        for i, camera in enumerate(station.cameras):
-            camera.class_ = classes[0] if len(classes) == 1 else classes[i]
+        for camera, name in zip(station.cameras, one_per_camera(classes, len(station.cameras))):
+            camera.class_ = name
     return station
 
 

@@ -125,17 +125,22 @@ class Summary:
         return f" ({self.failed_reconnects} failed tries)" if self.failed_reconnects else ""
 
 
+def one_per_camera(names: Sequence[str], n_cameras: int) -> list[str]:
+    """``--class`` given once (for every camera) or once per camera: one name per camera (the one home of this
+    rule: the command line's cameras and the loop's sources)."""
+    if len(names) not in (1, n_cameras):
+        raise UserError(f"give --class once, or once per camera ({n_cameras} cameras, {len(names)} --class)")
+    return list(names) * n_cameras if len(names) == 1 else list(names)
+
+
 def source_classes(manifest: Manifest, names: Sequence[str], n_sources: int) -> list[int]:
     """Class index per source from ``--class`` (none, one for all, or one per camera)."""
-    if len(names) not in (0, 1, n_sources):
-        raise UserError(f"give --class once, or once per camera ({n_sources} cameras, {len(names)} --class)")
     if not names:
         if len(manifest.classes) > 1:
             raise UserError(f"{manifest.artifact_path.name} holds several classes; choose with --class NAME "
                             f"(once, or once per camera); available: {', '.join(manifest.classes)}")
         return [0] * n_sources
-    ids = [manifest.class_index(n) for n in names]
-    return ids * n_sources if len(ids) == 1 else ids
+    return [manifest.class_index(n) for n in one_per_camera(names, n_sources)]
 
 
 class CameraLoop:

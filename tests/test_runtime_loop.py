@@ -116,6 +116,25 @@ def test_multi_class_batch_feeds_class_id_per_camera(tmp_path):
     assert bottle == [False, True, False, False] and cable == [True] * 4  # offset 1.0 makes all anomalous
 
 
+def test_class_once_or_once_per_camera_is_one_rule(tmp_path):
+    """--class on the command line (runtime.cli.with_cameras) and the loop's sources follow one rule
+    (runtime.loop.one_per_camera): once for every camera, or once per camera."""
+    from aaclip.runtime.cli import with_cameras
+    from aaclip.runtime.loop import one_per_camera
+    from aaclip.runtime.station import StationConfig
+
+    cams = ("a.avi", "b.avi", "c.avi")
+    station = with_cameras(StationConfig(), str(tmp_path / "m.onnx"), cams, ("cable",))
+    assert [c.class_ for c in station.cameras] == ["cable"] * 3 == one_per_camera(["cable"], 3)
+    station = with_cameras(StationConfig(), str(tmp_path / "m.onnx"), cams, ("x", "y", "z"))
+    assert [c.class_ for c in station.cameras] == ["x", "y", "z"]
+    for wrong in (("x", "y"), ("w", "x", "y", "z")):
+        with pytest.raises(UserError, match=rf"give --class once, or once per camera \(3 cameras, {len(wrong)} "):
+            with_cameras(StationConfig(), str(tmp_path / "m.onnx"), cams, wrong)
+        with pytest.raises(UserError, match=rf"give --class once, or once per camera \(3 cameras, {len(wrong)} "):
+            one_per_camera(wrong, 3)
+
+
 def test_source_classes_errors(tmp_path):
     m = load_manifest(make_onnx_artifact(tmp_path, classes=("bottle", "cable"), class_offsets=(0.0, 1.0)))
     assert source_classes(m, ["cable"], 3) == [1, 1, 1]
