@@ -7,6 +7,10 @@ The graph scores "darkness": ``anomaly_map = (255 - mean over BGR) / 255 (+ a pe
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -122,3 +126,25 @@ def write_video(path: Path, n_frames: int, defect_frames: Sequence[int] = (), si
 
 def read_events(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+# ---- aaclip-runtime as a subprocess (signals, exit codes) -------------------------------------------
+def runtime_env() -> dict:
+    """The environment for ``python -m aaclip.runtime.cli``: ``aaclip`` importable from this checkout."""
+    import aaclip.runtime
+
+    root = Path(aaclip.runtime.__file__).parents[2]
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+
+
+def start_runtime(*args) -> subprocess.Popen:
+    """``aaclip-runtime ARGS`` running, its stdout and stderr piped (text)."""
+    return subprocess.Popen([sys.executable, "-m", "aaclip.runtime.cli", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=runtime_env())
+
+
+def wait_for(proc: subprocess.Popen, done, seconds: float = 60) -> None:
+    """Until ``done()`` or ``proc`` exits; ``seconds`` only stops a hung test."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and proc.poll() is None and not done():
+        time.sleep(0.05)

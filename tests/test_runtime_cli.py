@@ -1,18 +1,12 @@
 """``aaclip-runtime`` command: results, one-line errors with exit 2, clean shutdown on SIGINT/SIGTERM."""
-import os
 import re
 import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
-import aaclip.runtime
 import pytest
 from aaclip.runtime import sources as src
 from aaclip.runtime.cli import main
 from click.testing import CliRunner
-from runtime_fixtures import make_onnx_artifact, read_events, write_video
+from runtime_fixtures import make_onnx_artifact, read_events, start_runtime, wait_for, write_video
 
 
 def invoke(*args):
@@ -66,27 +60,15 @@ def test_show_without_display_exits_2(tmp_path, monkeypatch):
     assert r.exit_code == 2 and "--show needs a display" in r.stderr
 
 
-def _env() -> dict:
-    # Where ``aaclip`` is importable from (the dev symlink tree or an install).
-    root = Path(aaclip.runtime.__file__).parents[2]
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
-
-
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signal_finishes_frame_flushes_and_exits_0(tmp_path, sig):
     art = make_onnx_artifact(tmp_path)
     video = write_video(tmp_path / "v.avi", 10, defect_frames=[4, 5])
     events, evidence, annotated = tmp_path / "ev.jsonl", tmp_path / "evidence", tmp_path / "out.avi"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "aaclip.runtime.cli", str(art), "--camera", str(video), "--loop", "--events",
-         str(events), "--evidence", str(evidence), "--video", str(annotated), "--stats-every", "0.5"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    proc = start_runtime(art, "--camera", video, "--loop", "--events", events, "--evidence", evidence, "--video",
+                         annotated, "--stats-every", "0.5")
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and proc.poll() is None:
-            if events.exists() and events.read_text().count("\n") >= 25:
-                break
-            time.sleep(0.05)
+        wait_for(proc, lambda: events.exists() and events.read_text().count("\n") >= 25)
         assert proc.poll() is None, proc.communicate()
         proc.send_signal(sig)
         out, err = proc.communicate(timeout=30)

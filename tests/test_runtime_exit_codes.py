@@ -2,40 +2,21 @@
 stopped by a signal, bad input (a missing artifact, a camera that never delivers, a folder with nothing
 readable), source lost; sources that fail fast and say why, without OpenCV's own console lines."""
 import http.server
-import os
 import signal
 import subprocess
 import sys
 import threading
-import time
-from pathlib import Path
 
-import aaclip.runtime
 import cv2
 import numpy as np
 import pytest
-from runtime_fixtures import make_onnx_artifact, write_video
-
-
-def _env() -> dict:
-    root = Path(aaclip.runtime.__file__).parents[2]
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+from runtime_fixtures import make_onnx_artifact, runtime_env, wait_for, write_video
+from runtime_fixtures import start_runtime as start
 
 
 def runtime(*args, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "aaclip.runtime.cli", *map(str, args)], capture_output=True,
-                          text=True, env=_env(), timeout=timeout)
-
-
-def start(*args) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "aaclip.runtime.cli", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=_env())
-
-
-def wait_for(proc: subprocess.Popen, done, seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline and proc.poll() is None and not done():
-        time.sleep(0.05)
+                          text=True, env=runtime_env(), timeout=timeout)
 
 
 @pytest.mark.both_cpus  # the subprocess inherits $AACLIP_CPU_VENDOR: openvino, then onnxruntime
