@@ -39,23 +39,26 @@ def resolve_model(ckpt: Optional[Path], tiny: bool, shape: Optional[str], method
 
 
 @click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--ckpt", type=click.Path(path_type=Path, file_okay=False), default=None,
+@click.option("--checkpoint", "ckpt", type=click.Path(path_type=Path, file_okay=False), default=None,
               help="Checkpoint directory to benchmark (aaclip-train output).")
 @click.option("--tiny", is_flag=True, help="A tiny random model (seconds; for smoke tests of the benchmark).")
 @click.option("--shape", metavar="NAME@SIZE", default=None,
               help="The real architecture with random weights, no download, e.g. ViT-L-14-336@518.")
 @click.option("--method", metavar="NAME", default=None,
-              help="Model family of the --tiny/--shape random checkpoint [default: aa-clip]; with --ckpt it only "
+              help="Model family of the --tiny/--shape random checkpoint [default: aa-clip]; with --checkpoint it only "
                    "checks the checkpoint's.")
 @click.option("--backends", default=",".join(DEFAULT_BACKENDS), show_default=True,
               help=f"Comma-separated: {', '.join(BACKENDS)} (triton: the graph served by Triton, per --clients).")
 @click.option("--precisions", default="fp32,fp16", show_default=True,
-              help=f"Comma-separated: {', '.join(PRECISIONS)} (int8 needs --int8 or an INT8 --engine; bf16: OpenVINO's "
-                   "mixed BF16 on CPUs, PyTorch autocast on GPUs).")
+              help=f"Comma-separated: {', '.join(PRECISIONS)} (int8: the --int8 graph, else the accuracy search of "
+                   "aaclip-calibrate int8 runs on the FP32 graph; bf16: OpenVINO's mixed BF16 with its searched plan on "
+                   "CPUs with BF16, PyTorch autocast on GPUs).")
+@click.option("--time-budget", type=float, default=600.0, show_default=True, metavar="SECONDS",
+              help="Time the accuracy search may take per reduced precision (int8 without --int8, bf16).")
 @click.option("--batches", default="1,2,4", show_default=True, help="Comma-separated batch sizes.")
 @click.option("--reps", type=int, default=10, show_default=True, help="Timed calls per row.")
 @click.option("--warmup", type=int, default=2, show_default=True, help="Untimed calls before timing each row.")
-@click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), default=Path("bench-results"),
+@click.option("--out", "-o", "out_dir", type=click.Path(path_type=Path, file_okay=False), default=Path("bench-results"),
               show_default=True, help="Folder for benchmark.json/.csv/.md/.png.")
 @click.option("--loop/--no-loop", default=True, show_default=True,
               help="Also run the end-to-end runtime loop on a synthetic video for each ONNX/engine row.")
@@ -81,13 +84,18 @@ def resolve_model(ckpt: Optional[Path], tiny: bool, shape: Optional[str], method
               help="(triton) a running server that serves this model [default: start aaclip-serve on loopback].")
 @click.option("--serve-python", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="(triton) Python of aaclip-serve's environment [default: $AACLIP_SERVE_PYTHON, else .venv-serve].")
+@click.option("--suite", type=click.Choice(["gpu"]), default=None,
+              help="gpu: the prepared GPU proof (ViT-L-14-336@518: TensorRT FP16/INT8 engines, parity against ONNX "
+                   "Runtime FP32 on the CPU, batch 1/8/32, the camera loop) into --out as suite.json/suite.md; without "
+                   "a GPU it checks the engine build path and the report writer, then exits 2.")
 @click.option("-v", "--verbose", count=True, help="More log output.")
 @click.option("-q", "--quiet", is_flag=True, help="Warnings and errors only.")
-def main(ckpt: Optional[Path], tiny: bool, shape: Optional[str], method: Optional[str], backends: str, precisions: str, batches: str,
+def main(ckpt: Optional[Path], tiny: bool, shape: Optional[str], method: Optional[str], backends: str, precisions: str,
+         time_budget: float, batches: str,
          reps: int, warmup: int, out_dir: Path, loop: bool, overlay: bool, frames: int, parity_frames: int,
          int8: Optional[Path], engines: tuple[Path, ...], work_dir: Optional[Path], peak_tflops: Optional[float],
-         no_plot: bool, seed: int, clients: str, server: Optional[str], serve_python: Optional[Path], verbose: int,
-         quiet: bool) -> None:
+         no_plot: bool, seed: int, clients: str, server: Optional[str], serve_python: Optional[Path], suite: Optional[str],
+         verbose: int, quiet: bool) -> None:
     """Benchmark a model the way a production engineer measures it.
 
     Rows: backend x precision x batch (PyTorch eager, ONNX Runtime CPU/CUDA, OpenVINO CPU, TensorRT),
@@ -97,6 +105,9 @@ def main(ckpt: Optional[Path], tiny: bool, shape: Optional[str], method: Optiona
     end-to-end runtime loop's throughput per stage and its overhead over the raw backend.
     """
     setup_logging(verbose, quiet)
+    if suite == "gpu":
+        run_gpu_suite(out_dir, shape, reps, warmup, work_dir, seed)
+        return
     from .suite import BenchConfig, run_benchmark
 
     with ExitStack() as stack:
@@ -107,6 +118,7 @@ def main(ckpt: Optional[Path], tiny: bool, shape: Optional[str], method: Optiona
             precisions=parse_list(precisions, PRECISIONS, "--precisions"), batches=parse_batches(batches),
             reps=reps, warmup=warmup, loop=loop, overlay=overlay, frames=frames, parity_frames=parity_frames,
             int8=int8, engines=engines, work_dir=work_dir, peak_tflops=peak_tflops, seed=seed, plot=not no_plot,
+            time_budget=time_budget,
             clients=parse_batches(clients, "--clients"), server=server, serve_python=serve_python,
         )
         result, files = run_benchmark(cfg)
@@ -116,6 +128,25 @@ def main(ckpt: Optional[Path], tiny: bool, shape: Optional[str], method: Optiona
     click.echo(Path(files["markdown"]).read_text(encoding="utf-8"))
     click.echo(f"{len(result['rows'])} rows (" + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + "); wrote "
                + ", ".join(str(p) for p in files.values()))
+
+
+def run_gpu_suite(out_dir: Path, shape: Optional[str], reps: int, warmup: int, work_dir: Optional[Path],
+                  seed: int) -> None:
+    """``--suite gpu``: run it, print the report; exit 2 (one line) when there is no GPU here."""
+    import sys
+
+    from .gpu_suite import SHAPE, SuiteOptions, check_options, markdown, run_suite
+
+    options = SuiteOptions(out_dir=Path(out_dir), shape=shape or SHAPE, reps=reps, warmup=warmup, work_dir=work_dir,
+                           seed=seed)
+    check_options(options)
+    result, status = run_suite(options)
+    click.echo(markdown(result))
+    if status == 2:
+        checked = ", ".join(f"{c.name}: {c.status}" for c in result.checks[1:])
+        click.echo(f"error: no NVIDIA GPU here, so no GPU figure was measured (checked {checked}; report in "
+                   f"{out_dir}/suite.json); run aaclip-bench --suite gpu --out DIR on the GPU machine", err=True)
+    sys.exit(status)
 
 
 if __name__ == "__main__":

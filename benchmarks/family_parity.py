@@ -14,6 +14,9 @@ Opt-in (tens of minutes on CPU; the test suite checks the same on the tiny confi
    (``peak_rss.run_measured``, which keeps this process's own peak out) is the export's peak. ``--baseline`` exports AA-CLIP's FP32 graph the same way.
 4. The same synthetic frames through the PyTorch model (FP32) and both graphs (ONNX Runtime, CPU); the
    comparator of ``aaclip-export --verify``: max |map error| / map range, max |cls_score error|.
+5. Per family, which behaviours of its official code the checkpoint's (default) config reproduces and which
+   option changes each (``aaclip.train.fidelity``); the stage-by-stage comparison with the official
+   computation itself is ``tests/test_peer_fidelity.py`` (tiny config).
 
 Writes ``parity.json`` and ``parity.md`` into ``--out`` and prints the table. Limits checked (exit status 1
 when one fails): FP32 map <= 1e-4 of the range and cls <= 1e-5; FP16 map and cls <= 1e-3.
@@ -150,9 +153,15 @@ def check_family(method: str, weights: Path, backbone: str, size: int, work: Pat
                  seed: int) -> dict:
     from aaclip.export.verify import TOLERANCES, compare_outputs
 
+    from dataclasses import asdict
+
+    from aaclip.train.checkpoint import load_config
+    from aaclip.train.fidelity import official_behaviours
+
     ckpt = make_checkpoint(method, weights, backbone, size, work / method, seed)
     frames = frames_at(size, frames_n, seed)
-    row: dict = {"method": method, "image_size": size}
+    row: dict = {"method": method, "image_size": size,
+                 "official": [asdict(b) for b in official_behaviours(load_config(ckpt / "config.json"))]}
     t0 = time.time()
     ref = reference_outputs(ckpt, frames)
     row["pytorch_seconds"] = round(time.time() - t0, 1)
@@ -181,7 +190,20 @@ def markdown(rows: list[dict], baseline: Optional[dict], backbone: str) -> str:
     if baseline:
         lines.append(f"| aa-clip (baseline, export only) | {baseline['image_size']} | | | | | "
                      f"{baseline['peak_rss_gb']} / - | |")
-    return "\n".join(lines)
+    return "\n".join(lines + official_tables(rows))
+
+
+def official_tables(rows: list[dict]) -> list[str]:
+    """Per family: the official behaviours its checkpoint reproduces and the options that change them."""
+    from aaclip.train.fidelity import Behaviour
+    from aaclip.train.fidelity import markdown as behaviour_table
+
+    out: list[str] = []
+    for r in rows:
+        if r.get("official"):
+            out += ["", *behaviour_table(f"{r['method']} at {r['image_size']} px",
+                                         [Behaviour(**b) for b in r["official"]])]
+    return out
 
 
 @click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})

@@ -50,9 +50,9 @@ def prepare_checkpoint(ckpt: Optional[Path], tiny: bool, shape: Optional[str], w
                        seed: int = 0, method: str = DEFAULT_METHOD) -> tuple[Path, str]:
     """(checkpoint directory, a short description) for exactly one of ``ckpt`` / ``tiny`` / ``shape``;
     the random checkpoints of ``tiny`` / ``shape`` are of family ``method``."""
-    given = [n for n, v in (("--ckpt", ckpt), ("--tiny", tiny), ("--shape", shape)) if v]
+    given = [n for n, v in (("--checkpoint", ckpt), ("--tiny", tiny), ("--shape", shape)) if v]
     if len(given) != 1:
-        raise UserError("choose the model with exactly one of --ckpt DIR, --tiny or --shape NAME@SIZE"
+        raise UserError("choose the model with exactly one of --checkpoint DIR, --tiny or --shape NAME@SIZE"
                         + (f" (got {', '.join(given)})" if given else ""))
     if ckpt:
         if not Path(ckpt).is_dir():

@@ -22,6 +22,8 @@ ROW_COLUMNS = (
     "latency_min_ms", "latency_max_ms",
     "parity", "parity_passed", "parity_map_rel", "parity_cls_abs",
     "flops_per_image", "achieved_tflops", "peak_tflops", "fraction_of_peak", "peak_source",
+    "speedup_vs_ort_fp32", "speedup_bound", "fraction_of_bound", "bound_source", "measurement_flag", "precision_plan",
+    "plan_map_err",
     "host_peak_rss_mb", "host_memory_method", "device_mem_mb", "device_memory_method",
     "loop_status", "loop_reason", "loop_frames", "loop_images_per_s", "loop_ratio", "loop_overhead",
     "loop_non_inference_share",
@@ -65,11 +67,18 @@ def _pct(v: Optional[float]) -> str:
     return f"{100.0 * v:.2f}%" if abs(v) < 0.01 else f"{100.0 * v:.1f}%"
 
 
+def _fraction(v: Optional[float]) -> str:
+    """A fraction of a peak or bound; above 100% it is a measurement error (the peak read low), not a result."""
+    if v is None:
+        return "-"
+    return f"n/a: {_pct(v)} > 100%, measurement error" if v > 1.0 else _pct(v)
+
+
 def _tflops(row: dict) -> str:
     if row.get("achieved_tflops") is None:
         return "-"
     text = f"{row['achieved_tflops']:.3g}"
-    return text + (f" ({_pct(row['fraction_of_peak'])})" if row.get("fraction_of_peak") is not None else "")
+    return text + (f" ({_fraction(row['fraction_of_peak'])})" if row.get("fraction_of_peak") is not None else "")
 
 
 def _parity(row: dict) -> str:
@@ -134,6 +143,22 @@ def results_table(rows: Sequence[dict]) -> list[str]:
     return lines
 
 
+def reduced_table(rows: Sequence[dict]) -> list[str]:
+    """Reduced-precision CPU rows: speed-up over ONNX Runtime FP32 against the bound the measured peaks give."""
+    head = ("| Backend | Precision | Batch | Plan | Map error / range | Speed-up vs ORT FP32 | Bound (peaks) "
+            "| Fraction of bound |")
+    lines = [head, "|" + "---|" * head.count(" |")]
+    for r in rows:
+        if r.get("speedup_bound") is None or r.get("status") != "ok":
+            continue
+        err = r.get("plan_map_err") if r.get("plan_map_err") is not None else r.get("parity_map_rel")
+        lines.append("| " + " | ".join([
+            r["backend_label"], r["precision"], str(r["batch"]), r.get("precision_plan") or "-", _pct(err),
+            f"{_num(r['speedup_vs_ort_fp32'])}x", f"{_num(r['speedup_bound'])}x", _fraction(r["fraction_of_bound"]),
+        ]) + " |")
+    return lines
+
+
 def loop_table(rows: Sequence[dict]) -> list[str]:
     head = ("| Backend | Device | Precision | Batch | Loop FPS | Raw FPS | Loop / raw | Overhead | Non-inference | decode "
             "| preprocess | inference | post/overlay | other | p50 (ms) | p95 (ms) | p99 (ms) |")
@@ -172,6 +197,17 @@ def markdown_text(result: dict) -> str:
         "error|; PASS/FAIL against the precision's tolerances.", "",
         *results_table([r for r in rows if not _served(r)]),
     ]
+    reduced = reduced_table(rows)
+    if len(reduced) > 2:
+        lines += ["", "## Reduced precision against its bound", "",
+                  "Speed-up = median latency of ONNX Runtime CPU FP32 (same batch) / the row's; bound = the measured "
+                  "matmul peak of the row's precision / the measured FP32 peak (what the speed-up would be if every "
+                  "FLOP ran at peak); fraction = speed-up / bound. Map error: the accuracy gate's (max |map - FP32| / "
+                  "FP32 range, held-out frames) for searched plans, else the parity check's.", "", *reduced]
+    flagged = [r for r in rows if r.get("measurement_flag")]
+    if flagged:
+        lines += ["", "Measurement errors (a fraction above 100% means the peak was read low, e.g. the probe "
+                  "ran in a burst of load):", ""] + [f"- {r['key']}: {r['measurement_flag']}" for r in flagged]
     served = [r for r in rows if _served(r)]
     if any(r["status"] == "ok" for r in served):
         lines += ["", "## Served by Triton Inference Server (concurrent clients)", "",
@@ -201,7 +237,8 @@ def markdown_text(result: dict) -> str:
     probe = env.get("cpu_peaks")
     if probe:
         m, k, n = probe["shape"]
-        lines += ["", f"CPU matmul probe ({m}x{k} @ {k}x{n}, best of {probe['reps']}, {probe['seconds']} s): "
+        lines += ["", f"CPU matmul probe ({m}x{k} @ {k}x{n}, best of {probe['reps']} samples, one per timing round, "
+                  f"{probe['seconds']} s in all): "
                   + ", ".join(f"{name} {rate:.3g} TFLOP/s" for name, rate in probe["probes"].items())]
     return "\n".join(lines) + "\n"
 
@@ -254,5 +291,6 @@ def write_outputs(result: dict, out_dir: Path, plot: bool = True) -> dict[str, P
     return written
 
 
-__all__ = ["ROW_COLUMNS", "FILE_NAMES", "empty_row", "csv_text", "results_table", "served_table", "loop_table", "markdown_text",
+__all__ = ["ROW_COLUMNS", "FILE_NAMES", "empty_row", "csv_text", "results_table", "served_table", "loop_table", "reduced_table",
+           "markdown_text",
            "write_plot", "write_outputs"]

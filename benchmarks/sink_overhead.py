@@ -252,7 +252,7 @@ class _Scores(Sink):
         self.scores: list[float] = []
 
     def emit(self, decision, view) -> None:
-        self.scores.append(decision.score)
+        self.scores.append(decision.raw_score)
 
 
 def alarm_threshold(runner, manifest: Manifest, video: Path, fraction: float) -> float:

@@ -38,7 +38,8 @@ from .inputs import batch_of, bench_frames, write_video
 from .loop_timing import STAGES, run_timed_loop
 from .measure import DeviceMemory, HostMemory, latency_stats
 from .models import Artifact, build_engine_for, export_graph, external_artifact, prepare_checkpoint
-from .peaks import device_peak, measure_cpu_peaks
+from .bounds import apply_bounds
+from .peaks import PeakProbe, device_peak
 from .report import empty_row, write_outputs
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,8 @@ class BenchConfig:
     engines: Sequence[Path] = ()
     work_dir: Optional[Path] = None   # exported graphs, the loop video (temporary when None)
     peak_tflops: Optional[float] = None
+    cpu_batches: Optional[Sequence[int]] = None  # CPU rows only at these batches (None: every batch)
+    time_budget: float = 600.0   # the accuracy search's time budget per reduced precision (int8 without --int8, bf16)
     seed: int = 0
     plot: bool = True
     clients: Sequence[int] = (1, 2, 4)   # served rows: concurrent clients
@@ -117,7 +120,9 @@ class _Context:
         self._engines: dict[str, Artifact] = {}
         self._reference: Optional[dict] = None
         self._video: Optional[Path] = None
-        self.cpu_peaks: Optional[dict] = None  # measure_cpu_peaks(), once per run when CPU rows run
+        self.cpu_peaks: Optional[dict] = None  # the probe's result (best per probe) when CPU rows run
+        self.probe: Optional[PeakProbe] = None  # sampled once per timing round
+        self.plans: dict[str, dict] = {}        # precision -> the accuracy search's outcome (reduced.py)
         for path in cfg.engines:
             from aaclip.contract.manifest import load_manifest
 
@@ -132,8 +137,13 @@ class _Context:
 
     def graph(self, precision: str) -> Artifact:
         if precision not in self._graphs:
-            if precision == "int8":
+            if precision == "int8" and self.cfg.int8 is not None:
                 self._graphs[precision] = external_artifact(self.cfg.int8, "int8")
+            elif precision == "int8":  # no --int8: the accuracy search makes it from the FP32 graph
+                from .reduced import searched_int8
+
+                self._graphs[precision] = searched_int8(self.graph("fp32"), self.work / "artifacts",
+                                                        self.cfg.time_budget, self.cfg.seed, self.plans)
             else:
                 self._graphs[precision] = export_graph(self.ckpt, self.model, precision, self.work / "artifacts",
                                                        self.class_name)
@@ -195,10 +205,15 @@ def row_runner(ctx: _Context, spec: R.RowSpec):
         manifest = open_artifact(ctx.graph("fp32").path)
         options = RunnerOptions(device=spec.device, extra={"model": ctx.model, "precision": spec.precision})
         return open_runner(manifest, REFERENCE_BACKEND, options), None, manifest
-    if spec.backend == "openvino":  # mixed BF16 runs the FP32 graph; measured here, so not behind the gate
+    if spec.backend == "openvino":  # mixed BF16 runs the FP32 graph with the plan its accuracy search found
         artifact = ctx.graph("int8" if spec.precision == "int8" else "fp32")
         extra = {"precision": "bf16" if spec.precision == "bf16" else "fp32", "ungated": True,
                  "cache_dir": str(ctx.work / "openvino-cache")}
+        if spec.precision == "bf16":
+            from .reduced import searched_bf16
+
+            record = searched_bf16(artifact, ctx.work / "openvino-cache", ctx.cfg.time_budget, ctx.cfg.seed, ctx.plans)
+            extra["fp32_nodes"] = tuple(record["fp32_nodes"])
         manifest = open_artifact(artifact.path)
         return open_runner(manifest, "openvino", RunnerOptions(device=spec.device, extra=extra)), artifact, manifest
     artifact = ctx.graph(spec.precision) if spec.backend == "onnxruntime" else ctx.engine(spec.precision)
@@ -344,7 +359,11 @@ def time_interleaved(ctx: _Context, groups: Sequence[_Group]) -> None:
                     continue
                 if rnd >= cfg.warmup:
                     times[spec.key].append(dt)
+            if ctx.probe is not None:  # the peak is re-measured every round, under the same load; the best counts
+                ctx.probe.sample()
             log.debug("round %d of %d done", rnd + 1, cfg.warmup + cfg.reps)
+    if ctx.probe is not None:
+        ctx.cpu_peaks = ctx.probe.result()
     memory = {"host_peak_rss_mb": host.peak_mb, "host_memory_method": f"{host.method}, all runners active",
               "device_mem_mb": dev.peak_mb, "device_memory_method": dev.method}
     for _, spec, row, _ in entries:
@@ -403,8 +422,9 @@ def run_benchmark(cfg: BenchConfig, progress: Optional[Callable[[str], None]] = 
             work.mkdir(parents=True, exist_ok=True)
         ctx = _Context(cfg, work, env)
         precisions = list(cfg.precisions) + (["int8"] if cfg.int8 and "int8" not in cfg.precisions else [])
-        caps = R.detect_capabilities(cfg.int8 is not None, ctx.engine_precisions)
-        specs = R.expand_rows(cfg.backends, precisions, cfg.batches, caps)
+        caps = R.detect_capabilities(cfg.int8 is not None or "int8" in precisions, ctx.engine_precisions)
+        specs = [s for s in R.expand_rows(cfg.backends, precisions, cfg.batches, caps)
+                 if cfg.cpu_batches is None or s.device != "cpu" or s.batch in cfg.cpu_batches]
         groups: dict[tuple, list[R.RowSpec]] = {}
         for spec in specs:
             groups.setdefault((spec.backend, spec.device, spec.precision), []).append(spec)
@@ -420,10 +440,15 @@ def run_benchmark(cfg: BenchConfig, progress: Optional[Callable[[str], None]] = 
                 progress(f"{group[0].backend}/{group[0].device}/{group[0].precision}")
             runnable.append(group)
         if any(g[0].device == "cpu" for g in runnable) and not cfg.peak_tflops:
-            ctx.cpu_peaks = measure_cpu_peaks()
-            log.info("measured CPU matmul peaks (TFLOP/s): %s", ctx.cpu_peaks["probes"])
+            ctx.probe = PeakProbe()
+            ctx.probe.sample()
+            ctx.cpu_peaks = ctx.probe.result()
         for row in run_groups(ctx, runnable):
             rows_by_key[row["key"]] = row
+        if ctx.cpu_peaks:
+            log.info("measured CPU matmul peaks, best of %d samples (TFLOP/s): %s", ctx.cpu_peaks["reps"],
+                     ctx.cpu_peaks["probes"])
+        apply_bounds(list(rows_by_key.values()), ctx.cpu_peaks, ctx.plans)
         served: list[dict] = []
         if "triton" in cfg.backends:
             from .served import served_rows
@@ -440,7 +465,9 @@ def run_benchmark(cfg: BenchConfig, progress: Optional[Callable[[str], None]] = 
                          "batches": list(cfg.batches), "reps": cfg.reps, "warmup": cfg.warmup, "loop": cfg.loop,
                          "overlay": cfg.overlay, "frames": cfg.frames, "parity_frames": cfg.parity_frames,
                          "loop_batches_per_row": f"{max(1, cfg.warmup)} warm-up + {cfg.reps} timed",
-                         "int8": str(cfg.int8) if cfg.int8 else None, "clients": list(cfg.clients)},
+                         "int8": str(cfg.int8) if cfg.int8 else None, "clients": list(cfg.clients),
+                         "time_budget_s": cfg.time_budget},
+            "precision_plans": ctx.plans,
             "environment": dict(env, cpu_peaks=ctx.cpu_peaks),
             "rows": [rows_by_key[s.key] for s in specs] + served,
         }

@@ -21,6 +21,7 @@ import dataclasses
 import datetime as dt
 import logging
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -39,6 +40,7 @@ from aaclip.runtime.backends.openvino import FP32_SCOPES
 from .gate import GateLimits, GateReport, evaluate_gate
 from .inference import Collect, FrameOutputs, run_items
 from .inputs import FrameInput, Item, SetHash, frame_payload, synthetic_pairs
+from .search import DEFAULT_BUDGET_S, Plan, Unit, plan_from_record, search_plan, tower_units
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,10 @@ CALIBRATION_BATCH = 8
 CALIBRATION_BUDGET_BYTES = 1_500_000_000
 """Activations collected per calibration batch (the batch shrinks for large models; see calibration_batch)."""
 DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
+SEARCH_REASON = "kept FP32 by the accuracy search"
+DEFAULT_SEARCH_FRAMES = 32
+"""Held-out frames (half normal, half anomalous) each search step is gated on; the final plan on all of them. 16 + 16
+frames let AUROC move in steps of 1/256 (16 frames: 1/64, most of the 0.02 limit)."""
 
 
 @dataclass
@@ -205,29 +211,65 @@ def collect_ranges(model, plan: QuantPlan, frames: np.ndarray, class_ids: np.nda
     return {name: (np.float32(a), np.float32(b)) for name, a, b in zip(tensors, lo, hi)}
 
 
-def quantize_graph(fp32_path: Path, out_path: Path, frames: np.ndarray, class_ids: np.ndarray, manifest: Manifest,
-                   method: str = "minmax", batch: int = CALIBRATION_BATCH) -> QuantPlan:
-    """Write the Q/DQ INT8 graph of ``fp32_path`` to ``out_path`` (not atomic: the caller stages it).
+WEIGHT_BITS = (7, 8)
+DEFAULT_WEIGHT_BITS = 7
+"""Weights use 7 of their 8 bits by default (ONNX Runtime's ``reduce_range``): x86 CPUs without VNNI (AVX2 only)
+multiply uint8 activations by int8 weights with ``vpmaddubsw``, which adds pairs of products into int16 and
+saturates with full 8-bit weights (the tiny model's map error: 6.4% of the range with 8-bit weights, 0.76% with
+7-bit ones, on an AVX2 EPYC). 7-bit weights cannot saturate there, so one graph keeps its accuracy on every
+CPU; ``--weight-bits 8`` is for graphs only TensorRT or VNNI/AMX CPUs run."""
 
-    ``minmax`` ranges come from ``collect_ranges`` and reach ``quantize_static`` as its calibration cache;
-    ``percentile`` needs histograms of every activation and uses ONNX Runtime's calibrator (memory-hungry:
-    it does not fit a ViT-L at 518 px on a 24 GB machine)."""
+
+def calibration_ranges(fp32_path: Path, plan: QuantPlan, frames: np.ndarray, class_ids: np.ndarray,
+                       manifest: Manifest, batch: int, work: Path) -> Path:
+    """MinMax ranges of every planned node's activation input (``collect_ranges``), saved as ONNX Runtime's
+    calibration cache in ``work``: collected once, reused by every graph the search writes."""
     import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import CalibrationMethod
     from onnxruntime.quantization.calibrate import TensorsData, save_tensors_data
 
+    model = onnx.load(str(fp32_path))
+    _name_nodes(model)
+    ranges = collect_ranges(model, plan, frames, class_ids, manifest, batch, Path(work))
+    cache = Path(work) / "ranges.json"
+    save_tensors_data(TensorsData(CalibrationMethod.MinMax, ranges), cache)
+    (Path(work) / "ranges.onnx").unlink()
+    return cache
+
+
+def keep_fp32(plan: QuantPlan, nodes: Sequence[str], reason: str) -> QuantPlan:
+    """``plan`` with ``nodes`` moved from the quantized to the FP32 nodes (``reason`` recorded)."""
+    keep = set(nodes)
+    return QuantPlan(quantize=[n for n in plan.quantize if n not in keep],
+                     exclude={**plan.exclude, **{n: reason for n in plan.quantize if n in keep}})
+
+
+@dataclass(frozen=True)
+class QdqSettings:
+    """How ``write_qdq`` quantizes: range estimator, weight bits, frames per calibration batch, and the
+    MinMax calibration cache when it was collected already (``calibration_ranges``)."""
+
+    method: str = "minmax"
+    weight_bits: int = DEFAULT_WEIGHT_BITS
+    batch: int = CALIBRATION_BATCH
+    cache: Optional[Path] = None
+
+
+def write_qdq(fp32_path: Path, out_path: Path, plan: QuantPlan, frames: np.ndarray, class_ids: np.ndarray,
+              manifest: Manifest, settings: QdqSettings = QdqSettings()) -> None:
+    """Write the Q/DQ graph of ``fp32_path`` quantizing ``plan.quantize`` (not atomic: the caller stages it).
+
+    ``minmax`` ranges come from ``collect_ranges`` (or ``settings.cache``) and reach ``quantize_static`` as its
+    calibration cache; ``percentile`` needs histograms of every activation and uses ONNX Runtime's calibrator
+    (memory-hungry: it does not fit a ViT-L at 518 px on a 24 GB machine)."""
+    import onnx
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    method = settings.method
     if method not in CALIBRATION_METHODS:
         raise UserError(f"unknown calibration method {method!r}; use one of {', '.join(CALIBRATION_METHODS)}")
-    model = onnx.load(str(fp32_path))
-    named = all(node.name for node in model.graph.node)
-    _name_nodes(model)
-    plan = plan_quantization(model)
-    if not plan.quantize:
-        raise UserError(f"{fp32_path.name} has no transformer MatMul/Gemm/Conv with constant weights to quantize; "
-                        "is it an aaclip-export FP32 graph?")
-    batch = calibration_batch(model, plan, batch)
-    log.info("quantizing %d of %d MatMul/Gemm/Conv nodes (%d kept FP32) with %s ranges from %d frames (batches of %d)",
-             len(plan.quantize), len(plan.quantize) + len(plan.exclude), len(plan.exclude), method, len(frames), batch)
+    if settings.weight_bits not in WEIGHT_BITS:
+        raise UserError(f"--weight-bits {settings.weight_bits}: use 7 (any CPU) or 8 (TensorRT, VNNI/AMX CPUs)")
     calib = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile}[method]
     extra = {
         "ActivationSymmetric": True,     # zero point 0: TensorRT's INT8 is symmetric
@@ -237,27 +279,58 @@ def quantize_graph(fp32_path: Path, out_path: Path, frames: np.ndarray, class_id
     }
     if method == "percentile":
         extra["CalibPercentile"] = 99.999
+    model = onnx.load(str(fp32_path))
+    named = all(node.name for node in model.graph.node)
+    _name_nodes(model)
     root = logging.getLogger()
     root.addFilter(_hide_pre_process_advice)
     try:
         with tempfile.TemporaryDirectory(prefix="aaclip-calib-") as work:
-            reader, cache = _reader(frames, class_ids, manifest, batch), None
+            reader, cache = _reader(frames, class_ids, manifest, settings.batch), None
             if method == "minmax":
-                unnamed = None if named else onnx.load(str(fp32_path))  # keep the named copy for quantize_static
-                ranges = collect_ranges(model if named else unnamed, plan, frames, class_ids, manifest, batch,
-                                        Path(work))
-                cache, reader = Path(work) / "ranges.json", None
-                save_tensors_data(TensorsData(calib, ranges), cache)
-                (Path(work) / "ranges.onnx").unlink()
+                cache, reader = settings.cache, None
+                if cache is None:
+                    del model
+                    cache = calibration_ranges(fp32_path, plan, frames, class_ids, manifest, settings.batch,
+                                               Path(work))
+                    model = None if named else _named(fp32_path)
             if named:  # the exporter names every node: ONNX Runtime reads the file itself, no copy held here
                 model = str(fp32_path)
             quantize_static(
                 model, str(out_path), reader, quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
-                weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=list(QUANT_OP_TYPES),
-                nodes_to_exclude=list(plan.exclude), calibrate_method=calib, extra_options=extra,
-                calibration_cache_path=cache)
+                weight_type=QuantType.QInt8, per_channel=True, reduce_range=settings.weight_bits == 7,
+                op_types_to_quantize=list(QUANT_OP_TYPES), nodes_to_exclude=list(plan.exclude),
+                calibrate_method=calib, extra_options=extra, calibration_cache_path=cache)
     finally:
         root.removeFilter(_hide_pre_process_advice)
+
+
+def _named(path: Path):
+    import onnx
+
+    model = onnx.load(str(path))
+    _name_nodes(model)
+    return model
+
+
+def quantize_graph(fp32_path: Path, out_path: Path, frames: np.ndarray, class_ids: np.ndarray, manifest: Manifest,
+                   method: str = "minmax", batch: int = CALIBRATION_BATCH,
+                   weight_bits: int = DEFAULT_WEIGHT_BITS) -> QuantPlan:
+    """Quantize every planned node of ``fp32_path`` (no search) into ``out_path``; returns the plan."""
+    plan = node_plan(fp32_path)
+    batch = calibration_batch(_named(fp32_path), plan, batch)
+    log.info("quantizing %d of %d MatMul/Gemm/Conv nodes (%d kept FP32) with %s ranges from %d frames (batches of %d)",
+             len(plan.quantize), len(plan.quantize) + len(plan.exclude), len(plan.exclude), method, len(frames), batch)
+    write_qdq(fp32_path, out_path, plan, frames, class_ids, manifest, QdqSettings(method, weight_bits, batch))
+    return plan
+
+
+def node_plan(fp32_path: Path) -> QuantPlan:
+    """``plan_quantization`` of the graph at ``fp32_path`` (a UserError when nothing can be quantized)."""
+    plan = plan_quantization(_named(fp32_path))
+    if not plan.quantize:
+        raise UserError(f"{Path(fp32_path).name} has no transformer MatMul/Gemm/Conv with constant weights to "
+                        "quantize; is it an aaclip-export FP32 graph?")
     return plan
 
 
@@ -277,6 +350,9 @@ class Int8Result:
     plan: QuantPlan
     calibration: dict
     engine: Optional[Path] = None
+    search: Optional[Plan] = None       # the accuracy search's plan (units low / kept FP32)
+    units: Sequence[Unit] = ()
+    speedup: Optional[dict] = None      # measured on the gate's held-out frames (``gate_speedup``)
 
 
 def _collect(frames: FrameInput, manifest: Manifest, limit: int) -> list[Item]:
@@ -338,14 +414,44 @@ def gate_runner_options(backend: str, providers: Sequence[str], runner: RunnerOp
 def _outputs(path: Path, manifest: Manifest, items: Sequence[Item], o: "Int8Options") -> FrameOutputs:
     """Outputs of the graph at ``path`` (the FP32 original or the staged INT8 graph, same contract) on the
     gate's backend."""
+    return _timed_outputs(path, manifest, items, o)[0]
+
+
+def _timed_outputs(path: Path, manifest: Manifest, items: Sequence[Item], o: "Int8Options") -> tuple[FrameOutputs, float]:
+    """``_outputs`` and the seconds the frames took once the runner was active (the speed-up's basis)."""
     graph = dataclasses.replace(manifest, artifact_path=Path(path))
     runner = open_runner(graph, o.backend, gate_runner_options(o.backend, o.providers, o.runner))
     with runner:
-        return run_items(runner, manifest, items, Collect(o.batch, keep_maps=True))
+        t0 = time.perf_counter()
+        out = run_items(runner, manifest, items, Collect(o.batch, keep_maps=True))
+        return out, time.perf_counter() - t0
+
+
+def search_subset(labels: np.ndarray, n: int) -> np.ndarray:
+    """Indices of a balanced subset of the held-out set for the search: up to ``n // 2`` normal and as many
+    anomalous frames (all of them when the set is that small)."""
+    labels = np.asarray(labels)
+    if n <= 0 or n >= labels.size:
+        return np.arange(labels.size)
+    half = max(1, n // 2)
+    normal, bad = np.flatnonzero(labels == 0)[:half], np.flatnonzero(labels == 1)[:half]
+    return np.sort(np.r_[normal, bad])
+
+
+def gate_speedup(fp32_s: float, reduced_s: float, frames: int, backend: str) -> dict:
+    """The speed-up measured on the gate's own run (same frames, same backend, this CPU, one run each)."""
+    return {"fp32_s": round(fp32_s, 4), "reduced_s": round(reduced_s, 4), "frames": frames, "backend": backend,
+            "speedup": round(fp32_s / reduced_s, 3) if reduced_s > 0 else None,
+            "how": "gate's held-out frames, once in FP32 and once in the reduced precision, same backend"}
+
+
+def int8_units(fp32_path: Path, plan: QuantPlan) -> list[Unit]:
+    """The search's units of the quantizable nodes (every one has a constant weight)."""
+    return tower_units([(n, True) for n in plan.quantize])
 
 
 def int8_manifest(fp32: Manifest, out: Path, sha256: str, plan: QuantPlan, calibration: dict, gate: dict,
-                  method: str, rebuild_command: str) -> dict:
+                  settings: "Int8Options", search: Optional[dict] = None) -> dict:
     """The INT8 graph's manifest: the FP32 graph's (contract, classes, score, input) + quantization facts."""
     ort = import_onnxruntime()
     data = copy.deepcopy(fp32.data)
@@ -359,17 +465,20 @@ def int8_manifest(fp32: Manifest, out: Path, sha256: str, plan: QuantPlan, calib
     data["quantization"] = {
         "tool": "onnxruntime.quantization.quantize_static",
         "format": "QDQ",
-        "weights": "int8 symmetric per-channel",
+        "weights": f"int8 symmetric per-channel, {settings.weight_bits} bits used",
+        "weight_bits": settings.weight_bits,
         "activations": "int8 symmetric per-tensor",
-        "calibration_method": method,
+        "calibration_method": settings.method,
         "op_types": list(QUANT_OP_TYPES),
         "quantized_nodes": len(plan.quantize),
         "fp32_nodes": len(plan.exclude),
         "fp32_graph": fp32.artifact_path.name,
         "calibration": calibration,
         "gate": gate,
+        "plan": search,
+        "fp32_nodes_by_search": sorted(n for n, why in plan.exclude.items() if why.startswith(SEARCH_REASON)),
     }
-    data["rebuild_command"] = rebuild_command
+    data["rebuild_command"] = settings.rebuild_command
     return data
 
 
@@ -390,14 +499,19 @@ class Int8Options:
     discard_calibration: bool = False   # replace a calibrated INT8 artifact whose outputs change
     backend: str = "onnxruntime"        # the backend the gate runs FP32 and INT8 on (the one that will run it)
     runner: RunnerOptions = RunnerOptions()  # its options (device, threads; openvino: precision hint)
+    search: bool = True                 # the accuracy search (False: every planned node INT8, one gate)
+    budget_s: Optional[float] = DEFAULT_BUDGET_S  # the search's time budget
+    search_frames: int = DEFAULT_SEARCH_FRAMES
+    weight_bits: int = DEFAULT_WEIGHT_BITS
+    plan: Optional[dict] = None         # a recorded plan to re-apply (a manifest's quantization.plan): no search
 
 
 def quantize_artifact(fp32_onnx: Path, normals: FrameInput, anomalies: Optional[FrameInput] = None,
                       options: Int8Options = Int8Options()) -> Int8Result:
-    """Quantize, gate, and (if the gate passes or ``force``) write the INT8 graph + manifest atomically."""
+    """Quantize (searching which blocks stay FP32), gate, and (if the gate passes or ``force``) write the INT8
+    graph + manifest atomically."""
     o = options
-    out, max_frames, holdout, limits, force = o.out, o.max_frames, o.holdout, o.limits, o.force
-    method, batch, seed, rebuild_command = o.method, o.batch, o.seed, o.rebuild_command
+    out, max_frames, holdout, force = o.out, o.max_frames, o.holdout, o.force
     fp32_onnx = Path(fp32_onnx)
     manifest = load_manifest(fp32_onnx)
     check_artifact(manifest)
@@ -409,9 +523,14 @@ def quantize_artifact(fp32_onnx: Path, normals: FrameInput, anomalies: Optional[
                         "(aaclip-export CKPT --precision fp32)")
     if max_frames < 2:
         raise UserError(f"--frames must be >= 2, got {max_frames}")
+    if o.weight_bits not in WEIGHT_BITS:
+        raise UserError(f"--weight-bits {o.weight_bits}: use 7 (any CPU) or 8 (TensorRT, VNNI/AMX CPUs)")
     out = Path(out) if out is not None else fp32_onnx.with_name(fp32_onnx.stem + ".int8.onnx")
     if out.resolve() == fp32_onnx.resolve():
         raise UserError(f"--out {out} would overwrite the FP32 graph; choose another file name")
+    base = node_plan(fp32_onnx)
+    units = int8_units(fp32_onnx, base)
+    fixed = plan_from_record(o.plan, units) if o.plan is not None else None
 
     items = _collect(normals, manifest, max_frames)
     calib_items, held = split_holdout(items)
@@ -423,30 +542,71 @@ def quantize_artifact(fp32_onnx: Path, normals: FrameInput, anomalies: Optional[
                    "input": normals.description, "held_out": len(held)}
     frames = np.stack([it.frame for it in calib_items])
     class_ids = np.asarray([it.class_id for it in calib_items], np.int64)
-    test_items, labels, holdout_desc = holdout_set(manifest, held, anomalies, holdout, seed,
-                                                   max(holdout, len(held)) * 4)
+    test_items, labels, holdout_desc = holdout_set(manifest, held, anomalies, holdout, seed=o.seed,
+                                                   max_anomalies=max(holdout, len(held)) * 4)
+    subset = search_subset(labels, o.search_frames)
 
     with staging(out) as tmp:  # graph and manifest replace an earlier INT8 pair together, or not at all
         staged = tmp / out.name
-        plan = quantize_graph(fp32_onnx, staged, frames, class_ids, manifest, method, batch)
-        ref = _outputs(fp32_onnx, manifest, test_items, dataclasses.replace(o, runner=RunnerOptions(
-            o.runner.device, o.runner.threads, {k: v for k, v in o.runner.extra.items() if k != "precision"})))
-        test = _outputs(staged, manifest, test_items, o)
+        batch = calibration_batch(_named(fp32_onnx), base, o.batch)
+        log.info("INT8: %d quantizable nodes in %d units; %s ranges from %d frames (batches of %d)",
+                 len(base.quantize), len(units), o.method, len(frames), batch)
+        work = tmp / "search"
+        work.mkdir()
+        cache = (calibration_ranges(fp32_onnx, base, frames, class_ids, manifest, batch, work)
+                 if o.method == "minmax" else None)
+        settings = QdqSettings(o.method, o.weight_bits, batch, cache)
+        ref_o = dataclasses.replace(o, runner=RunnerOptions(
+            o.runner.device, o.runner.threads, {k: v for k, v in o.runner.extra.items() if k != "precision"}))
+        ref, ref_s = _timed_outputs(fp32_onnx, manifest, test_items, ref_o)
         p = manifest.score
-        report = evaluate_gate(ref.maps, test.maps, image_score(ref.map_max, ref.cls_score, p).astype(np.float64),
-                               image_score(test.map_max, test.cls_score, p).astype(np.float64), labels, limits)
-        gate = report.to_dict()
-        gate.update({"forced": bool(force and not report.passed), "holdout": holdout_desc, "backend": o.backend,
-                     "precision_hint": o.runner.extra.get("precision")})
+        ref_scores = image_score(ref.map_max, ref.cls_score, p).astype(np.float64)
+        timing = {}
+
+        def plan_for(low: frozenset) -> QuantPlan:
+            return keep_fp32(base, [n for u in units if u.name not in low for n in u.nodes], SEARCH_REASON)
+
+        def gate(low: frozenset, path: Path, idx: np.ndarray) -> GateReport:
+            write_qdq(fp32_onnx, path, plan_for(low), frames, class_ids, manifest, settings)
+            chosen = [test_items[i] for i in idx]
+            test, seconds = _timed_outputs(path, manifest, chosen, o)
+            timing["s"] = seconds
+            return evaluate_gate(ref.maps[idx], test.maps, ref_scores[idx],
+                                 image_score(test.map_max, test.cls_score, p).astype(np.float64), labels[idx],
+                                 o.limits)
+
+        everything = frozenset(u.name for u in units)
+        full = np.arange(len(labels))
+        if fixed is not None:
+            search, report = fixed, gate(frozenset(fixed.low), staged, full)
+        elif not o.search:
+            search = Plan(low=sorted(everything), fp32=[], searched=False)
+            report = gate(everything, staged, full)
+        else:
+            search, report = search_plan(units, lambda low: gate(low, work / "try.onnx", subset),
+                                         lambda low: gate(low, staged, full), o.budget_s)
+        qplan = plan_for(frozenset(search.low))
+        speedup = gate_speedup(ref_s, timing["s"], len(test_items), o.backend)
+        result = Int8Result(report, False, out, None, qplan, calibration, search=search, units=units, speedup=speedup)
+        if not search.low and not force:
+            return result
+        gate_record = report.to_dict()
+        gate_record.update({"forced": bool(force and not report.passed), "holdout": holdout_desc,
+                            "backend": o.backend, "precision_hint": o.runner.extra.get("precision"),
+                            "speedup": speedup})
         if not (report.passed or force):
-            return Int8Result(report, False, out, None, plan, calibration)
-        data = int8_manifest(manifest, staged, sha256_file(staged), plan, calibration, gate, method,
-                             rebuild_command or f"aaclip-calibrate int8 {fp32_onnx} --out {out}")
+            return result
+        for leftover in work.iterdir():
+            leftover.unlink()
+        work.rmdir()
+        command = o.rebuild_command or f"aaclip-calibrate int8 {fp32_onnx} --out {out} --plan {out}"
+        data = int8_manifest(manifest, staged, sha256_file(staged), qplan, calibration, gate_record,
+                             dataclasses.replace(o, rebuild_command=command), search.to_dict())
         mpath = commit(tmp, out, (), keep_calibration(out, data, o.discard_calibration))
     if (manifest.data.get("score") or {}).get("source") == "calibration":
         log.warning("the score constants were copied from the FP32 graph; INT8 shifts raw outputs slightly: "
                     "run aaclip-calibrate threshold %s on normal frames", out)
-    return Int8Result(report, True, out, mpath, plan, calibration)
+    return dataclasses.replace(result, written=True, manifest=mpath)
 
 
 def build_int8_engine(int8_onnx: Path, engine: Path, flavour: str, batch: tuple[int, int, int],

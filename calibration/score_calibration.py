@@ -71,33 +71,16 @@ def calibrate_artifact(artifact: Path, normals: FrameInput, anomalies: Optional[
 
     ``anomalies`` (labelled defects) are scored for the report only; they never move the threshold.
     """
-    far, pixel_far, backend, batch = options.far, options.pixel_far, options.backend, options.batch
     artifact = Path(artifact)
     manifest = load_manifest(artifact)
     check_artifact(manifest)
-    hasher = SetHash()
-    out = infer_input(manifest, normals, backend, batch, options.pixel_samples, hasher, options.runner)
-    if len(out) < 2:
-        raise UserError(f"only {len(out)} normal frame(s) could be read from {normals.description}; "
-                        "calibration needs many (thousands for a 0.001 false-alarm rate)")
-    map_weight = manifest.score.map_weight
-    block = thresholds.calibrate(out.map_max, out.cls_score, map_weight, far,
-                                 pixel_values=out.pixels, pixel_far=pixel_far)
-    block["calibration"].update({
-        "sha256": hasher.hexdigest(),
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "pixel_far": pixel_far if out.pixels is not None else None,
-        "input": normals.description,
-        "backend": backend,
-        "batch": batch,
-        "precision_hint": options.runner.extra.get("precision"),
-    })
+    block, out = fit_score_block(manifest, normals, options)
     params = ScoreParams.from_block(block)
     normal_scores = image_score(out.map_max, out.cls_score, params).astype(np.float64)
 
     anomaly_scores, evaluation = None, None
     if anomalies is not None:
-        bad = infer_input(manifest, anomalies, backend, batch, runner_options=options.runner)
+        bad = infer_input(manifest, anomalies, options.backend, options.batch, runner_options=options.runner)
         anomaly_scores = image_score(bad.map_max, bad.cls_score, params).astype(np.float64)
         evaluation = thresholds.evaluate_threshold(normal_scores, anomaly_scores, params.threshold)
 
@@ -105,6 +88,28 @@ def calibrate_artifact(artifact: Path, normals: FrameInput, anomalies: Optional[
     if not options.dry_run:
         path = write_score_block(artifact, block)
     return ThresholdResult(block, normal_scores, anomaly_scores, evaluation, path)
+
+
+def fit_score_block(manifest: Manifest, normals: FrameInput, options: ThresholdOptions) -> tuple[dict, FrameOutputs]:
+    """The score block fitted on ``normals`` (with its calibration record) and their raw outputs."""
+    hasher = SetHash()
+    out = infer_input(manifest, normals, options.backend, options.batch, options.pixel_samples, hasher,
+                      options.runner)
+    if len(out) < 2:
+        raise UserError(f"only {len(out)} normal frame(s) could be read from {normals.description}; "
+                        "calibration needs many (thousands for a 0.001 false-alarm rate)")
+    block = thresholds.calibrate(out.map_max, out.cls_score, manifest.score.map_weight, options.far,
+                                 pixel_values=out.pixels, pixel_far=options.pixel_far)
+    block["calibration"].update({
+        "sha256": hasher.hexdigest(),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "pixel_far": options.pixel_far if out.pixels is not None else None,
+        "input": normals.description,
+        "backend": options.backend,
+        "batch": options.batch,
+        "precision_hint": options.runner.extra.get("precision"),
+    })
+    return block, out
 
 
 def write_score_block(artifact: Path, block: dict) -> Path:

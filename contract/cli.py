@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import os
 import re
 import sys
 from typing import Optional
@@ -20,6 +21,13 @@ import click
 from .errors import UserError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
+
+# Exit status of every command (docs/cli.md, "Exit codes")
+EXIT_OK = 0            # finished: the work is done (end of input, --max-frames), or stopped by SIGINT/SIGTERM
+EXIT_CHECK_FAILED = 1  # a check ran and failed: aaclip-export --verify beyond tolerances, an accuracy gate
+EXIT_BAD_INPUT = 2     # bad input: one "error: ..." line (bad option, missing file, a source that never opened)
+EXIT_SOURCE_LOST = 3   # aaclip-runtime: a source that had delivered frames was gone when the run ended
+EXIT_INTERRUPTED = 130  # Ctrl-C outside the camera loop's own handling, or a second signal
 _LOGGING_SET = "aaclip.logging"
 
 
@@ -32,6 +40,20 @@ def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    quiet_opencv(level <= logging.DEBUG)
+
+
+def quiet_opencv(verbose: bool = False) -> None:
+    """OpenCV prints its own ``[ WARN:0@0.048] global cap_v4l.cpp ...`` lines (several per failed camera open)
+    to the console, outside our log: silence them (and FFmpeg's), unless -v asks for everything. Our log says
+    what failed, once, in words."""
+    os.environ["OPENCV_FFMPEG_LOGLEVEL"] = "32" if verbose else "-8"  # AV_LOG_INFO, or AV_LOG_QUIET
+    try:
+        import cv2
+    except ImportError:  # pragma: no cover - cv2 is a dependency of every install
+        return
+    levels = cv2.utils.logging
+    levels.setLogLevel(levels.LOG_LEVEL_INFO if verbose else levels.LOG_LEVEL_SILENT)
 
 
 def _hide_library_chatter(record: logging.LogRecord) -> bool:
@@ -77,10 +99,49 @@ def _one_line(exc: click.UsageError) -> click.UsageError:
     return one
 
 
+RENAMED_OPTIONS = {"--ckpt": "--checkpoint", "--precision-hint": "--precision", "--batch-size": "--batch"}
+"""Old spellings of the one vocabulary (docs/cli.md), accepted for one release with a warning naming the new
+one, by every command that has the new option. A command adds its own in ``renamed`` (``renamed_options``)."""
+
+
+def renamed_options(**old_to_new: str):
+    """Decorator above ``@click.command``: this command's own old spellings, e.g. ``renamed_options(batch=
+    "engine-batch")`` for an option whose name now means something else across commands."""
+    def mark(command: click.Command) -> click.Command:
+        command.renamed = {f"--{old.replace('_', '-')}": f"--{new}" for old, new in old_to_new.items()}
+        return command
+
+    return mark
+
+
+def _modernize(command: click.Command, args: list[str]) -> list[str]:
+    """``args`` with the command's deprecated option spellings replaced by the new ones (a warning for each)."""
+    known = {name for p in command.params for name in (*getattr(p, "opts", ()), *getattr(p, "secondary_opts", ()))}
+    mapping = {old: new for old, new in {**RENAMED_OPTIONS, **getattr(command, "renamed", {})}.items()
+               if old not in known and new in known}
+    if not mapping:
+        return args
+    out = []
+    for i, arg in enumerate(args):
+        if arg == "--":
+            return out + list(args[i:])
+        old, eq, value = arg.partition("=")
+        if old in mapping:
+            click.echo(f"warning: {old} is deprecated; use {mapping[old]} (the old spelling goes away in the next "
+                       "release)", err=True)
+            arg = mapping[old] + eq + value
+        out.append(arg)
+    return out
+
+
 class _ReportsErrors:
     """Click mixin: a UserError (or an OSError such as a full disk: it names the file) becomes one
     ``error: ...`` line on stderr and exit status 2, and so does click's own usage error (instead of its
-    usage block and ``Error: ...``); Ctrl-C outside the camera loop's own handling exits 130."""
+    usage block and ``Error: ...``); Ctrl-C outside the camera loop's own handling exits 130. Deprecated
+    option spellings (``RENAMED_OPTIONS``, a command's ``renamed``) are rewritten with a warning."""
+
+    def parse_args(self, ctx, args):
+        return super().parse_args(ctx, _modernize(self, list(args)))
 
     def make_context(self, info_name, args, parent=None, **extra):
         try:
@@ -95,14 +156,14 @@ class _ReportsErrors:
             raise _one_line(exc) from None
         except UserError as exc:
             click.echo(f"error: {exc}", err=True)
-            sys.exit(2)
+            sys.exit(EXIT_BAD_INPUT)
         except OSError as exc:  # a full disk, a read-only folder, a vanished file: say which file and why
             where = f" {exc.filename}" if exc.filename else ""
             click.echo(f"error: cannot use{where}: {exc.strerror or exc}", err=True)
-            sys.exit(2)
+            sys.exit(EXIT_BAD_INPUT)
         except KeyboardInterrupt:
             click.echo("error: interrupted; outputs may be incomplete", err=True)
-            sys.exit(130)
+            sys.exit(EXIT_INTERRUPTED)
 
 
 class Command(_ReportsErrors, click.Command):

@@ -10,7 +10,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Union
+from typing import Any, Iterator, Sequence, Union
 
 from .errors import UserError
 
@@ -35,8 +35,17 @@ def image_files(folder: PathLike, recursive: bool = False) -> list[Path]:
     # by name only: folders, broken links and bad files named like images are the readers' to skip and count
     files = sorted(p for p in found if is_image_file(p))
     if not files:
-        raise UserError(f"image folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+        others = sorted(p.name for p in (folder.rglob("*") if recursive else folder.iterdir()) if p.is_file())
+        holds = f"; skipped {name_some(others)}" if others else "; it is empty"
+        raise UserError(f"image folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)}){holds}")
     return files
+
+
+def name_some(names: Sequence[str], most: int = 5) -> str:
+    """'a, b, c' or 'a, b, c, d, e and 7 more': file names in one line."""
+    names = list(names)
+    shown = ", ".join(names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
 @contextmanager
@@ -137,3 +146,22 @@ def sha256_file(path: PathLike, chunk: int = 1 << 20) -> str:
         for block in iter(lambda: f.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def append_line(fd: int, data: bytes) -> None:
+    """Append ``data`` (one whole line) to the file open as ``fd`` (``O_APPEND``) in one ``write`` call.
+
+    A write the disk refuses (full, read-only, short write) raises ``OSError`` after cutting the partial
+    bytes off again, so the file never ends in a half line: the rule of the event log and the reviews file.
+    """
+    start = os.lseek(fd, 0, os.SEEK_END)
+    try:
+        written = os.write(fd, data)
+        if written != len(data):
+            raise OSError(28, f"short write ({written} of {len(data)} bytes)")
+    except OSError:
+        try:
+            os.ftruncate(fd, start)
+        except OSError:
+            pass
+        raise

@@ -4,6 +4,11 @@
 the same way and writes atomically, so no tool can write a manifest the runtime would refuse.
 ``manifest_for`` builds a new one from a ``ManifestDraft``; ``check_artifact`` refuses a tampered or
 incomplete artifact; ``check_engine_compat`` an engine built for another TensorRT or GPU.
+
+Which backends and precisions an artifact was checked on: ``parity`` (optional; ``aaclip-export --verify``
+adds one record per backend and precision it passed on, ``record_parity``), the accuracy gates of reduced
+precisions (``precision_gates``, an INT8 graph's ``quantization.gate``); ``verified_on`` reads all of them.
+Manifests written before ``parity`` existed load unchanged (they were verified nowhere on record).
 """
 from __future__ import annotations
 
@@ -75,6 +80,11 @@ class Manifest:
     @property
     def calibrated(self) -> bool:
         return self.data["score"].get("source") == "calibration"
+
+    @property
+    def verified_on(self) -> frozenset[tuple[str, str]]:
+        """(backend, precision) pairs this very artifact passed a parity check or accuracy gate on."""
+        return verified_on(self.data)
 
     @property
     def checkpoint(self) -> Optional[str]:
@@ -219,6 +229,16 @@ def _score(c: _Checker) -> ScoreParams:
     return params
 
 
+def _parity(c: _Checker) -> None:
+    records = c.get("parity", (Mapping,), allow_none=True) if "parity" in c.data else None
+    for key, record in (records or {}).items():
+        if not isinstance(record, Mapping):
+            raise c.fail(f"parity.{key}", f"must be an object, got {record!r}")
+        c.text(f"parity.{key}.backend")
+        c.text(f"parity.{key}.precision", choices=PRECISIONS)
+        c.get(f"parity.{key}.passed", (bool,))
+
+
 def validate_manifest(data: Any, path: Path, artifact_path: Optional[Path] = None) -> Manifest:
     """Check every field of a manifest dict; returns the parsed ``Manifest`` or raises ``ArtifactError``."""
     path = Path(path)
@@ -258,6 +278,7 @@ def validate_manifest(data: Any, path: Path, artifact_path: Optional[Path] = Non
     missing = [n for n in OUTPUT_NAMES if n not in names]
     if missing or len(names) != len(outputs):
         raise c.fail("outputs", f"must list {', '.join(OUTPUT_NAMES)}; missing {missing or 'malformed entries'}")
+    _parity(c)
     return Manifest(
         path=path,
         artifact_path=Path(artifact_path) if artifact_path is not None else path.with_name(file_name),
@@ -292,6 +313,9 @@ def load_manifest(artifact_path: PathLike) -> Manifest:
     artifact_path = Path(artifact_path)
     path = manifest_path(artifact_path)
     if not path.is_file():
+        if not artifact_path.exists():
+            raise ArtifactError(f"artifact {artifact_path} not found: no such file (nor its manifest {path.name})",
+                                None)
         raise ArtifactError(
             f"no manifest for {artifact_path} (expected {path}); the runtime only runs artifacts exported "
             "with their manifest", None)
@@ -366,6 +390,53 @@ def manifest_for(artifact: Path, artifact_format: str, draft: ManifestDraft,
         "tensorrt": draft.tensorrt,
         "rebuild_command": draft.rebuild_command,
     }
+
+
+# ---- where an artifact was verified ------------------------------------------------------------------
+def verified_on(data: Mapping) -> frozenset[tuple[str, str]]:
+    """(backend, precision) pairs of the passed parity checks and accuracy gates recorded for this artifact
+    (a record of another artifact's sha256, e.g. one copied along with an edited graph, does not count)."""
+    sha = (data.get("artifact") or {}).get("sha256")
+    pairs = set()
+
+    def add(record: Any, backend: Any = None, precision: Any = None) -> None:
+        if not isinstance(record, Mapping) or record.get("passed") is not True or record.get("forced"):
+            return
+        if record.get("artifact_sha256", sha) != sha:
+            return
+        backend, precision = backend or record.get("backend"), precision or record.get("precision")
+        if isinstance(backend, str) and isinstance(precision, str):
+            pairs.add((backend, precision))
+
+    for record in (data.get("parity") or {}).values():
+        add(record)
+    for record in (data.get("precision_gates") or {}).values():
+        add(record)
+    gate = (data.get("quantization") or {}).get("gate")
+    if isinstance(gate, Mapping):
+        add(gate, precision=gate.get("precision_hint") if gate.get("precision_hint") not in (None, "fp32")
+            else data.get("precision"))
+    return frozenset(pairs)
+
+
+def parity_key(backend: str, precision: str) -> str:
+    return f"{backend}-{precision}"
+
+
+def record_parity(artifact_path: PathLike, records: Sequence[Mapping[str, Any]]) -> Manifest:
+    """Add parity records (``backend``, ``precision``, ``passed`` + what was measured) to the manifest of
+    ``artifact_path`` (atomically; other records kept, one per backend and precision); returns it re-read."""
+    manifest = load_manifest(artifact_path)
+    data = dict(manifest.data)
+    parity = dict(data.get("parity") or {})
+    for record in records:
+        entry = dict(record)
+        entry.setdefault("artifact_sha256", manifest.sha256)
+        entry.setdefault("date", now_iso())
+        parity[parity_key(entry["backend"], entry["precision"])] = entry
+    data["parity"] = parity
+    write_manifest(artifact_path, data)
+    return load_manifest(artifact_path)
 
 
 # ---- artifact checks ----------------------------------------------------------------------------------

@@ -8,6 +8,11 @@
 Calibration fits the constants, evaluation normalizes with test-set ranges, benchmarks and the runtime
 score frames: all of them call these functions, in float32 as the runtime does, so a threshold is fitted
 on exactly the values it will be compared with.
+
+The score shown to people (the line page, the banners of evidence and video, MQTT/webhook/event ``score``)
+is the ``operator_score``: the raw score above mapped onto [0, 1] with the threshold at 0.5 (anomalib's
+convention), so "0.5 and above is an alarm" holds for every artifact and line. Metrics, calibration and the
+decisions themselves work on raw scores (events keep them as ``raw_score`` beside ``threshold``).
 """
 from __future__ import annotations
 
@@ -102,3 +107,30 @@ def is_anomalous(scores: Any, p: ScoreParams) -> np.ndarray:
 def pixel_mask(anomaly_map: Any, p: ScoreParams) -> np.ndarray:
     """Pixels whose normalized value reaches ``pixel_threshold`` (overlays and evidence masks)."""
     return normalize_map(anomaly_map, p) >= p.pixel_threshold
+
+
+SHOWN_THRESHOLD = 0.5
+"""Where the calibrated threshold sits on the operator's [0, 1] scale."""
+MIN_OPERATOR_SCALE = 0.25
+"""The shortest raw distance from the threshold to the ends of the shown scale (a quarter of the normal frames'
+spread): a hand-set threshold near or below the median good part still gets a usable scale."""
+
+
+def operator_scale(threshold: float) -> float:
+    """Raw score units from the threshold to the ends of the shown scale: the distance from the median good
+    part (raw 0 after calibration, ``aaclip.calibration.thresholds.fit_normalization``) to the threshold, at
+    least ``MIN_OPERATOR_SCALE``."""
+    return max(float(threshold), MIN_OPERATOR_SCALE)
+
+
+def operator_score(raw: Any, threshold: float) -> Any:
+    """The score shown to people: ``clip(0.5 + 0.5 * (raw - threshold) / operator_scale(threshold), 0, 1)``.
+
+    Monotone in ``raw``; ``raw == threshold`` shows 0.5, so shown >= 0.5 exactly when the raw score reaches
+    the threshold; a calibrated artifact shows its median good part as 0 and ``2 x threshold`` as 1 (an
+    uncalibrated one, threshold 0.5 on [0, 1]-normalized outputs, shows its raw score). NaN stays
+    NaN (a broken output is not a score). A scalar in, a float out; an array in, a float64 array out."""
+    values = np.asarray(raw, dtype=np.float64)
+    shown = np.clip(SHOWN_THRESHOLD + SHOWN_THRESHOLD * (values - float(threshold)) / operator_scale(threshold),
+                    0.0, 1.0)
+    return float(shown) if shown.ndim == 0 else shown

@@ -43,6 +43,10 @@ def main() -> None:
 
 def _write(records: list[Record], root: Path, out: Path) -> None:
     write_records(out, rebase(records, root, out.parent))
+    _summary(records, out)
+
+
+def _summary(records: list[Record], out: Path) -> None:
     counts = class_counts(records)
     n_anom = sum(a for _, a in counts.values())
     n_masked = sum(masked_counts(records).values())
@@ -58,7 +62,7 @@ def _layout_command(name: str, build: Callable[[Path, str], list[Record]], title
     @click.argument("root", type=click.Path(path_type=Path))
     @click.option("--split", type=click.Choice(SPLITS), default="test", show_default=True,
                   help="Which images: train, test or both (all).")
-    @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    @click.option("--out", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
                   help="Output .jsonl file [default: ROOT/<split>.jsonl].")
     @verbosity
     def command(root: Path, split: str, out: Path | None) -> None:
@@ -90,7 +94,7 @@ def _default_class(folders: list[Path]) -> str:
                    "[default with ROOT: ROOT/ground_truth or ROOT/masks when present].")
 @click.option("--class", "class_name", metavar="NAME", default=None,
               help="Class name of the images; also the object the prompts name [default: the folder's name].")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--out", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Output .jsonl [default: ROOT/records.jsonl, or records.jsonl in the folders' common parent].")
 @verbosity
 def folder(root: Path | None, good: tuple[Path, ...], bad: tuple[Path, ...], masks: Path | None,
@@ -159,7 +163,7 @@ def split(records_file: Path, test_fraction: float, seed: int, root: Path | None
 @click.option("--allow-fewer", is_flag=True, help="Take all images of a class that has fewer than k.")
 @click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Data root of IN [default: IN's folder].")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--out", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Output .jsonl [default: <IN folder>/<IN stem>_<k>shot_seed<seed>.jsonl].")
 @verbosity
 def shots(records_file: Path, k: int, seed: int, label: str, allow_fewer: bool, root: Path | None,
@@ -198,6 +202,26 @@ def check(records_file: Path, root: Path | None, no_files: bool) -> None:
     if a_all > sum(masked.values()):
         click.echo(f"{a_all - sum(masked.values())} anomalous images have no mask: image-level labels "
                    "(pixel losses and pixel metrics skip them)")
+
+
+@main.command()
+@click.argument("reviews_file", metavar="REVIEWS", type=click.Path(path_type=Path, dir_okay=False, exists=True))
+@click.option("--out", "-o", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Output .jsonl; the frames go into <out stem>-images/ beside it.")
+@verbosity
+def reviews(reviews_file: Path, out: Path) -> None:
+    """Turn the frames operators reviewed on the line view (aaclip-runtime --reviews) into records.
+
+    Real and missed defects become label 1, false alarms label 0, with the class the camera inspects; each
+    frame (the left half of its evidence image) is written as a PNG. Reviews whose evidence is gone, frames
+    duplicating an earlier one, replaced and undone verdicts are listed, not dropped silently.
+    """
+    from aaclip.data.reviews_records import review_records
+
+    result = review_records(reviews_file, out)
+    for line in result.notes():
+        click.echo(line)
+    _summary(result.records, out)
 
 
 @main.command()

@@ -41,7 +41,9 @@ def reference_paths(classes: Optional[Sequence[str]], shots: int, seed: int = 0,
         if missing:
             raise UserError(f"--reference-images {folder} has no sub-folder {missing[0]!r} (one folder of normal "
                             f"images per class; found: {', '.join(found) or 'none'})")
-        records = [Record(str(p), NORMAL, c) for c in wanted for p in image_files(folder / c)]
+        # paths relative to the folder (its root): image_files' paths already start with the folder, and a
+        # relative folder would otherwise be joined twice (refs/refs/<class>/...)
+        records = [Record(p.relative_to(folder).as_posix(), NORMAL, c) for c in wanted for p in image_files(folder / c)]
         root = folder
     else:
         records = [r for r in read_records(data) if r.label == NORMAL]

@@ -192,7 +192,8 @@ def _run_stages(out: Path, seed: int, method: str) -> dict:
 
     _step(4, total, "export: FP32 and FP16 ONNX graphs with manifests, verified against PyTorch")
     from aaclip.export.onnx_export import export_onnx
-    from aaclip.export.verify import TOLERANCES, VerifyOptions, verify_artifact
+    from aaclip.contract.manifest import record_parity
+    from aaclip.export.verify import TOLERANCES, VerifyOptions, parity_record, verify_artifact
 
     summary["export"] = {}
     for precision in ("fp32", "fp16"):
@@ -202,6 +203,7 @@ def _run_stages(out: Path, seed: int, method: str) -> dict:
                                         "parity_passed": parity.passed, "parity": parity.lines()}
         if not parity.passed:
             raise UserError(f"{res.path.name} failed its parity check: " + "; ".join(parity.lines()))
+        record_parity(res.path, [parity_record(parity, precision)])  # the runtime then knows it was verified
     artifact = Path(summary["export"]["fp32"]["artifact"])
 
     _step(5, total, f"calibration: threshold from a clean line recording ({CALIBRATION_PARTS} good parts, "
@@ -222,7 +224,8 @@ def _run_stages(out: Path, seed: int, method: str) -> dict:
 
 def calibrate_demo(artifact: Path, clean_video: Path, test_jsonl: Path, out: Path) -> dict:
     """Calibrate on site: normal frames from the camera set the threshold; labelled test anomalies of the
-    camera's class are scored for information only (they never move the threshold)."""
+    camera's class are scored for information only (they never move the threshold), and so are the test
+    set's good parts of that class: the held-out catch and false-alarm rates at the calibrated threshold."""
     from aaclip.calibration.inputs import camera_input, data_inputs
     from aaclip.calibration.plot import save_score_histogram
     from aaclip.calibration.score_calibration import ThresholdOptions, calibrate_artifact
@@ -231,14 +234,31 @@ def calibrate_demo(artifact: Path, clean_video: Path, test_jsonl: Path, out: Pat
 
     manifest = load_manifest(artifact)
     normals = camera_input(str(clean_video), CALIBRATION_FRAMES, manifest.class_index(CAMERA_CLASS))
-    _, anomalies = data_inputs(test_jsonl, manifest, CAMERA_CLASS)
+    good_parts, anomalies = data_inputs(test_jsonl, manifest, CAMERA_CLASS)
     options = ThresholdOptions(far=CALIBRATION_FAR, backend="onnxruntime", runner=RunnerOptions(threads=THREADS))
     res = calibrate_artifact(artifact, normals, anomalies, options)
+    held_out = held_out_rates(artifact, good_parts, res.anomaly_scores, options)
     plotted = save_score_histogram(out / "scores.png", res.normal_scores, res.score["threshold"], res.anomaly_scores)
     cal = res.score["calibration"]
     return {"manifest": str(res.manifest_path), "threshold": res.score["threshold"], "method": cal["method"],
             "frames": cal["frames"], "far": cal["far"], "plot": str(out / "scores.png") if plotted else None,
-            "test_anomalies": res.evaluation}
+            "test_anomalies": res.evaluation, "held_out": held_out}
+
+
+def held_out_rates(artifact: Path, good_parts, defect_scores, options) -> dict:
+    """Catch rate (defective test images at or above the calibrated threshold) and false-alarm rate (good test
+    images at or above it): images neither training nor calibration saw."""
+    from aaclip.calibration.score_calibration import infer_input
+    from aaclip.contract.manifest import load_manifest
+    from aaclip.contract.score import image_score
+
+    manifest = load_manifest(artifact)  # calibrated now
+    good = infer_input(manifest, good_parts, options.backend, options.batch, runner_options=options.runner)
+    good_scores = image_score(good.map_max, good.cls_score, manifest.score)
+    t = manifest.score.threshold
+    caught, alarmed = int((defect_scores >= t).sum()), int((good_scores >= t).sum())
+    return {"defective": int(len(defect_scores)), "caught": caught, "catch_rate": caught / len(defect_scores),
+            "good": int(len(good_scores)), "false_alarms": alarmed, "false_alarm_rate": alarmed / len(good_scores)}
 
 
 def run_runtime(artifact: Path, video: Path, out: Path, defect_frames: list[int]) -> dict:
@@ -265,7 +285,7 @@ def run_runtime(artifact: Path, video: Path, out: Path, defect_frames: list[int]
 
 
 @click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("aaclip-demo"), show_default=True,
+@click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), default=Path("aaclip-demo"), show_default=True,
               help="Folder for everything the demo writes.")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the random CLIP weights and of the synthetic data; other seeds draw other random weights, "
@@ -301,11 +321,19 @@ def report_lines(s: dict, out: Path, seconds: float) -> list[str]:
               f"  runtime        {rt['events']}: {rt['frames']} frames; alarms on {rt['defect_frames_flagged']} "
               f"defective frames and on {rt['clean_frames_flagged']} good frames ({rt['alarms']} alarm onsets)",
               f"  evidence       {rt['evidence']}  annotated video {rt['annotated_video']}",
+              *held_out_lines(cal["held_out"]),
               f"  summary        {out / 'summary.json'}",
               f"These are the figures of a tiny random CLIP ({BACKBONE}, random weights, no pretraining) on synthetic "
               f"{CAMERA_CLASS}s, not AA-CLIP's accuracy: that needs the real ViT-L-14-336 weights and data sets "
               "(README, \"What the demo can and cannot show\")."]
     return lines
+
+
+def held_out_lines(h: dict) -> list[str]:
+    """The held-out rates in words a line manager reads."""
+    return [f"  held-out test  at the calibrated threshold it catches {h['caught']} of {h['defective']} defective "
+            f"{CAMERA_CLASS}s ({h['catch_rate']:.0%}) and raises a false alarm on {h['false_alarms']} of {h['good']} "
+            f"good ones ({h['false_alarm_rate']:.0%}): test images that neither training nor calibration saw"]
 
 
 def _change(auroc: dict) -> str:

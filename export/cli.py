@@ -2,10 +2,10 @@
 
     aaclip-export CKPT                                   # FP32 ONNX, all classes, model resolution
     aaclip-export CKPT --precision fp16 --classes bottle --input-size 1080x1920
-    aaclip-export CKPT --format engine --precision fp16 --batch 1:4:8 --trt-flavour tensorrt
+    aaclip-export CKPT --format engine --precision fp16 --engine-batch 1:4:8 --trt-flavour tensorrt
     aaclip-export aaclip-fp16.onnx --format engine               # on the Jetson, from a copied graph
-    aaclip-export CKPT --format triton --out models/ --batch 1:4:8   # a Triton model repository (docs/deploy-triton.md)
-    aaclip-export --verify runs/demo/ckpt/aaclip-fp32.onnx [--ckpt CKPT] [--images DIR]
+    aaclip-export CKPT --format triton --out models/ --engine-batch 1:4:8   # a Triton model repository (docs/deploy-triton.md)
+    aaclip-export --verify runs/demo/ckpt/aaclip-fp32.onnx [--checkpoint CKPT] [--images DIR]
 """
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional
 
 import click
-from aaclip.contract.cli import Command, FiniteFloat, setup_logging
+from aaclip.contract.cli import Command, FiniteFloat, renamed_options, setup_logging
 from aaclip.contract.errors import UserError
-from aaclip.runtime.backends import backend_names
+from aaclip.runtime.backends.options import backend_option
 
 if TYPE_CHECKING:
     from .engine import EngineOptions
@@ -103,7 +103,7 @@ def engine_from_onnx(onnx_path: Path, out: Optional[Path], options: "EngineOptio
         raise UserError(f"{onnx_path} is a {manifest.artifact_format} artifact: give an exported .onnx graph")
     engine_path = Path(out) if out is not None else Path(onnx_path).with_suffix(".engine")
     command = shlex.join(["aaclip-export", str(onnx_path), "--format", "engine", "--out", str(engine_path),
-                          "--batch", ":".join(map(str, profile)), "--trt-flavour", flavour,
+                          "--engine-batch", ":".join(map(str, profile)), "--trt-flavour", flavour,
                           "--workspace-mb", str(workspace_mb)])
     build_engine_artifact(onnx_path, engine_path, options, command)
     return engine_path
@@ -138,28 +138,37 @@ def export_command(ckpt: Path, out: Optional[Path], fmt: str, options: "ExportOp
         log.info("reusing %s", onnx_path)
     else:
         export_onnx(ckpt, onnx_path, options)  # loads the model and frees it before tracing
-    extra = ["--batch", ":".join(map(str, profile)), "--trt-flavour", flavour, "--workspace-mb", str(workspace_mb)]
+    extra = ["--engine-batch", ":".join(map(str, profile)), "--trt-flavour", flavour, "--workspace-mb",
+             str(workspace_mb)]
     command = rebuild_command(ckpt, engine_path, "engine", options, extra)
     return build_engine_artifact(onnx_path, engine_path, engine, command)
 
 
 def verify_command(artifact: Path, ckpt: Optional[Path], options: "VerifyOptions", limits: dict) -> bool:
-    """``--verify``: the parity report against PyTorch; ``limits`` override the precision's tolerances."""
+    """``--verify``: the parity report against PyTorch on each backend of ``deployment_backends`` (``limits``
+    override the precision's tolerances); the manifest records every result (``parity``)."""
     import dataclasses
 
-    from aaclip.contract.manifest import load_manifest
+    from aaclip.contract.manifest import load_manifest, record_parity
 
-    from .verify import TOLERANCES, verify_artifact
+    from .verify import TOLERANCES, parity_record, verify_on_backends
 
     precision = load_manifest(artifact).precision
     tol = TOLERANCES.get(precision, TOLERANCES["fp16"]).replace(**limits)
-    report = verify_artifact(artifact, ckpt, dataclasses.replace(options, tolerances=tol))
-    click.echo(f"{artifact} ({precision}, {options.backend or 'auto'} backend) vs PyTorch:")
-    for line in report.lines():
-        click.echo(f"  {line}")
-    return report.passed
+    reports = verify_on_backends(artifact, ckpt, dataclasses.replace(options, tolerances=tol))
+    for report in reports:
+        click.echo(f"{artifact} ({precision}, {report.backend} backend) vs PyTorch:")
+        for line in report.lines():
+            click.echo(f"  {line}")
+    try:
+        record_parity(artifact, [parity_record(r, precision) for r in reports])
+    except OSError as exc:
+        log.warning("could not record the parity results in %s's manifest (%s); the runtime will warn that this "
+                    "artifact was never verified", Path(artifact).name, exc.strerror or exc)
+    return all(r.passed for r in reports)
 
 
+@renamed_options(batch="engine-batch")
 @click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.argument("ckpt", metavar="CKPT|MODEL.onnx", required=False, type=click.Path(path_type=Path))
 @click.option("--out", "-o", type=click.Path(path_type=Path),
@@ -176,7 +185,7 @@ def verify_command(artifact: Path, ckpt: Optional[Path], options: "VerifyOptions
 @click.option("--input-size", help="Camera resolution HxW (e.g. 1080x1920): the graph resizes (PIL bicubic) "
                                    "inside [default: model resolution].")
 @click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset, 17..20 (TensorRT 10.3: <= 20).")
-@click.option("--batch", default="1:4:8", show_default=True,
+@click.option("--engine-batch", "batch", default="1:4:8", show_default=True,
               help="Engine batch profile MIN:OPT:MAX; --format triton from ONNX: max_batch_size MAX, preferred "
                    "batch sizes OPT and MAX.")
 @click.option("--workspace-mb", type=click.IntRange(min=16), default=2048, show_default=True,
@@ -208,7 +217,7 @@ def verify_command(artifact: Path, ckpt: Optional[Path], options: "VerifyOptions
               help="(triton, ONNX) run the graph through ONNX Runtime's TensorRT execution accelerator.")
 @click.option("--verify", "verify", type=click.Path(path_type=Path), metavar="ARTIFACT",
               help="Parity gate: run ARTIFACT and the PyTorch model on the same frames, exit 1 beyond tolerances.")
-@click.option("--ckpt", "verify_ckpt", type=click.Path(path_type=Path),
+@click.option("--checkpoint", "verify_ckpt", type=click.Path(path_type=Path),
               help="(--verify) checkpoint [default: the CKPT argument, else the one in the manifest].")
 @click.option("--images", type=click.Path(path_type=Path),
               help="(--verify) folder of images (DIR/<class>/x.png picks the class) [default: synthetic frames].")
@@ -218,9 +227,8 @@ def verify_command(artifact: Path, ckpt: Optional[Path], options: "VerifyOptions
 @click.option("--score-tol", type=FiniteFloat(min=0.0), help="(--verify) max cls_score error [fp32 1e-4, fp16 5e-3].")
 @click.option("--min-corr", type=FiniteFloat(min=-1.0, max=1.0), help="(--verify) min per-image map correlation [fp32 0.99999, fp16 0.999].")
 @click.option("--min-iou", type=FiniteFloat(min=0.0, max=1.0), help="(--verify) min IoU of the top-1% pixels [fp32 0.9, fp16 0.8].")
-@click.option("--backend", type=click.Choice(backend_names()), default="auto", show_default=True,
-              help="(--verify) backend that runs ARTIFACT (auto: onnxruntime on the CPU for graphs, tensorrt for "
-                   "engines; openvino runs graphs in FP32).")
+@backend_option("(--verify) auto: verify on what auto deploys on here, plus onnxruntime as the reference; a name: on "
+                "that backend only (openvino runs graphs in FP32). ")
 @click.option("-v", "--verbose", count=True, help="More log output.")
 @click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
 def cli(ckpt, out, fmt, precision, classes, input_size, opset, batch, workspace_mb, timing_cache, flavour,
@@ -268,7 +276,8 @@ def cli(ckpt, out, fmt, precision, classes, input_size, opset, batch, workspace_
             graph_options = ExportOptions(precision=precision or "fp32", classes=_split_classes(classes),
                                           input_size=parse_input_size(input_size), opset=opset,
                                           external_data=external_data, clip_weights=clip_weights)
-            command = rebuild_command(ckpt, out, "triton", graph_options, ["--batch", batch, "--model-name", model_name])
+            command = rebuild_command(ckpt, out, "triton", graph_options,
+                                      ["--engine-batch", batch, "--model-name", model_name])
             return export_onnx(ckpt, graph, graph_options, rebuild=command).path
 
         path = triton_repository(ckpt, out, options, export_graph)

@@ -90,7 +90,7 @@ def reference_for(manifest: Manifest, options: Optional[RunnerOptions] = None) -
 
         ckpt = options.extra.get("checkpoint") or manifest.checkpoint
         if not ckpt:
-            raise UserError(f"{manifest.artifact_path.name} records no checkpoint: pass the checkpoint (--ckpt)")
+            raise UserError(f"{manifest.artifact_path.name} records no checkpoint: pass the checkpoint (--checkpoint)")
         model = load_checkpoint(ckpt, clip_weights=options.extra.get("clip_weights"))
     device = "cpu" if options.device == "auto" else options.device
     return TorchReferenceRunner(model, manifest.object_names, (manifest.height, manifest.width), device=device,

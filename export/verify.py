@@ -2,7 +2,10 @@
 
 Both runners come from the backend registry: the reference is the ``pytorch`` backend
 (``aaclip.export.reference``: the checkpoint's ``predict`` per class, on the training pre-processing), the
-artifact runs on ONNX Runtime (CPU) or TensorRT (needs a GPU). ``compare_outputs`` is the comparator: maps are compared
+artifact runs on the backends ``deployment_backends`` names: what ``--backend auto`` deploys a graph on
+here (OpenVINO on an Intel CPU) plus ONNX Runtime (CPU) as the reference, or TensorRT for an engine
+(needs a GPU); ``aaclip-export --verify`` records each result in the manifest (``parity``).
+``compare_outputs`` is the comparator: maps are compared
 relative to the reference map range (AA-CLIP maps span tens of units, see SPEC section 5), scores in
 absolute terms, plus the per-image map correlation and the IoU of the top-1% pixels.
 """
@@ -20,7 +23,7 @@ from aaclip.contract.files import image_files
 from aaclip.contract.images import ImageError, SkippedImages, read_image
 from aaclip.contract.manifest import Manifest, open_artifact
 from aaclip.contract.tensors import OUTPUT_NAMES
-from aaclip.runtime.backends import RunnerOptions, open_runner
+from aaclip.runtime.backends import AUTO, RunnerOptions, open_runner, resolve_backend
 from aaclip.runtime.backends.base import Runner, infer_frames
 
 from .reference import REFERENCE_BACKEND
@@ -67,6 +70,7 @@ class ParityReport:
     top_iou_min: float
     tolerances: Tolerances
     failures: list[str] = field(default_factory=list)
+    backend: str = ""  # the backend the artifact ran on
 
     @property
     def passed(self) -> bool:
@@ -140,6 +144,18 @@ def compare_outputs(ref: Mapping[str, np.ndarray], test: Mapping[str, np.ndarray
 
 
 # ---- runners -------------------------------------------------------------------------------------
+def deployment_backends(manifest: Manifest, backend: Optional[str] = None) -> list[str]:
+    """The backends ``--verify`` checks: a named one alone; for ``auto`` (or None) a graph on what ``auto``
+    deploys it on here plus ``onnxruntime`` (the reference backend; once when they are the same), an engine
+    on ``tensorrt``."""
+    if backend not in (None, AUTO):
+        return [backend]
+    if manifest.is_engine:
+        return ["tensorrt"]
+    deployed = resolve_backend(manifest, AUTO)
+    return [deployed] if deployed == "onnxruntime" else [deployed, "onnxruntime"]
+
+
 def artifact_runner(manifest: Manifest, backend: Optional[str] = None) -> Runner:
     """The runner the artifact is verified on: ``backend`` from the registry (OpenVINO in FP32: the parity
     gate is about the graph, reduced precision has its own gate), else the artifact's own backend: ONNX
@@ -216,7 +232,8 @@ def _checkpoint_for(manifest: Manifest, ckpt: Optional[Path]) -> Path:
     source = manifest.data.get("source") or {}
     path = Path(ckpt) if ckpt is not None else Path(source.get("checkpoint") or "")
     if ckpt is None and not path.is_dir():
-        raise UserError(f"the checkpoint the artifact was exported from ({path}) is not here: pass --ckpt CKPT_DIR")
+        raise UserError(f"the checkpoint the artifact was exported from ({path}) is not here: pass --checkpoint "
+                        "CKPT_DIR")
     if not path.is_dir():
         raise UserError(f"checkpoint directory not found: {path}")
     want = source.get("checkpoint_sha256")
@@ -226,7 +243,7 @@ def _checkpoint_for(manifest: Manifest, ckpt: Optional[Path]) -> Path:
         raise UserError(f"cannot hash checkpoint {path} ({exc}): is it a checkpoint directory?") from None
     if want and have != want:
         raise UserError(f"{manifest.artifact_path.name} was not exported from {path} (checkpoint sha256 {have[:12]}... "
-                        f"!= {want[:12]}... in the manifest): pass the right --ckpt")
+                        f"!= {want[:12]}... in the manifest): pass the right --checkpoint")
     return path
 
 
@@ -246,10 +263,20 @@ class VerifyOptions:
 
 def verify_artifact(artifact: Path, ckpt: Optional[Path] = None, options: VerifyOptions = VerifyOptions(),
                     model=None) -> ParityReport:
-    """Compare ``artifact`` with the PyTorch model of its checkpoint (or ``model``) on the same frames."""
+    """Compare ``artifact`` with the PyTorch model of its checkpoint (or ``model``) on the same frames, on one
+    backend (``options.backend``, default: ONNX Runtime on the CPU for graphs, TensorRT for engines)."""
+    backend = options.backend if options.backend not in (None, AUTO) else None
+    return verify_on_backends(artifact, ckpt, options, model, backends=[backend])[0]
+
+
+def verify_on_backends(artifact: Path, ckpt: Optional[Path] = None, options: VerifyOptions = VerifyOptions(),
+                       model=None, backends: Optional[Sequence[Optional[str]]] = None) -> list[ParityReport]:
+    """One ``ParityReport`` per backend (default: ``deployment_backends``), the reference run once."""
     from aaclip.train.checkpoint import load_checkpoint
 
     manifest = open_artifact(artifact)
+    if backends is None:
+        backends = deployment_backends(manifest, options.backend)
     if model is None:
         model = load_checkpoint(_checkpoint_for(manifest, ckpt), clip_weights=options.clip_weights)
     tol = options.tolerances or TOLERANCES.get(manifest.precision, TOLERANCES["fp16"])
@@ -257,11 +284,22 @@ def verify_artifact(artifact: Path, ckpt: Optional[Path] = None, options: Verify
     images_in, class_ids = verification_frames(manifest, options.images, options.frames, options.seed)
     with open_runner(manifest, REFERENCE_BACKEND, RunnerOptions(extra={"model": model})) as reference:
         ref = infer_frames(reference, manifest, images_in, class_ids, batch, OUTPUT_NAMES)
-    with artifact_runner(manifest, options.backend) as runner:
-        out = infer_frames(runner, manifest, images_in, class_ids, batch, OUTPUT_NAMES)
-    report = compare_outputs(ref, out, tol)
-    log.info("%s: %s", Path(artifact).name, "PASS" if report.passed else "FAIL")
-    return report
+    reports = []
+    for backend in backends:
+        with artifact_runner(manifest, backend) as runner:
+            out = infer_frames(runner, manifest, images_in, class_ids, batch, OUTPUT_NAMES)
+            report = compare_outputs(ref, out, tol)
+            report.backend = runner.name
+        log.info("%s on %s: %s", Path(artifact).name, report.backend, "PASS" if report.passed else "FAIL")
+        reports.append(report)
+    return reports
+
+
+def parity_record(report: ParityReport, precision: str) -> dict:
+    """The manifest's ``parity`` entry of one report (``aaclip.contract.manifest.record_parity``)."""
+    return {"backend": report.backend, "precision": precision, "passed": report.passed, "frames": report.frames,
+            "map_rel": report.map_rel, "cls_max_abs": report.cls_max_abs, "map_corr_min": report.map_corr_min,
+            "top_iou_min": report.top_iou_min, "tolerances": asdict(report.tolerances)}
 
 
 __all__ = [
@@ -271,6 +309,9 @@ __all__ = [
     "compare_outputs",
     "top_iou",
     "artifact_runner",
+    "deployment_backends",
+    "parity_record",
+    "verify_on_backends",
     "verification_frames",
     "verify_artifact",
     "VerifyOptions",

@@ -78,9 +78,10 @@ class SourceReader:
         self.stop = stop
         self.captured = 0
         self.unreadable = 0
-        self.reconnects = 0
-        self.failed_reconnects = 0
+        self.reconnects = 0          # times the source came back after it had delivered frames
+        self.failed_reconnects = 0   # tries that did not bring it back (also while waiting for a first frame)
         self.ended = False
+        self.down = False            # a source that had delivered frames is gone (reconnecting, or given up)
 
     def next(self) -> Optional[CapturedFrame]:
         """The next frame, or None when the source ended (file) or a stop was requested."""
@@ -101,7 +102,7 @@ class SourceReader:
                 if not self.source.is_live:  # e.g. a looping folder of broken files: nothing will ever come
                     log.error("%s: %d unreadable frames in a row and none readable; giving up on this source",
                               self.source.name, broken_in_a_row)
-                    self.ended = True
+                    self.ended = self.down = True
                     return None
             if self.stop.is_set():
                 return None
@@ -114,20 +115,32 @@ class SourceReader:
         return None
 
     def _reconnect(self) -> None:
+        """Reopen a live source with backoff. Before its first frame (``--wait-for-source``) this is waiting,
+        not reconnecting: coming up then is no reconnect, and the source is not counted as lost meanwhile."""
         name = self.source.name
-        log.warning("%s: no frame (unplugged or stalled); reconnecting", name)
+        first = self.captured == 0 and self.reconnects == 0
+        what = "connect" if first else "reconnect"
+        if first:
+            log.info("%s: waiting for its first frame", name)
+        else:
+            self.down = True
+            log.warning("%s: no frame (unplugged or stalled); reconnecting", name)
         self.source.release()
         last_logged = None
         for attempt, delay in enumerate(self.backoff.delays(), start=1):
             if self.stop.wait(delay):
                 return
             if self.source.open():
-                self.reconnects += 1
-                log.warning("%s: reconnected (try %d)", name, attempt)
+                if first:
+                    log.info("%s: connected (try %d)", name, attempt)
+                else:
+                    self.reconnects += 1
+                    self.down = False
+                    log.warning("%s: reconnected (try %d)", name, attempt)
                 return
             self.failed_reconnects += 1
             if delay != last_logged or attempt % 10 == 0:  # once per backoff step, then every 10th try
-                log.warning("%s: reconnect try %d failed; retrying every %.2g s or slower", name, attempt, delay)
+                log.warning("%s: %s try %d failed; retrying every %.2g s or slower", name, what, attempt, delay)
                 last_logged = delay
 
 
@@ -248,6 +261,15 @@ class CaptureHub:
     @property
     def reconnects(self) -> int:
         return sum(r.reconnects for r in self.readers)
+
+    @property
+    def failed_reconnects(self) -> int:
+        return sum(r.failed_reconnects for r in self.readers)
+
+    @property
+    def down(self) -> list[str]:
+        """Names of the sources that delivered frames and are gone now (being reconnected, or given up)."""
+        return [r.source.name for r in self.readers if r.down]
 
     def close(self) -> None:
         """Stop capture threads (each finishes its current read) and release every source."""

@@ -89,7 +89,10 @@ class _Collector:
         inference = HistogramMetricFamily("aaclip_inference_seconds", "The backend call that scored a frame (per "
                                           "frame; a batch's call counts once for each of its frames).",
                                           labels=["camera"])
-        score = GaugeMetricFamily("aaclip_score", "The camera's last image score.", labels=["camera"])
+        score = GaugeMetricFamily("aaclip_score", "The camera's last score on the operator scale [0, 1]; alarm at "
+                                  ">= 0.5.", labels=["camera"])
+        raw = GaugeMetricFamily("aaclip_raw_score", "The camera's last raw image score (compared with "
+                                "aaclip_score_threshold).", labels=["camera"])
         age = GaugeMetricFamily("aaclip_last_frame_age_seconds", "Seconds since the camera's last decided frame.",
                                 labels=["camera"])
         now = time.perf_counter()
@@ -100,6 +103,7 @@ class _Collector:
             last = cam.last
             if last is not None:
                 score.add_metric([cam.label], last.score)
+                raw.add_metric([cam.label], last.raw_score)
             age.add_metric([cam.label], now - cam.last_t)
             with cam.cond:
                 for family, counts in ((latency, cam.latency_buckets), (inference, cam.inference_buckets)):
@@ -108,14 +112,27 @@ class _Collector:
         yield latency
         yield inference
         yield score
+        yield raw
         yield age
-        yield GaugeMetricFamily("aaclip_score_threshold", "The image-score threshold in use.",
+        yield GaugeMetricFamily("aaclip_score_threshold",
+                                "The raw image-score threshold in use (0.5 on the operator scale).",
                                 value=m.context.params.threshold)
         failures = CounterMetricFamily("aaclip_sink_failures", "Writes or messages a sink could not deliver.",
                                        labels=["sink"])
         for sink in m.context.sinks:
             failures.add_metric([sink.name], sink.failures)
         yield failures
+        if m.reviews is not None:
+            # a gauge: an operator's undo takes a verdict back, so the numbers may go down
+            reviews = GaugeMetricFamily("aaclip_reviewed_frames", "Frames operators reviewed on the line view, by "
+                                        "standing verdict (confirmed, false_alarm, missed).",
+                                        labels=["camera", "verdict"])
+            counts_by_camera = {cam.name: dict.fromkeys(("confirmed", "false_alarm", "missed"), 0) for cam in m.cameras}
+            counts_by_camera.update(m.reviews.counts())
+            for camera, counts in counts_by_camera.items():
+                for verdict, n in counts.items():
+                    reviews.add_metric([camera, verdict], n)
+            yield reviews
         info = InfoMetricFamily("aaclip_model", "The model the runtime runs.")
         info.add_metric([], {k: _label(m.identity[k]) for k in MODEL_LABELS})
         yield info

@@ -17,14 +17,18 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import cv2
 import numpy as np
+from aaclip.contract.score import SHOWN_THRESHOLD
 
 from .decide import Decision
 from .overlay import View
 from .sinks import LoopContext, Sink
+
+if TYPE_CHECKING:
+    from .reviews import ReviewLog
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +71,7 @@ class AlarmRecord:
     score: float
     evidence: Optional[str]
     thumbnail: Optional[bytes]  # JPEG of the overlay, None when no view could be rendered
+    decision: Optional[Decision] = None  # what a review of this alarm records
 
     def as_dict(self, camera: int) -> dict[str, Any]:
         return {"seq": self.seq, "timestamp": iso_time(self.wall_time), "frame": self.frame,
@@ -116,6 +121,7 @@ class CameraState:
         self.jpeg_seq = 0
         self.watchers = 0
         self.next_view = 0.0
+        self.on_screen: Optional[tuple[Decision, View]] = None  # the decision and view of ``jpeg``
 
     def record(self, d: Decision, now: float) -> None:
         """Count one decision (caller holds ``cond``)."""
@@ -147,15 +153,17 @@ def camera_labels(names: tuple[str, ...]) -> list[str]:
     return [n if names.count(n) == 1 else f"{n}#{i}" for i, n in enumerate(names)]
 
 
-def model_identity(context: LoopContext) -> dict[str, Any]:
-    """What the page and ``aaclip_model_info`` say about the model."""
-    m = context.manifest
+def model_identity(context: LoopContext, source: int = 0) -> dict[str, Any]:
+    """What the page and ``aaclip_model_info`` say about the model of camera ``source`` (a station may run
+    several artifacts)."""
+    m = context.manifest_of(source)
     calibration = m.data["score"].get("calibration") or {}
     return {"artifact": m.artifact_path.name, "method": m.method, "precision": m.precision,
-            "format": m.artifact_format, "backend": context.backend, "sha256": m.sha256[:12],
+            "format": m.artifact_format, "backend": context.backend_of(source), "sha256": m.sha256[:12],
             "created": m.data.get("created"), "calibrated": m.calibrated,
             "calibration_date": calibration.get("date") if m.calibrated else None,
-            "threshold": finite(context.params.threshold), "classes": list(m.classes)}
+            "threshold": finite(context.params_of(source).threshold), "shown_threshold": SHOWN_THRESHOLD,
+            "classes": list(m.classes)}
 
 
 class LineMonitor(Sink):
@@ -165,7 +173,8 @@ class LineMonitor(Sink):
     needs_maps = True  # alarm thumbnails and the live view show the heat map
     order = 20         # after the evidence writer: an alarm's evidence path is known
 
-    def __init__(self, view_fps: float = 5.0, view_width: int = 640, health_timeout_s: float = 10.0):
+    def __init__(self, view_fps: float = 5.0, view_width: int = 640, health_timeout_s: float = 10.0,
+                 reviews: Optional["ReviewLog"] = None):
         if not view_fps > 0:
             raise ValueError(f"view_fps must be > 0, got {view_fps}")
         self.view_period = 1.0 / view_fps
@@ -175,9 +184,11 @@ class LineMonitor(Sink):
         self.cameras: list[CameraState] = []
         self.context: Optional[LoopContext] = None
         self.identity: dict[str, Any] = {}
+        self.identities: list[dict[str, Any]] = []  # per camera: its artifact (a station may run several)
         self.started = threading.Event()
         self.closed = threading.Event()
         self.views = 0  # JPEGs encoded for the live view
+        self.reviews = reviews  # operator reviews (``reviews``), None when off
         self.failures = 0
 
     # ---- the loop's side ---------------------------------------------------------------------------
@@ -187,6 +198,7 @@ class LineMonitor(Sink):
         self.cameras = [CameraState(i, n, labels[i], now) for i, n in enumerate(context.source_names)]
         self.context = context
         self.identity = model_identity(context)
+        self.identities = [model_identity(context, i) for i in range(len(context.source_names))]
         self.started.set()
 
     def _view_due(self, cam: CameraState, now: float) -> bool:
@@ -214,9 +226,10 @@ class LineMonitor(Sink):
             if decision.onset:
                 cam.recent_alarms.appendleft(AlarmRecord(cam.alarms, decision.wall_time, decision.frame,
                                                          decision.class_name, decision.score, decision.evidence,
-                                                         thumbnail))
+                                                         thumbnail, decision))
             if jpeg is not None:
                 cam.jpeg, cam.jpeg_seq = jpeg, cam.jpeg_seq + 1
+                cam.on_screen = (decision, view)
                 self.views += 1
                 cam.cond.notify_all()
 
@@ -225,10 +238,22 @@ class LineMonitor(Sink):
         for cam in self.cameras:
             with cam.cond:
                 cam.cond.notify_all()
+        if self.reviews is not None:
+            self.reviews.close()
 
     # ---- the servers' side (any thread) -------------------------------------------------------------
     def camera(self, index: int) -> Optional[CameraState]:
         return self.cameras[index] if self.started.is_set() and 0 <= index < len(self.cameras) else None
+
+    def alarm(self, cam: CameraState, seq: Any) -> Optional[AlarmRecord]:
+        """Alarm ``seq`` among those the camera's page lists, or None."""
+        with cam.cond:
+            return next((a for a in cam.recent_alarms if a.seq == seq and not isinstance(seq, bool)), None)
+
+    def on_screen(self, cam: CameraState) -> Optional[tuple[Decision, View]]:
+        """The decision and view of the frame the live view shows now (None before the first)."""
+        with cam.cond:
+            return cam.on_screen
 
     def watch(self, cam: CameraState, delta: int) -> None:
         """A viewer starts (+1) or stops (-1) watching ``cam``; views are rendered while any watches."""
@@ -279,11 +304,20 @@ class LineMonitor(Sink):
             last = cam.last
             scores = [[round(t, 3), finite(s)] for t, s in cam.scores]
             alarms = [a.as_dict(cam.index) for a in cam.recent_alarms]
+            runs = [a.decision.run_id if a.decision else "" for a in cam.recent_alarms]
+            screen = cam.on_screen[0].frame if cam.on_screen is not None else None
         health = self.health()
+        reviews = None
+        if self.reviews is not None:
+            reviews = self.reviews.camera_state(cam.name)
+            for alarm, run in zip(alarms, runs):
+                alarm["run"], alarm["verdict"] = run, self.reviews.verdict_of(run, cam.name, alarm["frame"])
         return {
             "camera": {"index": cam.index, "name": cam.name},
             "cameras": [c.name for c in self.cameras],
-            "model": self.identity,
+            "model": dict(self.identities[cam.index], **({} if last is None else {"threshold": finite(last.threshold)})),
+            "reviews": reviews,
+            "screen_frame": screen,  # the frame the live view shows (a "missed defect" flag is about it)
             "counters": counters,
             "last": None if last is None else {"frame": last.frame, "score": finite(last.score),
                                                "decision": last.state, "timestamp": iso_time(last.wall_time)},

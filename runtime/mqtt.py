@@ -1,4 +1,4 @@
-"""``--mqtt mqtt://[USER:PASS@]HOST[:PORT]/PREFIX``: alarms published to an MQTT broker (paho-mqtt, the
+"""``--mqtt mqtt://[USER@]HOST[:PORT]/PREFIX``: alarms published to an MQTT broker (paho-mqtt, the
 ``mqtt`` extra; imported lazily).
 
 One message per alarm onset on ``PREFIX/CAMERA/alarm``, QoS 1, its payload the event line itself
@@ -9,6 +9,7 @@ queue (``?queue=N``, default 1000) while the broker is away; they go out after t
 that finds the queue full (or a QoS 0 message while disconnected) is dropped and counted in
 ``failures``. ``publish`` only queues: the camera loop never waits for the network. ``mqtts://`` uses
 TLS with the system's CAs. On close, unacknowledged messages get ``drain_s`` seconds, then count as dropped.
+The password comes from ``--mqtt-password-file`` or ``$AACLIP_MQTT_PASSWORD`` (``credentials``), never the URL.
 """
 from __future__ import annotations
 
@@ -87,7 +88,8 @@ class MqttSink(Sink):
     name = "mqtt"
     order = 20  # after the evidence writer: the event carries the evidence path
 
-    def __init__(self, url: str, backoff: Optional[Backoff] = None, drain_s: float = 3.0):
+    def __init__(self, url: str, backoff: Optional[Backoff] = None, drain_s: float = 3.0,
+                 password: Optional[str] = None):
         try:
             import paho.mqtt.client as mqtt
         except ImportError:
@@ -107,7 +109,7 @@ class MqttSink(Sink):
         backoff = backoff or Backoff()
         client.reconnect_delay_set(backoff.initial, max(backoff.maximum, backoff.initial))
         if t.username:
-            client.username_pw_set(t.username, t.password)
+            client.username_pw_set(t.username, password if password is not None else t.password)
         if t.tls:
             client.tls_set()
         client.on_connect = self._on_connect

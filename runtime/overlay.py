@@ -61,8 +61,9 @@ class View:
 
 
 def render(frame: np.ndarray, anomaly_map: np.ndarray, decision, p: ScoreParams) -> View:
-    """The overlay of one decision: heat map, hot-pixel outline and a banner with class, score and state."""
+    """The overlay of one decision: heat map, hot-pixel outline and a banner with class, the operator's score
+    ([0, 1], alarm at 0.5) and state."""
     overlay = heat_overlay(frame, anomaly_map, p)
-    draw_banner(overlay, f"{decision.class_name} {decision.score:.3f} {decision.state}",
+    draw_banner(overlay, f"{decision.class_name} {decision.score:.2f} {decision.state}",
                 DECISION_COLORS.get(decision.state, NORMAL_COLOR))
     return View(frame, overlay)

@@ -15,11 +15,19 @@ Every source has ``name``, ``is_live``, ``open() -> bool``, ``read() -> (ok, fra
 ``read`` returns ``(True, frame)`` for a frame, ``(True, None)`` for an unreadable frame (skip it), and
 ``(False, None)`` when no frame came: end of a file (when not looping) or a failed/stalled live source
 (reconnect it).
+
+``open_source`` fails fast: a live source that delivers no first frame within its open timeout, a video
+file OpenCV cannot decode and a folder without a readable image are ``SourceError``s (exit 2, the source
+or the skipped files named); ``wait=True`` (``--wait-for-source``) instead hands back a live source that is
+not up yet, for the loop to keep trying. OpenCV's own console messages are silenced
+(``aaclip.contract.cli.setup_logging``; ``-v`` lets them through).
 """
 from __future__ import annotations
 
 import logging
 import re
+import threading
+import time
 from pathlib import Path
 from typing import Optional, Sequence
 from urllib.parse import parse_qs, urlsplit
@@ -27,7 +35,7 @@ from urllib.parse import parse_qs, urlsplit
 import cv2
 import numpy as np
 from aaclip.contract.errors import UserError
-from aaclip.contract.files import image_files, is_image_file
+from aaclip.contract.files import image_files, is_image_file, name_some
 from aaclip.contract.images import ImageError, read_image
 
 log = logging.getLogger(__name__)
@@ -37,6 +45,15 @@ DEFAULT_OPEN_TIMEOUT_MS = 10_000
 DEFAULT_READ_TIMEOUT_MS = 5_000
 
 Frame = Optional[np.ndarray]
+RETRY_OPEN_S = 0.5  # how often a live source that is not up is retried while opening
+
+
+class SourceError(UserError):
+    """A source that cannot deliver (never opened, nothing readable); the message names it and why."""
+
+
+class NoFirstFrame(SourceError):
+    """A live source without a first frame within its open timeout."""
 
 
 class Source:
@@ -73,6 +90,10 @@ class CaptureSource(Source):
         self.params = list(params)
         self.loop = loop and not is_live
         self._cap: Optional[cv2.VideoCapture] = None
+        self._held: Frame = None  # the first frame, read while opening; the next read() returns it
+
+    def hold(self, frame: np.ndarray) -> None:
+        self._held = frame
 
     def open(self) -> bool:
         self.release()
@@ -87,6 +108,9 @@ class CaptureSource(Source):
         return True
 
     def read(self) -> tuple[bool, Frame]:
+        if self._held is not None:
+            frame, self._held = self._held, None
+            return True, frame
         if self._cap is None:
             return False, None
         ok, frame = self._cap.read()
@@ -102,6 +126,7 @@ class CaptureSource(Source):
         return True, frame
 
     def release(self) -> None:
+        self._held = None
         if self._cap is not None:
             self._cap.release()
             self._cap = None
@@ -116,6 +141,7 @@ class ImageFolderSource(Source):
         self.loop = loop
         self.folder = folder  # file names in events are relative to it
         self._next = 0
+        self._warned: set = set()  # unreadable files, each named once
 
     def open(self) -> bool:
         self._next = 0
@@ -132,9 +158,29 @@ class ImageFolderSource(Source):
         try:
             frame, _ = read_image(path)
         except ImageError as exc:  # counted as an unreadable frame by the reader
-            log.debug("%s: %s", self.name, exc)
+            if path not in self._warned:
+                self._warned.add(path)
+                log.warning("%s: skipped %s (%s)", self.name, self.frame_file, exc)
             return True, None
         return True, frame
+
+    def check_readable(self) -> None:
+        """Refuse a folder of which no image can be read, naming each file and why (reads up to the first
+        readable one; unreadable files before it are each warned about once)."""
+        skipped = []
+        for path in self.files:
+            try:
+                read_image(path)
+                return
+            except ImageError as exc:
+                why = str(exc).removeprefix(f"{path}: ")
+                skipped.append(f"{path.name} ({why})" if len(skipped) < 5 else path.name)
+        where = self.folder if self.folder is not None else self.name
+        others = ""
+        if self.folder is not None:
+            names = sorted(p.name for p in self.folder.iterdir() if p.is_file() and not is_image_file(p))
+            others = f"; not images: {name_some(names)}" if names else ""
+        raise SourceError(f"camera {where}: no readable image; skipped {name_some(skipped)}{others}")
 
 
 def gstreamer_available(build_info: Optional[str] = None) -> bool:
@@ -215,13 +261,45 @@ def parse_source(spec: str | int, loop: bool = False, open_timeout_ms: int = DEF
     return CaptureSource(str(path), name=path.name, is_live=False, loop=loop)
 
 
-def open_source(spec: str | int, loop: bool = False, **kwargs) -> Source:
-    """Parse and open ``spec``. A file that cannot be opened is an error; a live source that is not up
-    yet is returned unopened (the loop keeps retrying it with backoff)."""
-    source = parse_source(spec, loop=loop, **kwargs)
-    if not source.open():
-        if not source.is_live:
-            raise UserError(f"cannot open {spec!r}: not a video this OpenCV can decode "
-                            f"(FFmpeg/codec support missing or file damaged)")
-        log.warning("%s: not available yet; will keep retrying", source.name)
-    return source
+def open_source(spec: str | int, loop: bool = False, open_timeout_ms: int = DEFAULT_OPEN_TIMEOUT_MS,
+                read_timeout_ms: int = DEFAULT_READ_TIMEOUT_MS, wait: bool = False,
+                stop: Optional[threading.Event] = None) -> Source:
+    """Parse and open ``spec``, failing fast (``SourceError``): a file that cannot be opened, a folder with no
+    readable image, a live source without a first frame within ``open_timeout_ms`` (retried every
+    ``RETRY_OPEN_S``; that frame is kept for the first ``read``). ``wait``: a live source that is not up yet is
+    returned unopened, and the loop keeps trying it. ``stop`` set while waiting: returned unopened."""
+    source = parse_source(spec, loop=loop, open_timeout_ms=open_timeout_ms, read_timeout_ms=read_timeout_ms)
+    if not source.is_live:
+        if isinstance(source, ImageFolderSource):
+            source.check_readable()
+        if not source.open():
+            raise SourceError(f"cannot open {spec!r}: not a video this OpenCV can decode "
+                              f"(FFmpeg/codec support missing or file damaged)")
+        return source
+    if wait:
+        if not source.open():
+            log.warning("%s: not available yet; waiting for it (--wait-for-source)", source.name)
+        return source
+    assert isinstance(source, CaptureSource)
+    timeout_s = open_timeout_ms / 1000.0
+    deadline = time.monotonic() + timeout_s
+    tries = 0
+    while True:
+        tries += 1
+        if source.open():
+            ok, frame = source.read()
+            if ok and frame is not None:
+                source.hold(frame)
+                return source
+            source.release()
+        left = deadline - time.monotonic()
+        if stop is not None and stop.is_set():
+            return source
+        if left <= 0:
+            break
+        if stop is not None and stop.wait(min(RETRY_OPEN_S, left)):
+            return source
+        if stop is None:
+            time.sleep(min(RETRY_OPEN_S, left))
+    raise NoFirstFrame(f"camera {source.name} delivered no frame within {timeout_s:g} s ({tries} tries): check its "
+                       "index or URL, cable and power, and that no other program holds it")

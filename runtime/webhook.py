@@ -5,9 +5,16 @@ it). The worker POSTs with a ``timeout_s`` per attempt and retries a failed call
 timeout, 5xx, 408, 429) after a doubling delay, at most ``attempts`` times in all; an event that
 exhausts its attempts, or is refused with another 4xx, counts in ``failures``. On close the worker gets
 ``drain_s`` seconds to send what is queued; whatever is left counts as failed. Standard library only.
+
+With a shared ``secret`` (``--webhook-secret-file`` or ``$AACLIP_WEBHOOK_SECRET``) each attempt carries
+``X-Aaclip-Signature: t=UNIX_SECONDS,v1=HEX`` where HEX is HMAC-SHA256(secret, ``t + "." + body``): Stripe's
+scheme. The receiver recomputes it over the raw body, compares in constant time and refuses an old ``t``
+(a replayed POST); docs/security.md has the receiver's snippet. Each retry is signed afresh.
 """
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import queue
 import threading
@@ -26,7 +33,14 @@ from .sinks import Sink
 log = logging.getLogger(__name__)
 
 RETRY_STATUSES = frozenset({408, 429})
+SIGNATURE_HEADER = "X-Aaclip-Signature"
 _STOP = object()
+
+
+def signature(secret: str, body: bytes, timestamp: int) -> str:
+    """The ``X-Aaclip-Signature`` value of ``body`` sent at ``timestamp`` (Unix seconds)."""
+    mac = hmac.new(secret.encode("utf-8"), f"{timestamp}.".encode("ascii") + body, hashlib.sha256).hexdigest()
+    return f"t={timestamp},v1={mac}"
 
 
 def display_url(url: str) -> str:
@@ -42,11 +56,12 @@ class WebhookSink(Sink):
     order = 20  # after the evidence writer: the event carries the evidence path
 
     def __init__(self, url: str, timeout_s: float = 5.0, attempts: int = 4, backoff: Optional[Backoff] = None,
-                 queue_size: int = 100, drain_s: float = 5.0):
+                 queue_size: int = 100, drain_s: float = 5.0, secret: Optional[str] = None):
         p = urlsplit(url)
         if p.scheme not in ("http", "https") or not p.hostname:
             raise UserError(f"--webhook {url!r}: give an http:// or https:// URL")
         self.url, self.shown = url, display_url(url)
+        self._secret = secret
         self.timeout_s, self.attempts, self.drain_s = timeout_s, max(1, attempts), drain_s
         self.backoff = backoff or Backoff(0.5, 5.0)
         self.queue: queue.Queue = queue.Queue(queue_size)
@@ -115,8 +130,10 @@ class WebhookSink(Sink):
 
     def _post(self, body: bytes) -> Optional[tuple[bool, str]]:
         """One attempt: None on success, else (retry?, reason)."""
-        request = urllib.request.Request(self.url, data=body, method="POST", headers={
-            "Content-Type": "application/json", "User-Agent": "aaclip-runtime"})
+        headers = {"Content-Type": "application/json", "User-Agent": "aaclip-runtime"}
+        if self._secret:
+            headers[SIGNATURE_HEADER] = signature(self._secret, body, int(time.time()))
+        request = urllib.request.Request(self.url, data=body, method="POST", headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
                 response.read()

@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 import pytest
 from aaclip.runtime.sources import Source
+from aaclip.runtime.web import BOUNDARY
 from runtime_fixtures import frame_image
 
 MOSQUITTO = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
@@ -121,13 +122,21 @@ class Feeder(threading.Thread):
 class Mosquitto:
     """A Mosquitto broker on 127.0.0.1:``port`` with persistence in ``directory`` (restartable)."""
 
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, users: Optional[dict[str, str]] = None):
         self.port = free_port()
         self.directory = directory
         directory.mkdir(parents=True, exist_ok=True)
         self.config = directory / "mosquitto.conf"
+        access = "allow_anonymous true\n"
+        if users:  # only these users, their passwords hashed by mosquitto_passwd
+            passwords = directory / "passwords"
+            passwords.touch(0o600)
+            for name, password in users.items():
+                subprocess.run([shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd", "-b", str(passwords),
+                                name, password], check=True, capture_output=True, timeout=30)
+            access = f"allow_anonymous false\npassword_file {passwords}\n"
         # ``user``: as root, mosquitto would drop to user "mosquitto", which cannot write the test's folder
-        self.config.write_text(f"user {getpass.getuser()}\nlistener {self.port} 127.0.0.1\nallow_anonymous true\n"
+        self.config.write_text(f"user {getpass.getuser()}\nlistener {self.port} 127.0.0.1\n{access}"
                                f"persistence true\n"
                                f"persistence_location {directory}/\nlog_dest file {directory}/mosquitto.log\n")
         self.proc: Optional[subprocess.Popen] = None
@@ -165,12 +174,15 @@ class Mosquitto:
 class Subscriber:
     """A paho subscriber with a persistent session (QoS 1 messages survive a broker restart)."""
 
-    def __init__(self, port: int, topic: str, client_id: str = "aaclip-test-sub"):
+    def __init__(self, port: int, topic: str, client_id: str = "aaclip-test-sub",
+                 credentials: Optional[tuple[str, str]] = None):
         import paho.mqtt.client as mqtt
 
         self.messages: list[tuple[str, dict]] = []
         self.subscribed = threading.Event()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False)
+        if credentials:
+            self.client.username_pw_set(*credentials)
         self.client.reconnect_delay_set(0.1, 0.5)
         self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
         self.client.on_subscribe = lambda c, u, mid, rcs, p: self.subscribed.set()
@@ -199,7 +211,7 @@ class Receiver:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 status = receiver.statuses.pop(0) if receiver.statuses else 200
                 receiver.calls.append({"body": body, "type": self.headers["Content-Type"], "status": status,
-                                       "path": self.path})
+                                       "path": self.path, "headers": dict(self.headers)})
                 time.sleep(delay_s)
                 self.send_response(status)
                 self.send_header("Content-Length", "0")
@@ -222,14 +234,31 @@ class Receiver:
         self.server.server_close()
 
 
-def chromium_driver(width: int = 1280, height: int = 820):
-    """Headless Chromium (the system's browser and chromedriver) through Selenium."""
+def chromium_driver(width: int = 1280, height: int = 820, page_load: str = "normal"):
+    """Headless Chromium (the system's browser and chromedriver) through Selenium. ``page_load="eager"``: ``get``
+    returns once the document is parsed (an MJPEG <img> of a camera that sends nothing yet never "loads")."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
+    options.page_load_strategy = page_load
     options.binary_location = CHROMIUM
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                 f"--window-size={width},{height}", "--disable-extensions", "--no-first-run"):
         options.add_argument(arg)
     return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+
+
+def read_parts(response, n):
+    """The next ``n`` JPEG parts of an MJPEG (multipart/x-mixed-replace) response."""
+    parts = []
+    while len(parts) < n:
+        assert response.readline() == f"--{BOUNDARY}\r\n".encode()
+        headers = {}
+        while (line := response.readline()) != b"\r\n":
+            key, _, val = line.decode().partition(":")
+            headers[key.lower()] = val.strip()
+        assert headers["content-type"] == "image/jpeg"
+        parts.append(response.read(int(headers["content-length"])))
+        assert response.read(2) == b"\r\n"
+    return parts

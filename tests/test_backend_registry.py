@@ -109,7 +109,7 @@ def test_loop_renders_only_the_decisions_a_sink_wants(tmp_path, monkeypatch):
     with open_runner(m) as runner:
         loop = CameraLoop(runner, m, [open_source(str(video))], [0],
                           LoopConfig(drop=False, stats_every=0, backoff=Backoff(0.01, 0.01)), [sink])
-        assert loop._wanted == ("map_max", "cls_score", "anomaly_map")
+        assert loop.lanes[0].wanted == ("map_max", "cls_score", "anomaly_map")
         summary = loop.run()
     assert sink.decisions == list(range(8)) and summary.frames == 8
     assert rendered == sink.viewed == [2, 3, 6] and summary.alarms == 2

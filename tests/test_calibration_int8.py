@@ -101,14 +101,18 @@ def test_int8_graph_structure(fp32, int8_run):
 
     by_name = {n.name: n for n in model.graph.node}
     assert from_dq(by_name["/resblocks.0/mlp/c_fc/MatMul"], 0) and from_dq(by_name["/resblocks.0/mlp/c_fc/MatMul"], 1)
-    assert from_dq(by_name["/conv1/Conv"], 1)
+    kept = set(load_manifest(out).data["quantization"]["fp32_nodes_by_search"])  # the search's FP32 nodes
+    assert from_dq(by_name["/conv1/Conv"], 1) == ("/conv1/Conv" not in kept)
     for name, node in by_name.items():
         if node.op_type in ("LayerNormalization", "Softmax", "Resize", "ReduceMax") or (
                 node.op_type in ("MatMul", "Conv") and name.strip("/").count("/") == 0):
             assert not any(from_dq(node, i) for i in range(len(node.input))), name  # stays FP32
     assert not from_dq(by_name["/resblocks.0/attn/MatMul_1"], 0)  # attention scores: FP32
     plan = plan_quantization(onnx.load(str(fp32)))
-    assert all(from_dq(by_name[n], 0) and from_dq(by_name[n], 1) for n in plan.quantize)  # every range collected
+    assert kept < set(plan.quantize)
+    quantized = [n for n in plan.quantize if n not in kept]
+    assert all(from_dq(by_name[n], 0) and from_dq(by_name[n], 1) for n in quantized)  # every range collected
+    assert not any(from_dq(by_name[n], i) for n in kept for i in (0, 1))  # kept FP32 by the search: no Q/DQ at all
     assert not any(from_dq(by_name[n], 0) for n in plan.exclude if n in by_name)
 
 
@@ -213,3 +217,75 @@ def test_spearman_and_gate_report():
     # saturated scores: both constant keep their (trivial) order, every pair ties
     flat = evaluate_gate(maps, maps, np.full(4, 0.5), np.full(4, 0.5), labels)
     assert (flat.rank_corr, flat.auroc_fp32, flat.auroc_change) == (1.0, 0.5, 0.0)
+
+
+def test_search_plan_is_recorded_and_reproduced_from_the_manifest(fp32, int8_run, tmp_path):
+    r, out = int8_run
+    assert "plan: " in r.stdout and "units in low precision" in r.stdout and "kept FP32, whole:" in r.stdout
+    assert "expected speed-up over FP32: " in r.stdout
+    q = load_manifest(out).data["quantization"]
+    plan = q["plan"]
+    assert plan["searched"] is True and plan["evaluations"] >= 1 and plan["complete"] is True
+    assert len(plan["units_low"]) + len(plan["units_fp32"]) == 13  # patch embedding + 4 blocks x 3 groups
+    assert plan["units_low"] and q["gate"]["speedup"]["speedup"] > 0 and q["weight_bits"] == 7
+    assert "--plan" in load_manifest(out).rebuild_command
+
+    again = tmp_path / "again.int8.onnx"
+    r2 = invoke("int8", fp32, "--images", fp32.parent / "good", "--holdout", 16, "--plan", out, "--out", again, "-q")
+    assert r2.exit_code == 0, r2.output
+    assert "(re-applied from the manifest)" in r2.stdout
+    q2 = load_manifest(again).data["quantization"]
+    assert (q2["plan"]["units_low"], q2["plan"]["units_fp32"]) == (plan["units_low"], plan["units_fp32"])
+    assert q2["plan"]["searched"] is False and q2["fp32_nodes_by_search"] == q["fp32_nodes_by_search"]
+    assert sha256_file(again) == sha256_file(out)  # same frames, same plan: the same graph, byte for byte
+
+    r3 = invoke("int8", fp32, "--images", fp32.parent / "good", "--plan", fp32, "--out", tmp_path / "x.onnx", "-q")
+    assert r3.exit_code == 2 and "records no int8 plan" in r3.output
+
+
+def test_weight_bits_seven_by_default_eight_on_request(fp32, int8_run, tmp_path, monkeypatch):
+    from onnx import numpy_helper
+
+    def weight_range(path):
+        model = onnx.load(str(path))
+        inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+        return max(int(np.abs(inits[n.input[0]].astype(int)).max()) for n in model.graph.node
+                   if n.op_type == "DequantizeLinear" and n.input[0] in inits and inits[n.input[0]].dtype == np.int8)
+
+    _, out = int8_run
+    assert weight_range(out) <= 64  # 7 bits: u8 x s7 pairs cannot saturate AVX2's int16 sums
+    eight = tmp_path / "w8.int8.onnx"
+    r = invoke("int8", fp32, "--images", fp32.parent / "good", "--holdout", 4, "--no-search", "--weight-bits", 8,
+               "--force", "--out", eight, "-q")
+    assert r.exit_code == 0, r.output
+    assert weight_range(eight) == 127
+    q = load_manifest(eight).data["quantization"]
+    assert q["weight_bits"] == 8 and q["plan"]["units_fp32"] == [] and q["plan"]["searched"] is False
+
+    # the runtime warns where 8-bit weights saturate (x86 without VNNI), and only there (CPU answer faked)
+    import logging
+
+    import aaclip.runtime.backends.onnxruntime as ortb
+
+    class Records(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.WARNING)
+            self.messages = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    records = Records()
+    logging.getLogger("aaclip.runtime.backends").addHandler(records)
+    monkeypatch.setattr(logging.getLogger("aaclip.runtime.backends"), "disabled", False)
+    for flags, warned in (({"sse4_1", "avx2", "fma"}, True), ({"avx2", "avx512f", "avx512_vnni"}, False),
+                          ({"avx2", "avx_vnni"}, False), ({"fp", "asimd", "asimddp"}, False)):
+        monkeypatch.setattr(ortb, "cpu_flags", lambda flags=flags: flags)
+        for graph, bits in ((eight, 8), (out, 7)):
+            records.messages.clear()
+            open_runner(load_manifest(graph), "onnxruntime", RunnerOptions(device="cpu"))
+            said = any("has no VNNI and the INT8 graph has 8-bit weights" in m for m in records.messages)
+            assert said == (warned and bits == 8), (flags, bits)
+    logging.getLogger("aaclip.runtime.backends").removeHandler(records)
+    assert ortb.int8_saturation_risk({"format": "QDQ"}, {"avx2"})  # graphs from before weight bits were recorded
+    assert ortb.int8_saturation_risk(None, {"avx2"}) is None  # not an INT8 graph

@@ -13,6 +13,7 @@ from aaclip.contract.score import (
     is_anomalous,
     normalize_cls,
     normalize_map,
+    operator_score,
     pixel_mask,
 )
 from aaclip.runtime.decide import ALARM, ANOMALOUS, NORMAL, Debouncer
@@ -112,6 +113,25 @@ def test_image_score_is_float32_arithmetic():
     got = image_score(np.array([0.1]), np.array([0.0]), p)
     assert got[0] == (np.float32(0.1) - np.float32(0.0)) / np.float32(0.3)
     assert float(got[0]) != 0.1 / 0.3
+
+
+def test_operator_score_puts_the_threshold_at_one_half_hand_computed():
+    # calibrated: the median good part is raw 0; threshold 2 -> scale 2: raw 0 -> 0, 1 -> 0.25, 2 -> 0.5, 4 -> 1
+    raw = np.array([-1.0, 0.0, 1.0, 2.0, 3.0, 4.0, 9.0, np.nan])
+    np.testing.assert_array_equal(operator_score(raw, 2.0), [0.0, 0.0, 0.25, 0.5, 0.75, 1.0, 1.0, np.nan])
+    # the export default (threshold 0.5) shows the raw score itself, clipped to [0, 1]
+    np.testing.assert_array_equal(operator_score(np.array([-0.5, 0.0, 0.25, 0.5, 0.75, 1.5]), 0.5),
+                                  [0.0, 0.0, 0.25, 0.5, 0.75, 1.0])
+    # a threshold near or below the median good part keeps a scale of 0.25
+    np.testing.assert_array_equal(operator_score(np.array([-0.25, 0.0, 0.1, 0.25]), 0.0), [0.0, 0.5, 0.7, 1.0])
+    assert operator_score(-2.25, -2.0) == 0.0 and operator_score(-2.0, -2.0) == 0.5  # a hand threshold below 0
+    assert isinstance(operator_score(0.25, 2.0), float) and operator_score(0.25, 2.0) == 0.0625
+    # monotone, and at or above 0.5 exactly where the raw score reaches the threshold
+    rng = np.random.default_rng(0)
+    for threshold in (-1.0, 0.3, 1.0, 1.81, 40.0):
+        x = np.sort(rng.normal(threshold, 3.0, 500))
+        shown = operator_score(x, threshold)
+        assert np.all(np.diff(shown) >= 0) and np.all((shown >= 0.5) == (x >= threshold))
 
 
 def test_pixel_mask_hand_computed():

@@ -60,7 +60,8 @@ def test_demo_runtime_outputs(demo):
     rows = [json.loads(line) for line in (out / "runtime" / "events.jsonl").read_text().splitlines()]
     assert [r["frame"] for r in rows] == list(range(CAMERA_FRAMES)) and rt["frames"] == CAMERA_FRAMES
     threshold = s["calibration"]["threshold"]
-    assert all(r["anomalous"] == (r["score"] >= threshold) for r in rows)  # decisions use the calibration
+    assert all(r["anomalous"] == (r["raw_score"] >= threshold) for r in rows)  # decisions use the calibration
+    assert all(r["anomalous"] == (r["score"] >= 0.5) and 0 <= r["score"] <= 1 for r in rows)  # the shown score
     assert rt["anomalous_frames"] == sum(r["anomalous"] for r in rows)
     assert all(r["calibrated"] is True and r["file"] is None for r in rows)
     # the bar of the README: at least half of the defective frames alarm, no good frame does
@@ -88,6 +89,15 @@ def test_demo_report_says_what_the_figures_are(demo):
             "trained") in text
     assert f"alarms on {rt['defect_frames_flagged']} defective frames and on {rt['clean_frames_flagged']} good" in text
     assert "tiny random CLIP" in lines[-1] and "not AA-CLIP's accuracy" in lines[-1]
+    # the held-out catch and false-alarm rates at the calibrated threshold, in words
+    h, e = s["calibration"]["held_out"], s["calibration"]["test_anomalies"]
+    plate = json.loads((out / "eval" / "metrics.json").read_text())[CAMERA_CLASS]
+    assert (h["defective"], h["good"]) == (e["n_anomaly"], plate["n_images"] - plate["n_anomalous"])
+    assert h["catch_rate"] == e["detection_rate"] == h["caught"] / h["defective"]  # the same scores, one threshold
+    assert 0 <= h["false_alarms"] <= h["good"] and h["false_alarm_rate"] == h["false_alarms"] / h["good"]
+    assert (f"  held-out test  at the calibrated threshold it catches {h['caught']} of {h['defective']} defective "
+            f"plates ({h['catch_rate']:.0%}) and raises a false alarm on {h['false_alarms']} of {h['good']} good ones "
+            f"({h['false_alarm_rate']:.0%}): test images that neither training nor calibration saw") in lines
 
 
 @pytest.mark.parametrize("method", ["clip-ad", "clip-ad-plus", "res2clip", "res2clip-ft"])

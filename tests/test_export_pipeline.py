@@ -394,7 +394,7 @@ def rtx_engine(ckpt, tmp_path_factory):
     out = tmp_path_factory.mktemp("engine")
     engine = out / "all16.engine"
     argv = [str(ckpt), "--format", "engine", "--precision", "fp16", "--trt-flavour", "tensorrt-rtx",
-            "--out", str(engine), "--batch", "1:2:4", "--timing-cache", str(out / "timing.cache"), "-q"]
+            "--out", str(engine), "--engine-batch", "1:2:4", "--timing-cache", str(out / "timing.cache"), "-q"]
     _cli_ok(argv)
     return engine, argv
 

@@ -137,7 +137,7 @@ def test_export_and_eval_check_method(tmp_path):
     res = CliRunner().invoke(export_cli, [str(ckpt), "--method", "nope"])
     assert res.exit_code == 2 and "unknown method 'nope'" in res.stderr
     (tmp_path / "d.jsonl").write_text("")
-    res = CliRunner().invoke(eval_main, ["--ckpt", str(ckpt), "--data", str(tmp_path / "d.jsonl"), "--method", "x"])
+    res = CliRunner().invoke(eval_main, ["--checkpoint", str(ckpt), "--data", str(tmp_path / "d.jsonl"), "--method", "x"])
     assert res.exit_code == 2 and "unknown method 'x'" in res.stderr
 
 

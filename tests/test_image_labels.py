@@ -169,7 +169,7 @@ def test_training_on_image_labels_says_so_and_moves_the_map_heads(trained, caplo
 
 def test_eval_reports_image_metrics_and_pixel_metrics_not_computed(trained, tmp_path):
     tmp, root, ckpt, model, _ = trained
-    res = _run(eval_main, "--ckpt", ckpt, "--data", root / "test.jsonl", "--out", tmp_path / "e", "--overlays", "-q")
+    res = _run(eval_main, "--checkpoint", ckpt, "--data", root / "test.jsonl", "--out", tmp_path / "e", "--overlays", "-q")
     assert res.exit_code == 0, res.output
     report = json.loads((tmp_path / "e" / "metrics.json").read_text())
     entry = report["disk"]

@@ -19,8 +19,16 @@ from aaclip.contract.manifest import load_manifest
 from aaclip.runtime.backends import open_runner
 from aaclip.runtime.loop import CameraLoop, LoopConfig
 from aaclip.runtime.sinks import EventLog
-from aaclip.runtime.web import BOUNDARY, LineView, parse_address
-from line_fixtures import Feeder, ScriptedCamera, chromium_driver, needs_browser, needs_prometheus, wait_until
+from aaclip.runtime.web import BOUNDARY, HttpAccess, LineView, parse_address
+from line_fixtures import (
+    Feeder,
+    ScriptedCamera,
+    chromium_driver,
+    needs_browser,
+    needs_prometheus,
+    read_parts,
+    wait_until,
+)
 from runtime_fixtures import frame_image, make_onnx_artifact, read_events
 
 
@@ -50,7 +58,8 @@ def get(url, timeout=5.0):
 
 
 def test_parse_address():
-    assert parse_address(":8080") == ("", 8080) and parse_address("8080") == ("", 8080)
+    assert parse_address(":8080") == ("127.0.0.1", 8080) and parse_address("8080") == ("127.0.0.1", 8080)  # loopback
+    assert parse_address("0.0.0.0:8080") == ("0.0.0.0", 8080)
     assert parse_address("127.0.0.1:0") == ("127.0.0.1", 0) and parse_address("[::1]:9000") == ("::1", 9000)
     for bad in ("host:", "x:99999", "abc"):
         with pytest.raises(UserError, match="give \\[HOST\\]:PORT"):
@@ -125,26 +134,11 @@ def test_metrics_equal_the_summary_and_healthz_turns_unhealthy(tmp_path):
         get(view.url + "/healthz")
 
 
-def read_parts(response, n):
-    """The next ``n`` JPEG parts of an MJPEG (multipart/x-mixed-replace) response."""
-    parts = []
-    while len(parts) < n:
-        assert response.readline() == f"--{BOUNDARY}\r\n".encode()
-        headers = {}
-        while (line := response.readline()) != b"\r\n":
-            key, _, val = line.decode().partition(":")
-            headers[key.lower()] = val.strip()
-        assert headers["content-type"] == "image/jpeg"
-        parts.append(response.read(int(headers["content-length"])))
-        assert response.read(2) == b"\r\n"
-    return parts
-
-
 def test_stream_renders_only_while_watched_and_stalled_clients_never_slow_the_loop(tmp_path, monkeypatch):
     from aaclip.runtime import web
 
     camera = ScriptedCamera()
-    view = LineView("127.0.0.1:0", view_fps=10)
+    view = LineView("127.0.0.1:0", view_fps=10, access=HttpAccess(timeout=0.5))  # a stalled client: out in 0.5 s
     feeder = Feeder(camera, fps=50)
     with running_loop(tmp_path, camera, [view]):
         feeder.start()
@@ -170,7 +164,6 @@ def test_stream_renders_only_while_watched_and_stalled_clients_never_slow_the_lo
 
         # A client that never reads: its thread blocks on a full socket, the loop does not notice.
         monkeypatch.setattr(web, "STREAM_SNDBUF", 4096)
-        monkeypatch.setattr(web._Handler, "timeout", 0.5)
         stalled = socket.socket()
         stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         stalled.connect(("127.0.0.1", view.port))
@@ -222,7 +215,9 @@ def test_page_in_headless_chromium(tmp_path):
             thumb = item.find_element(By.TAG_NAME, "img")
             wait_until(lambda: driver.execute_script("return arguments[0].naturalWidth", thumb) == 240, 5.0,
                        "the alarm thumbnail")
-            assert "bottle score 0.6" in item.text and text("alarms-count") == "1"
+            # the operator's score on [0, 1], alarm at 0.50 (the default threshold 0.5 shows raw 0.62 as 0.62)
+            assert "bottle score 0.62" in item.text and text("alarms-count") == "1"
+            assert "(alarm at 0.50)" in text("decision") and "raw threshold 0.5000" in text("model")
             time.sleep(0.6)  # a few more frames after the alarm, for the chart
             shot = tmp_path / "line-view.png"
             driver.save_screenshot(str(shot))

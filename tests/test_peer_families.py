@@ -158,7 +158,8 @@ def test_clip_ad_maps_and_scores_by_hand(models, frames):
     for method in ("clip-ad", "clip-ad-plus"):
         m = models[method]
         T = m.class_constants(["wood"])[0]
-        assert T.shape == (32, 2) and torch.allclose(T.norm(dim=0), torch.ones(2), atol=1e-6)
+        # unit vectors to float16 precision: the official float16 normalization (anchor_precision, default)
+        assert T.shape == (32, 2) and torch.allclose(T.norm(dim=0), torch.ones(2), atol=2e-3)
         x = _normalized(frames)
         with torch.no_grad():
             amap, cls = m.predict(x, T)
@@ -495,7 +496,7 @@ def test_tensorrt_rtx_builds_each_family(exported, tmp_path, method):
     graph.write_bytes(src.path.read_bytes())
     (tmp_path / "g.onnx.manifest.json").write_text(src.manifest.read_text())
     with pytest.raises(SystemExit) as exc:
-        export_cli.main([str(graph), "--format", "engine", "--trt-flavour", "tensorrt-rtx", "--batch", "1:1:2", "-q"])
+        export_cli.main([str(graph), "--format", "engine", "--trt-flavour", "tensorrt-rtx", "--engine-batch", "1:1:2", "-q"])
     assert exc.value.code in (0, None)
     manifest = load_manifest(tmp_path / "g.engine")
     check_artifact(manifest)

@@ -12,8 +12,10 @@ import threading
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
+from aaclip.contract.errors import UserError
 from aaclip.contract.files import atomic_path
 from aaclip.contract.manifest import load_manifest, manifest_path, open_artifact, write_manifest
 from aaclip.runtime import sinks as sinks_module
@@ -22,7 +24,7 @@ from aaclip.runtime.capture import Backoff
 from aaclip.runtime.cli import RunConfig, main, run
 from aaclip.runtime.loop import CameraLoop, LoopConfig
 from aaclip.runtime.sinks import EventLog
-from aaclip.runtime.sources import ImageFolderSource, Source
+from aaclip.runtime.sources import ImageFolderSource, Source, open_source
 from click.testing import CliRunner
 from reliability_fixtures import fill, tmpfs
 from runtime_fixtures import make_onnx_artifact, read_events, write_video
@@ -150,9 +152,20 @@ def test_folder_of_broken_images_with_loop_ends_instead_of_spinning(tmp_path):
     folder.mkdir()
     for name in ("a.png", "b.jpg", "c.png"):
         (folder / name).write_bytes(b"not an image")
+    # refused at start, each file named
+    with pytest.raises(UserError, match=r"camera .*broken: no readable image; skipped a.png \(not an image OpenCV "
+                                        r"can decode\), b.jpg \(.*\), c.png \("):
+        run(RunConfig(art, (str(folder),), drop=False, loop_files=True, stats_every=0))
+    # readable at start, broken while looping: given up after MAX_UNREADABLE_IN_A_ROW, and reported lost
+    cv2.imwrite(str(folder / "a.png"), np.full((32, 32, 3), 90, np.uint8))
+    m = open_artifact(art)
+    source = open_source(str(folder), loop=True)
+    (folder / "a.png").write_bytes(b"not an image any more")
     t0 = time.monotonic()
-    summary = run(RunConfig(art, (str(folder),), drop=False, loop_files=True, stats_every=0))
+    with open_runner(m, "onnxruntime") as runner:
+        summary = CameraLoop(runner, m, [source], [0], LoopConfig(stats_every=0)).run()
     assert time.monotonic() - t0 < 20 and summary.frames == 0 and summary.unreadable >= 100
+    assert summary.sources_lost == ("broken",) and summary.text().endswith("; source lost: broken")
 
 
 class NeverOpens(Source):
@@ -180,7 +193,7 @@ def test_camera_that_never_opens_backs_off_even_with_zero_delay(tmp_path, caplog
     # 0.05, 0.1, 0.2, 0.2, ... s: about 8 tries in 1.5 s, not thousands
     assert 4 <= source.opens <= 12 and summary.frames == 0 and summary.stopped_by == "test"
     assert caplog.text.count("capture 0.0 fps | infer 0.0 fps") >= 3  # stats lines keep coming while stalled
-    assert caplog.text.count("reconnect try") <= 6  # once per backoff step
+    assert caplog.text.count("connect try") <= 6  # once per backoff step (never delivered: "connect try")
 
 
 def _stalled_rtsp_server():
@@ -239,7 +252,8 @@ def test_events_carry_a_run_id_and_stay_strict_json_with_nan_outputs(tmp_path, m
     art = make_onnx_artifact(tmp_path)
     video = write_video(tmp_path / "v.avi", 6, defect_frames=[2])
     events = tmp_path / "ev.jsonl"
-    first = run(RunConfig(art, (str(video),), drop=False, events=events, stats_every=0))
+    # the NaN outputs are injected into ONNX Runtime's runner: name it (auto picks OpenVINO on an Intel CPU)
+    first = run(RunConfig(art, (str(video),), backend="onnxruntime", drop=False, events=events, stats_every=0))
     from aaclip.runtime.backends.onnxruntime import OnnxRuntimeRunner
 
     real = OnnxRuntimeRunner.infer_impl
@@ -250,7 +264,7 @@ def test_events_carry_a_run_id_and_stay_strict_json_with_nan_outputs(tmp_path, m
         return out
 
     monkeypatch.setattr(OnnxRuntimeRunner, "infer_impl", nan_outputs)
-    second = run(RunConfig(art, (str(video),), drop=False, events=events, stats_every=0))
+    second = run(RunConfig(art, (str(video),), backend="onnxruntime", drop=False, events=events, stats_every=0))
     ev = strict_events(events)
     assert {e["run"] for e in ev[:6]} == {first.run_id} and {e["run"] for e in ev[6:]} == {second.run_id}
     assert first.run_id != second.run_id and len(first.run_id) == 12

@@ -96,3 +96,25 @@ def test_local_runners_stay_synchronous(tmp_path):
                           LoopConfig(drop=False, stats_every=0, in_flight=8))
         assert loop.depth == 1 and runner.submit(loop.feeds.feeds(1)).done()
         assert loop.run().frames == 3
+
+
+def test_two_artifacts_in_flight_stop_at_max_frames(tmp_path):
+    """Two lanes (one asynchronous runner each) share the loop: batches of both in flight, each decided by its
+    own artifact, and ``max_frames`` counts the frames still on the servers."""
+    from aaclip.runtime.loop import Lane
+
+    plates = load_manifest(make_onnx_artifact(tmp_path, "plates.onnx"))
+    caps = load_manifest(make_onnx_artifact(tmp_path, "caps.onnx", classes=("a", "b"), class_offsets=(0.0, 0.1)))
+    videos = [write_video(tmp_path / f"v{i}.avi", 30, defect_frames=[5]) for i in range(2)]
+    with FlakyServer(open_runner(plates, "onnxruntime"), 0.02, 10**6, 0) as r1, \
+            FlakyServer(open_runner(caps, "onnxruntime"), 0.02, 10**6, 0) as r2:
+        lanes = [Lane(r1, plates, (0,)), Lane(r2, caps, (1,))]
+        loop = CameraLoop(r1, plates, [open_source(str(v)) for v in videos], [0, 1],
+                          LoopConfig(drop=False, stats_every=0, in_flight=4, max_frames=41),
+                          [EventLog(tmp_path / "ev.jsonl")], lanes=lanes)
+        summary = loop.run()
+    events = read_events(tmp_path / "ev.jsonl")
+    assert summary.frames == len(events) == 41 and summary.stopped_by == "max-frames"
+    by_source = {e["source"]: e for e in events if e["frame"] == 0}
+    assert by_source["v0.avi"]["class"] == "bottle" and by_source["v1.avi"]["class"] == "b"
+    assert r1.max_outstanding >= 2 and r2.max_outstanding >= 2  # several batches of each lane in flight

@@ -19,6 +19,7 @@ def invoke(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
+@pytest.mark.both_cpus
 def test_run_on_file_prints_summary(tmp_path):
     art = make_onnx_artifact(tmp_path)
     video = write_video(tmp_path / "v.avi", 6, defect_frames=[2, 3])

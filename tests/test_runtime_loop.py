@@ -42,14 +42,17 @@ def test_end_to_end_decisions_events_evidence_video(tmp_path):
     assert {i for i, e in enumerate(ev) if e["anomalous"]} == {3, 4, 5, 9}
     assert [e["decision"] for e in ev][2:11] == ["normal", "anomalous", "alarm", "alarm", "normal", "normal",
                                                  "normal", "anomalous", "normal"]
-    clean = [e["score"] for e in ev if not e["anomalous"]]
-    defect = [e["score"] for e in ev if e["anomalous"]]
+    clean = [e["raw_score"] for e in ev if not e["anomalous"]]
+    defect = [e["raw_score"] for e in ev if e["anomalous"]]
     assert max(clean) < 0.25 and min(defect) > 0.6  # darkness graph: ~0.216 vs ~0.62
+    # the shown score: [0, 1] with the (raw) threshold at 0.5; the default threshold 0.5 shows raw itself
+    assert all(e["score"] == pytest.approx(min(max(e["raw_score"], 0.0), 1.0), abs=2e-6) for e in ev)
+    assert [e["score"] >= 0.5 for e in ev] == [e["anomalous"] for e in ev]
     assert all(e["map_max"] > 0.95 for e in ev if e["anomalous"])
     e4 = ev[4]
     assert (e4["source"], e4["class"], e4["threshold"], e4["alarm"]) == ("line.avi", "bottle", 0.5, True)
     assert e4["latency_ms"] >= 0 and datetime.fromisoformat(e4["timestamp"]).tzinfo is not None
-    assert e4["score"] == pytest.approx(0.5 * e4["map_max"] + 0.5 * e4["cls_score"], abs=2e-6)
+    assert e4["raw_score"] == pytest.approx(0.5 * e4["map_max"] + 0.5 * e4["cls_score"], abs=2e-6)
 
     # Evidence: only alarm frames (4, 5), valid PNGs (frame | overlay side by side), no temp files left.
     files = sorted(p.name for p in evidence.iterdir())

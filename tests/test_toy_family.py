@@ -108,7 +108,7 @@ def test_eval_runs_the_toy_model(trained, workspace, tmp_path):
     from aaclip.train.eval_cli import main as eval_main
 
     _, paths = workspace
-    res = CliRunner().invoke(eval_main, ["--ckpt", str(trained), "--data", str(paths["test"]), "--out", str(tmp_path),
+    res = CliRunner().invoke(eval_main, ["--checkpoint", str(trained), "--data", str(paths["test"]), "--out", str(tmp_path),
                                          "--method", "toy", "-q"])
     assert res.exit_code == 0, res.output
     report = json.loads((tmp_path / "metrics.json").read_text())
@@ -188,8 +188,8 @@ def test_calibrated_toy_artifact_runs_in_the_camera_loop(exported, tmp_path):
         expected = image_score(np.array(out["map_max"]), np.array(out["cls_score"]), manifest.score)
     for row, score in zip(rows, expected):
         assert row["threshold"] == manifest.score.threshold
-        assert row["score"] == pytest.approx(float(score), abs=1e-5)
-        assert row["anomalous"] == (row["score"] >= manifest.score.threshold)
+        assert row["raw_score"] == pytest.approx(float(score), abs=1e-5)
+        assert row["anomalous"] == (row["raw_score"] >= manifest.score.threshold) == (row["score"] >= 0.5)
 
 
 def test_random_toy_checkpoint_and_unknown_methods(tmp_path):

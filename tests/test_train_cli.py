@@ -45,7 +45,7 @@ def test_train_then_eval(workspace):
     res = CliRunner().invoke(train_main, args)
     assert res.exit_code == 0 and len((out / "history.jsonl").read_text().splitlines()) == 2
 
-    res = CliRunner().invoke(eval_main, ["--ckpt", str(out), "--data", str(paths["test"]), "--overlays", "-q"])
+    res = CliRunner().invoke(eval_main, ["--checkpoint", str(out), "--data", str(paths["test"]), "--overlays", "-q"])
     assert res.exit_code == 0, res.output
     report = json.loads((out / "eval" / "metrics.json").read_text())
     assert set(report) == {"disk", "wood", "mean"}
@@ -68,7 +68,7 @@ def test_eval_single_label_class_reports_missing_image_metrics(workspace, tmp_pa
     lines = [l for l in paths["test"].read_text().splitlines() if json.loads(l)["label"] == 0]
     only_normal = paths["test"].parent / "normal_only.jsonl"
     only_normal.write_text("\n".join(lines) + "\n")
-    res = CliRunner().invoke(eval_main, ["--ckpt", str(root / "run"), "--data", str(only_normal), "--out", str(tmp_path), "-q"])
+    res = CliRunner().invoke(eval_main, ["--checkpoint", str(root / "run"), "--data", str(only_normal), "--out", str(tmp_path), "-q"])
     assert res.exit_code == 0, res.output
     report = json.loads((tmp_path / "metrics.json").read_text())
     assert report["disk"]["image_auroc"] is None and report["mean"]["image_auroc"] is None
@@ -84,7 +84,7 @@ def test_cli_errors_are_one_line_with_status_2(workspace, tmp_path):
     res = _run_module("aaclip.train.train_cli", "--data", str(paths["train"]), "--out", str(tmp_path / "x"),
                       "--backbone", "no-such-net", "--random-init", "0")
     assert res.returncode == 2 and "unknown OpenCLIP model 'no-such-net'" in res.stderr
-    res = _run_module("aaclip.train.eval_cli", "--ckpt", str(tmp_path / "missing"), "--data", str(paths["test"]))
+    res = _run_module("aaclip.train.eval_cli", "--checkpoint", str(tmp_path / "missing"), "--data", str(paths["test"]))
     assert res.returncode == 2 and "checkpoint directory not found" in res.stderr
     res = _run_module("aaclip.train.train_cli", "--help")
     assert res.returncode == 0 and "import-official" in res.stdout

@@ -102,7 +102,7 @@ def test_engine_repository_takes_the_profile(tmp_path):
 
 def test_cli_fp16_repository_from_checkpoint_and_graph(tiny_ckpt, tmp_path):
     r = CliRunner().invoke(export_cli, [str(tiny_ckpt), "--format", "triton", "--precision", "fp16", "--out",
-                                        str(tmp_path / "repo"), "--batch", "1:2:4", "-q"])
+                                        str(tmp_path / "repo"), "--engine-batch", "1:2:4", "-q"])
     assert r.exit_code == 0, r.output
     model_dir = Path(r.stdout.strip())
     cfg = parse_config(model_dir)

@@ -38,7 +38,8 @@ def served(tmp_path_factory):
     """A two-class darkness artifact served with a 5 ms batching window (so concurrent clients batch)."""
     folder = tmp_path_factory.mktemp("served")
     art = make_onnx_artifact(folder, classes=CLASSES, class_offsets=(0.0, 0.25), threshold=0.6)
-    server = start_server(SERVE_PYTHON, art, ["--max-queue-delay-us", "5000", "--max-batch", "8"])
+    server = start_server(SERVE_PYTHON, art, ["--max-queue-delay-us", "5000", "--max-batch", "8",
+                                              "--backend", "onnxruntime"])
     try:
         yield art, server.wait_ready()
     finally:
@@ -55,8 +56,9 @@ def test_served_events_equal_local_events(served, tmp_path):
     results = {}
     for name, artifact in (("local", art), ("grpc", server.grpc_url), ("http", server.http_url)):
         log = tmp_path / f"{name}.jsonl"
+        # the server runs the graph on ONNX Runtime (serve --backend onnxruntime): so does the local run
         summary = run(RunConfig(artifact=artifact, cameras=(str(video),), classes=("cable",), drop=False,
-                                debounce=2, events=log, stats_every=0))
+                                debounce=2, events=log, stats_every=0, backend="onnxruntime" if name == "local" else "auto"))
         assert (summary.frames, summary.lost, summary.captured) == (24, 0, 24)
         results[name] = events(log)
     assert [e["decision"] for e in results["local"]].count("alarm") == 3  # the video has alarms to compare
@@ -196,7 +198,7 @@ def test_model_repository_of_the_tiny_model_loads_in_the_server(tmp_path):
 
     ckpt = make_tiny_checkpoint(tmp_path / "ckpt")
     r = CliRunner().invoke(export_cli, [str(ckpt), "--format", "triton", "--out", str(tmp_path / "repo"),
-                                        "--model-name", "tiny", "--batch", "1:2:4", "-q"])
+                                        "--model-name", "tiny", "--engine-batch", "1:2:4", "-q"])
     assert r.exit_code == 0, r.output
     model_dir = tmp_path / "repo" / "tiny"
     exported = text_format.Parse((model_dir / "config.pbtxt").read_text(), pb.ModelConfig())

@@ -23,16 +23,17 @@ def pixel_notes(report: dict) -> list[str]:
 
 
 @click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--ckpt", required=True, type=click.Path(path_type=Path), help="Checkpoint directory (aaclip-train --out).")
+@click.option("--checkpoint", "ckpt", required=True, type=click.Path(path_type=Path), help="Checkpoint directory (aaclip-train --out).")
 @click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Test JSON-lines.")
 @click.option("--root", type=click.Path(file_okay=False, path_type=Path), help="Data root (default: the file's folder).")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Output folder (default: CKPT/eval).")
+@click.option("--out", "-o", type=click.Path(file_okay=False, path_type=Path), help="Output folder (default: CKPT/eval).")
 @click.option("--clip-weights", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="CLIP weights file, if it moved since training.")
 @click.option("--method", metavar="NAME",
               help="Model family the checkpoint must be (it is read from the checkpoint; this only checks it).")
 @click.option("--overlays", is_flag=True, help="Also save heat-map overlays of every test image.")
-@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--batch", "batch_size", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Images per inference call.")
 @click.option("--device", default="auto", show_default=True)
 @verbosity
 def main(ckpt, data, root, out, clip_weights, method, overlays, batch_size, device):

@@ -43,12 +43,15 @@ def _backbone_options(f):
                           "(4 blocks, width 64, at 64 px; with --random-init: a toy for tests and demos, trains "
                           "in seconds on a CPU).")(f)
     f = click.option("--clip-weights", type=click.Path(dir_okay=False, path_type=Path),
-                     help="Local CLIP checkpoint (safetensors or state dict).")(f)
+                     help="Local CLIP checkpoint: safetensors, a state dict, or OpenAI's TorchScript .pt "
+                          "(read without running its code).")(f)
     f = click.option("--pretrained", help="OpenCLIP pretrained tag instead of a file, e.g. 'openai' (needs network).")(f)
     f = click.option("--random-init", type=int, metavar="SEED",
                      help="Random CLIP weights (tests and demos only: the model learns nothing transferable).")(f)
     f = click.option("--activation", type=click.Choice(ACTIVATIONS),
-                     help="GELU flavour of both towers [default: the family's; aa-clip: gelu, as the paper].")(f)
+                     help="GELU flavour of both towers [default: the family's official one; aa-clip: gelu; "
+                          "res2clip: quickgelu; clip-ad: quickgelu for OpenAI weights at their native size, "
+                          "else gelu].")(f)
     f = click.option("--pos-embed-resize", type=click.Choice(list(POS_EMBED_RESIZE)),
                      help="Position-embedding resize to --image-size [default: the family's; aa-clip: "
                           "bicubic-antialias].")(f)
@@ -165,7 +168,7 @@ def main():
 @click.option("--data", "data", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Training JSON-lines (see `aaclip-data`).")
 @click.option("--root", type=click.Path(file_okay=False, path_type=Path), help="Data root (default: the file's folder).")
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Checkpoint directory; re-running with the same directory resumes.")
 @_backbone_options
 @click.option("--domain", type=click.Choice(["industrial", "medical"]), default="industrial", show_default=True)
@@ -274,7 +277,7 @@ def _reference_options(f):
 
 @main.command("init")
 @_method_option
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Checkpoint directory.")
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False, path_type=Path), help="Checkpoint directory.")
 @_backbone_options
 @click.option("--classes", required=True, help="Comma-separated class names the checkpoint serves.")
 @click.option("--object-name", "object_names", multiple=True, metavar="CLASS=NAME",
@@ -360,7 +363,7 @@ def references_cmd(ckpt, reference_images, reference_data, reference_seed, class
 @main.command("import-official")
 @click.argument("src", type=click.Path(exists=True, path_type=Path))
 @_method_option
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False, path_type=Path))
 @_backbone_options
 @click.option("--epoch", type=int, help="(aa-clip) Which image_adapter_<epoch>.pth [default: the latest].")
 @click.option("--option", "import_options", multiple=True, metavar="KEY=VALUE",

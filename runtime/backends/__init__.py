@@ -9,11 +9,15 @@ packages add backends.
 """
 from __future__ import annotations
 
+import logging
+
 from aaclip.contract.manifest import Manifest
 
 from .base import Runner
+from .machine import describe_machine, onnxruntime_has_cuda
 from .registry import (
     AUTO,
+    AUTO_RULE,
     Backend,
     RunnerOptions,
     backend_names,
@@ -22,14 +26,21 @@ from .registry import (
     module_installed,
     open_runner,
     register_backend,
+    resolve_backend,
+    warn_if_unverified,
 )
 
 
 def _onnxruntime(manifest: Manifest, options: RunnerOptions) -> Runner:
     from aaclip.contract.errors import UserError
 
+    from . import onnxruntime as ortb
     from .onnxruntime import CPU_PROVIDERS, DEFAULT_PROVIDERS, OnnxRuntimeRunner
 
+    if manifest.precision == "int8" and options.device != "cuda":
+        risk = ortb.int8_saturation_risk(manifest.data.get("quantization"), ortb.cpu_flags())
+        if risk:
+            logging.getLogger(__name__).warning("%s", risk)
     if options.extra.get("precision") not in (None, manifest.precision):
         raise UserError(f"onnxruntime runs the artifact's own precision ({manifest.precision}); a precision hint "
                         "needs --backend openvino")
@@ -75,15 +86,9 @@ def _openvino(manifest: Manifest, options: RunnerOptions) -> Runner:
 
 def _openvino_suits_auto() -> bool:
     """Auto picks OpenVINO for graphs on an Intel CPU, unless ONNX Runtime can use an NVIDIA GPU here."""
-    from .openvino import intel_cpu
+    from .machine import intel_cpu
 
-    if not intel_cpu():
-        return False
-    if module_installed("onnxruntime")():
-        import onnxruntime
-
-        return "CUDAExecutionProvider" not in onnxruntime.get_available_providers()
-    return True
+    return intel_cpu() and not onnxruntime_has_cuda()
 
 
 register_backend(Backend(
@@ -99,5 +104,6 @@ register_backend(Backend(
     install_hint="pip install 'aaclip-edge[triton]' (tritonclient[grpc,http])", auto_rank=1000,
     description="a model served by Triton Inference Server (grpc:// or http:// artifact), KServe v2"))
 
-__all__ = ["AUTO", "Backend", "Runner", "RunnerOptions", "backend_names", "choose_backend", "get_backend",
+__all__ = ["AUTO", "AUTO_RULE", "Backend", "Runner", "RunnerOptions", "backend_names", "choose_backend",
+           "describe_machine", "get_backend", "resolve_backend", "warn_if_unverified",
            "module_installed", "open_runner", "register_backend"]

@@ -40,6 +40,7 @@ import numpy as np
 from aaclip.contract.errors import UserError
 
 from .base import Runner
+from .machine import cpu_vendor, intel_cpu  # re-exported: where they used to live
 
 log = logging.getLogger(__name__)
 
@@ -66,22 +67,6 @@ def import_openvino() -> Any:
     return openvino
 
 
-def cpu_vendor() -> Optional[str]:
-    """The CPU vendor id from /proc/cpuinfo ('GenuineIntel', 'AuthenticAMD'), None when not readable."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        return None
-    return None
-
-
-def intel_cpu() -> bool:
-    return cpu_vendor() == "GenuineIntel"
-
-
 def default_cache_dir() -> Path:
     """``$AACLIP_CACHE/openvino``, else ``$XDG_CACHE_HOME/aaclip/openvino``, else ``~/.cache/aaclip/openvino``."""
     if os.environ.get("AACLIP_CACHE"):
@@ -101,9 +86,11 @@ def transformer_matmul(op_type: str, name: str) -> bool:
             and not name.startswith(FP32_SCOPES))
 
 
-def mark_ir(xml_text: str) -> tuple[str, int, int]:
+def mark_ir(xml_text: str, fp32_nodes: frozenset = frozenset()) -> tuple[str, int, int]:
     """IR text with every layer but the transformer's matrix products marked ``precise`` (kept in its
-    original precision); returns (text, layers marked, layers left to the precision hint)."""
+    original precision), and those matrix products too whose names the precision plan keeps FP32
+    (``fp32_nodes``, from ``aaclip-calibrate bf16``'s search); returns (text, layers marked, layers left to the
+    precision hint)."""
     import xml.etree.ElementTree as ET
 
     root = ET.fromstring(xml_text)
@@ -112,7 +99,7 @@ def mark_ir(xml_text: str) -> tuple[str, int, int]:
         kind, name = layer.get("type", ""), layer.get("name", "")
         if kind in NO_MARK_TYPES:
             continue
-        if transformer_matmul(kind, name):
+        if transformer_matmul(kind, name) and name not in fp32_nodes:
             low += 1
             continue
         rt = layer.find("rt_info")
@@ -122,6 +109,22 @@ def mark_ir(xml_text: str) -> tuple[str, int, int]:
             rt.append(ET.fromstring(KEEP_ATTRIBUTE))
         marked += 1
     return ET.tostring(root, encoding="unicode"), marked, low
+
+
+def plan_folder(fp32_nodes: frozenset) -> str:
+    """The IR folder name of a precision plan: ``mixed`` (every transformer matmul BF16) or ``mixed-<hash>``."""
+    if not fp32_nodes:
+        return "mixed"
+    import hashlib
+
+    return "mixed-" + hashlib.sha256("\n".join(sorted(fp32_nodes)).encode()).hexdigest()[:12]
+
+
+def bf16_capable(core=None, device: str = "CPU") -> bool:
+    """Whether OpenVINO can run BF16 on ``device`` (CPUs: AVX512-BF16 or AMX). Elsewhere the CPU plugin
+    silently compiles a BF16 hint as FP32, so this is asked before any BF16 run or gate."""
+    core = core or import_openvino().Core()
+    return "BF16" in core.get_property(device, "OPTIMIZATION_CAPABILITIES")
 
 
 def scoped(node) -> bool:
@@ -180,9 +183,10 @@ def split_model(model) -> tuple:
     return tower, head
 
 
-def mixed_precision_irs(core, onnx_path: Path, folder: Path) -> tuple[Path, Path]:
-    """The tower (marked: only its matrix products may run in BF16) and head IRs of ``onnx_path`` in
-    ``folder`` (``tower.xml``/``.bin``, ``head.xml``/``.bin``), written once and reused."""
+def mixed_precision_irs(core, onnx_path: Path, folder: Path,
+                        fp32_nodes: frozenset = frozenset()) -> tuple[Path, Path]:
+    """The tower (marked: only its matrix products not in ``fp32_nodes`` may run in BF16) and head IRs of
+    ``onnx_path`` in ``folder`` (``tower.xml``/``.bin``, ``head.xml``/``.bin``), written once and reused."""
     import openvino as ov
 
     names = ("tower.xml", "tower.bin", "head.xml", "head.bin")
@@ -194,7 +198,7 @@ def mixed_precision_irs(core, onnx_path: Path, folder: Path) -> tuple[Path, Path
         tower, head = split_model(core.read_model(str(onnx_path)))
         ov.save_model(tower, str(staging / "tower.xml"), compress_to_fp16=False)
         ov.save_model(head, str(staging / "head.xml"), compress_to_fp16=False)
-        text, marked, low = mark_ir((staging / "tower.xml").read_text(encoding="utf-8"))
+        text, marked, low = mark_ir((staging / "tower.xml").read_text(encoding="utf-8"), fp32_nodes)
         (staging / "tower.xml").write_text(text, encoding="utf-8")
         for n in ("tower.bin", "head.bin", "head.xml", "tower.xml"):  # tower.xml last: the set is complete
             os.replace(staging / n, folder / n)
@@ -230,6 +234,7 @@ class OpenVinoSettings:
     cache_dir: Optional[Path] = None  # None: no model cache (and a temporary folder for the mixed IR)
     artifact_id: str = "model"        # cache subfolder (the artifact's sha256 prefix: a new graph, a new cache)
     expected_hw: Optional[tuple[int, int]] = None  # the manifest's frame size (checked against the graph)
+    fp32_nodes: frozenset = frozenset()  # bf16: transformer matmuls the precision plan keeps FP32
 
     def config(self) -> dict[str, Any]:
         config: dict[str, Any] = {"PERFORMANCE_HINT": self.perf_hint.upper()}
@@ -310,9 +315,9 @@ class OpenVinoRunner(Runner):
             raise UserError(f"OpenVINO sees no device {s.device!r} here (available: {', '.join(available)})")
         if s.precision == "bf16":
             caps = core.get_property(s.device, "OPTIMIZATION_CAPABILITIES")
-            if "BF16" not in caps:
+            if not bf16_capable(core, s.device):
                 raise UserError(f"{core.get_property(s.device, 'FULL_DEVICE_NAME')} has no BF16 support "
-                                f"(OpenVINO: {', '.join(caps)}); use --precision-hint fp32 (or an INT8 graph)")
+                                f"(OpenVINO: {', '.join(caps)}); use --precision fp32 (or an INT8 graph)")
 
     def _sources(self, core) -> list[tuple[str, dict]]:
         """(model file, compile config) per stage."""
@@ -320,11 +325,11 @@ class OpenVinoRunner(Runner):
         if s.precision != "bf16":
             return [(str(self.path), s.config())]
         if s.cache_dir is not None:
-            folder = Path(s.cache_dir) / s.artifact_id / "mixed"
+            folder = Path(s.cache_dir) / s.artifact_id / plan_folder(s.fp32_nodes)
         else:
             self._tmp = tempfile.TemporaryDirectory(prefix="aaclip-ov-")
             folder = Path(self._tmp.name)
-        tower, head = mixed_precision_irs(core, self.path, folder)
+        tower, head = mixed_precision_irs(core, self.path, folder, s.fp32_nodes)
         fp32 = dataclasses.replace(s, precision="fp32")
         return [(str(tower), s.config()), (str(head), fp32.config())]
 
@@ -379,7 +384,7 @@ class OpenVinoRunner(Runner):
 def gate_record(manifest_data: Mapping, precision: str) -> Optional[dict]:
     """The manifest's record of the accuracy gate for ``precision`` on OpenVINO (None: never gated): the
     ``precision_gates`` entry of an FP32 graph (aaclip-calibrate bf16), or an INT8 graph's own gate when it
-    ran on OpenVINO with that precision hint (aaclip-calibrate int8 --backend openvino --precision-hint)."""
+    ran on OpenVINO with that precision hint (aaclip-calibrate int8 --backend openvino --precision)."""
     gates = manifest_data.get("precision_gates") or {}
     record = gates.get(f"openvino-{precision}") if isinstance(gates, Mapping) else None
     if isinstance(record, Mapping):
@@ -420,6 +425,10 @@ def settings_from_options(manifest, options) -> OpenVinoSettings:
         raise UserError(f"--perf-hint {perf!r}: use {' or '.join(PERF_HINTS)}")
     if not extra.get("ungated"):
         check_gated(manifest, precision)
+    if "fp32_nodes" in extra:  # the gate's search trying a plan
+        fp32_nodes = frozenset(extra["fp32_nodes"] or ())
+    else:  # the plan the passed gate recorded
+        fp32_nodes = frozenset(((gate_record(manifest.data, precision) or {}).get("fp32_nodes")) or ())
     cache = extra.get("cache_dir", "default")
     if cache is None or str(cache).lower() == "none":
         cache_dir = None
@@ -427,10 +436,11 @@ def settings_from_options(manifest, options) -> OpenVinoSettings:
         cache_dir = default_cache_dir() if str(cache) == "default" else Path(cache)
     return OpenVinoSettings(device=device_name(options.device), precision=precision, threads=options.threads,
                             perf_hint=perf, cache_dir=cache_dir, artifact_id=manifest.sha256[:16],
-                            expected_hw=(manifest.height, manifest.width))
+                            expected_hw=(manifest.height, manifest.width), fp32_nodes=fp32_nodes)
 
 
 __all__ = ["OpenVinoRunner", "OpenVinoSettings", "PRECISIONS", "PERF_HINTS", "FP32_SCOPES",
            "import_openvino", "cpu_vendor", "intel_cpu", "default_cache_dir", "transformer_matmul", "mark_ir",
+           "plan_folder", "bf16_capable",
            "mixed_precision_irs", "split_model", "tail_nodes",
            "device_name", "gate_record", "check_gated", "settings_from_options"]

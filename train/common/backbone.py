@@ -1,7 +1,8 @@
 """Build the frozen OpenCLIP backbone: model name -> config -> model, weights loaded as a separate step.
 
 Weights come from an OpenCLIP pretrained tag (network, real users), a local checkpoint file
-(safetensors, a state dict read with ``torch.load(weights_only=True)``), or a seeded random
+(safetensors, a state dict read with ``torch.load(weights_only=True)``, or OpenAI's TorchScript archive
+read by ``torchscript_archive`` without executing it), or a seeded random
 initialization (tests and the demo). The visual position embedding is resized to the configured
 resolution by OpenCLIP's ``resize_pos_embed`` (class slot kept, align_corners=False) with the mode the
 config's backbone records (``pos_embed_resize``): AA-CLIP's bicubic with antialias (SPEC section 1),
@@ -24,6 +25,7 @@ from aaclip.train.common.config import BackboneConfig, ModelConfig
 log = logging.getLogger(__name__)
 _CONFIG_DIR = Path(__file__).parent / "model_configs"
 open_clip.add_model_config(_CONFIG_DIR)
+OPENAI_EXTRAS = ("input_resolution", "context_length", "vocab_size")  # entries only OpenAI's files carry
 
 
 def create_clip(backbone: BackboneConfig, image_size: int) -> torch.nn.Module:
@@ -72,18 +74,23 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"CLIP weights file not found: {path} (pass --clip-weights with an existing file)")
+    from .torchscript_archive import is_torchscript_archive, read_torchscript_tensors
+
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
             state = load_file(str(path))
+        elif is_torchscript_archive(path):  # OpenAI's released .pt files: tensors only, no code run
+            state = read_torchscript_tensors(path)
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
+    except UserError:
+        raise
     except Exception as exc:  # corrupt or unsafe file: say which and how to fix
         raise UserError(
             f"cannot read CLIP weights {path}: {exc.__class__.__name__}: {str(exc).splitlines()[0][:200]} "
-            "(use a safetensors file or a plain state-dict checkpoint; OpenAI's TorchScript .pt archives "
-            "must first be converted, see docs/checkpoint-format.md)"
+            "(use a safetensors file, a plain state-dict checkpoint or OpenAI's TorchScript .pt archive)"
         ) from exc
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
@@ -91,14 +98,47 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not state:
         raise UserError(f"{path} holds no state dict")
     state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
-    for key in ("input_resolution", "context_length", "vocab_size"):  # OpenAI checkpoint extras
+    for key in OPENAI_EXTRAS:  # OpenAI checkpoint extras
         state.pop(key, None)
     return state
+
+
+def openai_weights(backbone: BackboneConfig) -> bool:
+    """Whether ``backbone``'s weights are OpenAI's release (what decides the official loaders' QuickGELU):
+    ``--pretrained openai``; a weights file that is OpenAI's TorchScript archive or whose safetensors
+    header has OpenAI's extra entries; or any file for a model that only OpenAI released weights of
+    (OpenCLIP lists no other tag, e.g. ViT-L-14-336). Other files count as not OpenAI's."""
+    if backbone.pretrained is not None:
+        return backbone.pretrained == "openai"
+    if backbone.weights is None:
+        return False
+    if open_clip.list_pretrained_tags_by_model(backbone.name) == ["openai"]:
+        return True
+    path = Path(backbone.weights)
+    if not path.is_file():
+        return False
+    from .torchscript_archive import is_torchscript_archive
+
+    if is_torchscript_archive(path):
+        return True
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                return any(k in OPENAI_EXTRAS for k in f.keys())
+        except Exception:  # unreadable: loading it reports the problem
+            return False
+    return False
 
 
 def load_state(model: torch.nn.Module, state: dict, backbone: BackboneConfig, origin: str) -> None:
     """Load CLIP weights into ``model``, resizing the position embedding with the backbone's mode."""
     interpolation, antialias = backbone.resize_mode
+    transient = {f"{name}.{b}" if name else b for name, module in model.named_modules()
+                 for b in module._non_persistent_buffers_set}
+    # TorchScript saves e.g. the causal mask; float16 files (OpenAI's) resize in float32, as the model holds them
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items() if k not in transient}
     resize_pos_embed(state, model, interpolation=interpolation, antialias=antialias)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:

@@ -6,9 +6,14 @@ representative vectors, import of the official ``linear_layers`` checkpoints), `
 ``flops``; shared: ``common.dual_path`` (the surgery stream) and ``common.peer_ops`` (scipy's Gaussian). As the official code:
 
 - backbone: OpenCLIP's own factory rebuilds a model of non-native size from the plain JSON config,
-  so the activation is exact GELU except for OpenAI weights at their native size (QuickGELU): the
-  default here follows that rule for ``--pretrained openai``; give ``--activation quickgelu`` for an
-  OpenAI weights file at its native size. Position embedding: bicubic with antialias (OpenCLIP's).
+  so the activation is exact GELU except for OpenAI weights at their native size (QuickGELU, OpenAI's
+  loader): the default here follows that rule for ``--pretrained openai`` and for a weights file that is
+  OpenAI's (``common.backbone.openai_weights``: OpenAI's TorchScript archive, a file with its extra
+  entries, or a model only OpenAI released weights of, such as ViT-L-14-336). Position embedding:
+  bicubic with antialias (OpenCLIP's).
+- text anchors: ``anchor_precision`` "float16" (default) normalizes the DBSCAN cluster mean in float16 as
+  ``CA:util/prompt_ensemble.py`` does; "float32" is the clean variant (and the meaning of configs
+  written before the field existed).
 - object names: the class (folder) name verbatim, as the official dataset code passes it.
 - the map is smoothed with scipy's ``gaussian_filter`` (``sigma``, default 8 px; the official VisA runs
   of SDP+ use 2), symmetric padding.

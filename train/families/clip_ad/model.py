@@ -5,7 +5,8 @@ What the official code computes (``CA:`` = ByChelsea/CLIP-AD@f004973):
 - Text anchors T (E, 2) per class (``text_anchors``): 9 normal and 10 abnormal states x 22 templates,
   each sentence encoded by the unmodified text tower and L2-normalized; the representative vector of
   each set is the mean of the largest DBSCAN cluster (sklearn, Euclidean, ``dbscan_eps`` /
-  ``dbscan_min_samples``), re-normalized (``rvs="mean"``: the plain mean). When DBSCAN finds only
+  ``dbscan_min_samples``), re-normalized (``rvs="mean"``: the plain mean); with ``anchor_precision``
+  "float16" (the default) the cluster mean is normalized in float16 as the official code does. When DBSCAN finds only
   noise the official code crashes; here the mean is used and the fallback logged.
 - Image side (``dual_path.surgery_streams``): per stage j, the surgery sum s_j with token 0 replaced by
   the original stream's class token, then ``ln_post``, ``proj``, L2-normalization: F_j (B, L+1, E).
@@ -58,20 +59,34 @@ def prompt_sentences(object_name: str) -> tuple[list[str], list[str]]:
             [t.format(s.format(object_name)) for s in ABNORMAL_STATES for t in TEMPLATES])
 
 
-def representative_vector(features: np.ndarray, rvs: str, eps: float, min_samples: int, what: str) -> np.ndarray:
+def representative_vector(features: np.ndarray, rvs: str, eps: float, min_samples: int, what: str,
+                          precision: str = "float32") -> np.ndarray:
     """One L2-normalized vector for a set of unit sentence features (N, E): DBSCAN's largest cluster mean
-    or the plain mean (also when DBSCAN labels every sentence noise; logged)."""
-    data = np.asarray(features, dtype=np.float64)
-    chosen = data
+    or the plain mean (also when DBSCAN labels every sentence noise; logged).
+
+    ``precision`` "float16" is the official recipe (``CA:util/prompt_ensemble.py``, CPU float32 features):
+    DBSCAN on the float32 features, the cluster mean in float32 (numpy), cast to float16 and divided by its
+    float16 norm, so the anchor is a unit vector only to float16 precision (norms like 1.00023); the plain
+    mean (``rvs="mean"``, and the all-noise fallback) stays float32 there. "float32": the clean variant,
+    float64 mean and norm (unit to float32 precision), what checkpoints without the field computed."""
+    official = precision == "float16"
+    data = np.asarray(features, dtype=np.float32 if official else np.float64)
+    chosen, clustered = data, False
     if rvs == "dbscan":
         from sklearn.cluster import DBSCAN
 
         labels = DBSCAN(eps=eps, min_samples=min_samples).fit(data).labels_
         if (labels >= 0).any():
-            chosen = data[labels == np.argmax(np.bincount(labels[labels >= 0]))]
+            chosen, clustered = data[labels == np.argmax(np.bincount(labels[labels >= 0]))], True
         else:
             log.warning("DBSCAN (eps %g, min_samples %d) labels every %s sentence noise: using their mean instead",
                         eps, min_samples, what)
+    if official and clustered:
+        half = torch.tensor(np.mean(chosen, axis=0), dtype=torch.float16)
+        return (half / half.norm()).float().numpy()
+    if official:
+        mean = torch.from_numpy(chosen).mean(dim=0)
+        return (mean / mean.norm()).numpy()
     vector = chosen.mean(axis=0)
     return vector / np.linalg.norm(vector)
 
@@ -127,13 +142,13 @@ class ClipAd(FamilyModel):
         device = self.clip.visual.proj.device
         out = []
         for name in object_names:
-            key = (name, c.rvs, c.dbscan_eps, c.dbscan_min_samples)
+            key = (name, c.rvs, c.dbscan_eps, c.dbscan_min_samples, c.anchor_precision)
             if key not in self._anchors:
                 cols = []
                 for what, sentences in zip(("normal", "abnormal"), prompt_sentences(name)):
                     feats = F.normalize(self.clip.encode_text(self.tokenizer(sentences).to(device)).float(), dim=-1)
                     vec = representative_vector(feats.cpu().numpy(), c.rvs, c.dbscan_eps, c.dbscan_min_samples,
-                                                f"{what} '{name}'")
+                                                f"{what} '{name}'", c.anchor_precision)
                     cols.append(torch.from_numpy(vec).float())
                 self._anchors[key] = torch.stack(cols, dim=-1)
             out.append(self._anchors[key])

@@ -1,0 +1,130 @@
+"""The accuracy-aware precision search (``aaclip.calibration.search``) on constructed cases: units of the
+tower, least sensitive first, the time budget, the final gate's back-off, and the plan's record."""
+import numpy as np
+import pytest
+from aaclip.calibration.gate import GateLimits, GateReport
+from aaclip.calibration.search import Plan, badness, plan_from_record, search_plan, tower_units
+from aaclip.contract.errors import UserError
+
+NODES = [("/conv1/Conv", True)] + [
+    (f"/resblocks.{b}/{name}", weighted) for b in range(3) for name, weighted in (
+        ("attn/MatMul", True), ("attn/MatMul_1", False), ("attn/MatMul_2", False), ("attn/MatMul_3", True),
+        ("mlp/c_fc/MatMul", True), ("mlp/c_proj/MatMul", True))]
+
+
+def report(map_err: float, limits: GateLimits = GateLimits()) -> GateReport:
+    return GateReport(map_err=map_err, map_corr=1.0, map_corr_min=1.0, rank_corr=1.0, auroc_fp32=0.5,
+                      auroc_int8=0.5, auroc_change=0.0, frames=4, normals=2, anomalies=2, limits=limits)
+
+
+def additive(errors: dict, calls: list):
+    """An evaluator whose map error is the sum of the low-precision units' own errors."""
+    def evaluate(low):
+        calls.append(frozenset(low))
+        return report(sum(errors[u] for u in low))
+    return evaluate
+
+
+def test_units_group_qkv_attention_output_and_mlp():
+    units = {u.name: u for u in tower_units(NODES)}
+    assert list(units)[:4] == ["patch_embed", "block.0/qkv", "block.0/attn_out", "block.0/mlp"]
+    assert len(units) == 10
+    assert units["block.1/qkv"].nodes == ("/resblocks.1/attn/MatMul", "/resblocks.1/attn/MatMul_1",
+                                          "/resblocks.1/attn/MatMul_2")  # in-projection + activation products
+    assert units["block.1/attn_out"].nodes == ("/resblocks.1/attn/MatMul_3",)
+    assert units["block.2/mlp"].nodes == ("/resblocks.2/mlp/c_fc/MatMul", "/resblocks.2/mlp/c_proj/MatMul")
+    weights_only = {u.name: u for u in tower_units([n for n in NODES if n[1]])}  # INT8's candidates
+    assert weights_only["block.0/qkv"].nodes == ("/resblocks.0/attn/MatMul",)
+    assert [u.name for u in tower_units([("/transformer/resblocks.0/attn/q/MatMul", True),
+                                         ("/transformer/resblocks.0/attn/k/MatMul", True),
+                                         ("/transformer/resblocks.0/attn/out/MatMul", True)])] == \
+        ["block.0/qkv", "block.0/attn_out"]  # separate q/k/v projections: the last one is the output
+
+
+def test_badness_is_the_worst_metric_over_its_allowance():
+    limits = GateLimits(max_map_err=0.01, min_map_corr=0.98, min_rank_corr=0.95, max_auroc_change=0.02)
+    r = GateReport(map_err=0.005, map_corr=0.97, map_corr_min=0.9, rank_corr=0.99, auroc_fp32=0.6, auroc_int8=0.59,
+                   auroc_change=0.01, frames=4, normals=2, anomalies=2, limits=limits)
+    assert badness(r) == pytest.approx(1.5)  # map correlation: 0.03 short of 1 against an allowance of 0.02
+    assert badness(report(0.0)) == 0.0 and badness(report(0.02)) == pytest.approx(2.0)
+    worst_auroc = GateReport(map_err=0.001, map_corr=1.0, map_corr_min=1.0, rank_corr=0.99, auroc_fp32=0.6,
+                             auroc_int8=0.57, auroc_change=0.03, frames=4, normals=2, anomalies=2, limits=limits)
+    assert badness(worst_auroc) == pytest.approx(1.5)  # 0.03 against a 0.02 limit
+    no_labels = GateReport(map_err=0.001, map_corr=1.0, map_corr_min=1.0, rank_corr=0.97, auroc_fp32=None,
+                           auroc_int8=None, auroc_change=None, frames=4, normals=4, anomalies=0, limits=limits)
+    assert badness(no_labels) == pytest.approx(0.6)  # rank correlation 0.03 short against an allowance of 0.05
+
+
+def test_least_sensitive_go_first_and_failing_blocks_are_split_into_groups():
+    units = tower_units(NODES)
+    errors = {u.name: 0.001 for u in units}
+    errors.update({"block.1/mlp": 0.006, "patch_embed": 0.0005, "block.2/qkv": 0.02})  # block.2/qkv fails alone
+    calls = []
+    plan, final = search_plan(units, additive(errors, calls), additive(errors, []), budget_s=None)
+    # everything: fails; blocks alone: block.2 (0.022) fails; greedy by sensitivity: patch_embed 0.0005, block.0
+    # 0.003 -> 0.0035, block.1 0.008 -> 0.0115 fails; then groups of block.1 and block.2
+    assert calls[0] == frozenset(errors)
+    assert calls[5] == frozenset({"patch_embed"}) and calls[6] == frozenset({"patch_embed", "block.0/qkv",
+                                                                            "block.0/attn_out", "block.0/mlp"})
+    assert set(plan.fp32) == {"block.1/mlp", "block.2/qkv"}
+    assert final.passed and final.map_err == pytest.approx(0.0005 + 7 * 0.001)
+    assert plan.sensitivity["block.2"] == pytest.approx(2.2) and plan.sensitivity["block.2/qkv"] == pytest.approx(2.0)
+    assert plan.complete and plan.evaluations == len(calls) + 1
+    assert plan.low == [u.name for u in units if u.name not in plan.fp32]  # graph order
+
+
+def test_time_budget_keeps_what_was_not_measured_in_fp32():
+    units = tower_units(NODES)
+    errors = {u.name: 0.002 for u in units}
+    calls, whole = [], []
+    plan, final = search_plan(units, additive(errors, calls), additive(errors, whole), budget_s=3.5,
+                              now=lambda: float(len(calls)))  # one second per evaluation
+    assert not plan.complete
+    # everything, patch_embed, block.0, block.1 measured (the clock reads 3 before block.1), then no more time:
+    assert calls[1:] == [frozenset({"patch_embed"})] + [frozenset(u.name for u in units if u.block == b)
+                                                        for b in (0, 1)]
+    # the measured blocks go in together (0.014 fails) and the final back-off removes the most sensitive block
+    # units until it passes: block.2 was never measured and stays FP32
+    assert whole[0] == frozenset(u.name for u in units if u.block != 2)
+    assert final.passed and final.map_err == pytest.approx(0.01)
+    assert set(plan.low) <= {u.name for u in units if u.block != 2} and len(plan.low) == 5
+    assert {"block.2/qkv", "block.2/attn_out", "block.2/mlp"} <= set(plan.fp32)
+
+
+def test_final_gate_backs_off_the_most_sensitive_and_a_hopeless_model_reports_everything():
+    units = tower_units(NODES)
+    errors = {u.name: 0.001 for u in units}
+    search_frames = additive(errors, [])
+    whole = []
+
+    def stricter(low):  # the whole held-out set sees twice the error of the search frames
+        whole.append(frozenset(low))
+        return report(2 * sum(errors[u] for u in low))
+
+    plan, final = search_plan(units, search_frames, stricter, budget_s=None)
+    assert final.passed and len(plan.low) == 5 and len(whole) > 1  # 2 x 5 x 0.001 = 0.01: at the limit
+
+    bad = {u.name: 0.05 for u in units}
+    whole = []
+    plan, final = search_plan(units, additive(bad, []), additive(bad, whole), budget_s=None)
+    assert not final.passed and whole[-1] == frozenset(bad)  # the staged graph is the all-low one
+    assert set(plan.low) == set(bad)
+
+
+def test_plan_record_round_trip_and_refusals():
+    units = tower_units(NODES)
+    plan = Plan(low=["block.0/mlp"], fp32=[u.name for u in units if u.name != "block.0/mlp"],
+                sensitivity={"block.0": 0.5, "block.1": float("inf")})
+    record = plan.to_dict()
+    assert record["sensitivity"]["block.1"] is None  # JSON has no infinity
+    again = plan_from_record(record, units)
+    assert (again.low, again.fp32, again.searched) == (plan.low, plan.fp32, False)
+    assert plan.fp32_nodes(units)[:2] == ["/conv1/Conv", "/resblocks.0/attn/MatMul"]
+    with pytest.raises(UserError, match="another model"):
+        plan_from_record(dict(record, units_low=["block.7/mlp"]), units)
+    with pytest.raises(UserError, match="no precision plan"):
+        plan_from_record({"gate": {}}, units)
+    lines = again.summary(units)
+    assert lines[0] == "plan: 1 of 10 units in low precision"
+    assert "kept FP32, whole: patch_embed, block.1, block.2" in lines[1]
+    assert "kept FP32, in part: block.0 (qkv, attn_out)" in lines[2]
