@@ -52,8 +52,17 @@ def quiet_opencv(verbose: bool = False) -> None:
         import cv2
     except ImportError:  # pragma: no cover - cv2 is a dependency of every install
         return
-    levels = cv2.utils.logging
-    levels.setLogLevel(levels.LOG_LEVEL_INFO if verbose else levels.LOG_LEVEL_SILENT)
+    level = _OPENCV_LOG_INFO if verbose else _OPENCV_LOG_SILENT
+    levels = getattr(getattr(cv2, "utils", None), "logging", None)
+    if levels is not None:          # OpenCV >= 4.12 (and 5.x)
+        levels.setLogLevel(level)
+    elif hasattr(cv2, "setLogLevel"):  # OpenCV <= 4.11 (aaclip-serve's environment pins it)
+        cv2.setLogLevel(level)
+
+
+# cv::utils::logging::LogLevel: the same numbers in every OpenCV version
+_OPENCV_LOG_SILENT = 0
+_OPENCV_LOG_INFO = 4
 
 
 def _hide_library_chatter(record: logging.LogRecord) -> bool:

@@ -199,11 +199,12 @@ class Subscriber:
 # ---- webhook receiver ---------------------------------------------------------------------------------
 class Receiver:
     """An HTTP server on loopback recording POSTs; ``statuses`` are answered in turn (then 200);
-    ``delay_s`` holds each answer back."""
+    ``delay_s`` holds each answer back; ``hold`` (an event) holds every answer until it is set."""
 
-    def __init__(self, statuses: tuple[int, ...] = (), delay_s: float = 0.0):
+    def __init__(self, statuses: tuple[int, ...] = (), delay_s: float = 0.0, hold: Optional[threading.Event] = None):
         self.calls: list[dict] = []
         self.statuses = list(statuses)
+        self.answered = 0
         receiver = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -213,9 +214,12 @@ class Receiver:
                 receiver.calls.append({"body": body, "type": self.headers["Content-Type"], "status": status,
                                        "path": self.path, "headers": dict(self.headers)})
                 time.sleep(delay_s)
+                if hold is not None:
+                    hold.wait()
                 self.send_response(status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
+                receiver.answered += 1
 
             def log_message(self, *args):
                 pass

@@ -61,7 +61,7 @@ def test_registered_backend_runs_artifacts_of_its_format(tmp_path, constant_back
         out = infer_frames(runner, m, frames, batch=2)
         assert np.shares_memory(runner.seen, runner.lent["image"])  # the frames went into the lent buffer
     assert out["map_max"].tolist() == [0.75] * 3 and out["anomaly_map"].shape == (3, 64, 64)
-    with open_runner(m, "auto") as ort:  # the real ONNX Runtime on the same frames: darkness of grey frames
+    with open_runner(m, "onnxruntime") as ort:  # the real ONNX Runtime on the same frames: darkness of grey frames
         real = infer_frames(ort, m, frames, batch=2)
     np.testing.assert_allclose(real["cls_score"], CLEAN_LEVEL, atol=0.02)
 

@@ -18,6 +18,7 @@ from aaclip.runtime.backends.onnxruntime import OnnxRuntimeRunner
 from aaclip.runtime.cli import main as runtime_main
 from aaclip.data.synth import draw_product
 from click.testing import CliRunner
+from plot_checks import bar_pixels_mask, dashed_columns, read_png
 from runtime_fixtures import SIZE, frame_image, make_onnx_artifact, read_events
 
 FAINT = 150  # a grey disc: darkness (255-150)/255 = 0.41, below the default threshold, far above normal frames
@@ -92,7 +93,12 @@ def test_threshold_from_images_writes_manifest_atomically(tmp_path):
     ref = thresholds.calibrate(mm, cs, 0.5, 0.001)
     for key in ("map_lo", "map_hi", "cls_lo", "cls_hi", "threshold"):
         assert score[key] == pytest.approx(ref[key], rel=1e-6), key
-    assert (tmp_path / "model.onnx.calibration.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the plot: 700x400, the normal scores' bars, all left of the dashed threshold line (0 of 50 at or above it)
+    plot = read_png(tmp_path / "model.onnx.calibration.png")
+    line = dashed_columns(plot)
+    assert plot.shape == (400, 700, 3) and line and max(line) - min(line) <= 2, line
+    blue = np.flatnonzero(bar_pixels_mask(plot)[0].any(axis=0))
+    assert blue.size > 20 and blue.max() < min(line)
 
 
 def test_runtime_decisions_follow_calibration_without_flags(tmp_path):
@@ -183,21 +189,29 @@ def test_dry_run_and_labelled_report(tmp_path):
     assert block["source"] == "calibration" and block["calibration"]["frames"] == 24
 
 
-def test_bad_inputs_exit_2_with_one_line(tmp_path):
+def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys):
     art = make_onnx_artifact(tmp_path, classes=("bottle", "cable"), class_offsets=(0.0, 1.0))
     write_normals(tmp_path / "good", 3)
     cases = [
-        (["threshold", art, "--images", tmp_path / "good"], "choose the one these frames show with --class NAME"),
+        (["threshold", art, "--images", tmp_path / "good"],
+         "model.onnx holds several classes; choose the one these frames show with --class NAME"),
         (["threshold", art], "give exactly one source of normal frames"),
         (["threshold", art, "--camera", tmp_path / "x.avi", "--class", "bottle"], "--camera needs --frames N"),
         (["threshold", art, "--images", tmp_path / "good", "--class", "bottle", "--far", "0.7"],
-         "far must be a rate in (0, 0.5)"),
-        (["threshold", art, "--images", tmp_path / "nothing", "--class", "bottle"], "not found"),
+         "far must be a rate in (0, 0.5), got 0.7"),
+        (["threshold", art, "--images", tmp_path / "nothing", "--class", "bottle"],
+         f"image folder {tmp_path / 'nothing'} not found"),
     ]
+    manifest_before = (tmp_path / "model.onnx.manifest.json").read_bytes()
+    capsys.readouterr()
     for args, message in cases:
         with pytest.raises(SystemExit) as exc:
             main([str(a) for a in args])
+        out, err = capsys.readouterr()
         assert exc.value.code == 2, args
+        assert out == "" and err.startswith(f"error: {message}") and err.count("\n") == 1, (args, err)
+    assert not (tmp_path / "model.onnx.calibration.png").exists()  # nothing written by a refused run
+    assert (tmp_path / "model.onnx.manifest.json").read_bytes() == manifest_before
 
 
 def test_bad_input_message(tmp_path, capsys):
@@ -207,6 +221,31 @@ def test_bad_input_message(tmp_path, capsys):
         main(["threshold", str(art), "--images", str(tmp_path / "good")])
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: model.onnx holds several classes")
+
+
+def test_plot_shows_the_scores_and_the_threshold(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    figures = []
+    real_close = plt.close
+    monkeypatch.setattr(plt, "close", lambda fig=None: figures.append(fig) or real_close(fig))
+    rng = np.random.default_rng(0)
+    normal, anomalies = rng.normal(0.3, 0.05, 200), rng.normal(0.7, 0.05, 10)
+    assert save_score_histogram(tmp_path / "h.png", normal, 0.5, anomalies, title="bottle") is True
+    ax = figures[0].axes[0]
+    bars = {c.patches[0].get_label(): sum(p.get_height() for p in c.patches) for c in ax.containers}
+    assert bars == {"normal (n=200)": 200, "anomalous (n=10)": 10}  # every score is in a bar
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["normal (n=200)", "anomalous (n=10)",
+                                                                   "threshold 0.5"]
+    assert ax.get_title() == "bottle" and ax.get_yscale() == "log"
+    # the PNG: 7 x 4 in at 100 dpi; the dashed line at the threshold's pixel column; blue bars left of it,
+    # red ones right of it (no normal score reaches 0.5 here, every anomaly does)
+    plot = read_png(tmp_path / "h.png")
+    x = ax.transData.transform((0.5, 1.0))[0]
+    line = dashed_columns(plot)
+    assert plot.shape == (400, 700, 3) and line and all(abs(c - x) <= 2 for c in line), (line, x)
+    blue, red = (np.flatnonzero(m.any(axis=0)) for m in bar_pixels_mask(plot))
+    assert blue.size > 20 and red.size > 5 and blue.max() < min(line) < max(line) < red.min()
 
 
 def test_plot_skipped_without_matplotlib(tmp_path, monkeypatch, caplog):

@@ -59,9 +59,11 @@ def test_every_command_has_h_v_q(name, cmd, path):
 def test_bad_usage_is_one_error_line_and_exit_2(name, cmd, path):
     res = CliRunner().invoke(cmd, [*path, "--no-such-option"], prog_name=name.split()[0])
     assert res.exit_code == 2
-    lines = [line for line in res.output.splitlines() if line.strip()]
-    assert lines[0].startswith("error: ") and "--no-such-option" in lines[0], res.output
-    assert len(lines) <= 2 and "Usage:" not in res.output, res.output
+    assert res.stdout == "", res.output  # the error goes to stderr, nothing to stdout
+    lines = res.stderr.splitlines()
+    assert len(lines) == 1 and res.stderr.endswith("\n"), res.stderr  # exactly one line: no usage block, no hint line
+    assert re.fullmatch(r"error: No such option '--no-such-option'\.( Did you mean '--[\w-]+'\?)? "
+                        r"\(see '" + re.escape(name if path else name.split()[0]) + r"( \w+)? -h'\)", lines[0]), lines[0]
 
 
 def test_help_texts_point_to_docs_that_exist():

@@ -21,6 +21,7 @@ from aaclip.train.eval_cli import main as eval_main
 from aaclip.data.records import read_records
 from aaclip.train.train_cli import main as train_main
 from click.testing import CliRunner
+from metric_reference import assert_report_matches, reference_metrics
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "own-data.md"
 COMMANDS = {"aaclip-data": data_main, "aaclip-train": train_main, "aaclip-eval": eval_main,
@@ -161,7 +162,9 @@ def test_the_tutorial_runs_as_written(tmp_path, monkeypatch, one_torch_thread):
 
     metrics = json.loads(Path("runs/flange/eval/metrics.json").read_text())
     assert metrics["flange"]["pixel_auroc"] is None and metrics["flange"]["aupro"] is None  # not computed
-    assert 0.0 <= metrics["flange"]["image_auroc"] <= 1.0
+    expected = reference_metrics(Path("runs/flange"), Path("flange/test.jsonl"), map_weight=0.5)  # apart from eval
+    assert expected["flange"]["n_images"] == metrics["flange"]["n_images"] > 0
+    assert_report_matches(metrics, expected)
 
     manifest = load_manifest(Path("runs/flange/aaclip-fp32.onnx"))
     assert manifest.calibrated and manifest.data["score"]["calibration"]["frames"] == 12

@@ -24,7 +24,7 @@ def offline(**kw):
 
 
 def run_loop(manifest, sources, class_ids=None, config=None, sinks=(), runner=None):
-    runner = runner or open_runner(manifest, "auto")
+    runner = runner or open_runner(manifest, "onnxruntime")
     with runner:
         loop = CameraLoop(runner, manifest, sources, class_ids or [0] * len(sources), config or offline(), sinks)
         return loop.run()
@@ -104,7 +104,7 @@ def test_multi_class_batch_feeds_class_id_per_camera(tmp_path):
     video = write_video(tmp_path / "v.avi", 4, defect_frames=[1], size=(64, 64))
     events = tmp_path / "ev.jsonl"
     ids = source_classes(m, ["bottle", "cable"], 2)
-    spy = SpyRunner(open_runner(m))
+    spy = SpyRunner(open_runner(m, "onnxruntime"))
     run_loop(m, [open_source(str(video)), open_source(str(video))], ids, offline(batch=2),
              [EventLog(events)], runner=spy)
     assert len(spy.calls) == 4
@@ -133,7 +133,8 @@ def test_source_classes_errors(tmp_path):
 def test_batch_above_engine_profile_refused(tmp_path):
     m = load_manifest(make_onnx_artifact(tmp_path, batch={"min": 1, "opt": 1, "max": 2}))
     with pytest.raises(UserError, match="--batch 3 exceeds the artifact's max batch 2"):
-        CameraLoop(open_runner(m), m, [open_source(str(write_video(tmp_path / "v.avi", 1)))], [0], offline(batch=3))
+        CameraLoop(open_runner(m, "onnxruntime"), m, [open_source(str(write_video(tmp_path / "v.avi", 1)))], [0],
+                   offline(batch=3))
 
 
 class ZeroRunner(Runner):
@@ -247,12 +248,24 @@ def test_reconnect_after_failure_mid_stream(tmp_path, caplog):
     assert "flaky: reconnect try 1 failed; retrying every 0.05 s or slower" in text and "flaky: reconnected (try 2)" in text
 
 
+class UnpluggedAfterOneFrame(FlakyLiveSource):
+    """Serves one frame, then fails: the loop cannot inspect 3 frames without the capture thread reconnecting
+    (first reopen fails, second works; then one unreadable frame, then frames)."""
+
+    def __init__(self):
+        super().__init__()
+        self.script = [True, False, None]
+
+
 def test_reconnect_in_live_mode_thread(tmp_path):
     m = load_manifest(make_onnx_artifact(tmp_path))
     runner = ZeroRunner()
-    s = run_loop(m, [FlakyLiveSource()], config=LoopConfig(drop=True, max_frames=3, stats_every=0, backoff=FAST),
+    source = UnpluggedAfterOneFrame()
+    s = run_loop(m, [source], config=LoopConfig(drop=True, max_frames=3, stats_every=0, backoff=FAST),
                  runner=runner)
-    assert s.frames == 3 and s.captured >= 3 and s.stopped_by == "max-frames"
+    assert (s.frames, s.stopped_by) == (3, "max-frames")
+    assert (s.reconnects, source.opens, s.unreadable) == (1, 2, 1)  # one reconnect, after one failed reopen
+    assert s.captured >= 3
 
 
 def test_backoff_delays():

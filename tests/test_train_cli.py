@@ -12,6 +12,7 @@ from aaclip.data.records import read_records
 from aaclip.data.synth import generate_dataset
 from aaclip.train.train_cli import main as train_main
 from click.testing import CliRunner
+from metric_reference import assert_report_matches, reference_metrics
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +50,15 @@ def test_train_then_eval(workspace):
     assert res.exit_code == 0, res.output
     report = json.loads((out / "eval" / "metrics.json").read_text())
     assert set(report) == {"disk", "wood", "mean"}
-    for key in ("pixel_auroc", "pixel_ap", "pixel_f1_max", "aupro", "image_auroc", "image_ap", "image_f1_max"):
-        assert 0.0 <= report["disk"][key] <= 1.0
-    assert report["mean"]["pixel_auroc"] == pytest.approx((report["disk"]["pixel_auroc"] + report["wood"]["pixel_auroc"]) / 2)
+    # the figures of these very images, scored and measured apart from aaclip-eval (AA-CLIP, industrial: 0.5)
+    expected = reference_metrics(out, paths["test"], map_weight=0.5)
+    assert_report_matches(report, expected)
+    assert {c: (report[c]["n_images"], report[c]["n_anomalous"]) for c in ("disk", "wood")} == {"disk": (8, 4),
+                                                                                                 "wood": (8, 4)}
+    for key in ("pixel_f1_max", "aupro"):
+        assert 0.0 < report["disk"][key] <= 1.0
+    for key in ("pixel_auroc", "image_auroc", "image_ap"):
+        assert report["mean"][key] == pytest.approx((expected["disk"][key] + expected["wood"][key]) / 2)
     md = (out / "eval" / "metrics.md").read_text()
     assert md.splitlines()[0].startswith("| class") and "| mean |" in md
     overlays = sorted((out / "eval" / "overlays" / "disk").rglob("*.png"))
@@ -90,24 +97,44 @@ def test_cli_errors_are_one_line_with_status_2(workspace, tmp_path):
     assert res.returncode == 0 and "import-official" in res.stdout
 
 
-def test_progress_logs_steps_per_second_and_eta_from_the_first_step(caplog):
+class SteppedClock:
+    """A ``time`` stand-in whose ``perf_counter`` the test advances: progress lines without wall-clock speed."""
+
+    def __init__(self, t: float = 1000.0):
+        self.t = t
+
+    def perf_counter(self) -> float:
+        return self.t
+
+
+def test_progress_logs_steps_per_second_and_eta_from_the_first_step(caplog, monkeypatch):
     """Off a terminal (a log file, CI) the first lines come at the start and after the first step, then every
     LOG_EVERY_S seconds: a large backbone shows life within seconds."""
     import logging
-    import time
 
+    from aaclip.train.common import progress as progress_module
     from aaclip.train.common.progress import Progress, format_seconds
 
+    clock = SteppedClock()
+    monkeypatch.setattr(progress_module, "time", clock)
     log = logging.getLogger("aaclip.test.progress")
     with caplog.at_level(logging.INFO, logger="aaclip.test.progress"):
-        progress = Progress(range(5), 5, "stage 1 epoch 1/2", log, every_s=0.05, terminal=False)
+        progress = Progress(range(6), 6, "stage 1 epoch 1/2", log, every_s=5.0, terminal=False)
         for i in progress:
             progress.note(loss=0.5 + i)
-            time.sleep(0.03)
+            clock.t += 2.0  # each step takes 2 s: lines after step 1 (t=2) and step 4 (t=8, 6 s after step 1)
     lines = [r.getMessage() for r in caplog.records]
-    assert lines[0] == "stage 1 epoch 1/2: 5 steps"
-    assert re.fullmatch(r"stage 1 epoch 1/2: 1/5 steps, \d+\.\d\d steps/s, ETA \d+ s, loss 0\.5000", lines[1])
-    assert 2 <= len(lines) <= 4  # not one line per step
+    assert lines == ["stage 1 epoch 1/2: 6 steps",
+                     "stage 1 epoch 1/2: 1/6 steps, 0.50 steps/s, ETA 10 s, loss 0.5000",
+                     "stage 1 epoch 1/2: 4/6 steps, 0.50 steps/s, ETA 4 s, loss 3.5000"]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="aaclip.test.progress"):  # slower than 0.1 steps/s: s/step
+        progress = Progress(range(100), 100, "eval", log, every_s=5.0, unit="batch", terminal=False)
+        for _ in progress:
+            clock.t += 40.0
+            if progress.done == 1:
+                break
+    assert [r.getMessage() for r in caplog.records][-1] == "eval: 1/100 batches, 40.0 s/batch, ETA 1 h 06 min"
     assert format_seconds(3725) == "1 h 02 min" and format_seconds(185) == "3 min 05 s"
     with caplog.at_level(logging.WARNING, logger="aaclip.test.progress"):  # -q: silent
         caplog.clear()

@@ -109,7 +109,7 @@ def test_four_camera_clients_are_batched_by_the_server(served, tmp_path):
     assert window.executions < 120 and window.mean_batch > 1.0, window
     assert max(size for size, _ in window.batches) > 1, window.batches
     assert sum(size * n for size, n in window.batches) == 120
-    scores = [[e["score"] for e in read_events(tmp_path / f"cam{i}.jsonl")] for i in range(4)]
+    scores = [[e["raw_score"] for e in read_events(tmp_path / f"cam{i}.jsonl")] for i in range(4)]
     assert scores[0] == scores[2] and scores[1] == scores[3] and scores[0] != scores[1]  # class per client kept
 
 
