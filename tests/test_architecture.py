@@ -240,3 +240,21 @@ def test_data_layer_imports_without_torch(tmp_path):
     assert done.stdout.strip().splitlines()[-1] == "LOADED:", f"aaclip.data loaded: {done.stdout.strip()}"
     assert (tmp_path / "synth" / "train.jsonl").is_file()
 
+
+def test_every_package_has_its_row_in_docs_architecture():
+    """docs/architecture.md's folder tables name every package of setup.cfg (a new folder is documented)."""
+    import configparser
+
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    packages = cfg["options"]["packages"].split()
+    package_dir = dict(line.split(" = ") for line in cfg["options"]["package_dir"].strip().splitlines())
+    doc = (ROOT / "docs" / "architecture.md").read_text()
+    missing = []
+    for package in packages:
+        top = ".".join(package.split(".")[:2])
+        folder = "/".join([package_dir[top], *package.split(".")[2:]])
+        if f"`{folder}/`" not in doc and f"`{folder.split('/', 1)[-1]}/`" not in doc:
+            missing.append(f"{package} ({folder}/)")
+    assert not missing, "docs/architecture.md does not name: " + ", ".join(missing)
+    assert set(package_dir) == {".".join(p.split(".")[:2]) for p in packages}

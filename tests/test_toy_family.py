@@ -1,18 +1,16 @@
-"""A model family defined and registered in this file alone goes through the whole pipeline.
+"""A model family in a folder of its own (``tests/toy_family/``, the shape of ``train/families/<family>/``)
+goes through the whole pipeline: importing that package is all it takes.
 
-The toy family ("toy") scores each patch of the frozen CLIP's image tower as ``head(token) + <token, t>``:
-``head`` is one trainable linear layer, ``t`` the per-class constant (the normalized CLIP text embedding of
-"a photo of a {object}."). It trains with a per-patch BCE loss (aaclip-train fit --method toy), exports
-through the generic deploy graph (aaclip.export), is calibrated on synthetic normal frames
+The toy family ("toy") scores each patch of the frozen CLIP's image tower as ``head(token) + <token, t>``
+(see ``toy_family``). It trains on the training driver with a per-patch BCE loss (aaclip-train fit --method
+toy), exports through the generic deploy graph (aaclip.export), is calibrated on synthetic normal frames
 (calibrate_artifact) and runs in the camera loop (aaclip-runtime) without any other module knowing it.
 Its backbone runs QuickGELU with a bilinear position-embedding resize, unlike AA-CLIP's defaults.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-from pathlib import Path
-from typing import ClassVar, Optional
+import sys
 
 import cv2
 import numpy as np
@@ -21,128 +19,25 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
-import torch.nn.functional as F  # noqa: E402
-from aaclip.contract.score import ScoreParams, image_score  # noqa: E402
-from aaclip.train.common.config import ModelConfig  # noqa: E402
-from aaclip.train.families import Family, get_family, register_family, unregister_family  # noqa: E402
-from aaclip.train.families.base import FamilyModel  # noqa: E402
+from aaclip.contract.score import image_score  # noqa: E402
+from aaclip.train.families import family_names, get_family, unregister_family  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
-from torch import nn  # noqa: E402
 
 SIZE = 64
 CLASSES = {"disk": "metal disk", "wood": "wooden board"}
 
 
-# ---- the family --------------------------------------------------------------------------------------
-@dataclass
-class ToyConfig(ModelConfig):
-    default_activation: ClassVar[str] = "quickgelu"
-    default_pos_embed_resize: ClassVar[str] = "bilinear"
-
-    method: str = "toy"
-    tap: Optional[int] = None  # 1-based visual block whose patch tokens are scored; None: the last
-
-
-class ToyModel(FamilyModel):
-    def __init__(self, clip, tokenizer, config: ToyConfig):
-        super().__init__(clip, config)
-        self.tokenizer = tokenizer
-        visual = clip.visual
-        self.tap = config.tap or len(visual.transformer.resblocks)
-        self.grid = int(visual.grid_size[0])
-        self.head = nn.Linear(visual.transformer.width, 1)
-
-    def class_constants(self, object_names):
-        tokens = self.tokenizer([f"a photo of a {name}." for name in object_names])
-        return F.normalize(self.clip.encode_text(tokens), dim=-1)  # (C, E)
-
-    def patch_logits(self, images, constants):
-        visual = self.clip.visual
-        x = visual._embeds(images)
-        for block in visual.transformer.resblocks[: self.tap]:
-            x = block(x)
-        tokens = visual.ln_post(x[:, 1:])  # (B, L, W)
-        feats = F.normalize(tokens @ visual.proj, dim=-1)  # (B, L, E)
-        similarity = (feats * constants.unsqueeze(-2)).sum(-1)  # one class (E,) or one per image (B, E)
-        return self.head(tokens)[..., 0] + similarity  # (B, L)
-
-    def predict(self, images, constants):
-        logits = self.patch_logits(images, constants)
-        grid = logits.reshape(-1, 1, self.grid, self.grid)
-        amap = F.interpolate(grid, size=(self.config.image_size,) * 2, mode="bilinear", align_corners=False)
-        return amap[:, 0], logits.mean(dim=1)
-
-
-@dataclass
-class ToyOptions:
-    steps: int = 12
-    lr: float = 3e-2
-    batch: int = 8
-    seed: int = 0
-    device: str = "cpu"
-
-
-class ToyTrainer:
-    """Per-patch BCE against the mask pooled to the patch grid; history.jsonl gets one line per step."""
-
-    def __init__(self, model, records, root, out_dir, options: ToyOptions):
-        from aaclip.train.common.dataset import AnomalyDataset
-
-        self.model, self.out_dir, self.options = model, Path(out_dir), options
-        classes = sorted({r.class_name for r in records})
-        for c in classes:
-            model.config.classes.setdefault(c, c)
-        self.names = [model.config.classes[c] for c in classes]
-        self.data = AnomalyDataset(records, root, model.config.image_size, classes)
-
-    def run(self) -> Path:
-        from aaclip.contract.files import atomic_write_text
-        from aaclip.train.common.checkpoint_files import HISTORY_FILE, save_checkpoint
-
-        o, m = self.options, self.model
-        torch.manual_seed(o.seed)
-        with torch.no_grad():
-            constants = m.class_constants(self.names)
-        m.requires_grad_(False)
-        m.head.requires_grad_(True)
-        opt = torch.optim.Adam(m.head.parameters(), lr=o.lr)
-        loader = torch.utils.data.DataLoader(self.data, batch_size=o.batch, shuffle=True,
-                                             generator=torch.Generator().manual_seed(o.seed))
-        lines, step = [], 0
-        while step < o.steps:
-            for batch in loader:
-                if step >= o.steps:
-                    break
-                logits = m.patch_logits(batch["image"], constants[batch["class_index"]])
-                target = F.adaptive_max_pool2d(batch["mask"][:, None].float(), m.grid).flatten(1)
-                loss = F.binary_cross_entropy_with_logits(logits, target)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                lines.append(json.dumps({"step": step, "loss": float(loss.detach())}))
-                step += 1
-        m.requires_grad_(False)
-        save_checkpoint(m, self.out_dir)
-        atomic_write_text(self.out_dir / HISTORY_FILE, "\n".join(lines) + "\n")
-        return self.out_dir
-
-
-TOY = Family(
-    name="toy",
-    config_class=ToyConfig,
-    build=ToyModel,
-    default_score=lambda model: ScoreParams(map_lo=-1.0, map_hi=1.0, cls_lo=-1.0, cls_hi=1.0, map_weight=0.5),
-    trainer=ToyTrainer,
-    train_options=ToyOptions,
-    summary="test family: one linear layer on CLIP patch tokens",
-)
-
-
 @pytest.fixture(scope="module", autouse=True)
 def toy_family():
-    register_family(TOY, replace=True)
-    yield TOY
-    unregister_family(TOY.name)
+    """Import the folder (which registers the family), and forget both afterwards."""
+    assert "toy" not in family_names()
+    import toy_family
+
+    assert get_family("toy") is toy_family.FAMILY
+    yield toy_family.FAMILY
+    unregister_family("toy")
+    for name in [m for m in sys.modules if m == "toy_family" or m.startswith("toy_family.")]:
+        del sys.modules[name]
 
 
 # ---- the pipeline --------------------------------------------------------------------------------------
@@ -189,6 +84,7 @@ def test_training_writes_a_toy_checkpoint_and_lowers_the_loss(trained):
     assert np.mean(losses[-3:]) < 0.7 * np.mean(losses[:3]), losses
 
     from aaclip.train.checkpoint import load_checkpoint
+    from toy_family.model import ToyModel
 
     model = load_checkpoint(trained)
     assert isinstance(model, ToyModel) and model.tap == 3
@@ -230,7 +126,7 @@ def test_export_graph_matches_the_toy_predict(exported, trained):
 
     manifest = load_manifest(exported.path)
     assert manifest.method == "toy" and manifest.classes == ("disk", "wood") and manifest.class_input == "class_id"
-    assert manifest.data["score"] == TOY.default_score(None).to_block("default")
+    assert manifest.data["score"] == get_family("toy").default_score(None).to_block("default")
 
     model = load_checkpoint(trained)
     constants = compute_anchors(model, ["metal disk", "oak plank"])
@@ -270,7 +166,7 @@ def test_calibrated_toy_artifact_runs_in_the_camera_loop(exported, tmp_path):
     manifest = load_manifest(exported.path)
     assert manifest.calibrated and manifest.score.threshold == result.score["threshold"]
     assert result.score["calibration"]["frames"] == 24
-    assert manifest.score != TOY.default_score(None)
+    assert manifest.score != get_family("toy").default_score(None)
 
     camera = tmp_path / "camera"
     camera.mkdir()
@@ -300,11 +196,11 @@ def test_random_toy_checkpoint_and_unknown_methods(tmp_path):
     from aaclip.benchmarks.cli import main as bench_main
     from aaclip.train.checkpoint import load_checkpoint, random_checkpoint
     from aaclip.train.train_cli import main as train_main
+    from toy_family.model import ToyModel
 
     ckpt = random_checkpoint(tmp_path / "r", method="toy", classes=CLASSES, fields={"tap": 2})
     model = load_checkpoint(ckpt)
     assert isinstance(model, ToyModel) and model.config.classes == CLASSES and model.tap == 2
-    assert get_family("toy") is TOY
 
     res = CliRunner().invoke(bench_main, ["--method", "nope", "--tiny", "--out", str(tmp_path / "b")])
     assert res.exit_code == 2 and res.stderr.startswith("error: unknown method 'nope': registered model families are ")
@@ -313,3 +209,19 @@ def test_random_toy_checkpoint_and_unknown_methods(tmp_path):
     assert res.exit_code == 2 and "method 'toy' has no FLOP count" in res.stderr
     res = CliRunner().invoke(train_main, ["methods"])
     assert res.exit_code == 0 and "toy\ttrainable\ttest family" in res.output
+
+
+def test_the_toy_is_one_folder_that_nothing_else_names():
+    """Adding a family is one folder of the built-in families' shape, plus nothing else: no module of the
+    package and no other test names it."""
+    import re
+    from pathlib import Path
+
+    tests = Path(__file__).resolve().parent
+    assert sorted(p.name for p in (tests / "toy_family").glob("*.py")) == [
+        "__init__.py", "config.py", "family.py", "model.py", "trainer.py"]
+    package = [p for folder in ("contract", "data", "runtime", "serve", "train", "export", "calibration", "benchmarks",
+                                "demo") for p in (tests.parent / folder).rglob("*.py")]
+    others = [p for p in tests.glob("*.py") if p.name != Path(__file__).name]
+    naming = [str(p) for p in package + others if re.search(r"toy_family|[\"']toy[\"']", p.read_text())]
+    assert not naming, naming

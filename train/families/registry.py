@@ -37,8 +37,9 @@ class Family:
       ONNX ops; what export folds into the graph. None: ``deploy.deploy_copy`` (the model without the
       text tower, attention made exportable).
     - ``trainer(model, records, root, out_dir, options)``: an object whose ``run()`` trains, writes the
-      checkpoint into ``out_dir`` after every epoch (``save_checkpoint``) with a resume state
-      ``train_state.pt``, and returns ``out_dir``; ``train_options`` its options dataclass. None:
+      checkpoint into ``out_dir`` after every epoch with a resume state ``train_state.pt``, and returns
+      ``out_dir`` (a subclass of ``aaclip.train.common.driver.Driver``, which does all that around the
+      family's steps); ``train_options`` its options dataclass (extending ``driver.RunOptions``). None:
       training-free (``aaclip-train init`` writes its checkpoint).
     - ``import_official(src, out_dir, config, **options) -> Path``: convert the method's official
       checkpoint into a checkpoint folder (``aaclip-train import-official``); None: no importer.

@@ -1,12 +1,10 @@
 """Two-stage AA-CLIP training (SPEC section 6), resumable and deterministic on CPU for a seed.
 
 Stage 1 trains the text adapters and projection against frozen V-V-attention visual features;
-stage 2 freezes the resulting anchors and trains the image adapters and projections. After every
-epoch the adapters (``config.json`` + ``adapters.safetensors``) and a resume state
-(``train_state.pt``: adapters, optimizer, scheduler, progress) are written atomically to the output
-directory; a new run with the same directory continues after the last finished epoch. Each epoch
-re-seeds its shuffling and augmentation from (seed, stage, epoch), so a resumed run reproduces an
-uninterrupted one exactly.
+stage 2 freezes the resulting anchors and trains the image adapters and projections. The stages are
+the phases of the training driver (``aaclip.train.common.driver``: resume, checkpoints and history after
+every epoch, progress, signals). Each epoch re-seeds its shuffling and augmentation from (seed, stage,
+epoch), so a resumed run reproduces an uninterrupted one exactly.
 
 Image-level labels: the pixel losses (focal + dice) use only images whose pixels are known (normal
 images and anomalies with masks); an anomaly without a mask trains through the image losses: stage 2's
@@ -15,35 +13,29 @@ on each level. With a mask for every anomaly the losses are exactly SPEC section
 """
 from __future__ import annotations
 
-import itertools
-import json
 import logging
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
-from aaclip.contract.files import atomic_path, atomic_write_text
+from aaclip.data.object_names import object_name
+from aaclip.data.records import Record
 from torch.utils.data import DataLoader
 
 from aaclip.train.common import maps
-from aaclip.train.common.checkpoint_files import HISTORY_FILE, STATE_FILE, read_train_state, save_checkpoint
 from aaclip.train.common.constants import default_vv_blocks
 from aaclip.train.common.dataset import AnomalyDataset
-from aaclip.train.common.driver import pick_device
+from aaclip.train.common.driver import Driver, Phase, RunOptions, name_classes
 from aaclip.train.common.losses import DISENTANGLE_WEIGHT, classification_loss, disentangle_loss, map_max_loss, segmentation_loss
-from aaclip.train.families.aa_clip.model import AAClip
-from aaclip.data.object_names import object_name
-from aaclip.train.common.progress import Progress
-from aaclip.data.records import Record
 from aaclip.train.common.vv_attention import VV_MODES, stage1_visual_features
+from aaclip.train.families.aa_clip.model import AAClip
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class TrainOptions:
+class TrainOptions(RunOptions):
     stage1_epochs: int = 5
     stage1_lr: float = 1e-5
     stage1_batch: int = 16
@@ -57,10 +49,7 @@ class TrainOptions:
     vv_mode: str = "reference"  # "reference": attention across the batch; "tokens": over tokens
     vv_blocks: Optional[int] = None  # None: the last 19/24 of the visual blocks
     stages: tuple[int, ...] = (1, 2)
-    seed: int = 0
-    device: str = "auto"
     amp: bool = False  # bf16 autocast on CUDA
-    max_steps_per_epoch: Optional[int] = None  # for quick runs (tests, demo)
 
     def __post_init__(self) -> None:
         if self.stage1_levels not in ("last", "all"):
@@ -75,37 +64,55 @@ def _seed_epoch(seed: int, stage: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(s)
 
 
-class Trainer:
+class Trainer(Driver):
     def __init__(self, model: AAClip, records: Sequence[Record], root: Path, out_dir: Path, options: TrainOptions):
-        self.model = model
-        self.options = options
-        self.out_dir = Path(out_dir)
-        self.device = pick_device(options.device)
-        self.classes = sorted({r.class_name for r in records})
-        for name in self.classes:  # every trained class gets an object name in the checkpoint table
-            model.config.classes.setdefault(name, object_name(name))
-        self.object_names = [model.config.classes[c] for c in self.classes]
+        super().__init__(model, out_dir, options)
+        # every trained class gets an object name in the checkpoint table
+        self.classes, self.object_names = name_classes(model, records, object_name)
         self.records = list(records)
         self.root = Path(root)
         self.size = model.config.image_size
-        self.history: list[dict] = []
+        self.anchors_all: Optional[torch.Tensor] = None
 
-    # ---- helpers ----------------------------------------------------------------------------------
-    def _loader(self, stage: int, epoch: int) -> DataLoader:
+    # ---- the driver's phases: the two stages ------------------------------------------------------
+    def phases(self) -> list[Phase]:
         o = self.options
+        return [Phase(stage, o.stage1_epochs if stage == 1 else o.stage2_epochs, stage, f"stage {stage}")
+                for stage in o.stages]
+
+    def start(self) -> None:
+        self._log_supervision()
+
+    def optimizers(self, phase: Phase):
+        o, stage = self.options, phase.number
+        params = self.model.text_parameters() if stage == 1 else self.model.image_parameters()
+        opt = torch.optim.Adam(params, lr=o.stage1_lr if stage == 1 else o.stage2_lr, betas=o.betas)
+        milestones = list(o.milestones) if stage == 2 else []
+        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=o.lr_gamma)
+        return {"main": opt}, {"main": sched}
+
+    def begin(self, phase: Phase) -> None:
+        self._set_trainable(phase.number)
+        self.anchors_all = None
+        if phase.number == 2:
+            with torch.no_grad():
+                self.anchors_all = self.model.text_anchors(self.object_names).to(self.device)
+
+    def batches(self, phase: Phase, epoch: int) -> DataLoader:
+        o, stage = self.options, phase.number
         ds = AnomalyDataset(self.records, self.root, self.size, self.classes, augment=True, color_jitter=stage == 2)
         gen = _seed_epoch(o.seed, stage, epoch)
         batch = o.stage1_batch if stage == 1 else o.stage2_batch
         return DataLoader(ds, batch_size=batch, shuffle=True, generator=gen, num_workers=0, drop_last=False)
 
+    def step(self, phase: Phase, batch: dict, optimizers: dict, schedulers: dict) -> dict[str, float]:
+        with self._autocast():
+            loss = self.stage1_loss(batch) if phase.number == 1 else self.stage2_loss(batch, self.anchors_all)
+        return {"loss": self.update(optimizers["main"], loss, schedulers["main"] if phase.number == 2 else None)}
+
     def _autocast(self):
         enabled = self.options.amp and self.device.type == "cuda"
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=enabled)
-
-    def _progress(self, loader: DataLoader, desc: str) -> Progress:
-        limit = self.options.max_steps_per_epoch
-        total = len(loader) if limit is None else min(len(loader), limit)
-        return Progress(itertools.islice(loader, total), total, desc, log)
 
     # ---- stage 1: text adapters -------------------------------------------------------------------
     def stage1_loss(self, batch: dict) -> torch.Tensor:
@@ -143,40 +150,6 @@ class Trainer:
             loss = loss + self._map_losses(v, anchors, batch)
         return loss
 
-    # ---- loop -------------------------------------------------------------------------------------
-    def _make_optimizer(self, stage: int):
-        o = self.options
-        params = self.model.text_parameters() if stage == 1 else self.model.image_parameters()
-        opt = torch.optim.Adam(params, lr=o.stage1_lr if stage == 1 else o.stage2_lr, betas=o.betas)
-        milestones = list(o.milestones) if stage == 2 else []
-        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=o.lr_gamma)
-        return opt, sched
-
-    def run(self) -> Path:
-        self.model.to(self.device)
-        self._log_supervision()
-        state = self._load_state()
-        for stage in self.options.stages:
-            epochs = self.options.stage1_epochs if stage == 1 else self.options.stage2_epochs
-            done = state["epoch"] if state and state["stage"] == stage else 0
-            if state and state["stage"] > stage:
-                continue
-            opt, sched = self._make_optimizer(stage)
-            if state and state["stage"] == stage:
-                opt.load_state_dict(state["optimizer"])
-                sched.load_state_dict(state["scheduler"])
-            self._set_trainable(stage)
-            anchors_all = None
-            if stage == 2:
-                with torch.no_grad():
-                    anchors_all = self.model.text_anchors(self.object_names).to(self.device)
-            for epoch in range(done, epochs):
-                loss = self._epoch(stage, epoch, epochs, opt, sched, anchors_all)
-                self._save(stage, epoch + 1, opt, sched, loss)
-            state = None
-        self.model.requires_grad_(False)
-        return self.out_dir
-
     def _log_supervision(self) -> None:
         """Say which images train the pixel losses and which only the image losses."""
         n = len(self.records)
@@ -194,53 +167,5 @@ class Trainer:
         for p in self.model.text_parameters() if stage == 1 else self.model.image_parameters():
             p.requires_grad_(True)
 
-    def _epoch(self, stage, epoch, epochs, opt, sched, anchors_all) -> float:
-        total, n, t0 = 0.0, 0, time.time()
-        progress = self._progress(self._loader(stage, epoch), f"stage {stage} epoch {epoch + 1}/{epochs}")
-        for batch in progress:
-            with self._autocast():
-                loss = self.stage1_loss(batch) if stage == 1 else self.stage2_loss(batch, anchors_all)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if stage == 2:
-                sched.step()
-            total += float(loss.detach())
-            n += 1
-            progress.note(loss=float(loss.detach()))
-        mean = total / max(n, 1)
-        log.info("stage %d epoch %d/%d: loss %.5f (%d steps, %.1fs)", stage, epoch + 1, epochs, mean, n, time.time() - t0)
-        return mean
 
-    # ---- persistence ------------------------------------------------------------------------------
-    def _save(self, stage: int, epoch: int, opt, sched, loss: float) -> None:
-        save_checkpoint(self.model, self.out_dir)
-        state = {
-            "stage": stage,
-            "epoch": epoch,
-            "adapters": {k: v.cpu() for k, v in self.model.trainable_state_dict().items()},
-            "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(),
-            "options": json.dumps(asdict(self.options)),
-        }
-        with atomic_path(self.out_dir / STATE_FILE, suffix=".pt") as tmp:
-            torch.save(state, tmp)
-        self.history.append({"stage": stage, "epoch": epoch, "loss": loss, "time": time.time()})
-        path = self.out_dir / HISTORY_FILE
-        previous = path.read_text() if path.exists() else ""
-        atomic_write_text(path, previous + json.dumps(self.history[-1]) + "\n")
-
-    def _load_state(self) -> Optional[dict]:
-        state = read_train_state(self.out_dir)
-        if state is None:
-            return None
-        path = self.out_dir / STATE_FILE
-        self.model.load_trainable_state_dict(state["adapters"])
-        self.model.to(self.device)
-        log.info("resuming from %s: stage %d, %d epoch(s) done", path, state["stage"], state["epoch"])
-        return state
-
-
-def read_history(out_dir: Path) -> list[dict]:
-    path = Path(out_dir) / HISTORY_FILE
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+__all__ = ["TrainOptions", "Trainer"]

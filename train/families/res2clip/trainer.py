@@ -11,46 +11,39 @@ F_last . R~_t plus (1 - cos(R~_t, R_t)); magnitude control of ||A_vis(R_v)||; dy
 tau ||R_v|| on A_res(R_v) . R~res_t (per tap and global) plus an L1 norm match (visual epochs) or
 (1 - cos(R~res_t, R_t)) (text epochs). Score maps are up-sampled to the mask; "mean over normal /
 anomalous pixels" over the whole batch. Before training, the reference banks of the training classes
-are built from their normal records (``shots`` per class), so every epoch's checkpoint is usable.
+are built from their normal records (``shots`` per class), so every epoch's checkpoint is usable. One
+phase of the training driver (``aaclip.train.common.driver``: resume, checkpoints and history after every
+epoch, progress, signals); each epoch re-seeds from (seed, epoch).
 """
 from __future__ import annotations
 
-import json
-import logging
 import math
 import random
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from aaclip.contract.errors import UserError
-from aaclip.contract.files import atomic_path, atomic_write_text
+from aaclip.data.records import NORMAL, Record
 from torch.utils.data import DataLoader, Dataset
 
-from aaclip.train.common.checkpoint_files import HISTORY_FILE, STATE_FILE, save_checkpoint
 from aaclip.train.common.dataset import AnomalyDataset
-from aaclip.data.records import NORMAL, Record
-from aaclip.train.common.driver import pick_device
+from aaclip.train.common.driver import Driver, Phase, RunOptions, name_classes
 from aaclip.train.families.res2clip.config import object_name
-
-log = logging.getLogger(__name__)
 
 GROUPS = ("vis", "res_vis", "res_text", "text")
 
 
 @dataclass
-class Res2ClipOptions:
+class Res2ClipOptions(RunOptions):
     epochs: int = 10
     batch: int = 16
     lr_v: float = 5e-4
     lr_t: float = 1e-4
     tau: float = 1.0
-    seed: int = 111
-    device: str = "auto"
-    max_steps_per_epoch: Optional[int] = None  # quick runs (tests, demo)
+    seed: int = 111  # the official script's
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch < 1 or not (self.lr_v > 0 and self.lr_t > 0):
@@ -131,16 +124,22 @@ class ReferencePairs(Dataset):
 
 
 # ---- the trainer -------------------------------------------------------------------------------------------
-class Res2ClipTrainer:
+class Res2ClipTrainer(Driver):
     def __init__(self, model, records: Sequence[Record], root: Path, out_dir: Path, options: Res2ClipOptions):
-        self.model, self.options, self.out_dir, self.root = model, options, Path(out_dir), Path(root)
-        self.device = pick_device(options.device)
+        super().__init__(model, out_dir, options)
+        self.root = Path(root)
         self.records = list(records)
-        self.classes = sorted({r.class_name for r in records})
-        for name in self.classes:
-            model.config.classes.setdefault(name, object_name(name))
+        self.classes, _ = name_classes(model, records, object_name)
         self.data = AnomalyDataset(records, root, model.config.image_size, self.classes)
         self.pairs = ReferencePairs(self.data, options.seed)
+        self.rt: Optional[torch.Tensor] = None
+
+    def phases(self) -> list[Phase]:
+        return [Phase(1, self.options.epochs, "res2clip-ft", "Res2CLIP")]
+
+    def fresh_start(self) -> None:
+        self.model.init_adapters(self.options.seed)  # a new run starts from the seed's initialization
+        self._build_banks()
 
     def _build_banks(self) -> None:
         from aaclip.data.records import resolve
@@ -158,8 +157,13 @@ class Res2ClipTrainer:
         paths = {c: [resolve(self.root, r.image_path) for r in chosen if r.class_name == c] for c in self.classes}
         m.set_references(build_references(m, paths), dict(m.config.classes))
 
-    def _optimizers(self, steps: int):
+    def optimizers(self, phase: Phase):
         o, m = self.options, self.model
+        for name in ("vis_adapters", "res_vis_local_adapters", "res_vis_global_adapter", "res_text_adapter",
+                     "text_adapter"):
+            getattr(m, name).requires_grad_(True)  # the frozen groups of an epoch get no loss, hence no update
+        loader_len = math.ceil(len(self.pairs) / o.batch)
+        steps = min(loader_len, o.max_steps_per_epoch or loader_len)
         groups = {"vis": (("vis_adapters",), o.lr_v, o.epochs),
                   "res_vis": (("res_vis_local_adapters", "res_vis_global_adapter"), o.lr_v, math.ceil(o.epochs / 2)),
                   "res_text": (("res_text_adapter",), o.lr_t, max(1, o.epochs // 2)),
@@ -170,58 +174,22 @@ class Res2ClipTrainer:
             scheds[name] = cosine_schedule(opts[name], steps, steps * epochs)
         return opts, scheds
 
-    def run(self) -> Path:
-        o, m = self.options, self.model
-        m.to(self.device).requires_grad_(False)
-        loader_len = math.ceil(len(self.pairs) / o.batch)
-        steps = min(loader_len, o.max_steps_per_epoch or loader_len)
-        state_path = self.out_dir / STATE_FILE
-        if not state_path.exists():
-            m.init_adapters(o.seed)  # a new run starts from the seed's initialization
-        for name in ("vis_adapters", "res_vis_local_adapters", "res_vis_global_adapter", "res_text_adapter",
-                     "text_adapter"):
-            getattr(m, name).requires_grad_(True)  # the frozen groups of an epoch get no loss, hence no update
-        opts, scheds = self._optimizers(steps)
-        done = 0
-        if state_path.exists():
-            state = torch.load(state_path, map_location="cpu", weights_only=True)
-            m.load_trainable_state_dict(state["weights"])
-            for g in GROUPS:
-                opts[g].load_state_dict(state["optimizers"][g])
-                scheds[g].load_state_dict(state["schedulers"][g])
-            done = int(state["epoch"])
-            log.info("resuming from %s: %d epoch(s) done", state_path, done)
-        else:
-            self._build_banks()
-        m.to(self.device)
-        rt = m.text_residual().to(self.device)
-        for epoch in range(done, o.epochs):
-            self.pairs.epoch = epoch
-            gen = torch.Generator().manual_seed(o.seed * 1000 + epoch)
-            torch.manual_seed(o.seed * 1000 + epoch)
-            loader = DataLoader(self.pairs, batch_size=o.batch, shuffle=True, generator=gen, num_workers=0)
-            res_vis_epoch = epoch % 2 == 0
-            totals, t0, n = {g: 0.0 for g in GROUPS}, time.time(), 0
-            for step, batch in enumerate(loader):
-                if step >= steps:
-                    break
-                losses = self.losses(batch, rt, res_vis_epoch)
-                for g, loss in losses.items():
-                    opt = opts[g]
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    torch.nn.utils.clip_grad_norm_([p for grp in opt.param_groups for p in grp["params"]], 1.0)
-                    opt.step()
-                    scheds[g].step()
-                    totals[g] += float(loss.detach())
-                n += 1
-            means = {g: v / max(n, 1) for g, v in totals.items()}
-            log.info("Res2CLIP epoch %d/%d (%s): %s (%d steps, %.1fs)", epoch + 1, o.epochs,
-                     "residual visual" if res_vis_epoch else "residual text",
-                     ", ".join(f"{g} {v:.4f}" for g, v in means.items() if v), n, time.time() - t0)
-            self._save(epoch + 1, opts, scheds, means)
-        m.requires_grad_(False)
-        return self.out_dir
+    def begin(self, phase: Phase) -> None:
+        self.model.to(self.device)
+        self.rt = self.model.text_residual().to(self.device)
+
+    def batches(self, phase: Phase, epoch: int) -> DataLoader:
+        seed = self.options.seed * 1000 + epoch
+        self.pairs.epoch = epoch
+        gen = torch.Generator().manual_seed(seed)
+        torch.manual_seed(seed)
+        return DataLoader(self.pairs, batch_size=self.options.batch, shuffle=True, generator=gen, num_workers=0)
+
+    def step(self, phase: Phase, batch: dict, optimizers: dict, schedulers: dict) -> dict[str, float]:
+        """Even epochs train the residual visual adapters, odd ones the residual text adapter."""
+        losses = self.losses(batch, self.rt, self.pairs.epoch % 2 == 0)
+        done = {g: self.update(optimizers[g], loss, schedulers[g], clip_norm=1.0) for g, loss in losses.items()}
+        return {g: done.get(g, 0.0) for g in GROUPS}
 
     def losses(self, batch: dict, rt: torch.Tensor, res_vis_epoch: bool) -> dict[str, torch.Tensor]:
         """The four groups' losses of one batch (each backpropagates into its own adapters only)."""
@@ -274,20 +242,6 @@ class Res2ClipTrainer:
                 res = res + dynamic_margin((adapted * rt_res[:, None]).sum(-1), rv, mask, m.grid, tau)
         out["res_vis" if res_vis_epoch else "res_text"] = res
         return out
-
-    def _save(self, epoch: int, opts, scheds, losses: dict) -> None:
-        save_checkpoint(self.model, self.out_dir)
-        state = {"epoch": epoch, "weights": {k: v.cpu() for k, v in self.model.trainable_state_dict().items()},
-                 "optimizers": {g: opts[g].state_dict() for g in GROUPS},
-                 "schedulers": {g: scheds[g].state_dict() for g in GROUPS},
-                 "options": json.dumps(asdict(self.options))}
-        with atomic_path(self.out_dir / STATE_FILE, suffix=".pt") as tmp:
-            torch.save(state, tmp)
-        path = self.out_dir / HISTORY_FILE
-        previous = path.read_text() if path.exists() else ""
-        line = {"stage": "res2clip-ft", "epoch": epoch, "loss": sum(losses.values()), "losses": losses,
-                "time": time.time()}
-        atomic_write_text(path, previous + json.dumps(line) + "\n")
 
 
 __all__ = ["Res2ClipOptions", "Res2ClipTrainer", "ReferencePairs", "fixed_margin", "dynamic_margin",
