@@ -148,3 +148,15 @@ def wait_for(proc: subprocess.Popen, done, seconds: float = 60) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline and proc.poll() is None and not done():
         time.sleep(0.05)
+
+
+def signal_when(proc: subprocess.Popen, ready, sig) -> tuple[str, str]:
+    """Once ``ready()`` holds while ``proc`` still runs, send it ``sig``; its (stdout, stderr) after it ends."""
+    try:
+        wait_for(proc, ready)
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(sig)
+        return proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()

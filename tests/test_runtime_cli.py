@@ -6,7 +6,7 @@ import pytest
 from aaclip.runtime import sources as src
 from aaclip.runtime.cli import main
 from click.testing import CliRunner
-from runtime_fixtures import make_onnx_artifact, read_events, start_runtime, wait_for, write_video
+from runtime_fixtures import make_onnx_artifact, read_events, signal_when, start_runtime, write_video
 
 
 def invoke(*args):
@@ -67,14 +67,7 @@ def test_signal_finishes_frame_flushes_and_exits_0(tmp_path, sig):
     events, evidence, annotated = tmp_path / "ev.jsonl", tmp_path / "evidence", tmp_path / "out.avi"
     proc = start_runtime(art, "--camera", video, "--loop", "--events", events, "--evidence", evidence, "--video",
                          annotated, "--stats-every", "0.5")
-    try:
-        wait_for(proc, lambda: events.exists() and events.read_text().count("\n") >= 25)
-        assert proc.poll() is None, proc.communicate()
-        proc.send_signal(sig)
-        out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    out, err = signal_when(proc, lambda: events.exists() and events.read_text().count("\n") >= 25, sig)
     assert proc.returncode == 0, err
     m = re.search(r"summary: (\d+) frames .* stopped by (\w+)", out)
     assert m and m.group(2) == sig.name, out

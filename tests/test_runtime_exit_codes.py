@@ -10,7 +10,7 @@ import threading
 import cv2
 import numpy as np
 import pytest
-from runtime_fixtures import make_onnx_artifact, runtime_env, wait_for, write_video
+from runtime_fixtures import make_onnx_artifact, runtime_env, signal_when, wait_for, write_video
 from runtime_fixtures import start_runtime as start
 
 
@@ -102,14 +102,7 @@ def test_stopped_by_a_signal_exits_0(tmp_path, sig):
     art = make_onnx_artifact(tmp_path)
     events = tmp_path / "ev.jsonl"
     proc = start(art, "--camera", write_video(tmp_path / "v.avi", 5), "--loop", "--events", events)
-    try:
-        wait_for(proc, lambda: events.exists() and events.read_text().count("\n") >= 3)
-        assert proc.poll() is None, proc.communicate()
-        proc.send_signal(sig)
-        out, err = proc.communicate(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    out, err = signal_when(proc, lambda: events.exists() and events.read_text().count("\n") >= 3, sig)
     assert proc.returncode == 0, err
     assert f"stopped by {sig.name}" in out and "source lost" not in out + err
 
