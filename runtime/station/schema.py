@@ -6,13 +6,13 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+from ..source_options import DEFAULT_OPEN_TIMEOUT_S  # one default for flags and station files
 from .fields import at_least, one_of, setting
 from .outputs import Outputs
 
 LOG_LEVELS = ("debug", "info", "warning")
 PRECISIONS = ("fp32", "bf16")
 PERF_HINTS = ("latency", "throughput")
-DEFAULT_OPEN_TIMEOUT_S = 10.0
 
 
 def _backend(value: str):
