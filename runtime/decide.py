@@ -148,21 +148,35 @@ class Decider:
         """One decision per captured frame of the batch (``scores``: the runner's map_max and cls_score;
         ``inference_s``: how long the backend call took)."""
         map_max, cls_score = scores["map_max"], scores["cls_score"]
+        raws, shown = self._scores(frames, map_max, cls_score)
         out = []
         for i, f in enumerate(frames):
             params = self.source_params[f.source_index]
-            raw = float(image_score(map_max[i: i + 1], cls_score[i: i + 1], params)[0])
+            raw = float(raws[i])
             debouncer = self.debouncers[f.source_index]
             # NaN never reaches the threshold: a broken output is reported as normal with a null score
             state = debouncer.update(bool(raw >= params.threshold))
             out.append(Decision(
                 source=f.source_name, source_index=f.source_index, frame=f.index, class_name=class_names[i],
-                score=operator_score(raw, params.threshold), raw_score=raw, state=state,
+                score=float(shown[i]), raw_score=raw, state=state,
                 onset=state == ALARM and debouncer.onset, map_max=float(map_max[i]),
                 cls_score=float(cls_score[i]), threshold=params.threshold, wall_time=f.wall_time,
                 latency_s=t_done - f.t_capture, inference_s=inference_s, run_id=self.run_id, file=f.file,
                 calibrated=self.source_calibrated[f.source_index]))
         return out
+
+    def _scores(self, frames: Sequence[Any], map_max: np.ndarray, cls_score: np.ndarray):
+        """Raw and shown scores of a batch, one vectorized call per distinct score parameters (one, unless the
+        batch mixes sources of other thresholds)."""
+        raws = np.empty(len(frames), dtype=np.float64)
+        shown = np.empty(len(frames), dtype=np.float64)
+        groups: dict[ScoreParams, list[int]] = {}  # frozen: equal parameters are one group
+        for i, f in enumerate(frames):
+            groups.setdefault(self.source_params[f.source_index], []).append(i)
+        for params, rows in groups.items():
+            raws[rows] = image_score(map_max[rows], cls_score[rows], params)
+            shown[rows] = operator_score(raws[rows], params.threshold)
+        return raws, shown
 
 
 def _per_source(value, n: int, kind) -> list:
