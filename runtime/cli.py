@@ -2,18 +2,19 @@
 Inference Server (``grpc://HOST:8001/MODEL``), on cameras; or a whole station from one file (``--config
 station.toml``: several cameras and artifacts, outputs, reload on SIGHUP, systemd notify).
 
-The flags and the station file fill the same dataclasses (``aaclip.runtime.station``): ``FLAGS`` says which
-flag sets which key; ``--print-config`` writes the station a command line describes."""
+The flags and the station file fill the same dataclasses (``aaclip.runtime.station``): each setting's ``flag``
+(``station_flags``) says which flag sets which key; ``--print-config`` writes the station a command line describes."""
 from __future__ import annotations
 
 import copy
+import functools
 import getpass
 import logging
 import re
 import sys
 from dataclasses import dataclass, fields, is_dataclass, replace
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Iterator, Optional, Union
 
 import click
 from aaclip.contract.cli import EXIT_SOURCE_LOST, Command, FiniteFloat, setup_logging
@@ -37,6 +38,7 @@ from .station import (
     station_toml,
 )
 from .station.load import resolve_source
+from .station.schema import is_section, settings
 from .station.outputs import EVENT_MODES, OPCUA_MODES, OPCUA_SECURITY, HttpOutput, MqttOutput, OpcuaOutput, WebhookOutput
 
 log = logging.getLogger(__name__)
@@ -96,7 +98,7 @@ class RunConfig:
 
     def station(self) -> StationConfig:
         """The station these options describe (no limit on evidence unless ``evidence_max``: as before)."""
-        values = {name: getattr(self, name) for name in FLAGS if hasattr(self, name)}
+        values = {name: getattr(self, name) for name in station_flags() if hasattr(self, name)}
         sections = {name: values.pop(name) for name in OUTPUT_SECTIONS if is_dataclass(values.get(name))}
         values.update(loop_files=self.loop_files, device=self.runner.device, threads=self.runner.threads,
                       precision_hint=self.runner.extra.get("precision"), perf_hint=self.runner.extra.get("perf_hint"),
@@ -108,39 +110,24 @@ class RunConfig:
         return with_cameras(station, str(self.artifact), self.cameras, self.classes)
 
 
-# flag (click parameter name) -> (section, key) of the station file
-FLAGS: dict[str, tuple[str, str]] = {
-    "backend": ("runtime", "backend"), "device": ("runtime", "device"), "threads": ("runtime", "threads"),
-    "precision_hint": ("runtime", "precision"), "perf_hint": ("runtime", "perf_hint"),
-    "cache_dir": ("runtime", "cache_dir"), "batch": ("runtime", "batch"), "threshold": ("runtime", "threshold"),
-    "debounce": ("runtime", "debounce"), "drop": ("runtime", "drop"), "loop_files": ("runtime", "loop"),
-    "max_frames": ("runtime", "max_frames"), "stats_every": ("runtime", "stats_every"),
-    "reconnect_delay": ("runtime", "reconnect_delay"), "reconnect_max": ("runtime", "reconnect_max"),
-    "open_timeout": ("runtime", "open_timeout"), "wait_for_source": ("runtime", "wait_for_source"),
-    "in_flight": ("runtime", "in_flight"),
-    "events": ("outputs.events", "path"), "events_mode": ("outputs.events", "mode"),
-    "events_max_bytes": ("outputs.events", "max_bytes"), "events_keep": ("outputs.events", "keep"),
-    "events_summary_every": ("outputs.events", "summary_every"),
-    "evidence": ("outputs.evidence", "dir"), "evidence_format": ("outputs.evidence", "format"),
-    "evidence_max": ("outputs.evidence", "max_files"), "evidence_max_bytes": ("outputs.evidence", "max_bytes"),
-    "evidence_max_age_days": ("outputs.evidence", "max_age_days"),
-    "video": ("outputs.video", "path"), "video_fps": ("outputs.video", "fps"),
-    "video_max_bytes": ("outputs.video", "max_bytes"), "show": ("outputs.display", "show"),
-    "http": ("outputs.http", "listen"), "view_fps": ("outputs.http", "view_fps"),
-    "health_timeout": ("outputs.http", "health_timeout"), "http_token_file": ("outputs.http.auth", "token_file"),
-    "http_users": ("outputs.http.auth", "users_file"), "http_tls_cert": ("outputs.http", "tls_cert"),
-    "http_tls_key": ("outputs.http", "tls_key"), "healthz_open": ("outputs.http", "healthz_open"),
-    "max_viewers": ("outputs.http", "max_viewers"), "http_timeout": ("outputs.http", "timeout"),
-    "http_allow_anonymous": ("outputs.http", "allow_anonymous"),
-    "mqtt": ("outputs.mqtt", "url"), "mqtt_password_file": ("outputs.mqtt", "password_file"),
-    "webhook": ("outputs.webhook", "url"), "webhook_secret_file": ("outputs.webhook", "secret_file"),
-    "opcua": ("outputs.opcua", "endpoint"), "opcua_mode": ("outputs.opcua", "mode"),
-    "opcua_security": ("outputs.opcua", "security"), "opcua_certificate": ("outputs.opcua", "certificate"),
-    "opcua_private_key": ("outputs.opcua", "private_key"),
-    "opcua_server_certificate": ("outputs.opcua", "server_certificate"),
-    "opcua_username": ("outputs.opcua", "username"), "opcua_password_file": ("outputs.opcua", "password_file"),
-    "opcua_namespace": ("outputs.opcua", "namespace"), "reviews": ("outputs.reviews", "path"),
-}
+def _flagged_settings(section: Any, path: str = "") -> Iterator[tuple[str, str, str]]:
+    """(option, section path, field) of every station setting that names its command-line option (``flag``)."""
+    for f in settings(type(section)):
+        value = getattr(section, f.name)
+        if is_section(value):
+            yield from _flagged_settings(value, f"{path}.{f.name}" if path else f.name)
+        elif f.metadata.get("flag"):
+            yield f.metadata["flag"].split("/")[0], path, f.name
+
+
+@functools.lru_cache(maxsize=1)
+def station_flags() -> dict[str, tuple[str, str, str]]:
+    """click parameter name -> (section, key, option) of the station file: read from each setting's ``flag``
+    in ``aaclip.runtime.station`` (the one place a key names its flag) and this command's options."""
+    by_option = {opt: p.name for p in main.params for opt in p.opts}
+    return {by_option[opt]: (section, key, opt) for opt, section, key in _flagged_settings(StationConfig())}
+
+
 OUTPUT_SECTIONS = ("http", "mqtt", "webhook", "opcua")  # RunConfig fields that may hold a whole section
 
 
@@ -155,15 +142,15 @@ def apply_flags(station: StationConfig, values: dict[str, Any], given: set[str])
     """A copy of ``station`` with the keys of the ``given`` flags set from ``values`` (relative paths made
     absolute: a printed station works from any folder)."""
     station = copy.deepcopy(station)
-    for name in given & set(FLAGS):
-        section, key = FLAGS[name]
+    flags = station_flags()
+    for name in given & set(flags):
+        section, key, flag = flags[name]
         value = values[name]
         if isinstance(value, Path):
             value = value.absolute()
         checked = {f.name: f for f in fields(type(_section(station, section)))}[key].metadata.get("check")
         problem = checked(value) if checked is not None and value is not None else None
         if problem:
-            flag = f"--{name.replace('_', '-')}"
             raise UserError(f"{flag} {value}: {problem}")
         setattr(_section(station, section), key, value)
     return station
@@ -408,7 +395,7 @@ def main(**options: Any) -> None:
         sys.exit(EXIT_SOURCE_LOST)
 
 
-__all__ = ["ConfigError", "FLAGS", "RunConfig", "apply_flags", "main", "open_model", "run", "with_cameras"]
+__all__ = ["ConfigError", "RunConfig", "apply_flags", "main", "open_model", "run", "station_flags", "with_cameras"]
 
 
 if __name__ == "__main__":

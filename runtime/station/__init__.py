@@ -28,7 +28,7 @@ Adding a section (e.g. ``[outputs.opcua]``, ``[outputs.reviews]``):
    nested table (``[outputs.http.auth]``);
 2. add one field to ``Outputs`` (``opcua: OpcUaOutput = setting(default_factory=OpcUaOutput)``): the field
    name is the section name;
-3. in ``runtime/cli.py``: map your flags to the fields (``FLAGS``) and open your sink in ``open_sinks``.
+3. in ``runtime/cli.py``: map your flags to the fields (each setting's ``flag=``, read by ``runtime.cli.station_flags``) and open your sink in ``open_sinks``.
 
 Loading, unknown-key/wrong-type errors with lines, ``--print-config`` and SIGHUP reload (an output whose
 section changed is closed and opened again between two frames) then cover it without more code.

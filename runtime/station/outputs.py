@@ -7,7 +7,7 @@ count, bytes and age (docs/deploy-station.md gives the budget per camera and day
 
 To add an output (e.g. ``[outputs.opcua]``): write its dataclass here with ``setting(...)`` fields, add one
 field for it to ``Outputs`` (its name is the TOML section name), fill it from your flags in ``runtime/cli.py``
-(``FLAGS``) and open its sink in ``runtime.cli.open_sinks``. The loader, the errors with lines, the
+(each setting's ``flag=``, read by ``runtime.cli.station_flags``) and open its sink in ``runtime.cli.open_sinks``. The loader, the errors with lines, the
 writer of ``--print-config`` and SIGHUP reload then handle it with no further code.
 """
 from __future__ import annotations
