@@ -13,15 +13,18 @@ plan was tuned on alone):
 1. everything in low precision; if that passes, done;
 2. sensitivity of each block: only that block in low precision (``badness``: the worst metric as a fraction of
    its limit, 1.0 = at the limit);
-3. blocks go to low precision least sensitive first, each kept only if the gate still passes with it;
-4. the blocks that could not go whole: sensitivity of each of their groups alone, then the groups least
-   sensitive first, the same way;
+3. blocks go to low precision least sensitive first: the longest run of them, in that order, that still passes,
+   found by bisection (``grow``: all of them first, then at most ceil(log2 n) more evaluations for n blocks,
+   where adding them one by one took n; errors of separate layers add up, so once a block does not fit, the more sensitive ones after it do
+   not either);
+4. the blocks that could not go whole, least sensitive block first: sensitivity of each of their groups alone,
+   then the groups least sensitive first, the same way;
 5. the plan is gated on the whole held-out set; if it fails there, the most sensitive low-precision units
    go back to FP32 one at a time until it passes.
 
-A time budget stops steps 2-4 early (the plan records ``complete: false``): what was not measured stays FP32, and
-what was measured but not yet added one by one goes in together, left to step 5's back-off (which, with the
-final gate, runs after the budget).
+A time budget bounds the measurements of steps 2 and 4 (the plan records ``complete: false`` when it cut them
+short): what was not measured stays FP32. The bisections of steps 3 and 4 run on what was measured even after the
+budget is spent (a few evaluations), and so does step 5's final gate.
 The plan (units low / kept FP32, their sensitivities, evaluations, seconds) is what the manifest records and
 what ``--plan`` re-applies without searching. NNCF's ``quantize_with_accuracy_control`` ranks and reverts
 single quantizers the same way; docs/calibration.md says why this search is our own (per-group units both
@@ -222,10 +225,15 @@ def search_plan(units: Sequence[Unit], evaluate: Evaluate, final: Evaluate, budg
     sensitivity: dict[str, float] = {}
     complete = True
 
+    seen: dict[frozenset, GateReport] = {}  # a set measured before (a bisection step can repeat one)
+
     def run(low: Iterable[str], what: str) -> GateReport:
         nonlocal evals
+        key = frozenset(low)
+        if key in seen:
+            return seen[key]
         evals += 1
-        report = evaluate(frozenset(low))
+        report = seen[key] = evaluate(key)
         say(f"search {evals}: {what}: worst metric at {badness(report):.2f} of its limit "
             f"({'passes' if report.passed else 'fails'}) after {clock.elapsed:.0f} s")
         return report
@@ -244,16 +252,12 @@ def search_plan(units: Sequence[Unit], evaluate: Evaluate, final: Evaluate, budg
                 complete = False
                 break
             sensitivity[block] = badness(run(members, f"{block} alone"))
-        failed_blocks = [b for b in blocks if b not in sensitivity or sensitivity[b] > 1.0]
-        for block in sorted((b for b in sensitivity if sensitivity[b] <= 1.0), key=sensitivity.get):  # 3.
-            if clock.out:  # no time to grow one by one: the final gate's back-off decides
-                complete = False
-                current += blocks[block]
-                continue
-            if run(current + blocks[block], f"+ {block}").passed:
-                current += blocks[block]
-            else:
-                failed_blocks.append(block)
+        passing = sorted((b for b in sensitivity if sensitivity[b] <= 1.0), key=sensitivity.get)  # 3.
+        added = grow(current, [blocks[b] for b in passing], lambda low, n: run(low, f"+ {n} least sensitive blocks"))
+        current += [n for b in passing[:added] for n in blocks[b]]
+        # the groups of the blocks that did not fit, least sensitive block first (a budget cut leaves the most
+        # sensitive ones FP32); blocks never measured stay FP32 whole
+        failed_blocks = sorted((b for b in sensitivity if b not in passing[:added]), key=sensitivity.get)
         group_units = [n for b in failed_blocks for n in blocks[b]]
         for name in group_units:  # 4. groups of the blocks that could not go whole
             if name in sensitivity:
@@ -262,15 +266,12 @@ def search_plan(units: Sequence[Unit], evaluate: Evaluate, final: Evaluate, budg
                 complete = False
                 break
             sensitivity[name] = badness(run([name], f"{name} alone"))
-        for name in sorted((n for n in group_units if sensitivity.get(n, float("inf")) <= 1.0), key=sensitivity.get):
-            if name in current:
-                continue
-            if clock.out:
-                complete = False
-                current.append(name)
-                continue
-            if run(current + [name], f"+ {name}").passed:
-                current.append(name)
+        if any(b not in sensitivity for b in blocks):
+            complete = False
+        groups = sorted((n for n in group_units if n not in current and sensitivity.get(n, float("inf")) <= 1.0),
+                        key=sensitivity.get)
+        added = grow(current, [[n] for n in groups], lambda low, n: run(low, f"+ {n} least sensitive groups"))
+        current += groups[:added]
     order = sorted(current, key=lambda n: sensitivity.get(n, sensitivity.get(block_of(_unit(units, n)), 0.0)),
                    reverse=True)
     report = final(frozenset(current)) if current else None  # 5. the whole held-out set
@@ -292,6 +293,22 @@ def search_plan(units: Sequence[Unit], evaluate: Evaluate, final: Evaluate, budg
     return plan, report
 
 
+def grow(current: Sequence[str], candidates: Sequence[Sequence[str]],
+         passes: Callable[[list[str], int], GateReport]) -> int:
+    """How many of ``candidates`` (each a list of unit names, least sensitive first) can join ``current`` (which
+    passes) with the gate still passing: the longest passing prefix, by bisection. ``passes(low, n)`` gates
+    ``current`` plus the first ``n`` candidates. Assumes that a prefix fails once a shorter one failed (errors
+    add up); the final gate on the whole held-out set checks the plan either way."""
+    lo, hi = 0, len(candidates) + 1   # lo candidates known to pass, hi known (or assumed) to fail
+    while hi - lo > 1:
+        mid = (lo + hi) // 2 if hi <= len(candidates) else len(candidates)  # first try all of them
+        if passes(list(current) + [n for c in candidates[:mid] for n in c], mid).passed:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
 def _unit(units: Sequence[Unit], name: str) -> Unit:
     for u in units:
         if u.name == name:
@@ -300,4 +317,4 @@ def _unit(units: Sequence[Unit], name: str) -> Unit:
 
 
 __all__ = ["GROUPS", "PATCH_EMBED", "DEFAULT_BUDGET_S", "Unit", "Plan", "tower_units", "block_of", "badness",
-           "search_plan", "plan_from_record", "GateLimits"]
+           "search_plan", "grow", "plan_from_record", "GateLimits"]

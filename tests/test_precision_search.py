@@ -3,7 +3,7 @@ tower, least sensitive first, the time budget, the final gate's back-off, and th
 import numpy as np
 import pytest
 from aaclip.calibration.gate import GateLimits, GateReport
-from aaclip.calibration.search import Plan, badness, plan_from_record, search_plan, tower_units
+from aaclip.calibration.search import Plan, badness, grow, plan_from_record, search_plan, tower_units
 from aaclip.contract.errors import UserError
 
 NODES = [("/conv1/Conv", True)] + [
@@ -61,11 +61,15 @@ def test_least_sensitive_go_first_and_failing_blocks_are_split_into_groups():
     errors.update({"block.1/mlp": 0.006, "patch_embed": 0.0005, "block.2/qkv": 0.02})  # block.2/qkv fails alone
     calls = []
     plan, final = search_plan(units, additive(errors, calls), additive(errors, []), budget_s=None)
-    # everything: fails; blocks alone: block.2 (0.022) fails; greedy by sensitivity: patch_embed 0.0005, block.0
-    # 0.003 -> 0.0035, block.1 0.008 -> 0.0115 fails; then groups of block.1 and block.2
+    # everything: fails; blocks alone: block.2 (0.022) fails; growth by sensitivity (patch_embed 0.0005, block.0
+    # 0.003, block.1 0.008): all three 0.0115 fails, then the first two 0.0035 pass; then groups of block.1 and
+    # block.2 alone, and their growth: the five at 0.001 on top (0.0085) pass, all six (0.0145) fail
     assert calls[0] == frozenset(errors)
-    assert calls[5] == frozenset({"patch_embed"}) and calls[6] == frozenset({"patch_embed", "block.0/qkv",
-                                                                            "block.0/attn_out", "block.0/mlp"})
+    block = {b: {u.name for u in units if u.block == b} for b in range(3)}
+    assert calls[5] == frozenset({"patch_embed"} | block[0] | block[1])
+    assert calls[6] == frozenset({"patch_embed"} | block[0])  # (patch_embed alone, the bisection's first half,
+    # was measured already: not evaluated again)
+    assert len(calls) == 7 + 6 + 4  # 6 groups alone; all 6 groups (fail), then 3, 4 and 5 of them: 5 fit
     assert set(plan.fp32) == {"block.1/mlp", "block.2/qkv"}
     assert final.passed and final.map_err == pytest.approx(0.0005 + 7 * 0.001)
     assert plan.sensitivity["block.2"] == pytest.approx(2.2) and plan.sensitivity["block.2/qkv"] == pytest.approx(2.0)
@@ -81,15 +85,14 @@ def test_time_budget_keeps_what_was_not_measured_in_fp32():
                               now=lambda: float(len(calls)))  # one second per evaluation
     assert not plan.complete
     # everything, patch_embed, block.0, block.1 measured (the clock reads 3 before block.1), then no more time:
-    assert calls[1:] == [frozenset({"patch_embed"})] + [frozenset(u.name for u in units if u.block == b)
-                                                        for b in (0, 1)]
-    # the measured blocks go in together (0.014 fails) and the final back-off removes the most sensitive block
-    # units until it passes: block.2 was never measured and stays FP32
-    assert whole[0] == frozenset(u.name for u in units if u.block != 2)
-    assert final.passed and final.map_err == pytest.approx(0.01)
-    assert set(plan.low) <= {u.name for u in units if u.block != 2} and len(plan.low) == 5
-    assert {"block.2/qkv", "block.2/attn_out", "block.2/mlp"} <= set(plan.fp32)
-
+    assert calls[1:4] == [frozenset({"patch_embed"})] + [frozenset(u.name for u in units if u.block == b)
+                                                         for b in (0, 1)]
+    # the bisection still runs on what was measured: all three (0.014) fail, patch_embed + block.0 (0.008) pass;
+    # block.1's groups are not measured (no time) and, with block.2 (never measured), stay FP32
+    assert calls[4:] == [calls[1] | calls[2] | calls[3], calls[1] | calls[2]]  # (patch_embed alone: measured)
+    assert whole == [calls[1] | calls[2]] and final.passed and final.map_err == pytest.approx(0.008)
+    assert set(plan.low) == calls[1] | calls[2] and "block.2" not in plan.sensitivity
+    assert {"block.1/qkv", "block.2/qkv", "block.2/attn_out", "block.2/mlp"} <= set(plan.fp32)
 
 def test_final_gate_backs_off_the_most_sensitive_and_a_hopeless_model_reports_everything():
     units = tower_units(NODES)
@@ -128,3 +131,32 @@ def test_plan_record_round_trip_and_refusals():
     assert lines[0] == "plan: 1 of 10 units in low precision"
     assert "kept FP32, whole: patch_embed, block.1, block.2" in lines[1]
     assert "kept FP32, in part: block.0 (qkv, attn_out)" in lines[2]
+
+
+@pytest.mark.parametrize("fits", [0, 1, 2, 5, 6, 7, 12, 13])
+def test_grow_finds_the_longest_passing_prefix_in_logarithmic_evaluations(fits):
+    candidates = [[f"u{i}"] for i in range(13)]
+    calls = []
+
+    def passes(low, n):
+        calls.append(n)
+        assert low == ["base"] + [f"u{i}" for i in range(n)]
+        return report(0.0 if n <= fits else 0.02)
+
+    assert grow(["base"], candidates, passes) == fits
+    assert calls[0] == 13  # all of them first: one evaluation when everything fits
+    assert len(calls) <= 1 + 4  # then ceil(log2 13) = 4 at most, where one by one took 13
+    assert grow(["base"], [], passes) == 0 and len(calls) <= 5  # nothing to add: no evaluation
+
+
+def test_groups_of_the_least_sensitive_failed_block_are_measured_first():
+    units = tower_units(NODES)
+    per_unit = {None: 0.0, 0: 0.004, 1: 0.003, 2: 0.002}  # blocks alone: 0.012 (fails), 0.009, 0.006
+    errors = {u.name: per_unit[u.block] for u in units}
+    calls = []
+    plan, final = search_plan(units, additive(errors, calls), additive(errors, []), budget_s=None)
+    groups = [sorted(c)[0] for c in calls if len(c) == 1 and "/" in next(iter(c))]
+    # patch_embed and block.2 fit (0.006); block.1 (0.9 of the limit) is split before block.0 (1.2), not graph order
+    assert groups == ["block.1/qkv", "block.1/attn_out", "block.1/mlp", "block.0/qkv", "block.0/attn_out",
+                      "block.0/mlp"]
+    assert final.passed and final.map_err <= 0.01 and plan.complete
