@@ -10,6 +10,7 @@ from typing import Optional
 import click
 from aaclip.contract.cli import Command, setup_logging
 
+from .reduced import CALIBRATION_FRAMES, HOLDOUT, SEARCH_FRAMES, SearchSettings
 from .rows import BACKENDS, DEFAULT_BACKENDS, PRECISIONS, parse_batches, parse_list
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,13 @@ def resolve_model(ckpt: Optional[Path], tiny: bool, shape: Optional[str], method
                    "CPUs with BF16, PyTorch autocast on GPUs).")
 @click.option("--time-budget", type=float, default=600.0, show_default=True, metavar="SECONDS",
               help="Time the accuracy search may take per reduced precision (int8 without --int8, bf16).")
+@click.option("--calibration-frames", type=int, default=CALIBRATION_FRAMES, show_default=True,
+              help="(search) Synthetic normal products read, as aaclip-calibrate's --frames (every 4th is held out).")
+@click.option("--holdout", type=int, default=HOLDOUT, show_default=True,
+              help="(search) Synthetic products (and as many with defects) added to the gate's held-out set, as "
+                   "aaclip-calibrate's --holdout.")
+@click.option("--search-frames", type=int, default=SEARCH_FRAMES, show_default=True,
+              help="(search) Held-out frames each search step is gated on, as aaclip-calibrate's --search-frames.")
 @click.option("--batches", default="1,2,4", show_default=True, help="Comma-separated batch sizes.")
 @click.option("--reps", type=int, default=10, show_default=True, help="Timed calls per row.")
 @click.option("--warmup", type=int, default=2, show_default=True, help="Untimed calls before timing each row.")
@@ -91,7 +99,7 @@ def resolve_model(ckpt: Optional[Path], tiny: bool, shape: Optional[str], method
 @click.option("-v", "--verbose", count=True, help="More log output.")
 @click.option("-q", "--quiet", is_flag=True, help="Warnings and errors only.")
 def main(ckpt: Optional[Path], tiny: bool, shape: Optional[str], method: Optional[str], backends: str, precisions: str,
-         time_budget: float, batches: str,
+         time_budget: float, calibration_frames: int, holdout: int, search_frames: int, batches: str,
          reps: int, warmup: int, out_dir: Path, loop: bool, overlay: bool, frames: int, parity_frames: int,
          int8: Optional[Path], engines: tuple[Path, ...], work_dir: Optional[Path], peak_tflops: Optional[float],
          no_plot: bool, seed: int, clients: str, server: Optional[str], serve_python: Optional[Path], suite: Optional[str],
@@ -118,7 +126,8 @@ def main(ckpt: Optional[Path], tiny: bool, shape: Optional[str], method: Optiona
             precisions=parse_list(precisions, PRECISIONS, "--precisions"), batches=parse_batches(batches),
             reps=reps, warmup=warmup, loop=loop, overlay=overlay, frames=frames, parity_frames=parity_frames,
             int8=int8, engines=engines, work_dir=work_dir, peak_tflops=peak_tflops, seed=seed, plot=not no_plot,
-            time_budget=time_budget,
+            search=SearchSettings(budget_s=time_budget, frames=calibration_frames, holdout=holdout,
+                                  search_frames=search_frames),
             clients=parse_batches(clients, "--clients"), server=server, serve_python=serve_python,
         )
         result, files = run_benchmark(cfg)

@@ -8,6 +8,7 @@ so the table shows what the accuracy costs, not only what passed.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from aaclip.contract.manifest import load_manifest
@@ -18,6 +19,25 @@ log = logging.getLogger(__name__)
 
 CALIBRATION_FRAMES = 32   # synthetic normal products read (every 4th held out for the gate)
 HOLDOUT = 16              # synthetic products (and as many with defects) added to the gate's held-out set
+SEARCH_FRAMES = 32        # held-out frames each search step is gated on (aaclip-calibrate's default)
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """How the benchmark runs the accuracy searches: ``aaclip-calibrate``'s ``--frames``, ``--holdout``,
+    ``--search-frames`` and ``--time-budget`` (the bench's ``--calibration-frames``, ``--holdout``,
+    ``--search-frames``, ``--time-budget``). A ViT-L at 518 px on a 2-core CPU takes seconds per frame and step, so
+    its run gives fewer frames than these defaults (docs/benchmarks.md)."""
+
+    budget_s: float = 600.0
+    frames: int = CALIBRATION_FRAMES
+    holdout: int = HOLDOUT
+    search_frames: int = SEARCH_FRAMES
+    seed: int = 0
+
+    def record(self) -> dict:
+        return {"time_budget_s": self.budget_s, "calibration_frames": self.frames, "holdout": self.holdout,
+                "search_frames": self.search_frames}
 
 
 def synthetic_normals(manifest, n: int, seed: int):
@@ -32,31 +52,34 @@ def _summary(search, units, passed: bool, low_name: str) -> str:
     return f"{len(search.low)}/{len(units)} units {low_name}, gate {'pass' if passed else 'FAIL'}"
 
 
-def searched_int8(fp32: Artifact, out_dir: Path, budget_s: float, seed: int, plans: dict) -> Artifact:
+def searched_int8(fp32: Artifact, out_dir: Path, settings: SearchSettings, plans: dict) -> Artifact:
     """The INT8 graph of the accuracy search on ``fp32`` (``aaclip-calibrate int8``'s), written to ``out_dir``."""
     from aaclip.calibration.int8 import Int8Options, quantize_artifact
 
     out = Path(out_dir) / "aaclip-int8.onnx"
     manifest = load_manifest(fp32.path)
-    log.info("INT8 accuracy search on %s (time budget %.0f s)", fp32.path.name, budget_s)
-    result = quantize_artifact(fp32.path, synthetic_normals(manifest, CALIBRATION_FRAMES, seed), None, Int8Options(
-        out=out, max_frames=CALIBRATION_FRAMES, holdout=HOLDOUT, force=True, batch=1, seed=seed, budget_s=budget_s,
-        discard_calibration=True, rebuild_command=f"aaclip-bench --precisions int8 (search on {fp32.path.name})"))
+    o = settings
+    log.info("INT8 accuracy search on %s (time budget %.0f s)", fp32.path.name, o.budget_s)
+    result = quantize_artifact(fp32.path, synthetic_normals(manifest, o.frames, o.seed), None, Int8Options(
+        out=out, max_frames=o.frames, holdout=o.holdout, force=True, batch=1, seed=o.seed, budget_s=o.budget_s,
+        search_frames=o.search_frames, discard_calibration=True, rebuild_command=f"aaclip-bench --precisions int8 (search on {fp32.path.name})"))
     plans["int8"] = {"summary": _summary(result.search, result.units, result.gate.passed, "INT8"),
                      "map_err": result.gate.map_err, "passed": result.gate.passed, "backend": None,
                      "plan": result.search.to_dict(), "speedup_on_gate": (result.speedup or {}).get("speedup")}
     return external_artifact(out, "int8")
 
 
-def searched_bf16(fp32: Artifact, cache_dir: Path, budget_s: float, seed: int, plans: dict) -> dict:
+def searched_bf16(fp32: Artifact, cache_dir: Path, settings: SearchSettings, plans: dict) -> dict:
     """The mixed-BF16 plan of the accuracy search on ``fp32`` (recorded in its manifest); returns the record."""
     from aaclip.calibration.bf16 import PrecisionGateOptions, gate_precision
     from aaclip.runtime.backends import RunnerOptions
 
     manifest = load_manifest(fp32.path)
-    log.info("BF16 accuracy search on %s (time budget %.0f s)", fp32.path.name, budget_s)
-    result = gate_precision(fp32.path, synthetic_normals(manifest, CALIBRATION_FRAMES, seed), None, PrecisionGateOptions(
-        max_frames=CALIBRATION_FRAMES, holdout=HOLDOUT, force=True, seed=seed, budget_s=budget_s,
+    o = settings
+    log.info("BF16 accuracy search on %s (time budget %.0f s)", fp32.path.name, o.budget_s)
+    result = gate_precision(fp32.path, synthetic_normals(manifest, o.frames, o.seed), None, PrecisionGateOptions(
+        max_frames=o.frames, holdout=o.holdout, force=True, seed=o.seed, budget_s=o.budget_s,
+        search_frames=o.search_frames,
         runner=RunnerOptions(device="cpu", extra={"cache_dir": str(cache_dir)})))
     plans["bf16"] = {"summary": _summary(result.search, result.units, result.gate.passed, "BF16"),
                      "map_err": result.gate.map_err, "passed": result.gate.passed, "backend": "openvino",
@@ -64,4 +87,5 @@ def searched_bf16(fp32: Artifact, cache_dir: Path, budget_s: float, seed: int, p
     return result.record
 
 
-__all__ = ["searched_int8", "searched_bf16", "synthetic_normals", "CALIBRATION_FRAMES", "HOLDOUT"]
+__all__ = ["searched_int8", "searched_bf16", "synthetic_normals", "SearchSettings", "CALIBRATION_FRAMES", "HOLDOUT",
+           "SEARCH_FRAMES"]

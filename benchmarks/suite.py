@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -40,6 +40,7 @@ from .measure import DeviceMemory, HostMemory, latency_stats
 from .models import Artifact, build_engine_for, export_graph, external_artifact, prepare_checkpoint
 from .bounds import apply_bounds
 from .peaks import PeakProbe, device_peak
+from .reduced import SearchSettings
 from .report import empty_row, write_outputs
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ class BenchConfig:
     work_dir: Optional[Path] = None   # exported graphs, the loop video (temporary when None)
     peak_tflops: Optional[float] = None
     cpu_batches: Optional[Sequence[int]] = None  # CPU rows only at these batches (None: every batch)
-    time_budget: float = 600.0   # the accuracy search's time budget per reduced precision (int8 without --int8, bf16)
+    search: SearchSettings = SearchSettings()  # the accuracy searches (int8 without --int8, bf16); seed: cfg.seed
     seed: int = 0
     plot: bool = True
     clients: Sequence[int] = (1, 2, 4)   # served rows: concurrent clients
@@ -84,6 +85,9 @@ class BenchConfig:
             raise UserError(f"--warmup must be >= 0, got {self.warmup}")
         if self.frames < 1 or self.parity_frames < 1:
             raise UserError("--frames and --parity-frames must be >= 1")
+        if self.search.frames < 2 or self.search.search_frames < 2 or self.search.holdout < 0:
+            raise UserError("--calibration-frames and --search-frames must be >= 2 and --holdout >= 0 (got "
+                            f"{self.search.frames}, {self.search.search_frames}, {self.search.holdout})")
         for b in self.backends:
             if b not in R.BACKENDS:
                 raise UserError(f"unknown backend {b!r}: use {', '.join(R.BACKENDS)}")
@@ -131,6 +135,11 @@ class _Context:
 
     # ---- artifacts -----------------------------------------------------------------------------
     @property
+    def search_settings(self) -> SearchSettings:
+        """The accuracy searches' settings, with the run's seed."""
+        return replace(self.cfg.search, seed=self.cfg.seed)
+
+    @property
     def engine_precisions(self) -> list[str]:
         """Precisions of the engines given with --engine."""
         return list(self._engines)
@@ -143,7 +152,7 @@ class _Context:
                 from .reduced import searched_int8
 
                 self._graphs[precision] = searched_int8(self.graph("fp32"), self.work / "artifacts",
-                                                        self.cfg.time_budget, self.cfg.seed, self.plans)
+                                                        self.search_settings, self.plans)
             else:
                 self._graphs[precision] = export_graph(self.ckpt, self.model, precision, self.work / "artifacts",
                                                        self.class_name)
@@ -212,7 +221,7 @@ def row_runner(ctx: _Context, spec: R.RowSpec):
         if spec.precision == "bf16":
             from .reduced import searched_bf16
 
-            record = searched_bf16(artifact, ctx.work / "openvino-cache", ctx.cfg.time_budget, ctx.cfg.seed, ctx.plans)
+            record = searched_bf16(artifact, ctx.work / "openvino-cache", ctx.search_settings, ctx.plans)
             extra["fp32_nodes"] = tuple(record["fp32_nodes"])
         manifest = open_artifact(artifact.path)
         return open_runner(manifest, "openvino", RunnerOptions(device=spec.device, extra=extra)), artifact, manifest
@@ -466,7 +475,7 @@ def run_benchmark(cfg: BenchConfig, progress: Optional[Callable[[str], None]] = 
                          "overlay": cfg.overlay, "frames": cfg.frames, "parity_frames": cfg.parity_frames,
                          "loop_batches_per_row": f"{max(1, cfg.warmup)} warm-up + {cfg.reps} timed",
                          "int8": str(cfg.int8) if cfg.int8 else None, "clients": list(cfg.clients),
-                         "time_budget_s": cfg.time_budget},
+                         **cfg.search.record()},
             "precision_plans": ctx.plans,
             "environment": dict(env, cpu_peaks=ctx.cpu_peaks),
             "rows": [rows_by_key[s.key] for s in specs] + served,

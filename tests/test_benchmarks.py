@@ -129,18 +129,26 @@ def test_peak_probe_keeps_each_probes_best_sample():
     assert list(probe.calls) == ["numpy fp32"]  # a probe that cannot be built is left out
     import aaclip.benchmarks.peaks as P
 
+    now = [0.0]
+    # each sample: the first call after a switch is slow (the previous library's threads still spin), the
+    # following ones run at the probe's steady rate, which differs per sample (2 s, 4 s, 1 s per call)
+    durations = iter([x for steady in (2.0, 4.0, 1.0) for x in [3 * steady] + [steady] * (P.PROBE_BURST - 1)])
+
+    def call():
+        now[0] += next(durations)
+
+    probe.calls["numpy fp32"] = call
     real = P.time.perf_counter
-    clock = iter([0.0, 0.0, 2.0, 2.0, 2.0, 2.0, 6.0, 6.0, 6.0, 6.0, 7.0, 7.0])
-    P.time.perf_counter = lambda: next(clock)
+    P.time.perf_counter = lambda: now[0]
     try:
-        for _ in range(3):  # samples taking 2 s, 4 s and 1 s (start, call start, call end, end of each sample)
+        for _ in range(3):
             probe.sample()
     finally:
         P.time.perf_counter = real
     result = probe.result()
     assert result["reps"] == 3 and result["probes"]["numpy fp32"] == pytest.approx(2000 / 1.0 / 1e12)
     assert result["peaks"] == {"fp32": pytest.approx(2e-9)}
-
+    assert result["seconds"] == pytest.approx(sum(3 * d + d * (P.PROBE_BURST - 1) for d in (2.0, 4.0, 1.0)))
 
 def test_speedup_bound_and_the_flag_above_100_percent():
     from aaclip.benchmarks.bounds import apply_bounds
@@ -244,6 +252,8 @@ def test_cli_rejects_bad_model_choice(tmp_path):
     assert result.exit_code == 2 and "NAME@SIZE" in result.output
     result = CliRunner().invoke(main, ["--tiny", "--precisions", "fp8", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "--precisions 'fp8'" in result.output
+    result = CliRunner().invoke(main, ["--tiny", "--search-frames", "1", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "--search-frames must be >= 2" in result.output and "got 32, 1, 16" in result.output
 
 
 # ---- a full run on the tiny model -----------------------------------------------------------------
@@ -431,6 +441,7 @@ def test_reduced_precisions_are_searched_by_the_benchmark_itself(monkeypatch, tm
     """--precisions fp32,bf16,int8 without --int8: the INT8 graph and the BF16 plan come from the accuracy search
     (BF16 on a CPU faked to have it: OpenVINO then compiles the hint as FP32 here, so this checks the plumbing)."""
     import aaclip.runtime.backends.openvino as ovb
+    from aaclip.benchmarks.reduced import SearchSettings
     from aaclip.benchmarks.suite import BenchConfig, run_benchmark
 
     real = R.detect_capabilities
@@ -444,10 +455,16 @@ def test_reduced_precisions_are_searched_by_the_benchmark_itself(monkeypatch, tm
     monkeypatch.setattr(ovb, "bf16_capable", lambda core=None, device="CPU": True)
     cfg = BenchConfig(out_dir=tmp_path / "out", tiny=True, backends=("onnxruntime", "openvino"),
                       precisions=("fp32", "bf16", "int8"), batches=(1,), reps=1, warmup=0, frames=2, parity_frames=1,
-                      loop=False, plot=False, work_dir=tmp_path / "work", command="aaclip-bench (test)")
+                      loop=False, plot=False, work_dir=tmp_path / "work", command="aaclip-bench (test)",
+                      search=SearchSettings(frames=16, holdout=4, search_frames=6))
     result, files = run_benchmark(cfg)
     rows = {r["key"]: r for r in result["rows"]}
     plans = result["precision_plans"]
+    assert {k: result["settings"][k] for k in ("calibration_frames", "holdout", "search_frames")} == \
+        {"calibration_frames": 16, "holdout": 4, "search_frames": 6}
+    quant = json.loads((tmp_path / "work" / "artifacts" / "aaclip-int8.onnx.manifest.json").read_text())["quantization"]
+    assert quant["calibration"]["frames"] == 12 and quant["calibration"]["held_out"] == 4  # 16 read, every 4th held
+    assert (quant["gate"]["normals"], quant["gate"]["anomalies"]) == (4 + 4, 4 + 4)  # + 4 synthetic, each defective
     assert set(plans) == {"int8", "bf16"} and plans["int8"]["plan"]["searched"] is True
     ort8, ov8, ov16 = rows["onnxruntime/cpu/int8/b1"], rows["openvino/cpu/int8/b1"], rows["openvino/cpu/bf16/b1"]
     assert ort8["status"] == ov8["status"] == ov16["status"] == "ok"
