@@ -36,7 +36,7 @@ from aaclip.runtime.backends import RunnerOptions, open_runner
 from .gate import GateLimits, GateReport, evaluate_gate
 from .inference import Collect, FrameOutputs, run_items
 from .inputs import FrameInput, Item
-from .int8 import DEFAULT_SEARCH_FRAMES, _collect, gate_speedup, holdout_set, search_subset
+from .int8 import DEFAULT_SEARCH_FRAMES, _collect, gate_speedup, holdout_set, search_step_limits, search_subset
 from .search import DEFAULT_BUDGET_S, Plan, Unit, plan_from_record, search_plan, tower_units
 
 log = logging.getLogger(__name__)
@@ -189,7 +189,7 @@ def gate_precision(artifact: Path, normals: FrameInput, anomalies: Optional[Fram
             ref, _, ref_s = _run(manifest, test_items, "fp32", o)
         ref_scores = image_score(ref.map_max, ref.cls_score, p).astype(np.float64)
 
-        def gate(low: frozenset, idx: np.ndarray) -> GateReport:
+        def gate(low: frozenset, idx: np.ndarray, limits: GateLimits = o.limits) -> GateReport:
             fp32_nodes = frozenset(n for u in units if u.name not in low for n in u.nodes)
             chosen = [test_items[i] for i in idx]
             if o.emulate:
@@ -198,7 +198,7 @@ def gate_precision(artifact: Path, normals: FrameInput, anomalies: Optional[Fram
             else:
                 test, state["layers"], state["s"] = _run(manifest, chosen, o.precision, o, fp32_nodes)
             return evaluate_gate(ref.maps[idx], test.maps, ref_scores[idx],
-                                 image_score(test.map_max, test.cls_score, p).astype(np.float64), labels[idx], o.limits)
+                                 image_score(test.map_max, test.cls_score, p).astype(np.float64), labels[idx], limits)
 
         everything = frozenset(u.name for u in units)
         full = np.arange(len(labels))
@@ -207,7 +207,9 @@ def gate_precision(artifact: Path, normals: FrameInput, anomalies: Optional[Fram
         elif not o.search:
             search, report = Plan(low=[u.name for u in units], fp32=[], searched=False), gate(everything, full)
         else:
-            search, report = search_plan(units, lambda low: gate(low, subset), lambda low: gate(low, full), o.budget_s)
+            step_limits = search_step_limits(o.limits, labels[subset], labels.size)
+            search, report = search_plan(units, lambda low: gate(low, subset, step_limits), lambda low: gate(low, full),
+                                         o.budget_s)
     speedup = gate_speedup(ref_s, state["s"], len(test_items), BACKEND) if ref_s is not None else None
     fp32_nodes = search.fp32_nodes(units)
     record = {

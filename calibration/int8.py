@@ -37,7 +37,7 @@ from aaclip.runtime.backends import RunnerOptions, open_runner
 from aaclip.runtime.backends.onnxruntime import import_onnxruntime
 from aaclip.runtime.backends.openvino import FP32_SCOPES
 
-from .gate import GateLimits, GateReport, evaluate_gate
+from .gate import GateLimits, GateReport, evaluate_gate, resolvable_limits
 from .inference import Collect, FrameOutputs, run_items
 from .inputs import FrameInput, Item, SetHash, frame_payload, synthetic_pairs
 from .search import DEFAULT_BUDGET_S, Plan, Unit, plan_from_record, search_plan, tower_units
@@ -438,6 +438,16 @@ def search_subset(labels: np.ndarray, n: int) -> np.ndarray:
     return np.sort(np.r_[normal, bad])
 
 
+def search_step_limits(limits: GateLimits, step_labels: np.ndarray, held_out: int) -> GateLimits:
+    """The limits each search step applies to its ``--search-frames`` (``gate.resolvable_limits``), logged when
+    it leaves a check to the final gate."""
+    step, unresolved = resolvable_limits(limits, step_labels)
+    if unresolved:
+        log.info("the %d search frames cannot resolve %s: each step checks the maps, the final gate on all %d "
+                 "held-out frames checks everything", len(step_labels), " or ".join(unresolved), held_out)
+    return step
+
+
 def gate_speedup(fp32_s: float, reduced_s: float, frames: int, backend: str) -> dict:
     """The speed-up measured on the gate's own run (same frames, same backend, this CPU, one run each)."""
     return {"fp32_s": round(fp32_s, 4), "reduced_s": round(reduced_s, 4), "frames": frames, "backend": backend,
@@ -566,14 +576,14 @@ def quantize_artifact(fp32_onnx: Path, normals: FrameInput, anomalies: Optional[
         def plan_for(low: frozenset) -> QuantPlan:
             return keep_fp32(base, [n for u in units if u.name not in low for n in u.nodes], SEARCH_REASON)
 
-        def gate(low: frozenset, path: Path, idx: np.ndarray) -> GateReport:
+        def gate(low: frozenset, path: Path, idx: np.ndarray, limits: GateLimits = o.limits) -> GateReport:
             write_qdq(fp32_onnx, path, plan_for(low), frames, class_ids, manifest, settings)
             chosen = [test_items[i] for i in idx]
             test, seconds = _timed_outputs(path, manifest, chosen, o)
             timing["s"] = seconds
             return evaluate_gate(ref.maps[idx], test.maps, ref_scores[idx],
                                  image_score(test.map_max, test.cls_score, p).astype(np.float64), labels[idx],
-                                 o.limits)
+                                 limits)
 
         everything = frozenset(u.name for u in units)
         full = np.arange(len(labels))
@@ -583,7 +593,8 @@ def quantize_artifact(fp32_onnx: Path, normals: FrameInput, anomalies: Optional[
             search = Plan(low=sorted(everything), fp32=[], searched=False)
             report = gate(everything, staged, full)
         else:
-            search, report = search_plan(units, lambda low: gate(low, work / "try.onnx", subset),
+            step_limits = search_step_limits(o.limits, labels[subset], labels.size)
+            search, report = search_plan(units, lambda low: gate(low, work / "try.onnx", subset, step_limits),
                                          lambda low: gate(low, staged, full), o.budget_s)
         qplan = plan_for(frozenset(search.low))
         speedup = gate_speedup(ref_s, timing["s"], len(test_items), o.backend)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 
 import pytest
@@ -437,7 +438,7 @@ def test_cli_tiny_run_writes_outputs(tmp_path):
     assert "2 rows (" in result.output and "| ONNX Runtime | cpu | fp32 | 1 | ok |" in result.output
 
 
-def test_reduced_precisions_are_searched_by_the_benchmark_itself(monkeypatch, tmp_path):
+def test_reduced_precisions_are_searched_by_the_benchmark_itself(monkeypatch, tmp_path, caplog):
     """--precisions fp32,bf16,int8 without --int8: the INT8 graph and the BF16 plan come from the accuracy search
     (BF16 on a CPU faked to have it: OpenVINO then compiles the hint as FP32 here, so this checks the plumbing)."""
     import aaclip.runtime.backends.openvino as ovb
@@ -457,9 +458,12 @@ def test_reduced_precisions_are_searched_by_the_benchmark_itself(monkeypatch, tm
                       precisions=("fp32", "bf16", "int8"), batches=(1,), reps=1, warmup=0, frames=2, parity_frames=1,
                       loop=False, plot=False, work_dir=tmp_path / "work", command="aaclip-bench (test)",
                       search=SearchSettings(frames=16, holdout=4, search_frames=6))
-    result, files = run_benchmark(cfg)
+    with caplog.at_level(logging.INFO, logger="aaclip.calibration.int8"):
+        result, files = run_benchmark(cfg)
     rows = {r["key"]: r for r in result["rows"]}
     plans = result["precision_plans"]
+    assert "the 6 search frames cannot resolve |AUROC change| (one swapped pair: 0.111, limit 0.02) or rank " \
+           "correlation" in caplog.text  # each step checks the maps; the final gate on all 16 frames, everything
     assert {k: result["settings"][k] for k in ("calibration_frames", "holdout", "search_frames")} == \
         {"calibration_frames": 16, "holdout": 4, "search_frames": 6}
     quant = json.loads((tmp_path / "work" / "artifacts" / "aaclip-int8.onnx.manifest.json").read_text())["quantization"]

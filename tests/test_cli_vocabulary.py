@@ -86,7 +86,8 @@ def test_the_table_covers_the_vocabulary_and_real_commands():
     table = vocabulary_table()
     assert set(table) == {"--checkpoint", "--backend", "--backends", "--precision", "--precisions", "--batch",
                           "--batches", "--engine-batch", "-o", "--out", "--device", "--threads", "--class",
-                          "--classes", "--time-budget", "--open-timeout", "--wait-for-source"}
+                          "--classes", "--time-budget", "--search-frames", "--holdout", "--open-timeout",
+                          "--wait-for-source"}
     listed = set().union(*table.values())
     assert listed <= set(COMMANDS), listed - set(COMMANDS)
     assert len(COMMANDS) >= 20  # every subcommand was found (calibrate, data, train groups)

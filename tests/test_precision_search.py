@@ -160,3 +160,27 @@ def test_groups_of_the_least_sensitive_failed_block_are_measured_first():
     assert groups == ["block.1/qkv", "block.1/attn_out", "block.1/mlp", "block.0/qkv", "block.0/attn_out",
                       "block.0/mlp"]
     assert final.passed and final.map_err <= 0.01 and plan.complete
+
+
+def test_search_steps_leave_out_checks_their_few_frames_cannot_resolve():
+    from aaclip.calibration.gate import evaluate_gate, resolvable_limits
+
+    limits = GateLimits()  # AUROC change <= 0.02, rank correlation >= 0.95
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    step, unresolved = resolvable_limits(limits, labels)
+    # one swapped pair: AUROC 1/9 = 0.11 > 0.02, Spearman 12 / (6 x 35) = 0.057 > 0.05: both measure noise here
+    assert step.max_auroc_change == float("inf") and step.min_rank_corr == float("-inf")
+    assert step.max_map_err == limits.max_map_err and step.min_map_corr == limits.min_map_corr
+    assert [line.split(" (")[0] for line in unresolved] == ["|AUROC change|", "rank correlation"]
+    maps = np.random.default_rng(0).random((6, 4, 4))
+    fp32 = np.array([0.10, 0.20, 0.34, 0.35, 0.50, 0.60])
+    flipped = np.array([0.10, 0.20, 0.36, 0.35, 0.50, 0.60])  # a tie broken the other way: maps unchanged
+    strict = evaluate_gate(maps, maps, fp32, flipped, labels, limits)
+    assert not strict.passed and strict.auroc_change == pytest.approx(1 / 9)
+    assert strict.rank_corr == pytest.approx(1 - 12 / 210)  # one adjacent swap
+    assert evaluate_gate(maps, maps, fp32, flipped, labels, step).passed and badness(
+        evaluate_gate(maps, maps, fp32, flipped, labels, step)) == 0.0
+    assert not evaluate_gate(maps, maps + 0.02, fp32, flipped, labels, step).passed  # the map checks stay
+    eight, unresolved8 = resolvable_limits(limits, np.array([0] * 4 + [1] * 4))
+    assert eight.min_rank_corr == limits.min_rank_corr and eight.max_auroc_change == float("inf")  # 12/504 < 0.05
+    assert resolvable_limits(limits, np.array([0] * 8 + [1] * 8)) == (limits, [])  # 1/64 < 0.02: all checked
