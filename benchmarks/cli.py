@@ -10,7 +10,9 @@ from typing import Optional
 import click
 from aaclip.contract.cli import Command, setup_logging
 
-from .reduced import CALIBRATION_FRAMES, HOLDOUT, SEARCH_FRAMES, SearchSettings
+from aaclip.calibration.search import DEFAULT_SEARCH_FRAMES
+
+from .reduced import BUDGET_S, CALIBRATION_FRAMES, HOLDOUT, SearchSettings
 from .rows import BACKENDS, DEFAULT_BACKENDS, PRECISIONS, parse_batches, parse_list
 
 log = logging.getLogger(__name__)
@@ -54,14 +56,14 @@ def resolve_model(ckpt: Optional[Path], tiny: bool, shape: Optional[str], method
               help=f"Comma-separated: {', '.join(PRECISIONS)} (int8: the --int8 graph, else the accuracy search of "
                    "aaclip-calibrate int8 runs on the FP32 graph; bf16: OpenVINO's mixed BF16 with its searched plan on "
                    "CPUs with BF16, PyTorch autocast on GPUs).")
-@click.option("--time-budget", type=float, default=600.0, show_default=True, metavar="SECONDS",
+@click.option("--time-budget", type=float, default=BUDGET_S, show_default=True, metavar="SECONDS",
               help="Time the accuracy search may take per reduced precision (int8 without --int8, bf16).")
 @click.option("--calibration-frames", type=int, default=CALIBRATION_FRAMES, show_default=True,
               help="(search) Synthetic normal products read, as aaclip-calibrate's --frames (every 4th is held out).")
 @click.option("--holdout", type=int, default=HOLDOUT, show_default=True,
               help="(search) Synthetic products (and as many with defects) added to the gate's held-out set, as "
                    "aaclip-calibrate's --holdout.")
-@click.option("--search-frames", type=int, default=SEARCH_FRAMES, show_default=True,
+@click.option("--search-frames", type=int, default=DEFAULT_SEARCH_FRAMES, show_default=True,
               help="(search) Held-out frames each search step is gated on, as aaclip-calibrate's --search-frames.")
 @click.option("--batches", default="1,2,4", show_default=True, help="Comma-separated batch sizes.")
 @click.option("--reps", type=int, default=10, show_default=True, help="Timed calls per row.")

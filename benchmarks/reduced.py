@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from aaclip.calibration.search import DEFAULT_SEARCH_FRAMES
 from aaclip.contract.manifest import load_manifest
 
 from .models import Artifact, external_artifact
@@ -19,7 +20,7 @@ log = logging.getLogger(__name__)
 
 CALIBRATION_FRAMES = 32   # synthetic normal products read (every 4th held out for the gate)
 HOLDOUT = 16              # synthetic products (and as many with defects) added to the gate's held-out set
-SEARCH_FRAMES = 32        # held-out frames each search step is gated on (aaclip-calibrate's default)
+BUDGET_S = 600.0          # the bench's --time-budget per reduced precision (aaclip-calibrate's is 1800 s)
 
 
 @dataclass(frozen=True)
@@ -29,10 +30,10 @@ class SearchSettings:
     ``--search-frames``, ``--time-budget``). A ViT-L at 518 px on a 2-core CPU takes seconds per frame and step, so
     its run gives fewer frames than these defaults (docs/benchmarks.md)."""
 
-    budget_s: float = 600.0
+    budget_s: float = BUDGET_S
     frames: int = CALIBRATION_FRAMES
     holdout: int = HOLDOUT
-    search_frames: int = SEARCH_FRAMES
+    search_frames: int = DEFAULT_SEARCH_FRAMES
     seed: int = 0
 
     def record(self) -> dict:
@@ -62,7 +63,8 @@ def searched_int8(fp32: Artifact, out_dir: Path, settings: SearchSettings, plans
     log.info("INT8 accuracy search on %s (time budget %.0f s)", fp32.path.name, o.budget_s)
     result = quantize_artifact(fp32.path, synthetic_normals(manifest, o.frames, o.seed), None, Int8Options(
         out=out, max_frames=o.frames, holdout=o.holdout, force=True, batch=1, seed=o.seed, budget_s=o.budget_s,
-        search_frames=o.search_frames, discard_calibration=True, rebuild_command=f"aaclip-bench --precisions int8 (search on {fp32.path.name})"))
+        search_frames=o.search_frames, discard_calibration=True,
+        rebuild_command=f"aaclip-bench --precisions int8 (search on {fp32.path.name})"))
     plans["int8"] = {"summary": _summary(result.search, result.units, result.gate.passed, "INT8"),
                      "map_err": result.gate.map_err, "passed": result.gate.passed, "backend": None,
                      "plan": result.search.to_dict(), "speedup_on_gate": (result.speedup or {}).get("speedup")}
@@ -88,4 +90,4 @@ def searched_bf16(fp32: Artifact, cache_dir: Path, settings: SearchSettings, pla
 
 
 __all__ = ["searched_int8", "searched_bf16", "synthetic_normals", "SearchSettings", "CALIBRATION_FRAMES", "HOLDOUT",
-           "SEARCH_FRAMES"]
+           "BUDGET_S"]

@@ -36,8 +36,8 @@ from aaclip.runtime.backends import RunnerOptions, open_runner
 from .gate import GateLimits, GateReport, evaluate_gate
 from .inference import Collect, FrameOutputs, run_items
 from .inputs import FrameInput, Item
-from .int8 import DEFAULT_SEARCH_FRAMES, _collect, gate_speedup, holdout_set, search_step_limits, search_subset
-from .search import DEFAULT_BUDGET_S, Plan, Unit, plan_from_record, search_plan, tower_units
+from .int8 import _collect, gate_speedup, holdout_set, search_step_limits, search_subset
+from .search import DEFAULT_BUDGET_S, DEFAULT_SEARCH_FRAMES, Plan, Unit, plan_from_record, search_plan, tower_units
 
 log = logging.getLogger(__name__)
 

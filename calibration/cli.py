@@ -29,7 +29,7 @@ from aaclip.runtime.source_options import FirstFrameWait, first_frame_options
 from . import thresholds
 from .gate import MAX_AUROC_CHANGE, MAX_MAP_ERR, MIN_MAP_CORR, MIN_RANK_CORR, GateLimits
 from .inputs import FrameInput, camera_input, class_id_for, data_inputs, file_input, folder_input
-from .search import DEFAULT_BUDGET_S
+from .search import DEFAULT_BUDGET_S, DEFAULT_SEARCH_FRAMES
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ def _search_options(f):
                           "holds (--no-search: everything in low precision, one gate)."),
         click.option("--time-budget", type=FiniteFloat(min=1.0), default=DEFAULT_BUDGET_S, show_default=True,
                      metavar="SECONDS", help="Time the search may take; what it could not measure stays FP32."),
-        click.option("--search-frames", type=click.IntRange(min=2), default=32, show_default=True,
+        click.option("--search-frames", type=click.IntRange(min=2), default=DEFAULT_SEARCH_FRAMES, show_default=True,
                      help="Held-out frames (half normal, half anomalous) each search step is gated on; the final plan "
                           "is gated on all of them."),
         click.option("--plan", type=click.Path(path_type=Path, dir_okay=False),

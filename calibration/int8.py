@@ -40,7 +40,7 @@ from aaclip.runtime.backends.openvino import FP32_SCOPES
 from .gate import GateLimits, GateReport, evaluate_gate, resolvable_limits
 from .inference import Collect, FrameOutputs, run_items
 from .inputs import FrameInput, Item, SetHash, frame_payload, synthetic_pairs
-from .search import DEFAULT_BUDGET_S, Plan, Unit, plan_from_record, search_plan, tower_units
+from .search import DEFAULT_BUDGET_S, DEFAULT_SEARCH_FRAMES, Plan, Unit, plan_from_record, search_plan, tower_units
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,6 @@ CALIBRATION_BUDGET_BYTES = 1_500_000_000
 """Activations collected per calibration batch (the batch shrinks for large models; see calibration_batch)."""
 DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
 SEARCH_REASON = "kept FP32 by the accuracy search"
-DEFAULT_SEARCH_FRAMES = 32
 """Held-out frames (half normal, half anomalous) each search step is gated on; the final plan on all of them. 16 + 16
 frames let AUROC move in steps of 1/256 (16 frames: 1/64, most of the 0.02 limit)."""
 

@@ -15,8 +15,8 @@ plan was tuned on alone):
    its limit, 1.0 = at the limit);
 3. blocks go to low precision least sensitive first: the longest run of them, in that order, that still passes,
    found by bisection (``grow``: all of them first, then at most ceil(log2 n) more evaluations for n blocks,
-   where adding them one by one took n; errors of separate layers add up, so once a block does not fit, the more sensitive ones after it do
-   not either);
+   where adding them one by one took n; errors of separate layers add up, so once a block does not fit, the more
+   sensitive ones after it do not either);
 4. the blocks that could not go whole, least sensitive block first: sensitivity of each of their groups alone,
    then the groups least sensitive first, the same way;
 5. the plan is gated on the whole held-out set; if it fails there, the most sensitive low-precision units
@@ -48,6 +48,8 @@ log = logging.getLogger(__name__)
 GROUPS = ("qkv", "attn_out", "mlp")
 PATCH_EMBED = "patch_embed"
 DEFAULT_BUDGET_S = 1800.0
+DEFAULT_SEARCH_FRAMES = 32
+"""Held-out frames each search step is gated on (``--search-frames``): half normal, half anomalous."""
 """Default time budget of the search (``--time-budget``): the tiny model needs seconds, ViT-B minutes."""
 _BLOCK = re.compile(r"(?:^|/)resblocks\.(\d+)/(attn|mlp)/")
 
@@ -316,5 +318,6 @@ def _unit(units: Sequence[Unit], name: str) -> Unit:
     raise KeyError(name)
 
 
-__all__ = ["GROUPS", "PATCH_EMBED", "DEFAULT_BUDGET_S", "Unit", "Plan", "tower_units", "block_of", "badness",
+__all__ = ["GROUPS", "PATCH_EMBED", "DEFAULT_BUDGET_S", "DEFAULT_SEARCH_FRAMES", "Unit", "Plan", "tower_units",
+           "block_of", "badness",
            "search_plan", "grow", "plan_from_record", "GateLimits"]
